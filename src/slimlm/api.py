@@ -1,0 +1,271 @@
+"""The Python API: one function per CLI command, same names, same settings, same errors.
+
+    import slimlm
+    slimlm.distill(teacher="smollm2-135m", layers=15, data="sotu", out="runs/student")
+    slimlm.evaluate(["smollm2-135m", "runs/student"], data="sotu")
+
+Each stage reads model directories and writes one (see output.py), so stages compose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from slimlm.config import DistillSettings, load_recipe
+from slimlm.data import prepare_data
+from slimlm.errors import SlimlmError
+from slimlm.output import claim_output, model_card, publish, staging_dir, write_json_atomic
+from slimlm.sources import check_same_tokenizer, load_model
+
+
+def _log(message: str) -> None:
+    print(f"slimlm: {message}", file=sys.stderr, flush=True)
+
+
+def fetch(teacher: str = "smollm2-135m", data: str = "sotu") -> dict:
+    """Download and convert the built-in (or given) teacher and corpus into the cache; print where."""
+    from slimlm.data import load_corpus
+    from slimlm.sources import resolve_model
+
+    model_dir = resolve_model(teacher)
+    corpus = load_corpus(data)
+    _log(f"teacher {teacher} -> {model_dir}; corpus {data}: {len(corpus.documents)} documents")
+    return {"teacher": str(model_dir), "documents": len(corpus.documents)}
+
+
+def calibration_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded sample of training blocks for layer selection and feature statistics."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return train[torch.randperm(len(train), generator=g)[: min(n, len(train))]]
+
+
+def _student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, student_config=None,
+                          calibration=8, seed=0, bf16=True) -> tuple:
+    from tqdm.auto import tqdm
+
+    from slimlm.student import build_student, calibration_perplexity, decoder_layers, parse_keep_layers, \
+        select_layers
+
+    n_teacher = len(decoder_layers(teacher))
+    calib = calibration_blocks(splits.train, calibration, seed)
+    info = {}
+    if keep_layers is None:
+        if not 1 <= layers <= n_teacher:
+            raise SlimlmError(f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            keep, table = select_layers(teacher, calib, layers, progress=tqdm)
+        info["layer_selection"] = {"method": "drop the contiguous run of layers whose removal raises calibration "
+                                             "perplexity least", "calibration_blocks": len(calib),
+                                   "candidates": [{k: r[k] for k in ("dropped", "perplexity")} for r in table]}
+        if table:
+            _log(f"layer importance: dropping layers {table[0]['dropped'][0]}-{table[0]['dropped'][1]} costs least "
+                 f"(calibration perplexity {table[0]['perplexity']:.1f}; worst candidate {table[-1]['perplexity']:.3g})")
+    else:
+        keep = parse_keep_layers(keep_layers, n_teacher)
+    student = build_student(teacher, keep, student_config)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        info["calibration_perplexity"] = {"teacher": calibration_perplexity(teacher, calib),
+                                          "student": calibration_perplexity(student, calib)}
+    info["kept_layers"] = keep
+    return student, info
+
+
+def make_student(*, teacher: str, data: str, out: str, layers: int | None = None, keep_layers: str | None = None,
+                 student_config: dict | None = None, block_size: int = 256, calibration_blocks: int = 8,
+                 seed: int = 0, force: bool = False, evaluate_test: bool = True,
+                 trust_remote_code: bool = False) -> Path:
+    """Stage `student`: build a student from the teacher and write it, with its starting perplexity."""
+    if (layers is None) == (keep_layers is None):
+        raise SlimlmError("give exactly one of --layers N or --keep-layers LIST")
+    out = Path(out)
+    stage = claim_output(out, force=force)
+    teacher_model, tokenizer, teacher_dir = load_model(teacher, trust_remote_code=trust_remote_code)
+    splits = prepare_data(data, tokenizer, block_size)
+    _log(splits.summary())
+    student, info = _student_from_teacher(teacher_model, splits, layers=layers, keep_layers=keep_layers,
+                                          student_config=student_config, calibration=calibration_blocks, seed=seed)
+    metrics = {}
+    if evaluate_test:
+        from slimlm.evaluate import perplexity
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            metrics = perplexity(student, splits.test, window=block_size, stride=block_size,
+                                 text_bytes=splits.info["test"]["bytes"])
+        _log(f"student starting test perplexity {metrics['perplexity']:.1f} "
+             f"(accuracy {metrics['accuracy']:.3f}, {len(info['kept_layers'])} layers, "
+             f"{sum(p.numel() for p in student.parameters()) / 1e6:.1f}M parameters)")
+    record = {"stage": "student", "teacher": str(teacher), "teacher_dir": str(teacher_dir),
+              "settings": {"layers": layers, "keep_layers": keep_layers, "student_config": student_config,
+                           "block_size": block_size, "seed": seed},
+              "data": splits.info, "student": info, "metrics": metrics}
+    publish(stage, out, student, tokenizer, record, model_card(f"Student of {teacher}", record))
+    _log(f"wrote {out}")
+    return out
+
+
+def distill(settings: DistillSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
+            recipe: str | None = None, stop_after: int | None = None, **overrides) -> Path:
+    """Stage `distill`: train a student to match the teacher (paper section 2) and write it.
+
+    `stop_after` ends training after that many steps (checkpoint kept, nothing published); tests use it
+    to interrupt a run that `resume=True` then finishes.
+    """
+    values = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = (settings or DistillSettings.from_dict(values)).validate()
+    from slimlm.distill.losses import make_projection, parse_layer_map
+
+    out = Path(out)
+    stage = claim_output(out, force=force, resume=resume)
+    start_time = time.time()
+    torch.manual_seed(settings.seed)
+    teacher, tokenizer, teacher_dir = load_model(settings.teacher, trust_remote_code=settings.trust_remote_code)
+    splits = prepare_data(settings.data, tokenizer, settings.block_size)
+    _log(splits.summary())
+    student_info = {}
+    if settings.student is not None:
+        student, student_tok, student_dir = load_model(settings.student, trust_remote_code=settings.trust_remote_code)
+        check_same_tokenizer(tokenizer, student_tok)
+        student_info["from"] = str(student_dir)
+    else:
+        student, student_info = _student_from_teacher(
+            teacher, splits, layers=settings.layers, keep_layers=settings.keep_layers,
+            student_config=settings.student_config, calibration=settings.calibration_blocks, seed=settings.seed,
+            bf16=settings.bf16)
+    n_t, n_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    feature_map = parse_layer_map(settings.feature_layers, n_t, n_s)
+    attention_map = parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1)
+    if feature_map and teacher.config.hidden_size != student.config.hidden_size:
+        student.slimlm_projections = torch.nn.ModuleList(
+            [make_projection(student.config.hidden_size, teacher.config.hidden_size) for _ in feature_map])
+    if attention_map:
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")  # attention maps need the eager kernel
+
+    steps = settings.steps()
+    per_step = settings.batch_size * settings.grad_accum
+    blocks = _training_blocks(splits.train, steps * per_step, settings.seed)
+    from slimlm.distill.teacher_cache import CachedTeacher, teacher_cache
+    from slimlm.distill.trainer import BlockDataset, DistillTrainer, StopAfterSteps, teacher_feature_std
+    from slimlm.evaluate import perplexity
+
+    calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
+    teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
+    cached = None
+    if settings.teacher_cache:
+        path = teacher_cache(teacher, teacher_dir, blocks, top_k=settings.top_k,
+                             hidden_layers=[t for t, _ in feature_map], bf16=settings.bf16)
+        cached = CachedTeacher(path, [t for t, _ in feature_map])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+        before = perplexity(student, splits.val, window=settings.eval_window, stride=settings.eval_window,
+                            progress=False)
+    _log(f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
+         f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks)")
+
+    trainer = DistillTrainer(
+        model=student, args=_training_args(settings, stage, steps), train_dataset=BlockDataset(blocks, cached),
+        teacher=None if cached else teacher, temperature=settings.temperature, alpha=settings.alpha, kl=settings.kl,
+        chunk_size=settings.chunk_size, feature_map=feature_map, feature_weight=settings.feature_weight,
+        teacher_std=teacher_std, attention_map=attention_map, attention_weight=settings.attention_weight,
+        bf16=settings.bf16, callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+    checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        _log(f"no checkpoint in {stage}; starting from the beginning")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop_after and trainer.state.global_step < steps:
+        _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
+        return stage
+    student = trainer.model
+    if hasattr(student, "slimlm_projections"):
+        del student.slimlm_projections  # training-only; the published model is a plain HF model
+    student.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+        after = perplexity(student, splits.val, window=settings.eval_window, stride=settings.eval_window,
+                           progress=False)
+    _log(f"student after distillation: validation perplexity {after['perplexity']:.1f} "
+         f"(before {before['perplexity']:.1f})")
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    record = {"stage": "distill", "teacher": settings.teacher, "teacher_dir": str(teacher_dir),
+              "settings": settings.to_dict(), "data": splits.info, "student": student_info,
+              "layer_map": {"features": feature_map, "attention": attention_map},
+              "training": {"steps": trainer.state.global_step, "tokens": len(blocks) * settings.block_size,
+                           "train_runtime_s": result.metrics.get("train_runtime"),
+                           "wall_time_s": time.time() - start_time, "teacher_cache": bool(cached),
+                           "log": history},
+              "metrics": {"validation_before": before, "validation_after": after}}
+    publish(stage, out, student, tokenizer, record, model_card(f"Student distilled from {settings.teacher}", record))
+    _log(f"wrote {out}")
+    return out
+
+
+def _training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The first n blocks of a seeded permutation (repeated as epochs when the budget exceeds the corpus)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(train), generator=g) for _ in range(math.ceil(n / len(train)))])
+    return train[order[:n]]
+
+
+def _training_args(settings: DistillSettings, stage: Path, steps: int):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(stage / "checkpoints"), max_steps=steps, per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_ratio * steps),
+        lr_scheduler_type="cosine", logging_steps=settings.logging_steps, save_steps=settings.save_steps,
+        save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
+        report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False, save_safetensors=True, average_tokens_across_devices=True)
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and get_last_checkpoint(str(folder)) else None
+
+
+def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, force: bool = False,
+             window: int = 256, stride: int | None = None, new_tokens: int = 64, repeats: int = 3,
+             bf16: bool = False, trust_remote_code: bool = False) -> dict:
+    """Stage `eval`: the same metrics for every model on the same test split, side by side."""
+    from slimlm.evaluate import evaluate_model, format_table
+
+    if not models:
+        raise SlimlmError("give at least one model to evaluate")
+    if out and Path(out).exists() and not force:
+        raise SlimlmError(f"{out} already exists; pass --force to replace it or choose another --out")
+    results, data_info, tokenizer0 = {}, None, None
+    for spec in models:
+        model, tokenizer, model_dir = load_model(spec, trust_remote_code=trust_remote_code)
+        if tokenizer0 is None:
+            tokenizer0 = tokenizer
+            splits = prepare_data(data, tokenizer, window)
+            data_info = splits.info
+            _log(splits.summary())
+        else:
+            check_same_tokenizer(tokenizer0, tokenizer)
+        if bf16:
+            model = model.to(torch.bfloat16)
+        _log(f"evaluating {spec}")
+        results[str(spec)] = evaluate_model(model, tokenizer, splits.test, model_dir=model_dir,
+                                            text_bytes=data_info["test"]["bytes"], window=window,
+                                            stride=stride or window, new_tokens=new_tokens, repeats=repeats)
+        del model
+    table = format_table(results)
+    report = {"data": data_info, "protocol": {"split": "test", "window": window, "stride": stride or window,
+                                              "decode_new_tokens": new_tokens, "repeats": repeats,
+                                              "dtype": "bfloat16" if bf16 else "float32",
+                                              "threads": torch.get_num_threads()},
+              "results": results, "table": table}
+    print(table)
+    if out:
+        write_json_atomic(Path(out), report, force=force)
+        _log(f"wrote {out}")
+    return report

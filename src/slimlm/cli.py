@@ -1,0 +1,153 @@
+"""The `slimlm` command: parse flags, call the API in api.py, print. No logic of its own.
+
+A `SlimlmError` is printed as one line and exits with status 2; pass --debug for a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    return value
+
+
+def _json_or_file(text):
+    """--student-config: inline JSON or a path to a .json/.yaml file."""
+    import yaml
+
+    path = Path(text)
+    try:
+        raw = path.read_text(encoding="utf-8") if path.is_file() else text
+        value = yaml.safe_load(raw)
+    except Exception:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a readable file nor JSON") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a mapping such as '{{\"intermediate_size\": 768}}'")
+    return value
+
+
+def _add_common(p, out_required=True):
+    p.add_argument("--out", required=out_required, help="output directory (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimlm", description="Compress a causal LM and measure what it bought.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="download the built-in teacher and corpus into the cache")
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--data", default="sotu")
+
+    p = sub.add_parser("student", help="build a student from the teacher's layers and write it")
+    p.add_argument("--teacher", default="smollm2-135m", help="built-in name, local dir, .gguf file or hub id")
+    p.add_argument("--data", default="sotu", help="built-in corpus, local .txt/.jsonl/.parquet file or folder, hub id")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--layers", type=_positive_int, help="keep N layers chosen by measured importance")
+    group.add_argument("--keep-layers", help="keep exactly these teacher layers, e.g. 0-4,20-29")
+    p.add_argument("--student-config", type=_json_or_file, help="narrower widths: JSON or a .json/.yaml file")
+    p.add_argument("--block-size", type=_positive_int, default=256)
+    p.add_argument("--calibration-blocks", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("distill", help="distil a teacher into a student (paper section 2)")
+    p.add_argument("--recipe", help="YAML file of settings; flags override it")
+    p.add_argument("--teacher", help="built-in name, local dir, .gguf file or hub id (default smollm2-135m)")
+    p.add_argument("--data", help="built-in corpus, local files or folder, hub dataset id (default sotu)")
+    p.add_argument("--student", help="student model directory (else --layers or --keep-layers)")
+    p.add_argument("--layers", type=_positive_int, help="build the student: keep N layers by measured importance")
+    p.add_argument("--keep-layers", help="build the student: keep these teacher layers, e.g. 0-4,20-29")
+    p.add_argument("--student-config", type=_json_or_file, help="narrower widths: JSON or a .json/.yaml file")
+    p.add_argument("--temperature", type=float, help="tau of the KD term (default 2.0)")
+    p.add_argument("--alpha", type=float, help="weight of hard-label CE; 1-alpha weighs KD (default 0.5)")
+    p.add_argument("--kl", choices=["forward", "reverse", "jsd"], help="divergence of the KD term (default forward)")
+    p.add_argument("--feature-layers", help="hidden-state map teacher:student, e.g. 6:3,12:6")
+    p.add_argument("--feature-weight", type=float, help="beta of the feature loss")
+    p.add_argument("--attention-layers", help="attention-map KD, decoder layers teacher:student, e.g. 20:10")
+    p.add_argument("--attention-weight", type=float)
+    p.add_argument("--block-size", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--grad-accum", type=_positive_int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--max-tokens", type=_positive_int, help="training budget in tokens (default 300000)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
+    p.add_argument("--chunk-size", type=_positive_int, help="tokens per KD-loss chunk (default 1024)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-steps", type=_positive_int)
+    p.add_argument("--teacher-cache", action="store_true", default=None,
+                   help="compute teacher top-k logits and hidden states once, reuse them in later runs")
+    p.add_argument("--top-k", type=_positive_int)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="evaluate models side by side on the test split")
+    p.add_argument("models", nargs="+", help="built-in names, model dirs, .gguf files or hub ids")
+    p.add_argument("--data", default="sotu")
+    p.add_argument("--window", type=_positive_int, default=256)
+    p.add_argument("--stride", type=_positive_int)
+    p.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens decoded per speed run")
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--bf16", action="store_true", help="evaluate in bfloat16")
+    _add_common(p, out_required=False)
+    return parser
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from slimlm import api
+
+    if args.command == "fetch":
+        api.fetch(args.teacher, args.data)
+    elif args.command == "student":
+        api.make_student(teacher=args.teacher, data=args.data, out=args.out, layers=args.layers,
+                         keep_layers=args.keep_layers, student_config=args.student_config, block_size=args.block_size,
+                         calibration_blocks=args.calibration_blocks, seed=args.seed, force=args.force,
+                         trust_remote_code=args.trust_remote_code)
+    elif args.command == "distill":
+        skip = {"command", "debug", "recipe", "out", "force", "resume"}
+        overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+        if not args.trust_remote_code:
+            overrides.pop("trust_remote_code", None)
+        api.distill(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
+    elif args.command == "eval":
+        api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
+                     stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,
+                     trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+def main(argv=None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        return run(argv)
+    except SlimlmError as exc:
+        if debug:
+            raise
+        print(f"slimlm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimlm: interrupted; rerun with --resume to continue a training run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

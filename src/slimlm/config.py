@@ -1,0 +1,111 @@
+"""Typed, validated settings for the distillation stage, from CLI flags, a YAML recipe or Python.
+
+Validation lives here, once, so the CLI and the Python API refuse the same bad values with the
+same one-line messages before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+
+KL_KINDS = ("forward", "reverse", "jsd")
+
+
+@dataclass
+class DistillSettings:
+    teacher: str = "smollm2-135m"
+    data: str = "sotu"
+    student: str | None = None  # a model directory; else built from the teacher:
+    layers: int | None = None  # keep N layers chosen by measured importance
+    keep_layers: str | None = None  # or keep exactly these teacher layers, e.g. "0-4,20-29"
+    student_config: dict | None = None  # narrower student: hidden_size, intermediate_size, ...
+    block_size: int = 256
+    temperature: float = 2.0  # tau in the paper's KD loss
+    alpha: float = 0.5  # weight of the hard-label CE; (1 - alpha) weighs the KD term
+    kl: str = "forward"
+    feature_layers: str = ""  # "teacher:student,..." hidden-state indices, e.g. "6:3,12:6"
+    feature_weight: float = 0.0  # beta in the feature loss
+    attention_layers: str = ""  # "teacher:student,..." decoder layer indices for attention-map KD
+    attention_weight: float = 0.0
+    chunk_size: int = 1024  # tokens per chunk of the KD loss (bounds fp32 logits memory)
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_tokens: int = 300_000  # training budget in tokens (sets the number of optimizer steps)
+    max_steps: int | None = None  # overrides max_tokens when set
+    seed: int = 0
+    bf16: bool = True  # bf16 autocast for student and teacher forward passes
+    save_steps: int = 50
+    logging_steps: int = 10
+    teacher_cache: bool = False  # compute teacher top-k logits/hidden states once and reuse them
+    top_k: int = 64  # logits kept per token in the teacher cache
+    calibration_blocks: int = 8  # blocks used for layer selection and feature-loss statistics
+    eval_window: int = 256
+    trust_remote_code: bool = False
+
+    def validate(self) -> "DistillSettings":
+        if not self.temperature > 0:
+            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
+        if not 0 <= self.alpha <= 1:
+            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
+        if self.kl not in KL_KINDS:
+            raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
+        if self.kl != "forward" and self.teacher_cache:
+            raise SlimlmError(f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
+                              "(the cache keeps only top-k logits) or use --kl forward")
+        for name in ("feature_weight", "attention_weight", "weight_decay", "warmup_ratio"):
+            if getattr(self, name) < 0:
+                raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        for name in ("block_size", "chunk_size", "batch_size", "grad_accum", "max_tokens", "save_steps",
+                     "logging_steps", "top_k", "calibration_blocks", "eval_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SlimlmError(f"--max-steps must be a positive integer (got {self.max_steps})")
+        if not self.learning_rate > 0:
+            raise SlimlmError(f"--learning-rate must be > 0 (got {self.learning_rate})")
+        chosen = [x is not None for x in (self.student, self.layers, self.keep_layers)]
+        if sum(chosen) != 1:
+            raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")
+        if self.layers is not None and self.layers < 1:
+            raise SlimlmError(f"--layers must be a positive integer (got {self.layers})")
+        return self
+
+    def steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * self.block_size
+        return max(1, -(-self.max_tokens // per_step))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DistillSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a YAML recipe (a mapping of setting -> value) with a clear error for every way it can be wrong."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlimlmError(f"recipe {path} does not exist; check the path")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SlimlmError(f"recipe {path} is not valid YAML ({type(exc).__name__}); fix its syntax") from None
+    if not isinstance(values, dict):
+        raise SlimlmError(f"recipe {path} must be a mapping of setting: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
