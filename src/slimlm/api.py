@@ -21,7 +21,7 @@ import torch
 from slimlm.config import DistillSettings, load_recipe
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.output import claim_output, model_card, publish, staging_dir, write_json_atomic
+from slimlm.output import claim_output, discard_if_unstarted, model_card, publish, write_json_atomic
 from slimlm.sources import check_same_tokenizer, load_model
 
 
@@ -86,6 +86,16 @@ def make_student(*, teacher: str, data: str, out: str, layers: int | None = None
         raise SlimlmError("give exactly one of --layers N or --keep-layers LIST")
     out = Path(out)
     stage = claim_output(out, force=force)
+    try:
+        return _make_student(teacher, data, out, stage, layers, keep_layers, student_config, block_size,
+                             calibration_blocks, seed, evaluate_test, trust_remote_code)
+    except BaseException:
+        discard_if_unstarted(stage)
+        raise
+
+
+def _make_student(teacher, data, out, stage, layers, keep_layers, student_config, block_size, calibration_blocks,
+                  seed, evaluate_test, trust_remote_code) -> Path:
     teacher_model, tokenizer, teacher_dir = load_model(teacher, trust_remote_code=trust_remote_code)
     splits = prepare_data(data, tokenizer, block_size)
     _log(splits.summary())
@@ -120,10 +130,19 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = (settings or DistillSettings.from_dict(values)).validate()
-    from slimlm.distill.losses import make_projection, parse_layer_map
 
     out = Path(out)
     stage = claim_output(out, force=force, resume=resume)
+    try:
+        return _distill(settings, out, stage, resume, stop_after)
+    except BaseException:
+        discard_if_unstarted(stage)  # keep checkpoints for --resume, drop an empty staging area
+        raise
+
+
+def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
+    from slimlm.distill.losses import make_projection, parse_layer_map
+
     start_time = time.time()
     torch.manual_seed(settings.seed)
     teacher, tokenizer, teacher_dir = load_model(settings.teacher, trust_remote_code=settings.trust_remote_code)
@@ -164,7 +183,7 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
                              hidden_layers=[t for t, _ in feature_map], bf16=settings.bf16)
         cached = CachedTeacher(path, [t for t, _ in feature_map])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        before = perplexity(student, splits.val, window=settings.eval_window, stride=settings.eval_window,
+        before = perplexity(student, splits.val[: settings.eval_tokens], window=settings.eval_window, stride=settings.eval_window,
                             progress=False)
     _log(f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
          f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks)")
@@ -187,7 +206,7 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
         del student.slimlm_projections  # training-only; the published model is a plain HF model
     student.eval()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        after = perplexity(student, splits.val, window=settings.eval_window, stride=settings.eval_window,
+        after = perplexity(student, splits.val[: settings.eval_tokens], window=settings.eval_window, stride=settings.eval_window,
                            progress=False)
     _log(f"student after distillation: validation perplexity {after['perplexity']:.1f} "
          f"(before {before['perplexity']:.1f})")
@@ -219,7 +238,7 @@ def _training_args(settings: DistillSettings, stage: Path, steps: int):
         output_dir=str(stage / "checkpoints"), max_steps=steps, per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_ratio * steps),
-        lr_scheduler_type="cosine", logging_steps=settings.logging_steps, save_steps=settings.save_steps,
+        lr_scheduler_type="cosine", optim=settings.optim, max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, save_steps=settings.save_steps,
         save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
         report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False, save_safetensors=True, average_tokens_across_devices=True)

@@ -38,6 +38,8 @@ class DistillSettings:
     warmup_ratio: float = 0.05
     max_tokens: int = 300_000  # training budget in tokens (sets the number of optimizer steps)
     max_steps: int | None = None  # overrides max_tokens when set
+    optim: str = "adamw_torch"  # any transformers.TrainingArguments optimizer name
+    max_grad_norm: float = 1.0  # 0 disables gradient clipping
     seed: int = 0
     bf16: bool = True  # bf16 autocast for student and teacher forward passes
     save_steps: int = 50
@@ -46,6 +48,7 @@ class DistillSettings:
     top_k: int = 64  # logits kept per token in the teacher cache
     calibration_blocks: int = 8  # blocks used for layer selection and feature-loss statistics
     eval_window: int = 256
+    eval_tokens: int = 16384  # validation tokens scored before/after training (the test split is `slimlm eval`'s)
     trust_remote_code: bool = False
 
     def validate(self) -> "DistillSettings":
@@ -58,11 +61,11 @@ class DistillSettings:
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
                               "(the cache keeps only top-k logits) or use --kl forward")
-        for name in ("feature_weight", "attention_weight", "weight_decay", "warmup_ratio"):
+        for name in ("feature_weight", "attention_weight", "weight_decay", "warmup_ratio", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         for name in ("block_size", "chunk_size", "batch_size", "grad_accum", "max_tokens", "save_steps",
-                     "logging_steps", "top_k", "calibration_blocks", "eval_window"):
+                     "logging_steps", "top_k", "calibration_blocks", "eval_window", "eval_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")

@@ -44,6 +44,12 @@ def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) 
     return stage
 
 
+def discard_if_unstarted(stage: Path) -> None:
+    """After a failure, remove a staging area that holds no checkpoint (nothing worth resuming)."""
+    if stage.exists() and not any((stage / "checkpoints").glob("checkpoint-*")):
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def publish(stage: Path, out: Path, model=None, tokenizer=None, record: dict | None = None,
             card: str | None = None, files: dict[str, str] | None = None) -> Path:
     """Write the model, its record and card into the staging area, then move it to `out` in one rename."""
