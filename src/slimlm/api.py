@@ -141,7 +141,7 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
-    from slimlm.distill.losses import make_projection, parse_layer_map
+    from slimlm.kd.losses import make_projection, parse_layer_map
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
@@ -171,8 +171,8 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     steps = settings.steps()
     per_step = settings.batch_size * settings.grad_accum
     blocks = _training_blocks(splits.train, steps * per_step, settings.seed)
-    from slimlm.distill.teacher_cache import CachedTeacher, teacher_cache
-    from slimlm.distill.trainer import BlockDataset, DistillTrainer, StopAfterSteps, teacher_feature_std
+    from slimlm.kd.teacher_cache import CachedTeacher, teacher_cache
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, StopAfterSteps, teacher_feature_std
     from slimlm.evaluate import perplexity
 
     calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
@@ -241,7 +241,7 @@ def _training_args(settings: DistillSettings, stage: Path, steps: int):
         lr_scheduler_type="cosine", optim=settings.optim, max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, save_steps=settings.save_steps,
         save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
         report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False, save_safetensors=True, average_tokens_across_devices=True)
+        disable_tqdm=False, average_tokens_across_devices=True)
 
 
 def _last_checkpoint(folder: Path) -> Path | None:

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
     p.add_argument("--chunk-size", type=_positive_int, help="tokens per KD-loss chunk (default 1024)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--save-steps", type=_positive_int)
+    p.add_argument("--save-steps", type=_positive_int, help="checkpoint every N steps (default 50)")
+    p.add_argument("--logging-steps", type=_positive_int, help="log losses every N steps (default 10)")
     p.add_argument("--teacher-cache", action="store_true", default=None,
                    help="compute teacher top-k logits and hidden states once, reuse them in later runs")
     p.add_argument("--top-k", type=_positive_int)

@@ -64,7 +64,9 @@ def distill_loss(student_hidden, student_head, labels, *, teacher_hidden=None, t
 
     Returns (loss, parts): loss = sum over valid tokens of the per-token loss / num_items (default: the number
     of valid labels); parts = {"ce": CE, "kd": tau^2 * KL}, each detached and normalised the same way, so
-    loss = alpha * parts["ce"] + (1 - alpha) * parts["kd"].
+    loss = alpha * parts["ce"] + (1 - alpha) * parts["kd"] (parts["kd"] is computed even at alpha = 1).
+    Gradients flow to student_hidden and student_head only, never to the teacher; they are computed during
+    this call (when grad is enabled and an input needs it), so the loss supports one backward pass.
     """
     tau, alpha, chunk_size = _check_kd_args(temperature, alpha, kl, chunk_size)
     mode = _check_kd_inputs(student_hidden, student_head, labels, teacher_hidden, teacher_head,
@@ -118,7 +120,6 @@ class _FusedLinearDistill(torch.autograd.Function):
         acc = _acc_dtype(mm_dtype)
         rows = labels.ne(IGNORE_INDEX).nonzero().squeeze(1)  # valid tokens only: masked rows cost nothing
         n, vs = rows.numel(), w.shape[0]
-        use_teacher = mode != "ce"  # at alpha = 1 the KD term is still reported in parts
         v = min(vs, tw.shape[0]) if mode == "online" else vs
         ce_sum = torch.zeros((), dtype=acc, device=dev)
         kd_sum = torch.zeros((), dtype=acc, device=dev)
@@ -127,114 +128,141 @@ class _FusedLinearDistill(torch.autograd.Function):
         c = min(chunk_size, max(n, 1))
         with torch.autocast(dev.type, enabled=False):  # dtypes are chosen explicitly below
             wm = w.to(mm_dtype)
-            twm = tw[:v].to(mm_dtype) if mode == "online" and use_teacher else None
-            buf = _Buffers(c, vs, v, acc, mm_dtype, dev, use_teacher, mode == "online")
+            twm = tw[:v].to(mm_dtype) if mode == "online" else None
+            buf = _Buffers(c, vs, v if mode == "online" else 0, acc, mm_dtype, dev)
             for start in range(0, n, c):
                 idx = rows[start:start + c]
                 m = idx.numel()
                 hc = h.index_select(0, idx).to(mm_dtype)
                 y = labels.index_select(0, idx).unsqueeze(1)
-                S = buf.logits(hc, wm, m)
-                teacher = None
-                if use_teacher and mode == "online":
-                    teacher = buf.logits(th.index_select(0, idx).to(mm_dtype), twm, m, teacher=True)
-                elif use_teacher:
+                S = buf.logits(hc, wm, buf.S[:m])
+                teacher = None  # at alpha = 1 the KD term is still computed, for parts["kd"]
+                if mode == "online":
+                    teacher = buf.logits(th.index_select(0, idx).to(mm_dtype), twm, buf.T[:m])
+                elif mode == "topk":
                     teacher = (tv.index_select(0, idx).to(acc), ti.index_select(0, idx).long())
-                ce, kd, G = _chunk_loss_and_grad(S, y, teacher, mode, kl, tau, alpha, v, buf, m)
+                ce, kd, G = _chunk_loss_and_grad(S, y, teacher, mode, kl, tau, alpha, v, buf)
                 ce_sum += ce
                 kd_sum += kd
                 if need_h or need_w:
-                    Gm = buf.cast(G, m)
+                    Gm = buf.scratch(m, vs, mm_dtype).copy_(G) if mm_dtype != acc else G
                     if need_h:
                         grad_h.index_copy_(0, idx, (Gm @ wm).to(acc))
                     if need_w:
-                        grad_w += (Gm.t() @ hc).to(acc)
+                        grad_w.add_(Gm.t() @ hc)  # low-precision product added into the fp32 sum
         kd_sum = kd_sum * (tau * tau)
         loss_sum = alpha * ce_sum + (1 - alpha) * kd_sum
         ctx.save_for_backward(grad_h, grad_w)
-        ctx.input_dtypes = (h.dtype, w.dtype)
+        ctx.input_dtypes, ctx.used = (h.dtype, w.dtype), False
         ctx.mark_non_differentiable(ce_sum, kd_sum)
         return loss_sum, ce_sum, kd_sum
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_ce, _grad_kd):
+        if ctx.used:
+            raise SlimlmError("distill_loss supports one backward pass (its gradients are scaled in place): "
+                              "call it again instead of retain_graph=True")
+        ctx.used = True
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.input_dtypes
-        gh = (grad_h * grad_loss).to(h_dtype) if grad_h is not None else None
-        gw = (grad_w * grad_loss).to(w_dtype) if grad_w is not None else None
+        # in place: no second (V, d) tensor next to the saved one
+        gh = grad_h.mul_(grad_loss).to(h_dtype) if grad_h is not None else None
+        gw = grad_w.mul_(grad_loss).to(w_dtype) if grad_w is not None else None
         return gh, gw, None, None, None, None, None, None, None, None, None, None
 
 
 class _Buffers:
-    """Work tensors for one chunk, reused across chunks: S (logits), E (softmax / gradient), T and P (teacher)."""
+    """Three (chunk, V) work tensors, reused by every chunk: S (student logits, then G), T (teacher logits), X.
 
-    def __init__(self, c, vs, vt, acc, mm_dtype, dev, use_teacher, online):
+    X is scratch: p_T^tau, exp(S - max), and, viewed as bf16/fp16, the matmul outputs and G's low-precision
+    copy, so no fourth buffer is needed.
+    """
+
+    def __init__(self, c, vs, vt, acc, mm_dtype, dev):
         self.S = torch.empty(c, vs, dtype=acc, device=dev)
-        self.E = torch.empty(c, vs, dtype=acc, device=dev)
-        self.T = torch.empty(c, vt, dtype=acc, device=dev) if use_teacher else None
-        self.P = torch.empty(c, vt, dtype=acc, device=dev) if use_teacher and online else None
-        self.low = torch.empty(c, vs, dtype=mm_dtype, device=dev) if mm_dtype != acc else None
+        self.X = torch.empty(c, vs, dtype=acc, device=dev)
+        self.T = torch.empty(c, vt, dtype=acc, device=dev) if vt else None
+        self.acc, self.mm_dtype = acc, mm_dtype
 
-    def logits(self, x, weight, m, teacher=False):
-        out = (self.T if teacher else self.S)[:m]
-        if self.low is None:
+    def scratch(self, m, cols, dtype=None):
+        """A contiguous (m, cols) tensor on X's storage (dtype at most as wide as X's)."""
+        return self.X.view(-1).view(dtype or self.acc)[:m * cols].view(m, cols)
+
+    def logits(self, x, weight, out):
+        if self.mm_dtype == self.acc:
             return torch.mm(x, weight.t(), out=out)
-        low = self.low[:m, :weight.shape[0]]
-        torch.mm(x, weight.t(), out=low)  # bf16 matmul, as autocast would do; softmax in fp32 below
+        low = self.scratch(out.shape[0], out.shape[1], self.mm_dtype)
+        torch.mm(x, weight.t(), out=low)  # bf16 matmul, as autocast would run it; softmaxes in fp32 below
         return out.copy_(low)
 
-    def cast(self, G, m):
-        return G if self.low is None else self.low[:m].copy_(G)
 
-
-def _chunk_loss_and_grad(S, y, teacher, mode, kl, tau, alpha, v, buf, m):
+def _chunk_loss_and_grad(S, y, teacher, mode, kl, tau, alpha, v, buf):
     """Per-chunk sums of CE and KL, and G = d(alpha*CE + (1-alpha)*tau^2*KL)/dS summed over the chunk's rows.
 
-    S (m, V_s) is the fp32 student logits (in buf.S, overwritten); G is returned in buf.E. Closed forms:
+    S (m, V_s) is the fp32 student logits; G is returned in S's storage. With p = softmax(logits / tau):
       CE:          dCE/dS = softmax(S) - onehot(y)
-      forward KL:  d(tau^2 KL(p_T||p_S))/dS = tau * (p_S - p_T)          (p = softmax(logits / tau))
+      forward KL:  d(tau^2 KL(p_T||p_S))/dS = tau * (p_S - p_T)
       reverse KL:  d(tau^2 KL(p_S||p_T))/dS = tau * p_S * (log p_S - log p_T - KL)
       JSD:         with M = (p_S + p_T)/2, u = (log p_S - log M)/2:  d(tau^2 JSD)/dS = tau * p_S * (u - sum p_S u)
+    Everything is done in place on S, T and X: no other (m, V) tensor is allocated on the forward-KL paths.
     """
-    E = buf.E[:m]
-    # CE at tau = 1: lse = log sum exp S; E <- exp(S - max), kept as the unnormalised softmax.
+    m, vs = S.shape
+    # CE at tau = 1, through lse1 = log sum exp S (exp(S - max) goes to scratch and is summed)
     m1 = S.amax(1, keepdim=True)
-    torch.sub(S, m1, out=E).exp_()
-    z1 = E.sum(1, keepdim=True)
+    z1 = torch.sub(S, m1, out=buf.scratch(m, vs)).exp_().sum(1, keepdim=True)
     lse1 = m1 + z1.log()
     ce = (lse1 - S.gather(1, y)).sum()
-    E.div_(z1)  # softmax(S)
-    zero = torch.zeros((), dtype=S.dtype, device=S.device)
-    if teacher is None:
-        return ce, zero, _grad_from_softmax(E, y, alpha, None, 0.0)
-    k = (1 - alpha) * tau  # weight of p_S^tau - p_T^tau in G (chain rule through S / tau gives tau^2 / tau)
+    minus_alpha = torch.full(y.shape, -alpha, dtype=S.dtype, device=S.device)
+    if teacher is None:  # G = alpha * (softmax(S) - onehot(y))
+        G = S.sub_(lse1).exp_().mul_(alpha).scatter_add_(1, y, minus_alpha)
+        return ce, torch.zeros((), dtype=S.dtype, device=S.device), G
+    k = (1 - alpha) * tau  # weight of p_S^tau - p_T^tau in G (chain rule through S / tau: tau^2 / tau)
+    vv = vs if mode == "topk" else v  # columns the tempered student softmax runs over
+    if tau == 1.0 and vv == vs:
+        lse_s = lse1
+    else:
+        ms = S[:, :vv].amax(1, keepdim=True)
+        zs = torch.sub(S[:, :vv], ms, out=buf.scratch(m, vv)).mul_(1 / tau).exp_().sum(1, keepdim=True)
+        lse_s = ms / tau + zs.log()
+
     if mode == "topk":
         values, indices = teacher
         log_pt = torch.log_softmax(values / tau, dim=1)  # teacher renormalised over its top-k
         pt = log_pt.exp()
-        ps, lse_s = _tempered_probs(S, E, m1, z1, tau, S.shape[1], buf.T[:m])
         log_ps_k = S.gather(1, indices).div_(tau).sub_(lse_s)  # student log-probs at the teacher's top-k
         kd = (pt * (log_pt - log_ps_k)).sum()
-        G = _grad_from_softmax(E, y, alpha, ps, k)
+        # G = alpha (softmax(S) - onehot) + k (p_S^tau - scatter(p_T))
+        if tau == 1.0:
+            G = S.sub_(lse1).exp_().mul_(alpha + k)
+        else:
+            ps = torch.div(S, tau, out=buf.scratch(m, vs)).sub_(lse_s).exp_()
+            G = S.sub_(lse1).exp_().mul_(alpha).add_(ps, alpha=k)
+        G.scatter_add_(1, y, minus_alpha)
         return ce, kd, G.scatter_add_(1, indices, pt.mul_(-k))
-    T, P = teacher, buf.P[:m]
-    Sv = S[:, :v]
+
+    T = teacher  # (m, v) raw teacher logits
     mt = T.amax(1, keepdim=True)
-    torch.sub(T, mt, out=P).mul_(1 / tau).exp_()
+    P = torch.sub(T, mt, out=buf.scratch(m, v)).mul_(1 / tau).exp_()
     zt = P.sum(1, keepdim=True)
     P.div_(zt)  # p_T^tau
     lse_t = mt / tau + zt.log()
     if kl == "forward":
-        # KL(p_T||p_S) = sum p_T (T - S) / tau - lse_T + lse_S, with lse_X = log sum exp(X / tau) and sum p_T = 1
-        dot = T.sub_(Sv).mul_(P).sum(1, keepdim=True) / tau
-        ps, lse_s = _tempered_probs(S, E, m1, z1, tau, v, T)  # T's storage is free again
-        kd = (dot - lse_t + lse_s).sum()
-        G = _grad_from_softmax(E, y, alpha, ps, k)
-        G[:, :v].sub_(P, alpha=k)
-        return ce, kd, G
+        # KL(p_T||p_S) = sum p_T (T - S) / tau - lse_t + lse_s   (both log-softmaxes written out; sum p_T = 1)
+        dot = T.sub_(S[:, :v]).mul_(P).sum(1, keepdim=True)  # T is consumed here
+        kd = (dot / tau - lse_t + lse_s).sum()
+        if tau == 1.0 and v == vs:  # p_S^tau = softmax(S): G = (alpha + k) softmax(S) - alpha onehot - k p_T
+            G = S.sub_(lse1).exp_().mul_(alpha + k)
+        else:
+            ps = torch.div(S[:, :v], tau, out=T).sub_(lse_s).exp_().sub_(P)  # p_S^tau - p_T^tau, in T
+            G = S.sub_(lse1).exp_().mul_(alpha)
+            G[:, :v].add_(ps, alpha=k)
+            P = None
+        if P is not None:
+            G[:, :v].sub_(P, alpha=k)
+        return ce, kd, G.scatter_add_(1, y, minus_alpha)
     # reverse KL and JSD: rarer, so written with plain temporaries
     log_pt = T.div_(tau).sub_(lse_t)
-    log_ps = torch.log_softmax(Sv / tau, dim=1)
+    log_ps = S[:, :v].div(tau).sub_(lse_s)
     ps = log_ps.exp()
     if kl == "reverse":
         r = log_ps - log_pt
@@ -245,31 +273,9 @@ def _chunk_loss_and_grad(S, y, teacher, mode, kl, tau, alpha, v, buf, m):
         kd_rows = 0.5 * ((ps * (log_ps - log_m)).sum(1, keepdim=True) + (P * (log_pt - log_m)).sum(1, keepdim=True))
         u = 0.5 * (log_ps - log_m)
         g = ps * (u - (ps * u).sum(1, keepdim=True))
-    G = _grad_from_softmax(E, y, alpha, g, k)
-    return ce, kd_rows.sum(), G
-
-
-def _tempered_probs(S, E, m1, z1, tau, v, out):
-    """p_S^tau over the first v logits, and lse_S = log sum exp(S[:, :v] / tau). Reuses softmax(S) in E at tau 1."""
-    if tau == 1.0 and v == S.shape[1]:
-        return E, m1 + z1.log()
-    ms = S[:, :v].amax(1, keepdim=True)
-    torch.sub(S[:, :v], ms, out=out).mul_(1 / tau).exp_()
-    zs = out.sum(1, keepdim=True)
-    return out.div_(zs), ms / tau + zs.log()
-
-
-def _grad_from_softmax(E, y, alpha, extra, k):
-    """E holds softmax(S); make it alpha * (softmax(S) - onehot(y)) + k * extra (extra on the first columns)."""
-    if extra is E:
-        if alpha + k != 1.0:
-            E.mul_(alpha + k)
-    else:
-        if alpha != 1.0:
-            E.mul_(alpha)
-        if extra is not None:
-            E[:, :extra.shape[1]].add_(extra, alpha=k)
-    return E.scatter_add_(1, y, torch.full(y.shape, -alpha, dtype=E.dtype, device=E.device))
+    G = S.sub_(lse1).exp_().mul_(alpha)
+    G[:, :v].add_(g, alpha=k)
+    return ce, kd_rows.sum(), G.scatter_add_(1, y, minus_alpha)
 
 
 def distill_loss_checkpointed(student_hidden, student_head, labels, *, teacher_hidden=None, teacher_head=None,

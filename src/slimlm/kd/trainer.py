@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
 
-from slimlm.distill.losses import attention_loss, distill_loss, feature_loss
+from slimlm.kd.losses import attention_loss, distill_loss, feature_loss
 from slimlm.errors import SlimlmError
 
 

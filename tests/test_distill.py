@@ -1,0 +1,124 @@
+"""End-to-end behaviour of the distillation stage on tiny models and real text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import slimlm
+from slimlm.data import prepare_data
+from slimlm.sources import load_model
+from slimlm.student import build_student
+
+FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, calibration_blocks=4,
+            eval_tokens=512, eval_window=32)
+
+
+def weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def kl_to_teacher(teacher, student, blocks):
+    """Mean per-token KL(teacher || student) on held-out blocks, in float64."""
+    with torch.no_grad():
+        t = torch.log_softmax(teacher(input_ids=blocks).logits.double(), -1)
+        s = torch.log_softmax(student(input_ids=blocks).logits.double(), -1)
+    return (t.exp() * (t - s)).sum(-1).mean().item()
+
+
+def test_student_with_all_layers_reproduces_teacher(tiny_teacher):
+    teacher, _, _ = load_model(tiny_teacher)
+    student = build_student(teacher, list(range(teacher.config.num_hidden_layers)))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_kept_layers_are_copied(tiny_teacher):
+    teacher, _, _ = load_model(tiny_teacher)
+    student = build_student(teacher, [0, 3])
+    assert student.config.num_hidden_layers == 2
+    torch.testing.assert_close(student.model.layers[1].mlp.down_proj.weight, teacher.model.layers[3].mlp.down_proj.weight)
+
+
+def test_narrow_student_from_config(tiny_teacher):
+    teacher, _, _ = load_model(tiny_teacher)
+    student = build_student(teacher, [0, 1], {"intermediate_size": 16})
+    assert student.model.layers[0].mlp.up_proj.weight.shape == (16, 32)
+    torch.testing.assert_close(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight[:16])
+
+
+def test_distillation_lowers_kl_on_held_out_blocks(tiny_teacher, text_dir, tiny_tokenizer):
+    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="student",
+                         alpha=0.0, temperature=1.0, max_steps=40, **FAST)
+    teacher, tok, _ = load_model(tiny_teacher)
+    before = build_student(teacher, [0, 3])
+    after = AutoModelForCausalLM.from_pretrained(out)
+    test = prepare_data(str(text_dir), tok, 32).test
+    blocks = test[: (len(test) // 32) * 32].view(-1, 32)[:8]
+    kl_before, kl_after = kl_to_teacher(teacher, before, blocks), kl_to_teacher(teacher, after, blocks)
+    assert kl_after < 0.8 * kl_before, (kl_before, kl_after)
+    record = json.loads((out / "slimlm.json").read_text())
+    assert record["data"]["test"]["tokens"] > 0 and record["settings"]["temperature"] == 1.0
+    assert (out / "README.md").exists() and not (out.parent / "student.partial").exists()
+
+
+def test_interrupted_run_resumes_to_same_weights(tiny_teacher, text_dir):
+    common = dict(teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=6, save_steps=3,
+                  seed=3, **FAST)
+    straight = slimlm.distill(out="straight", **common)
+    stage = slimlm.distill(out="interrupted", stop_after=3, **common)
+    assert stage.name == "interrupted.partial" and (stage / "checkpoints" / "checkpoint-3").is_dir()
+    resumed = slimlm.distill(out="interrupted", resume=True, **common)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("batch_size,grad_accum", [(2, 2), (1, 4)])
+def test_loss_does_not_depend_on_how_a_batch_is_split(tiny_teacher, text_dir, batch_size, grad_accum):
+    """One SGD step (no clipping, so any change of loss scale shows) on 4 blocks, split in different ways."""
+    common = dict(teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=1, seed=1,
+                  optim="sgd", max_grad_norm=0.0, warmup_ratio=0.0, feature_layers="2:1", feature_weight=0.5,
+                  **{**FAST, "batch_size": 4})
+    whole = slimlm.distill(out="whole", **common)
+    split = slimlm.distill(out="split", **{**common, "batch_size": batch_size, "grad_accum": grad_accum})
+    log_whole = json.loads((whole / "slimlm.json").read_text())["training"]["log"][0]
+    log_split = json.loads((split / "slimlm.json").read_text())["training"]["log"][0]
+    assert log_whole["loss"] == pytest.approx(log_split["loss"], rel=1e-4)
+    a, b = weights(whole), weights(split)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_feature_and_kd_terms_vanish_for_a_copy_of_the_teacher(tiny_teacher, text_dir):
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, teacher_feature_std
+    from transformers import TrainingArguments
+
+    teacher, tok, _ = load_model(tiny_teacher)
+    student = build_student(teacher, list(range(4)))
+    blocks = prepare_data(str(text_dir), tok, 32).train[:4]
+    std = teacher_feature_std(teacher, blocks, [2, 4], bf16=False)
+    trainer = DistillTrainer(model=student, args=TrainingArguments("unused", report_to=[], use_cpu=True),
+                             train_dataset=BlockDataset(blocks), teacher=teacher, alpha=0.0, feature_map=[(2, 2), (4, 4)],
+                             feature_weight=1.0, teacher_std=std, bf16=False)
+    batch = {k: torch.stack([BlockDataset(blocks)[i][k] for i in range(4)]) for k in ("input_ids", "shift_labels")}
+    loss = trainer.compute_loss(student, batch)
+    assert abs(loss.item()) < 1e-5
+    assert trainer._parts["feature"] < 1e-8 and abs(trainer._parts["kd"]) < 1e-5
+
+
+def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
+    common = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), max_steps=4, teacher_cache=True,
+                  feature_layers="4:2", feature_weight=0.1, **FAST)
+    slimlm.distill(out="first", **common)
+    capsys.readouterr()
+    second = slimlm.distill(out="second", **common)
+    assert "reusing cached teacher outputs" in capsys.readouterr().err
+    record = json.loads((second / "slimlm.json").read_text())
+    assert record["training"]["teacher_cache"] and record["training"]["log"][-1]["kd"] > 0
