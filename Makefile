@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/slimlm fetch
-	$(BIN)/slimlm student --teacher smollm2-135m --data sotu --layers 15 --out $(DEMO_OUT)/student-init --force
+	$(BIN)/slimlm student --teacher smollm2-135m --data sotu --layers 14 --out $(DEMO_OUT)/student-init --force
 	$(BIN)/slimlm distill --teacher smollm2-135m --student $(DEMO_OUT)/student-init --data sotu \
-		--out $(DEMO_OUT)/student --force
+		--max-tokens 200000 --learning-rate 6e-4 --out $(DEMO_OUT)/student --force
 	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu \
-		--out $(DEMO_OUT)/eval.json --force
+		--repeats 5 --out $(DEMO_OUT)/eval.json --force
 
 test: setup
 	$(BIN)/slimlm fetch

@@ -424,7 +424,7 @@ def feature_loss(teacher_states, student_states, projections=None, teacher_std=N
         raise SlimlmError(f"feature_loss got {len(teacher_states)} teacher and {len(student_states)} student "
                           "layers: pass one of each per layer-map pair")
     if not teacher_states:
-        raise SlimlmError("feature_loss needs at least one layer pair: give a layer map such as --feature-map 6:3")
+        raise SlimlmError("feature_loss needs at least one layer pair: give a layer map such as --feature-layers 6:3")
     projections = projections or [None] * len(teacher_states)
     teacher_std = teacher_std or [None] * len(teacher_states)
     total = None
