@@ -122,3 +122,19 @@ def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
     assert "reusing cached teacher outputs" in capsys.readouterr().err
     record = json.loads((second / "slimlm.json").read_text())
     assert record["training"]["teacher_cache"] and record["training"]["log"][-1]["kd"] > 0
+
+
+def test_attention_map_distillation_trains(tiny_teacher, text_dir):
+    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="attn", max_steps=2,
+                         attention_layers="1:1", attention_weight=0.5, **FAST)
+    log = json.loads((out / "slimlm.json").read_text())["training"]["log"]
+    assert all(step["attention"] > 0 for step in log)
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_narrow_student_trains_feature_projection(tiny_teacher, text_dir):
+    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", student_config={"hidden_size": 16},
+                         data=str(text_dir), out="narrow", max_steps=2, feature_layers="4:2", feature_weight=1.0, **FAST)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.hidden_size == 16 and not hasattr(model, "slimlm_projections")
+    assert not any("projection" in key for key in weights(out))
