@@ -53,3 +53,24 @@ def test_unsupported_bits(bits):
 def test_group_size_must_divide_width():
     with pytest.raises(SlimlmError, match="does not divide"):
         quantize_tensor(torch.randn(4, 48), 4, "group", 32)
+
+
+@pytest.mark.parametrize("bits,granularity,group_size", [(8, "channel", None), (4, "group", 16), (3, "tensor", None)])
+def test_model_roundtrip_through_packed_tensors(tiny_teacher, bits, granularity, group_size):
+    from transformers import AutoModelForCausalLM
+
+    from slimlm.quantize import quantize_model, restore_weights
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
+    tensors = quantize_model(model, bits, granularity, group_size)
+    packed_bytes = sum(t.numel() for k, t in tensors.items() if k.endswith(".packed"))
+    n_weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)
+    assert packed_bytes == pytest.approx(n_weights * bits / 8, rel=0.01)
+    restored = AutoModelForCausalLM.from_config(model.config)
+    restore_weights(restored, tensors, {"bits": bits, "granularity": granularity, "group_size": group_size})
+    for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
+        if a.dim() == 2:
+            step = (a.max() - a.min()) / (2 ** bits - 1)
+            assert (a - b).abs().max() <= step / 2 + 1e-6, name
+        else:
+            assert torch.equal(a, b), name

@@ -81,3 +81,58 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     word = (groups << (torch.arange(bits, dtype=torch.int64) * 8)).sum(1)
     codes = (word.unsqueeze(1) >> (torch.arange(8, dtype=torch.int64) * bits)) & (2 ** bits - 1)
     return codes.reshape(-1)[:numel].to(torch.uint8)
+
+
+# --------------------------------------------------------------------------- whole models
+
+QUANTIZED_WEIGHTS = "model.quantized.safetensors"
+
+
+def quantizable(model) -> dict[str, torch.nn.Parameter]:
+    """The 2-D weights of Linear and Embedding modules, tied weights once (by storage)."""
+    seen, out = set(), {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            weight = module.weight
+            if weight.data_ptr() in seen:
+                continue
+            seen.add(weight.data_ptr())
+            out[f"{name}.weight"] = weight
+    return out
+
+
+def quantize_model(model, bits: int, granularity: str = "channel", group_size: int | None = None,
+                   symmetric: bool = False) -> dict[str, torch.Tensor]:
+    """Packed tensors for every quantizable weight, plus the other tensors as they are (norms, biases)."""
+    targets = quantizable(model)
+    check_args(bits, granularity, group_size)
+    for name, weight in targets.items():
+        check_args(bits, granularity, group_size, weight.shape[-1])
+    tensors = {}
+    for name, weight in targets.items():
+        q = quantize_tensor(weight, bits, granularity, group_size, symmetric)
+        tensors[f"{name}.packed"] = pack(q["codes"], bits)
+        tensors[f"{name}.scale"] = q["scale"]
+        tensors[f"{name}.w_min"] = q["w_min"]
+    target_ptrs = {w.data_ptr() for w in targets.values()}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in target_ptrs and name not in tensors:
+            tensors[name] = tensor.detach().contiguous()
+    return tensors
+
+
+def restore_weights(model, tensors: dict[str, torch.Tensor], settings: dict) -> None:
+    """Dequantize packed tensors into `model` (built from the saved config), in place."""
+    bits, granularity, group_size = settings["bits"], settings["granularity"], settings.get("group_size")
+    state = {}
+    for name, weight in quantizable(model).items():
+        codes = unpack(tensors[f"{name}.packed"], bits, weight.numel()).reshape(weight.shape)
+        state[name] = dequantize_tensor({"codes": codes, "scale": tensors[f"{name}.scale"],
+                                         "w_min": tensors[f"{name}.w_min"], "granularity": granularity,
+                                         "group_size": group_size, "shape": tuple(weight.shape)}, weight.dtype)
+    state.update({k: v for k, v in tensors.items() if not k.endswith((".packed", ".scale", ".w_min"))})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    owned = dict(model.named_parameters())  # tied weights appear once
+    if unexpected or any(m in owned for m in missing):
+        raise SlimlmError(f"quantized weights do not match the model config ({(unexpected or missing)[:3]}); "
+                          "the directory is corrupt: quantize the model again")
