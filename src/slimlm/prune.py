@@ -1,0 +1,217 @@
+"""Pruning (paper section 2: remove low-importance weights), unstructured and structured.
+
+Unstructured (magnitude, Wanda) and N:M sparsity zero weights in place: the model keeps its shape,
+so on a CPU it gets no faster (DESIGN.md: sparse matmuls run at 0.3x here) and only compresses
+better. Structured pruning physically removes MLP channels or attention key/value groups, writes
+a smaller config, and so really gets smaller and faster.
+
+Importance is measured, not assumed: Wanda scores a weight by |W_ij| * ||X_j||_2 (Sun et al. 2023),
+with X the layer's inputs on calibration text; structured pruning ranks a channel or group by the
+norm of its activations times the norm of the weights that read them.
+"""
+
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from slimlm.errors import SlimlmError
+from slimlm.student import decoder_layers
+
+METHODS = ("magnitude", "wanda", "nm", "structured")
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not 0 <= sparsity < 1:
+        raise SlimlmError(f"--sparsity must be in [0, 1) (got {sparsity}); e.g. 0.5 removes half the weights")
+
+
+def prunable_linears(model) -> dict[str, nn.Linear]:
+    """The Linear layers inside decoder layers (embeddings and lm_head are left dense)."""
+    return {f"model.layers.{i}.{name}": module for i, layer in enumerate(decoder_layers(model))
+            for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+
+
+@torch.no_grad()
+def input_norms(model, blocks: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
+    """||X_j||_2 over all calibration tokens for every input column j of every prunable Linear."""
+    sums, hooks = {}, []
+    for name, module in prunable_linears(model).items():
+        def hook(mod, args, _out, name=name):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            sums[name] = sums.get(name, 0) + x.square().sum(0)
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        for start in range(0, len(blocks), batch_size):
+            model(input_ids=blocks[start:start + batch_size], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: s.sqrt() for name, s in sums.items()}
+
+
+def _zero_lowest(weight: torch.Tensor, scores: torch.Tensor, sparsity: float, per_row: bool) -> None:
+    """Zero exactly round(sparsity * n) weights with the lowest scores (per output row for Wanda)."""
+    if per_row:
+        k = round(sparsity * weight.shape[1])
+        if k:
+            idx = scores.argsort(dim=1)[:, :k]
+            weight.scatter_(1, idx, 0.0)
+    else:
+        k = round(sparsity * weight.numel())
+        if k:
+            idx = scores.reshape(-1).argsort()[:k]
+            weight.view(-1)[idx] = 0.0
+
+
+@torch.no_grad()
+def prune_unstructured(model, sparsity: float, method: str = "magnitude", scope: str = "layer",
+                       calibration: torch.Tensor | None = None) -> dict:
+    """Magnitude (|W|) or Wanda (|W| * ||X||) pruning to exactly the requested sparsity."""
+    check_sparsity(sparsity)
+    if scope not in ("layer", "global"):
+        raise SlimlmError(f"--scope must be layer or global (got {scope!r})")
+    linears = prunable_linears(model)
+    norms = input_norms(model, calibration) if method == "wanda" else {}
+    if method == "wanda" and calibration is None:
+        raise SlimlmError("--method wanda needs calibration text: pass --calibration DATA")
+    scores = {name: m.weight.abs() * norms[name] if method == "wanda" else m.weight.abs()
+              for name, m in linears.items()}
+    if scope == "global" and sparsity > 0:
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        k = round(sparsity * flat.numel())
+        threshold_idx = flat.argsort()[:k]
+        mask = torch.ones_like(flat, dtype=torch.bool)
+        mask[threshold_idx] = False
+        offset = 0
+        for name, m in linears.items():
+            n = m.weight.numel()
+            m.weight.mul_(mask[offset:offset + n].view_as(m.weight))
+            offset += n
+    else:
+        for name, m in linears.items():
+            _zero_lowest(m.weight, scores[name], sparsity, per_row=method == "wanda")
+    return sparsity_report(model)
+
+
+@torch.no_grad()
+def prune_nm(model, n: int = 2, m: int = 4, calibration: torch.Tensor | None = None) -> dict:
+    """N:M sparsity: in every group of m consecutive input weights keep the n most important."""
+    if not 0 < n < m:
+        raise SlimlmError(f"N:M needs 0 < N < M (got {n}:{m}); the usual pattern is 2:4")
+    norms = input_norms(model, calibration) if calibration is not None else {}
+    for name, lin in prunable_linears(model).items():
+        w = lin.weight
+        if w.shape[1] % m:
+            raise SlimlmError(f"{name} has {w.shape[1]} inputs, not a multiple of M={m}; choose another M")
+        score = w.abs() * norms[name] if name in norms else w.abs()
+        groups = score.reshape(w.shape[0], -1, m)
+        drop = groups.argsort(dim=-1)[..., : m - n]
+        mask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
+        w.mul_(mask.reshape_as(w))
+    return sparsity_report(model)
+
+
+def sparsity_report(model) -> dict:
+    """Achieved sparsity per kind of layer (q_proj, up_proj, ...) and over all prunable weights."""
+    zeros, totals = {}, {}
+    for name, lin in prunable_linears(model).items():
+        kind = name.rsplit(".", 1)[-1]
+        zeros[kind] = zeros.get(kind, 0) + int((lin.weight == 0).sum())
+        totals[kind] = totals.get(kind, 0) + lin.weight.numel()
+    report = {kind: zeros[kind] / totals[kind] for kind in totals}
+    report["all"] = sum(zeros.values()) / max(1, sum(totals.values()))
+    return report
+
+
+# --------------------------------------------------------------------------- structured
+
+@torch.no_grad()
+def prune_mlp_channels(model, sparsity: float, calibration: torch.Tensor) -> dict:
+    """Remove the same number of MLP channels from every layer, the least important by measurement.
+
+    Channel c's importance: ||activation_c|| (input of down_proj) * ||down_proj[:, c]||.
+    """
+    check_sparsity(sparsity)
+    norms = input_norms(model, calibration)
+    inter = model.config.intermediate_size
+    keep_n = max(1, inter - round(sparsity * inter))
+    for i, layer in enumerate(decoder_layers(model)):
+        mlp = layer.mlp
+        score = norms[f"model.layers.{i}.mlp.down_proj"] * mlp.down_proj.weight.norm(dim=0)
+        keep = score.argsort(descending=True)[:keep_n].sort().values
+        mlp.gate_proj = _slice_linear(mlp.gate_proj, out_idx=keep)
+        mlp.up_proj = _slice_linear(mlp.up_proj, out_idx=keep)
+        mlp.down_proj = _slice_linear(mlp.down_proj, in_idx=keep)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = keep_n
+    model.config.intermediate_size = keep_n
+    return {"intermediate_size": [inter, keep_n]}
+
+
+@torch.no_grad()
+def prune_kv_groups(model, n_remove: int, calibration: torch.Tensor) -> dict:
+    """Remove whole key/value groups (with their query heads) from every layer, least important first.
+
+    Under grouped-query attention a KV head serves num_heads / num_kv_heads query heads, so the unit that
+    can be removed is the group. Importance: norm of the group's attention output (o_proj inputs) times
+    the norm of the o_proj columns that read it.
+    """
+    cfg = model.config
+    n_kv, n_heads = cfg.num_key_value_heads, cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    if not 0 <= n_remove < n_kv:
+        raise SlimlmError(f"cannot remove {n_remove} key/value groups: the model has {n_kv} per layer; "
+                          f"remove 0..{n_kv - 1}")
+    if n_remove == 0:
+        return {"num_key_value_heads": [n_kv, n_kv]}
+    per_group = n_heads // n_kv
+    norms = input_norms(model, calibration)
+    keep_groups = n_kv - n_remove
+    for i, layer in enumerate(decoder_layers(model)):
+        attn = layer.self_attn
+        col = norms[f"model.layers.{i}.self_attn.o_proj"] * attn.o_proj.weight.norm(dim=0)
+        score = col.reshape(n_kv, per_group * head_dim).norm(dim=1)
+        groups = score.argsort(descending=True)[:keep_groups].sort().values
+        q_idx = torch.cat([torch.arange(g * per_group * head_dim, (g + 1) * per_group * head_dim) for g in groups])
+        kv_idx = torch.cat([torch.arange(g * head_dim, (g + 1) * head_dim) for g in groups])
+        attn.q_proj = _slice_linear(attn.q_proj, out_idx=q_idx)
+        attn.k_proj = _slice_linear(attn.k_proj, out_idx=kv_idx)
+        attn.v_proj = _slice_linear(attn.v_proj, out_idx=kv_idx)
+        attn.o_proj = _slice_linear(attn.o_proj, in_idx=q_idx)
+        for attr, value in (("num_heads", keep_groups * per_group), ("num_key_value_heads", keep_groups)):
+            if hasattr(attn, attr):
+                setattr(attn, attr, value)
+    cfg.num_attention_heads = keep_groups * per_group
+    cfg.num_key_value_heads = keep_groups
+    cfg.head_dim = head_dim  # hidden_size / heads no longer gives it
+    return {"num_key_value_heads": [n_kv, keep_groups], "num_attention_heads": [n_heads, keep_groups * per_group]}
+
+
+def _slice_linear(lin: nn.Linear, out_idx=None, in_idx=None) -> nn.Linear:
+    w = lin.weight
+    if out_idx is not None:
+        w = w[out_idx]
+    if in_idx is not None:
+        w = w[:, in_idx]
+    bias = lin.bias[out_idx] if lin.bias is not None and out_idx is not None else lin.bias
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=w.dtype, device=w.device)
+    new.weight.copy_(w)
+    if bias is not None:
+        new.bias.copy_(bias)
+    return new
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def expected_llama_parameters(cfg) -> int:
+    """Parameter count of a Llama-shaped config (tied embeddings), used to check structured pruning."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn = cfg.hidden_size * head_dim * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size
+    per_layer = attn + mlp + 2 * cfg.hidden_size
+    embed = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    return embed + cfg.num_hidden_layers * per_layer + cfg.hidden_size
