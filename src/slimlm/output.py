@@ -53,10 +53,8 @@ def discard_if_unstarted(stage: Path) -> None:
 def publish(stage: Path, out: Path, model=None, tokenizer=None, record: dict | None = None,
             card: str | None = None, files: dict[str, str] | None = None) -> Path:
     """Write the model, its record and card into the staging area, then move it to `out` in one rename."""
-    final = stage / "result"
-    if final.exists():
-        shutil.rmtree(final)
-    final.mkdir()
+    final = stage / "result"  # a stage may have written files here already (e.g. packed weights)
+    final.mkdir(exist_ok=True)
     if model is not None:
         model.save_pretrained(final, safe_serialization=True)
     if tokenizer is not None:

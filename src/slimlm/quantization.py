@@ -136,3 +136,41 @@ def restore_weights(model, tensors: dict[str, torch.Tensor], settings: dict) -> 
     if unexpected or any(m in owned for m in missing):
         raise SlimlmError(f"quantized weights do not match the model config ({(unexpected or missing)[:3]}); "
                           "the directory is corrupt: quantize the model again")
+
+
+def save_quantized(model, tokenizer, folder, bits: int, granularity: str, group_size: int | None,
+                   symmetric: bool) -> dict:
+    """Write config, tokenizer and packed weights; returns the settings stored in the config."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors = quantize_model(model, bits, granularity, group_size, symmetric)
+    settings = {"bits": bits, "granularity": granularity, "group_size": group_size, "symmetric": symmetric,
+                "format": "slimlm-minmax-packed-v1"}
+    model.config.slimlm_quantization = settings
+    model.config.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    save_file(tensors, folder / QUANTIZED_WEIGHTS, metadata={"format": "pt"})
+    return settings
+
+
+def load_quantized(folder, dtype=torch.float32):
+    """Rebuild a runnable model from a slimlm-quantized directory (weights dequantized to `dtype`)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    settings = getattr(config, "slimlm_quantization", None)
+    if not settings:
+        raise SlimlmError(f"{folder} has {QUANTIZED_WEIGHTS} but its config.json has no slimlm_quantization "
+                          "settings; quantize the model again")
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    restore_weights(model, load_file(folder / QUANTIZED_WEIGHTS), settings)
+    model.tie_weights()
+    return model.eval()

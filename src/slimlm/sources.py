@@ -145,9 +145,16 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(spec)
+    from slimlm.quantization import QUANTIZED_WEIGHTS, load_quantized
+
     try:
+        if (path / QUANTIZED_WEIGHTS).exists():  # packed low-bit weights written by `slimlm quantize`
+            model = load_quantized(path, dtype)
+            return model, load_tokenizer(path, trust_remote_code=trust_remote_code), path
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
+    except SlimlmError:
+        raise
     except Exception as exc:
         raise SlimlmError(f"could not load the model in {path} ({type(exc).__name__}: {_first_line(exc)}); "
                           "if it needs custom code, pass --trust-remote-code") from None

@@ -1,0 +1,128 @@
+"""Stages `prune` and `quantize`: compress a model directory and show one before/after table.
+
+Both read a model directory and write one in the usual slimlm format (see output.py); the table
+is measured in the same run on the same test tokens, so the comparison is fair.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from slimlm.data import prepare_data
+from slimlm.errors import SlimlmError
+from slimlm.output import claim_output, discard_if_unstarted, model_card, publish
+from slimlm.sources import load_model
+
+
+def _log(message: str) -> None:
+    print(f"slimlm: {message}", file=sys.stderr, flush=True)
+
+
+def _measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
+    from slimlm.evaluate import evaluate_model
+
+    test = splits.test[:eval_tokens]
+    return evaluate_model(model, tokenizer, test, model_dir=model_dir, window=window, stride=window,
+                          new_tokens=32, repeats=repeats, progress=False)
+
+
+def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(20_000 + seed)
+    return splits.train[torch.randperm(len(splits.train), generator=g)[:n]]
+
+
+def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude", sparsity: float = 0.5,
+          scope: str = "layer", nm: str = "2:4", kv_groups_removed: int = 0, calibration_blocks: int = 16,
+          block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3, force: bool = False,
+          trust_remote_code: bool = False) -> Path:
+    """Prune `model` and write the result with a before/after table (stage `prune`)."""
+    from slimlm import pruning
+
+    if method not in pruning.METHODS:
+        raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
+    pruning.check_sparsity(sparsity)
+    try:
+        n, m = (int(x) for x in nm.split(":"))
+    except ValueError:
+        raise SlimlmError(f"--nm {nm!r} is not N:M; write e.g. 2:4") from None
+    out = Path(out)
+    stage = claim_output(out, force=force)
+    try:
+        source, tokenizer, source_dir = load_model(model, trust_remote_code=trust_remote_code)
+        splits = prepare_data(data, tokenizer, block_size)
+        calib = _calibration(splits, calibration_blocks)
+        before = _measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
+        pruned = copy.deepcopy(source)
+        if method in ("magnitude", "wanda"):
+            detail = pruning.prune_unstructured(pruned, sparsity, method, scope, calib)
+        elif method == "nm":
+            detail = pruning.prune_nm(pruned, n, m, calib)
+        else:
+            detail = {**pruning.prune_mlp_channels(pruned, sparsity, calib),
+                      **pruning.prune_kv_groups(pruned, kv_groups_removed, calib)}
+        detail["sparsity_by_kind"] = pruning.sparsity_report(pruned)
+        tmp = stage / "measure"
+        pruned.save_pretrained(tmp)  # measure the size that will be published
+        after = _measure(pruned, tokenizer, splits, tmp, eval_tokens, block_size, repeats)
+        return _publish(stage, out, pruned, tokenizer, "prune", model, source_dir, splits,
+                        {"method": method, "sparsity": sparsity, "scope": scope, "nm": nm,
+                         "kv_groups_removed": kv_groups_removed, "calibration_blocks": calibration_blocks},
+                        detail, before, after, eval_tokens, block_size)
+    except BaseException:
+        discard_if_unstarted(stage)
+        raise
+
+
+def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granularity: str = "channel",
+             group_size: int | None = None, symmetric: bool = False, block_size: int = 256,
+             eval_tokens: int = 8192, repeats: int = 3, force: bool = False,
+             trust_remote_code: bool = False) -> Path:
+    """Quantize `model` with the paper's min-max rule, store packed codes, show a before/after table."""
+    from slimlm import quantization
+
+    quantization.check_args(bits, granularity, group_size)
+    out = Path(out)
+    stage = claim_output(out, force=force)
+    try:
+        source, tokenizer, source_dir = load_model(model, trust_remote_code=trust_remote_code)
+        for name, weight in quantization.quantizable(source).items():
+            quantization.check_args(bits, granularity, group_size, weight.shape[-1])
+        splits = prepare_data(data, tokenizer, block_size)
+        before = _measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
+        result = stage / "result"
+        result.mkdir(exist_ok=True)
+        settings = quantization.save_quantized(copy.deepcopy(source), tokenizer, result, bits, granularity,
+                                               group_size, symmetric)
+        restored = quantization.load_quantized(result)
+        after = _measure(restored, tokenizer, splits, result, eval_tokens, block_size, repeats)
+        return _publish(stage, out, None, None, "quantize", model, source_dir, splits, settings, {},
+                        before, after, eval_tokens, block_size)
+    except BaseException:
+        discard_if_unstarted(stage)
+        raise
+
+
+def _publish(stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after,
+             eval_tokens, window):
+    from slimlm.evaluate import format_table
+
+    table = format_table({"before": before, "after": after})
+    print(table)
+    sparsity = detail.get("sparsity_by_kind")
+    if sparsity:
+        print("sparsity achieved: " + ", ".join(f"{k} {v:.3f}" for k, v in sparsity.items()))
+    record = {"stage": kind, "source": str(source), "source_dir": str(source_dir), "settings": settings,
+              "detail": detail, "data": splits.info,
+              "protocol": {"split": "test", "tokens": eval_tokens, "window": window, "stride": window},
+              "metrics": {"before": before, "after": after}}
+    card = model_card(f"{source}, {kind}d", record, table)
+    if kind == "quantize":
+        card += ("\nThe weights are stored packed (`model.quantized.safetensors`); load with "
+                 "`slimlm.quantization.load_quantized(PATH)` or any `slimlm` command.\n")
+    publish(stage, Path(out), model, tokenizer, record, card)
+    _log(f"wrote {out}")
+    return Path(out)
