@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.prune import (expected_llama_parameters, parameter_count, prunable_linears, prune_kv_groups,
+from slimlm.pruning import (expected_llama_parameters, parameter_count, prunable_linears, prune_kv_groups,
                           prune_mlp_channels, prune_nm, prune_unstructured)
 
 
