@@ -1,8 +1,9 @@
 """slimlm: compress a causal language model by distillation, fine-tuning, pruning and quantization,
 and measure honestly what that bought. The functions below mirror the `slimlm` CLI commands."""
 
-from slimlm.api import distill, evaluate, fetch, make_student
-from slimlm.config import DistillSettings
+from slimlm.api import distill, evaluate, fetch, finetune, make_student
+from slimlm.config import DistillSettings, FinetuneSettings
 from slimlm.errors import SlimlmError
 
-__all__ = ["distill", "evaluate", "fetch", "make_student", "DistillSettings", "SlimlmError"]
+__all__ = ["distill", "evaluate", "fetch", "finetune", "make_student", "DistillSettings", "FinetuneSettings",
+           "SlimlmError"]

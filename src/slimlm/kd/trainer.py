@@ -77,8 +77,8 @@ class DistillTrainer(Trainer):
         want_attn = bool(self.attention_map) and self.attention_weight > 0
         with self._autocast():
             # logits_to_keep=1: the model computes logits for one position only; the loss makes its own, in chunks.
-            out = model(input_ids=ids, output_hidden_states=True, output_attentions=want_attn,
-                        logits_to_keep=1, use_cache=False)
+            out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), output_hidden_states=True,
+                        output_attentions=want_attn, logits_to_keep=1, use_cache=False)
         student = self.accelerator.unwrap_model(model)
         n_items = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
         flat_labels = labels.flatten()
@@ -88,9 +88,12 @@ class DistillTrainer(Trainer):
             kd_kwargs = {"teacher_topk_values": inputs["topk_values"].flatten(0, 1),
                          "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long()}
             t_states = {t: inputs[f"teacher_hidden_{t}"] for t, _ in self.feature_map}
+        elif self.teacher is None:  # plain fine-tuning: distill_loss is chunked cross-entropy (alpha must be 1)
+            kd_kwargs, t_states = {}, {}
         else:
             with torch.no_grad(), self._autocast():
-                teacher_out = self.teacher(input_ids=ids, output_hidden_states=True, output_attentions=want_attn,
+                teacher_out = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask"),
+                                           output_hidden_states=True, output_attentions=want_attn,
                                            logits_to_keep=1, use_cache=False)
             kd_kwargs = {"teacher_hidden": teacher_out.hidden_states[-1].flatten(0, 1),
                          "teacher_head": self.teacher.get_output_embeddings().weight}
