@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--grad-accum", type=_positive_int)
     p.add_argument("--learning-rate", type=float, help="default 5e-4 for LoRA, 5e-5 for full")
+    p.add_argument("--chunk-size", type=_positive_int, help="tokens per loss chunk (default 1024)")
     p.add_argument("--max-tokens", type=_positive_int, help="training budget in tokens (default 100000)")
     p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
     p.add_argument("--seed", type=int)
