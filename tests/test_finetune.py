@@ -130,6 +130,20 @@ def test_kd_finetuning_lowers_kl_to_the_teacher(tiny_teacher, tiny_tokenizer, te
     assert record["method"]["loss"] == "distillation" and record["training"]["log"][-1]["kd"] > 0
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_interrupted_finetune_resumes_to_same_weights(tiny_teacher, text_dir, method):
+    common = dict(model=str(tiny_teacher), data=str(text_dir), method=method, max_steps=4, save_steps=2, seed=3,
+                  dropout=0.0, learning_rate=1e-2, **FAST)
+    straight = slimlm.finetune(out="straight", **common)
+    stage = slimlm.finetune(out="interrupted", stop_after=2, **common)
+    assert stage.name == "interrupted.partial" and (stage / "checkpoints" / "checkpoint-2").is_dir()
+    resumed = slimlm.finetune(out="interrupted", resume=True, **common)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
 # ------------------------------------------------------------------------------------------ instruction data
 
 def test_prompt_response_masking_puts_labels_on_response_only(tiny_tokenizer):

@@ -251,9 +251,10 @@ def _last_checkpoint(folder: Path) -> Path | None:
 
 
 def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
-             recipe: str | None = None, **overrides) -> Path:
+             recipe: str | None = None, stop_after: int | None = None, **overrides) -> Path:
     """Stage `finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
-    when one is given, on plain text or instruction JSONL; writes the merged model and what it cost."""
+    when one is given, on plain text or instruction JSONL; writes the merged model and what it cost.
+    `stop_after` works as in `distill` (tests interrupt a run with it and finish it with `resume=True`)."""
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = (settings or FinetuneSettings.from_dict(values)).validate()
@@ -261,18 +262,18 @@ def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool 
     out = Path(out)
     stage = claim_output(out, force=force, resume=resume)
     try:
-        return _finetune(settings, out, stage, resume)
+        return _finetune(settings, out, stage, resume, stop_after)
     except BaseException:
         discard_if_unstarted(stage)
         raise
 
 
-def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool) -> Path:
+def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
     from slimlm.evaluate import peak_memory, perplexity
     from slimlm.tuning import (MergedWithAdapter, add_lora, optimizer_state_bytes, target_modules,
                                  trainable_parameters)
     from slimlm.instruct import is_instruction_data, prepare_instructions, response_perplexity
-    from slimlm.kd.trainer import BlockDataset, DistillTrainer
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, StopAfterSteps
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
@@ -319,13 +320,17 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool) 
     trainer = DistillTrainer(
         model=model, args=_training_args(settings, stage, steps), train_dataset=train, teacher=teacher,
         temperature=settings.temperature, alpha=settings.alpha if teacher is not None else 1.0, kl=settings.kl,
-        chunk_size=settings.chunk_size, bf16=settings.bf16)
+        chunk_size=settings.chunk_size, bf16=settings.bf16,
+        callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
     checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:
         _log(f"no checkpoint in {stage}; starting from the beginning")
     result = {}
     memory = peak_memory(model, lambda: result.update(
         run=trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)))
+    if stop_after and trainer.state.global_step < steps:
+        _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
+        return stage
     runtime = result["run"].metrics.get("train_runtime") or (time.time() - start_time)
     cost = {"trainable_parameters": params["trainable"], "total_parameters": params["total"],
             "trainable_percent": params["percent"], "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
@@ -342,7 +347,8 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool) 
         published = MergedWithAdapter(model, stage / "adapter")
     after = validation(model)
     _log(f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
-         f"(before {before['perplexity']:.2f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
+         f"(before {before['perplexity']:.2f}), next-token accuracy {after['accuracy']:.3f} "
+         f"(before {before['accuracy']:.3f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
          f"peak memory {cost['peak_memory_mib']:.0f} MiB, optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB")
     history = [h for h in trainer.state.log_history if "loss" in h]
     record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
