@@ -67,3 +67,15 @@ def test_prune_bad_input(tiny_teacher, text_dir, kwargs, words):
         prune(str(tiny_teacher), data=str(text_dir), out="bad", calibration_blocks=2, **kwargs, **FAST)
     from pathlib import Path
     assert not Path("bad").exists() and not Path("bad.partial").exists()
+
+
+def test_cli_quantize_and_prune(tiny_teacher, text_dir, capsys):
+    from slimlm.cli import main
+
+    assert main(["quantize", str(tiny_teacher), "--data", str(text_dir), "--bits", "8", "--eval-tokens", "256",
+                 "--out", "q8"]) == 0
+    assert main(["prune", str(tiny_teacher), "--calibration", str(text_dir), "--method", "nm", "--eval-tokens", "256",
+                 "--out", "nm"]) == 0
+    assert "after" in capsys.readouterr().out
+    assert main(["quantize", str(tiny_teacher), "--data", str(text_dir), "--bits", "9", "--out", "q9"]) == 2
+    assert "--bits" in capsys.readouterr().err

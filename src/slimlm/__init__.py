@@ -2,8 +2,9 @@
 and measure honestly what that bought. The functions below mirror the `slimlm` CLI commands."""
 
 from slimlm.api import distill, evaluate, fetch, finetune, make_student
+from slimlm.compress import prune, quantize
 from slimlm.config import DistillSettings, FinetuneSettings
 from slimlm.errors import SlimlmError
 
-__all__ = ["distill", "evaluate", "fetch", "finetune", "make_student", "DistillSettings", "FinetuneSettings",
-           "SlimlmError"]
+__all__ = ["distill", "evaluate", "fetch", "finetune", "make_student", "prune", "quantize", "DistillSettings",
+           "FinetuneSettings", "SlimlmError"]

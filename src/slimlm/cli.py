@@ -123,6 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _add_common(p)
 
+    p = sub.add_parser("prune", help="prune weights, channels or key/value groups; before/after table")
+    p.add_argument("model", help="model directory, built-in name, .gguf file or hub id")
+    p.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "nm", "structured"])
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of weights (or MLP channels) removed")
+    p.add_argument("--scope", default="layer", choices=["layer", "global"], help="magnitude/wanda: per layer or global")
+    p.add_argument("--nm", default="2:4", help="N:M pattern for --method nm")
+    p.add_argument("--kv-groups-removed", type=int, default=0, help="structured: key/value groups removed per layer")
+    p.add_argument("--calibration", dest="data", default="sotu", help="calibration and evaluation text")
+    p.add_argument("--calibration-blocks", type=_positive_int, default=16)
+    p.add_argument("--eval-tokens", type=_positive_int, default=8192, help="test tokens for the before/after table")
+    _add_common(p)
+
+    p = sub.add_parser("quantize", help="min-max quantization with packed storage; before/after table")
+    p.add_argument("model", help="model directory, built-in name, .gguf file or hub id")
+    p.add_argument("--bits", type=int, default=8, help="2, 3, 4, 5, 6 or 8")
+    p.add_argument("--granularity", default="channel", choices=["tensor", "channel", "group"])
+    p.add_argument("--group-size", type=int, help="inputs per group with --granularity group, e.g. 32")
+    p.add_argument("--symmetric", action="store_true", help="symmetric range (max|w|) instead of min-max")
+    p.add_argument("--data", default="sotu", help="evaluation text for the before/after table")
+    p.add_argument("--eval-tokens", type=_positive_int, default=8192)
+    _add_common(p)
+
     p = sub.add_parser("eval", help="evaluate models side by side on the test split")
     p.add_argument("models", nargs="+", help="built-in names, model dirs, .gguf files or hub ids")
     p.add_argument("--data", default="sotu")
@@ -137,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from slimlm import api
+    from slimlm import api, compress
 
     if args.command == "fetch":
         api.fetch(args.teacher, args.data)
@@ -158,6 +180,15 @@ def run(argv=None) -> int:
         if not args.trust_remote_code:
             overrides.pop("trust_remote_code", None)
         api.finetune(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
+    elif args.command == "prune":
+        compress.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
+                       scope=args.scope, nm=args.nm, kv_groups_removed=args.kv_groups_removed,
+                       calibration_blocks=args.calibration_blocks, eval_tokens=args.eval_tokens, force=args.force,
+                       trust_remote_code=args.trust_remote_code)
+    elif args.command == "quantize":
+        compress.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,
+                          group_size=args.group_size, symmetric=args.symmetric, eval_tokens=args.eval_tokens,
+                          force=args.force, trust_remote_code=args.trust_remote_code)
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
                      stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,
