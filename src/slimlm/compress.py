@@ -64,7 +64,8 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
         else:
             detail = {**pruning.prune_mlp_channels(pruned, sparsity, calib),
                       **pruning.prune_kv_groups(pruned, kv_groups_removed, calib)}
-        detail["sparsity_by_kind"] = pruning.sparsity_report(pruned)
+        if method != "structured":  # structured pruning removes rows and columns; no zeros to count
+            detail["sparsity_by_kind"] = pruning.sparsity_report(pruned)
         tmp = stage / "measure"
         pruned.save_pretrained(tmp)  # measure the size that will be published
         after = _measure(pruned, tokenizer, splits, tmp, eval_tokens, block_size, repeats)
