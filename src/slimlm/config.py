@@ -14,8 +14,29 @@ from slimlm.errors import SlimlmError
 KL_KINDS = ("forward", "reverse", "jsd")
 
 
+class _TrainingRecipe:
+    """What every training stage's settings share: the step budget and conversion from/to a recipe."""
+
+    def steps(self) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * self.block_size
+        return max(1, -(-self.max_tokens // per_step))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
 @dataclass
-class DistillSettings:
+class DistillSettings(_TrainingRecipe):
     teacher: str = "smollm2-135m"
     data: str = "sotu"
     student: str | None = None  # a model directory; else built from the teacher:
@@ -80,29 +101,13 @@ class DistillSettings:
             raise SlimlmError(f"--layers must be a positive integer (got {self.layers})")
         return self
 
-    def steps(self) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        per_step = self.batch_size * self.grad_accum * self.block_size
-        return max(1, -(-self.max_tokens // per_step))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DistillSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 FINETUNE_METHODS = ("lora", "full")
 
 
 @dataclass
-class FinetuneSettings:
+class FinetuneSettings(_TrainingRecipe):
     """Fine-tuning (paper section 2, Figure 3): LoRA or full, with the teacher in the loss when one is given."""
 
     model: str = ""  # the model to fine-tune (a student directory, a built-in name, a hub id)
@@ -172,22 +177,6 @@ class FinetuneSettings:
             raise SlimlmError(f"--learning-rate must be > 0 (got {self.learning_rate})")
         return self
 
-    def steps(self) -> int:
-        if self.max_steps is not None:
-            return self.max_steps
-        per_step = self.batch_size * self.grad_accum * self.block_size
-        return max(1, -(-self.max_tokens // per_step))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "FinetuneSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 def load_recipe(path: str | Path) -> dict:
