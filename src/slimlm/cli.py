@@ -43,6 +43,22 @@ def _add_common(p, out_required=True):
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
 
 
+def _add_training(p, learning_rate: str, max_tokens: str):
+    """Flags shared by the training stages (distill, finetune); None means 'the recipe or the default'."""
+    p.add_argument("--block-size", type=_positive_int, help="tokens per training block (default 256)")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--grad-accum", type=_positive_int)
+    p.add_argument("--learning-rate", type=float, help=learning_rate)
+    p.add_argument("--max-tokens", type=_positive_int, help=f"training budget in tokens ({max_tokens})")
+    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
+    p.add_argument("--chunk-size", type=_positive_int, help="tokens per loss chunk (default 1024)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--save-steps", type=_positive_int, help="checkpoint every N steps (default 50)")
+    p.add_argument("--logging-steps", type=_positive_int, help="log losses every N steps (default 10)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimlm", description="Compress a causal LM and measure what it bought.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -79,21 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-weight", type=float, help="beta of the feature loss")
     p.add_argument("--attention-layers", help="attention-map KD, decoder layers teacher:student, e.g. 20:10")
     p.add_argument("--attention-weight", type=float)
-    p.add_argument("--block-size", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--grad-accum", type=_positive_int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--max-tokens", type=_positive_int, help="training budget in tokens (default 300000)")
-    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
-    p.add_argument("--chunk-size", type=_positive_int, help="tokens per KD-loss chunk (default 1024)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--save-steps", type=_positive_int, help="checkpoint every N steps (default 50)")
-    p.add_argument("--logging-steps", type=_positive_int, help="log losses every N steps (default 10)")
+    _add_training(p, learning_rate="default 3e-4", max_tokens="default 300000")
     p.add_argument("--teacher-cache", action="store_true", default=None,
                    help="compute teacher top-k logits and hidden states once, reuse them in later runs")
     p.add_argument("--top-k", type=_positive_int)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     _add_common(p)
 
     p = sub.add_parser("finetune", help="LoRA or full fine-tuning, with the teacher in the loss if given")
@@ -109,18 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator; update scaled by lora_alpha/r (default 16)")
     p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
     p.add_argument("--target-modules", help="comma list of Linear names (default every attention and MLP projection)")
-    p.add_argument("--block-size", type=_positive_int)
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--grad-accum", type=_positive_int)
-    p.add_argument("--learning-rate", type=float, help="default 5e-4 for LoRA, 5e-5 for full")
-    p.add_argument("--chunk-size", type=_positive_int, help="tokens per loss chunk (default 1024)")
-    p.add_argument("--max-tokens", type=_positive_int, help="training budget in tokens (default 100000)")
-    p.add_argument("--max-steps", type=_positive_int, help="optimizer steps (overrides --max-tokens)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--save-steps", type=_positive_int)
-    p.add_argument("--logging-steps", type=_positive_int)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    _add_training(p, learning_rate="default 5e-4 for LoRA, 5e-5 for full", max_tokens="default 100000")
     _add_common(p)
 
     p = sub.add_parser("prune", help="prune weights, channels or key/value groups; before/after table")
@@ -168,18 +162,13 @@ def run(argv=None) -> int:
                          keep_layers=args.keep_layers, student_config=args.student_config, block_size=args.block_size,
                          calibration_blocks=args.calibration_blocks, seed=args.seed, force=args.force,
                          trust_remote_code=args.trust_remote_code)
-    elif args.command == "distill":
+    elif args.command in ("distill", "finetune"):
         skip = {"command", "debug", "recipe", "out", "force", "resume"}
         overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
         if not args.trust_remote_code:
             overrides.pop("trust_remote_code", None)
-        api.distill(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
-    elif args.command == "finetune":
-        skip = {"command", "debug", "recipe", "out", "force", "resume"}
-        overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
-        if not args.trust_remote_code:
-            overrides.pop("trust_remote_code", None)
-        api.finetune(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
+        stage = api.distill if args.command == "distill" else api.finetune
+        stage(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
     elif args.command == "prune":
         compress.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
                        scope=args.scope, nm=args.nm, kv_groups_removed=args.kv_groups_removed,
