@@ -79,3 +79,30 @@ def test_cli_quantize_and_prune(tiny_teacher, text_dir, capsys):
     assert "after" in capsys.readouterr().out
     assert main(["quantize", str(tiny_teacher), "--data", str(text_dir), "--bits", "9", "--out", "q9"]) == 2
     assert "--bits" in capsys.readouterr().err
+
+
+def test_int8_dynamic_runtime_is_recorded_and_used_at_load(tiny_teacher, text_dir):
+    out = quantize(str(tiny_teacher), data=str(text_dir), out="q8fast", bits=8, runtime="int8-dynamic", **FAST)
+    assert json.loads((out / "slimlm.json").read_text())["settings"]["runtime"] == "int8-dynamic"
+    model, _, _ = load_model(out)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    assert any(isinstance(m, DynamicInt8Linear) for m in model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    source = AutoModelForCausalLM.from_pretrained(tiny_teacher)
+    ids = torch.arange(1, 17).unsqueeze(0)
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - source(input_ids=ids).logits).abs().max() < 1.0
+
+
+def test_unknown_runtime(tiny_teacher, text_dir):
+    with pytest.raises(SlimlmError, match="--runtime"):
+        quantize(str(tiny_teacher), data=str(text_dir), out="bad", runtime="gpu-magic", **FAST)
+
+
+def test_int8_runtime_keeps_the_parameter_count(tiny_teacher):
+    from slimlm.evaluate import model_size
+    from slimlm.quantization import apply_runtime
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
+    assert model_size(apply_runtime(model, "int8-dynamic"))["parameters"] == model_size(model)["parameters"]

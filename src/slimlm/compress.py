@@ -79,13 +79,16 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
 
 
 def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granularity: str = "channel",
-             group_size: int | None = None, symmetric: bool = False, block_size: int = 256,
+             group_size: int | None = None, symmetric: bool = False, runtime: str = "dequantized",
+             block_size: int = 256,
              eval_tokens: int = 8192, repeats: int = 3, force: bool = False,
              trust_remote_code: bool = False) -> Path:
     """Quantize `model` with the paper's min-max rule, store packed codes, show a before/after table."""
     from slimlm import quantization
 
     quantization.check_args(bits, granularity, group_size)
+    if runtime not in quantization.RUNTIMES:
+        raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
@@ -97,7 +100,7 @@ def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granula
         result = stage / "result"
         result.mkdir(exist_ok=True)
         settings = quantization.save_quantized(copy.deepcopy(source), tokenizer, result, bits, granularity,
-                                               group_size, symmetric)
+                                               group_size, symmetric, runtime)
         restored = quantization.load_quantized(result)
         after = _measure(restored, tokenizer, splits, result, eval_tokens, block_size, repeats)
         return _publish(stage, out, None, None, "quantize", model, source_dir, splits, settings, {},

@@ -217,12 +217,25 @@ def peak_memory(model, run=None, *, interval_s=0.002) -> dict:
     return out
 
 
+def _int8_kernel_parameters(model) -> int:
+    """Weights held inside torch's dynamic int8 Linear modules, which .parameters() does not list.
+
+    A tied LM head quantized this way is an int8 copy of the embedding, not a new parameter: not counted.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    return sum(m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+               for name, m in model.named_modules()
+               if isinstance(m, DynamicInt8Linear) and not (tied and name.endswith("lm_head")))
+
+
 def model_size(model_dir_or_model, model_dir=None) -> dict:
     """Unique parameter count (tied weights once) and the *.safetensors bytes on disk in MB (10^6 bytes).
     Given a directory alone, parameters are counted from the safetensors headers (HF stores tied weights once)."""
     if isinstance(model_dir_or_model, torch.nn.Module):
         params = {p.data_ptr(): p.numel() for p in model_dir_or_model.parameters()}
-        count = sum(params.values())
+        count = sum(params.values()) + _int8_kernel_parameters(model_dir_or_model)
     else:
         model_dir, count = model_dir_or_model, None
     if model_dir is None:
