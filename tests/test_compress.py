@@ -106,3 +106,17 @@ def test_int8_runtime_keeps_the_parameter_count(tiny_teacher):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
     assert model_size(apply_runtime(model, "int8-dynamic"))["parameters"] == model_size(model)["parameters"]
+
+
+def test_structured_prune_with_recovery_distillation(tiny_teacher, text_dir):
+    out = prune(str(tiny_teacher), data=str(text_dir), out="recovered", method="structured", sparsity=0.5,
+                calibration_blocks=4, recover_tokens=512, **FAST)
+    record = json.loads((out / "slimlm.json").read_text())
+    assert record["detail"]["recovery"]["tokens"] == 512
+    assert AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 32
+    assert not (out / "recovered").exists() and not list(out.parent.glob("recovered.partial*"))
+
+
+def test_recovery_refused_for_unstructured(tiny_teacher, text_dir):
+    with pytest.raises(SlimlmError, match="--method structured"):
+        prune(str(tiny_teacher), data=str(text_dir), out="bad", method="magnitude", recover_tokens=100, **FAST)

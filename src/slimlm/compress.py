@@ -37,14 +37,24 @@ def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
 
 def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude", sparsity: float = 0.5,
           scope: str = "layer", nm: str = "2:4", kv_groups_removed: int = 0, calibration_blocks: int = 16,
-          block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3, force: bool = False,
-          trust_remote_code: bool = False) -> Path:
-    """Prune `model` and write the result with a before/after table (stage `prune`)."""
+          recover_tokens: int = 0, block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3,
+          force: bool = False, trust_remote_code: bool = False) -> Path:
+    """Prune `model` and write the result with a before/after table (stage `prune`).
+
+    `recover_tokens` > 0 then distils the pruned model from the unpruned one for that many tokens (the
+    `distill` stage, default settings), which only makes sense for structured pruning: training would
+    refill the zeros of unstructured sparsity.
+    """
     from slimlm import pruning
 
     if method not in pruning.METHODS:
         raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
     pruning.check_sparsity(sparsity)
+    if recover_tokens < 0:
+        raise SlimlmError(f"--recover-tokens must be >= 0 (got {recover_tokens})")
+    if recover_tokens and method != "structured":
+        raise SlimlmError("--recover-tokens needs --method structured: training would refill the zeros of "
+                          f"{method} pruning; distil first, then prune")
     try:
         n, m = (int(x) for x in nm.split(":"))
     except ValueError:
@@ -68,10 +78,21 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
             detail["sparsity_by_kind"] = pruning.sparsity_report(pruned)
         tmp = stage / "measure"
         pruned.save_pretrained(tmp)  # measure the size that will be published
+        if recover_tokens:
+            from slimlm.api import distill
+
+            tokenizer.save_pretrained(tmp)
+            recovered = distill(teacher=str(source_dir), student=str(tmp), data=data, out=stage / "recovered",
+                                max_tokens=recover_tokens, block_size=block_size, force=True,
+                                trust_remote_code=trust_remote_code)
+            pruned, _, _ = load_model(recovered, trust_remote_code=trust_remote_code)
+            detail["recovery"] = {"tokens": recover_tokens, "stage": "distill (defaults) from the unpruned model"}
+            tmp = recovered
         after = _measure(pruned, tokenizer, splits, tmp, eval_tokens, block_size, repeats)
         return _publish(stage, out, pruned, tokenizer, "prune", model, source_dir, splits,
                         {"method": method, "sparsity": sparsity, "scope": scope, "nm": nm,
-                         "kv_groups_removed": kv_groups_removed, "calibration_blocks": calibration_blocks},
+                         "kv_groups_removed": kv_groups_removed, "calibration_blocks": calibration_blocks,
+                         "recover_tokens": recover_tokens},
                         detail, before, after, eval_tokens, block_size)
     except BaseException:
         discard_if_unstarted(stage)
