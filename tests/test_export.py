@@ -1,0 +1,100 @@
+"""GGUF export: transformers must load the file back with the same tokenizer and close logits.
+
+Tolerances (the tiny teacher has random weights, logits of order 0.1-1):
+f16 rounds each weight to 11 bits -> max |diff| < 1e-2; q8_0 -> < 5e-2; q4_0 -> < 0.5.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimlm.errors import SlimlmError
+from slimlm.export import export_gguf
+
+SENTENCE = "The Congress of the United States shall provide for the common defence, 1790."
+TOLERANCE = {"f16": 1e-2, "q8_0": 5e-2, "q4_0": 0.5}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits.float()
+
+
+@pytest.fixture(scope="module")
+def source(tiny_teacher):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(tiny_teacher))
+
+
+@pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0"])
+def test_export_loads_back_with_close_logits(tiny_teacher, source, tmp_path, type):
+    from transformers import AutoModelForCausalLM
+
+    out = export_gguf(tiny_teacher, tmp_path / f"tiny-{type}.gguf", type=type)
+    assert out.exists() and not (tmp_path / f"tiny-{type}.gguf.partial").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    assert loaded.config.tie_word_embeddings
+    model, tokenizer = source
+    ids = tokenizer(SENTENCE)["input_ids"][:16]
+    diff = (_logits(model, ids) - _logits(loaded, ids)).abs().max().item()
+    assert diff < TOLERANCE[type], f"{type}: max |logit diff| {diff}"
+
+
+def test_gguf_metadata_follows_llama_cpp(tiny_teacher, tmp_path):
+    from gguf import GGUFReader, GGMLQuantizationType
+
+    reader = GGUFReader(export_gguf(tiny_teacher, tmp_path / "m.gguf", type="q8_0"))
+    names = {t.name: t for t in reader.tensors}
+    assert "output.weight" not in names  # tied embeddings
+    assert {"token_embd.weight", "output_norm.weight", "blk.0.attn_q.weight", "blk.3.ffn_down.weight"} <= set(names)
+    assert names["blk.0.attn_norm.weight"].tensor_type == GGMLQuantizationType.F32
+    assert names["blk.0.attn_k.weight"].tensor_type == GGMLQuantizationType.Q8_0
+    field = reader.fields["tokenizer.ggml.model"]
+    assert bytes(field.parts[field.data[0]]).decode() == "gpt2"
+    assert int(reader.fields["llama.attention.head_count_kv"].parts[-1][0]) == 2
+    assert int(reader.fields["general.file_type"].parts[-1][0]) == 7
+
+
+def test_tokenizer_round_trip(tiny_teacher, source, tmp_path):
+    from transformers import AutoTokenizer
+
+    out = export_gguf(tiny_teacher, tmp_path / "tok.gguf")
+    loaded = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    tokenizer = source[1]
+    assert loaded(SENTENCE)["input_ids"] == tokenizer(SENTENCE)["input_ids"]
+    assert loaded.decode(loaded(SENTENCE)["input_ids"]) == SENTENCE
+    assert loaded.eos_token == tokenizer.eos_token
+
+
+def test_existing_output_refused_unless_force(tiny_teacher, tmp_path):
+    out = tmp_path / "exists.gguf"
+    out.write_text("keep me")
+    with pytest.raises(SlimlmError, match="already exists"):
+        export_gguf(tiny_teacher, out)
+    assert out.read_text() == "keep me"
+    export_gguf(tiny_teacher, out, force=True)
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_bad_type_and_architecture_refused(tiny_teacher, tmp_path):
+    import shutil
+
+    with pytest.raises(SlimlmError, match="unsupported GGUF type 'q5_k'"):
+        export_gguf(tiny_teacher, tmp_path / "x.gguf", type="q5_k")
+    other = tmp_path / "gpt2"
+    shutil.copytree(tiny_teacher, other)
+    (other / "config.json").write_text((other / "config.json").read_text().replace('"llama"', '"gpt2"'))
+    with pytest.raises(SlimlmError, match="only Llama"):
+        export_gguf(other, tmp_path / "y.gguf")
+    assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()
+
+
+def test_export_prints_sizes(tiny_teacher, tmp_path, capsys):
+    from slimlm.export import export
+
+    path = export(str(tiny_teacher), out=tmp_path / "e.gguf", type="q8_0")
+    assert path.exists()
+    assert "MB safetensors ->" in capsys.readouterr().out
