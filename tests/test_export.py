@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slimlm.errors import SlimlmError
-from slimlm.export import export_gguf
+from slimlm.gguf_export import export_gguf
 
 SENTENCE = "The Congress of the United States shall provide for the common defence, 1790."
 TOLERANCE = {"f16": 1e-2, "q8_0": 5e-2, "q4_0": 0.5}
@@ -93,8 +93,19 @@ def test_bad_type_and_architecture_refused(tiny_teacher, tmp_path):
 
 
 def test_export_prints_sizes(tiny_teacher, tmp_path, capsys):
-    from slimlm.export import export
+    from slimlm.gguf_export import export
 
     path = export(str(tiny_teacher), out=tmp_path / "e.gguf", type="q8_0")
     assert path.exists()
     assert "MB safetensors ->" in capsys.readouterr().out
+
+
+def test_cli_export_and_bad_type(tiny_teacher, capsys):
+    from pathlib import Path
+
+    from slimlm.cli import main
+
+    assert main(["export", str(tiny_teacher), "--format", "gguf", "--type", "q8_0", "--out", "m.gguf"]) == 0
+    assert Path("m.gguf").stat().st_size > 0
+    assert main(["export", str(tiny_teacher), "--type", "q8_0", "--out", "m.gguf"]) == 2
+    assert "--force" in capsys.readouterr().err

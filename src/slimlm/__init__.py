@@ -4,7 +4,8 @@ and measure honestly what that bought. The functions below mirror the `slimlm` C
 from slimlm.api import distill, evaluate, fetch, finetune, make_student
 from slimlm.compress import prune, quantize
 from slimlm.config import DistillSettings, FinetuneSettings
+from slimlm.gguf_export import export
 from slimlm.errors import SlimlmError
 
-__all__ = ["distill", "evaluate", "fetch", "finetune", "make_student", "prune", "quantize", "DistillSettings",
+__all__ = ["distill", "evaluate", "export", "fetch", "finetune", "make_student", "prune", "quantize", "DistillSettings",
            "FinetuneSettings", "SlimlmError"]

@@ -143,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-tokens", type=_positive_int, default=8192)
     _add_common(p)
 
+    p = sub.add_parser("export", help="write a GGUF file that llama.cpp and transformers load")
+    p.add_argument("model", help="model directory, built-in name, .gguf file or hub id")
+    p.add_argument("--format", default="gguf", choices=["gguf"])
+    p.add_argument("--type", default="f16", choices=["f16", "q8_0", "q4_0"], help="GGUF tensor type")
+    p.add_argument("--out", required=True, help="output .gguf file (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+
     p = sub.add_parser("eval", help="evaluate models side by side on the test split")
     p.add_argument("models", nargs="+", help="built-in names, model dirs, .gguf files or hub ids")
     p.add_argument("--data", default="sotu")
@@ -184,6 +191,10 @@ def run(argv=None) -> int:
                           group_size=args.group_size, symmetric=args.symmetric, runtime=args.runtime,
                           eval_tokens=args.eval_tokens,
                           force=args.force, trust_remote_code=args.trust_remote_code)
+    elif args.command == "export":
+        from slimlm.gguf_export import export
+
+        export(args.model, out=args.out, type=args.type, force=args.force)
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
                      stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,

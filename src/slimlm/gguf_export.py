@@ -232,5 +232,5 @@ def _tensor_type(name: str, data: np.ndarray, type: str):
     return wanted
 
 
-if __name__ == "__main__":  # python -m slimlm.export MODEL OUT [TYPE]
+if __name__ == "__main__":  # python -m slimlm.gguf_export MODEL OUT [TYPE]
     export(sys.argv[1], out=sys.argv[2], type=sys.argv[3] if len(sys.argv) > 3 else "f16")
