@@ -127,14 +127,18 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
     `stop_after` ends training after that many steps (checkpoint kept, nothing published); tests use it
     to interrupt a run that `resume=True` then finishes.
     """
+    return _training_stage(DistillSettings, _distill, settings, recipe, overrides, out, force, resume, stop_after)
+
+
+def _training_stage(settings_type, body, settings, recipe, overrides, out, force, resume, stop_after):
+    """Settings from recipe + flags, validated before anything is loaded; output claimed; cleanup on failure."""
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    settings = (settings or DistillSettings.from_dict(values)).validate()
-
+    settings = (settings or settings_type.from_dict(values)).validate()
     out = Path(out)
     stage = claim_output(out, force=force, resume=resume)
     try:
-        return _distill(settings, out, stage, resume, stop_after)
+        return body(settings, out, stage, resume, stop_after)
     except BaseException:
         discard_if_unstarted(stage)  # keep checkpoints for --resume, drop an empty staging area
         raise
@@ -255,17 +259,7 @@ def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool 
     """Stage `finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
     when one is given, on plain text or instruction JSONL; writes the merged model and what it cost.
     `stop_after` works as in `distill` (tests interrupt a run with it and finish it with `resume=True`)."""
-    values = load_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    settings = (settings or FinetuneSettings.from_dict(values)).validate()
-
-    out = Path(out)
-    stage = claim_output(out, force=force, resume=resume)
-    try:
-        return _finetune(settings, out, stage, resume, stop_after)
-    except BaseException:
-        discard_if_unstarted(stage)
-        raise
+    return _training_stage(FinetuneSettings, _finetune, settings, recipe, overrides, out, force, resume, stop_after)
 
 
 def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
