@@ -109,3 +109,18 @@ def test_cli_export_and_bad_type(tiny_teacher, capsys):
     assert Path("m.gguf").stat().st_size > 0
     assert main(["export", str(tiny_teacher), "--type", "q8_0", "--out", "m.gguf"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("type,tolerance", [("f16", 1e-2), ("q8_0", 5e-2)])
+def test_llama_cpp_runs_the_export(tiny_teacher, source, tmp_path, type, tolerance):
+    """llama.cpp itself (llama-cpp-python; skipped when it is not installed) gives the source's logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = export_gguf(tiny_teacher, tmp_path / f"m-{type}.gguf", type)
+    model, tokenizer = source
+    ids = tokenizer("The Congress of the United States", add_special_tokens=False)["input_ids"]
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
+    llm.eval(ids)
+    ours = torch.tensor(llm.scores[: len(ids)])
+    with torch.no_grad():
+        reference = model(input_ids=torch.tensor([ids])).logits[0]
+    assert (ours - reference).abs().max() < tolerance
