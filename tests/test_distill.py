@@ -138,3 +138,26 @@ def test_narrow_student_trains_feature_projection(tiny_teacher, text_dir):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.hidden_size == 16 and not hasattr(model, "slimlm_projections")
     assert not any("projection" in key for key in weights(out))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_teacher, text_dir, tmp_path):
+    from transformers import TrainerCallback, TrainingArguments
+
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, NonFiniteLoss
+
+    class PoisonBeforeStep3(TrainerCallback):  # after checkpoint-2 is written
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.model.norm.weight.fill_(float("nan"))
+
+    teacher, tok, _ = load_model(tiny_teacher)
+    blocks = prepare_data(str(text_dir), tok, 32).train[:32]
+    args = TrainingArguments(str(tmp_path / "ckpt"), max_steps=5, save_steps=2, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, remove_unused_columns=False)
+    trainer = DistillTrainer(model=build_student(teacher, [0, 3]), args=args, train_dataset=BlockDataset(blocks),
+                             teacher=teacher, bf16=False, callbacks=[PoisonBeforeStep3()])
+    with pytest.raises(NonFiniteLoss, match="at step 3"):
+        trainer.train()
+    good = load_file(str(tmp_path / "ckpt" / "checkpoint-2" / "model.safetensors"))
+    assert all(bool(torch.isfinite(t).all()) for t in good.values())
