@@ -120,3 +120,19 @@ def test_structured_prune_with_recovery_distillation(tiny_teacher, text_dir):
 def test_recovery_refused_for_unstructured(tiny_teacher, text_dir):
     with pytest.raises(SlimlmError, match="--method structured"):
         prune(str(tiny_teacher), data=str(text_dir), out="bad", method="magnitude", recover_tokens=100, **FAST)
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(method="nm", nm="2-4"), "N:M"), (dict(method="nm", nm="4:2"), "0 < N < M"),
+    (dict(method="structured", recover_tokens=-1), "--recover-tokens"),
+])
+def test_prune_bad_pattern_and_budget(tiny_teacher, text_dir, kwargs, words):
+    with pytest.raises(SlimlmError, match=words):
+        prune(str(tiny_teacher), data=str(text_dir), out="bad", calibration_blocks=2, **kwargs, **FAST)
+    from pathlib import Path
+    assert not Path("bad").exists() and not Path("bad.partial").exists()
+
+
+def test_group_granularity_needs_a_group_size(tiny_teacher, text_dir):
+    with pytest.raises(SlimlmError, match="--group-size"):
+        quantize(str(tiny_teacher), data=str(text_dir), out="bad", bits=4, granularity="group", **FAST)

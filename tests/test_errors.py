@@ -145,3 +145,36 @@ def test_eval_refuses_existing_json(capsys, tiny_teacher, text_dir):
     code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, "--out", "eval.json")
     assert code == 2 and "--force" in err[-1]
     assert Path("eval.json").read_text() == "{}"
+
+
+def test_malformed_student_config_is_refused_by_the_parser(capsys, tiny_teacher, text_dir):
+    with pytest.raises(SystemExit) as stop:
+        distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", "--student-config", "{not json")
+    assert stop.value.code == 2 and "--student-config" in capsys.readouterr().err
+    assert not Path("out").exists() and not Path("out.partial").exists()
+
+
+@pytest.mark.parametrize("argv,words", [(["--max-steps", "0"], "--max-steps"), (["--batch-size", "-2"], "--batch-size")])
+def test_counts_below_one(capsys, tiny_teacher, text_dir, argv, words):
+    code, err = distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", *argv)
+    assert_one_line_error(code, err, words)
+
+
+@pytest.mark.parametrize("command", [["student", "--keep-layers", "0", "--calibration-blocks", "0"],
+                                     ["prune", "--calibration-blocks", "0"], ["quantize", "--eval-tokens", "0"]])
+def test_counts_below_one_in_other_stages(capsys, tiny_teacher, text_dir, command):
+    argv = [command[0]] + (["--teacher", tiny_teacher, "--data", text_dir] if command[0] == "student" else
+                           [tiny_teacher, "--calibration" if command[0] == "prune" else "--data", text_dir])
+    code, err = run_cli(capsys, *argv, *command[1:], "--out", "out")
+    assert_one_line_error(code, err, command[-2])
+
+
+def test_student_config_with_a_key_that_cannot_change(capsys, tiny_teacher, text_dir):
+    code, err = distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", "--student-config", '{"vocab_size": 10}')
+    assert_one_line_error(code, err, "vocab_size", "allowed")
+
+
+@pytest.mark.parametrize("flags", [["--window", "1"], ["--window", "8", "--stride", "9"]])
+def test_eval_bad_window(capsys, tiny_teacher, text_dir, flags):
+    code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, *flags)
+    assert code == 2 and "--window" in err[-1]

@@ -84,6 +84,9 @@ def make_student(*, teacher: str, data: str, out: str, layers: int | None = None
     """Stage `student`: build a student from the teacher and write it, with its starting perplexity."""
     if (layers is None) == (keep_layers is None):
         raise SlimlmError("give exactly one of --layers N or --keep-layers LIST")
+    for name, value in (("--block-size", block_size), ("--calibration-blocks", calibration_blocks)):
+        if value < 1:
+            raise SlimlmError(f"{name} must be a positive integer (got {value})")
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
@@ -370,6 +373,8 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
 
     if not models:
         raise SlimlmError("give at least one model to evaluate")
+    if window < 2 or (stride is not None and not 1 <= stride <= window):
+        raise SlimlmError(f"--window must be >= 2 and --stride in [1, window] (got window {window}, stride {stride})")
     if out and Path(out).exists() and not force:
         raise SlimlmError(f"{out} already exists; pass --force to replace it or choose another --out")
     results, data_info, tokenizer0 = {}, None, None

@@ -19,7 +19,7 @@ def _positive_int(text):
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    return value
+    return value  # the range is checked by the stage, with a one-line message
 
 
 def _json_or_file(text):

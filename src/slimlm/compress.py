@@ -30,6 +30,12 @@ def _measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
                           new_tokens=32, repeats=repeats, progress=False)
 
 
+def _check_counts(**counts) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
+
+
 def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(20_000 + seed)
     return splits.train[torch.randperm(len(splits.train), generator=g)[:n]]
@@ -47,6 +53,7 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
     """
     from slimlm import pruning
 
+    _check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
     if method not in pruning.METHODS:
         raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
     pruning.check_sparsity(sparsity)
@@ -108,6 +115,7 @@ def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granula
     from slimlm import quantization
 
     quantization.check_args(bits, granularity, group_size)
+    _check_counts(eval_tokens=eval_tokens, repeats=repeats)
     if runtime not in quantization.RUNTIMES:
         raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
     out = Path(out)

@@ -26,6 +26,15 @@ class _TrainingRecipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _check_kd(self) -> None:
+        """The distillation loss's settings, the same for every stage that can use a teacher."""
+        if not self.temperature > 0:
+            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
+        if not 0 <= self.alpha <= 1:
+            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
+        if self.kl not in KL_KINDS:
+            raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
+
     @classmethod
     def from_dict(cls, values: dict):
         known = {f.name for f in fields(cls)}
@@ -73,12 +82,7 @@ class DistillSettings(_TrainingRecipe):
     trust_remote_code: bool = False
 
     def validate(self) -> "DistillSettings":
-        if not self.temperature > 0:
-            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
-        if not 0 <= self.alpha <= 1:
-            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
-        if self.kl not in KL_KINDS:
-            raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
+        self._check_kd()
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
                               "(the cache keeps only top-k logits) or use --kl forward")
@@ -151,12 +155,7 @@ class FinetuneSettings(_TrainingRecipe):
             raise SlimlmError(f"--lora-alpha must be > 0 (got {self.lora_alpha}); the update is scaled by lora_alpha/rank")
         if not 0 <= self.dropout < 1:
             raise SlimlmError(f"--dropout must be in [0, 1) (got {self.dropout})")
-        if not self.temperature > 0:
-            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
-        if not 0 <= self.alpha <= 1:
-            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
-        if self.kl not in KL_KINDS:
-            raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
+        self._check_kd()
         if self.target_modules is not None and not [m for m in self.target_modules.split(",") if m.strip()]:
             raise SlimlmError("--target-modules is empty; name Linear layers such as q_proj,v_proj or leave it out")
         for name in ("weight_decay", "warmup_ratio", "max_grad_norm"):
