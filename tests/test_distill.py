@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import slimlm
 from slimlm.data import prepare_data
+from slimlm.errors import SlimlmError
 from slimlm.sources import load_model
 from slimlm.student import build_student
 
@@ -122,6 +123,19 @@ def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
     assert "reusing cached teacher outputs" in capsys.readouterr().err
     record = json.loads((second / "slimlm.json").read_text())
     assert record["training"]["teacher_cache"] and record["training"]["log"][-1]["kd"] > 0
+
+
+def test_runs_distilling_from_different_layers_share_one_teacher_cache(tiny_teacher, text_dir, capsys):
+    """A feature-layer sweep asks for every layer once (cache_layers); later arms must not rerun the teacher."""
+    common = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), max_steps=2, teacher_cache=True,
+                  cache_layers="1,2,3", feature_weight=0.1, **FAST)
+    slimlm.distill(out="layer1", feature_layers="1:1", **common)
+    assert "caching teacher outputs" in capsys.readouterr().err
+    slimlm.distill(out="layer3", feature_layers="3:2", **common)
+    err = capsys.readouterr().err
+    assert "reusing cached teacher outputs" in err and "caching teacher outputs" not in err
+    with pytest.raises(SlimlmError, match="cache-layers"):
+        slimlm.distill(out="bad", feature_layers="1:1", **{**common, "cache_layers": "1,99"})
 
 
 def test_attention_map_distillation_trains(tiny_teacher, text_dir):

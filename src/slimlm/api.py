@@ -187,7 +187,8 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     cached = None
     if settings.teacher_cache:
         path = teacher_cache(teacher, teacher_dir, blocks, top_k=settings.top_k,
-                             hidden_layers=[t for t, _ in feature_map], bf16=settings.bf16)
+                             hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t),
+                             bf16=settings.bf16)
         cached = CachedTeacher(path, [t for t, _ in feature_map])
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
         before = perplexity(student, splits.val[: settings.eval_tokens], window=settings.eval_window, stride=settings.eval_window,
@@ -229,6 +230,16 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     publish(stage, out, student, tokenizer, record, model_card(f"Student distilled from {settings.teacher}", record))
     _log(f"wrote {out}")
     return out
+
+
+def _cache_layers(text: str, n_teacher: int) -> list[int]:
+    """--cache-layers "2,8,15": teacher hidden-state indices (0 = embeddings .. n_teacher = last layer)."""
+    layers = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or not 0 <= int(part) <= n_teacher:
+            raise SlimlmError(f"--cache-layers {text!r}: {part!r} is not a hidden-state index in 0..{n_teacher}")
+        layers.append(int(part))
+    return layers
 
 
 def _training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -76,6 +76,8 @@ class DistillSettings(_TrainingRecipe):
     logging_steps: int = 10
     teacher_cache: bool = False  # compute teacher top-k logits/hidden states once and reuse them
     top_k: int = 64  # logits kept per token in the teacher cache
+    cache_layers: str = ""  # extra teacher hidden-state indices to cache, e.g. "2,8,15": runs that distil
+                             # from different layers over the same blocks then share one cache (sweeps)
     calibration_blocks: int = 8  # blocks used for layer selection and feature-loss statistics
     eval_window: int = 256
     eval_tokens: int = 16384  # validation tokens scored before/after training (the test split is `slimlm eval`'s)

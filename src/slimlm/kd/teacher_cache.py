@@ -9,6 +9,7 @@ feature map. Stored as safetensors and read a block at a time.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,44 +18,58 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from slimlm.cache import atomic_dir, cache_root, fingerprint
+from slimlm.cache import cache_root, fingerprint
 
 
 def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: int, hidden_layers: list[int],
                   bf16: bool, batch_size: int = 4, chunk: int = 1024) -> Path:
-    """Return the cache file for these blocks, computing it first if no earlier run did."""
-    key = fingerprint("teacher-cache-v1", str(Path(teacher_dir).resolve()), _weights_identity(teacher_dir),
-                      fingerprint(blocks.tolist()), top_k, sorted(hidden_layers), bf16)
+    """Return the cache folder for these blocks, running the teacher only for what no earlier run stored.
+
+    Logits and each hidden layer live in their own file, so runs that distil from different teacher
+    layers over the same blocks (a feature-layer sweep) share one entry: ask for all layers once.
+    """
+    key = fingerprint("teacher-cache-v2", str(Path(teacher_dir).resolve()), _weights_identity(teacher_dir),
+                      fingerprint(blocks.tolist()), top_k, bf16)
     entry = cache_root() / "teacher" / key
-    path = entry / "teacher.safetensors"
-    if path.exists():
+    need_logits = not (entry / "logits.safetensors").exists()
+    missing = [layer for layer in sorted(set(hidden_layers)) if not (entry / f"hidden_{layer}.safetensors").exists()]
+    if not need_logits and not missing:
         print(f"slimlm: reusing cached teacher outputs {entry}", file=sys.stderr)
-        return path
+        return entry
     head = teacher.get_output_embeddings().weight
     values, indices = [], []
-    hidden = {layer: [] for layer in hidden_layers}
+    hidden = {layer: [] for layer in missing}
     teacher.eval()
     with torch.inference_mode(), torch.autocast("cpu" if head.device.type == "cpu" else "cuda",
                                                  dtype=torch.bfloat16, enabled=bf16):
         for start in tqdm(range(0, len(blocks), batch_size), desc="caching teacher outputs", unit="batch"):
             ids = blocks[start:start + batch_size].to(head.device)
             out = teacher(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-            final = out.hidden_states[-1].flatten(0, 1)
-            top_v, top_i = [], []
-            for c in range(0, len(final), chunk):  # never the whole batch's fp32 logits at once
-                logits = final[c:c + chunk].float() @ head.float().T
-                v, i = logits.topk(top_k, dim=-1)
-                top_v.append(v)
-                top_i.append(i.int())
-            values.append(torch.cat(top_v).view(*ids.shape, top_k).cpu())
-            indices.append(torch.cat(top_i).view(*ids.shape, top_k).cpu())
-            for layer in hidden_layers:
+            if need_logits:
+                final = out.hidden_states[-1].flatten(0, 1)
+                top_v, top_i = [], []
+                for c in range(0, len(final), chunk):  # never the whole batch's fp32 logits at once
+                    logits = final[c:c + chunk].float() @ head.float().T
+                    v, i = logits.topk(top_k, dim=-1)
+                    top_v.append(v)
+                    top_i.append(i.int())
+                values.append(torch.cat(top_v).view(*ids.shape, top_k).cpu())
+                indices.append(torch.cat(top_i).view(*ids.shape, top_k).cpu())
+            for layer in missing:
                 hidden[layer].append(out.hidden_states[layer].to(torch.bfloat16).cpu())
-    tensors = {"topk_values": torch.cat(values), "topk_indices": torch.cat(indices)}
-    tensors.update({f"hidden_{layer}": torch.cat(h) for layer, h in hidden.items()})
-    with atomic_dir(entry) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp / "teacher.safetensors")
-    return path
+    entry.mkdir(parents=True, exist_ok=True)
+    if need_logits:
+        _save_atomic({"topk_values": torch.cat(values), "topk_indices": torch.cat(indices)}, entry / "logits.safetensors")
+    for layer, h in hidden.items():
+        _save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
+    return entry
+
+
+def _save_atomic(tensors: dict, path: Path) -> None:
+    """Write next to `path` and rename, so a killed run never leaves a truncated cache file behind."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
 
 
 def _weights_identity(model_dir: Path) -> list:
@@ -62,21 +77,24 @@ def _weights_identity(model_dir: Path) -> list:
 
 
 class CachedTeacher:
-    """Reads one block's teacher outputs from the cache file on demand (memory-mapped by safetensors)."""
+    """Reads one block's teacher outputs from the cache folder on demand (memory-mapped by safetensors)."""
 
-    def __init__(self, path: Path, hidden_layers: list[int]):
-        self.path = Path(path)
+    def __init__(self, entry: Path, hidden_layers: list[int]):
+        self.entry = Path(entry)
         self.hidden_layers = list(hidden_layers)
-        self._handle = None
+        self._handles = None
 
     def __getitem__(self, i: int) -> dict:
-        if self._handle is None:
-            self._handle = safe_open(str(self.path), framework="pt")
-        h = self._handle
-        item = {"topk_values": h.get_slice("topk_values")[i], "topk_indices": h.get_slice("topk_indices")[i]}
+        if self._handles is None:
+            self._handles = {"logits": safe_open(str(self.entry / "logits.safetensors"), framework="pt")}
+            for layer in self.hidden_layers:
+                self._handles[layer] = safe_open(str(self.entry / f"hidden_{layer}.safetensors"), framework="pt")
+        h = self._handles
+        item = {"topk_values": h["logits"].get_slice("topk_values")[i],
+                "topk_indices": h["logits"].get_slice("topk_indices")[i]}
         for layer in self.hidden_layers:
-            item[f"teacher_hidden_{layer}"] = h.get_slice(f"hidden_{layer}")[i]
+            item[f"teacher_hidden_{layer}"] = h[layer].get_slice("hidden")[i]
         return item
 
-    def __getstate__(self):  # dataloader workers open their own handle
-        return {**self.__dict__, "_handle": None}
+    def __getstate__(self):  # dataloader workers open their own handles
+        return {**self.__dict__, "_handles": None}
