@@ -60,7 +60,10 @@ def make_run(root: Path, kind: str, seeds=(0, 1, 2), skip=()) -> Path:
             a["stage"] = a["label"]
     spec = {"kind": kind, "parameter": PARAMETERS[kind], "arms": arms, "seeds": list(seeds),
             "protocol": {"teacher": "smollm2-135m", "teacher_layers": 30, "data": "sotu",
-                         "data_info": {"split_rule": "by year: test = newest speeches", "tokens": {"train": 1000, "test": 500}},
+                         "data_info": {"corpus": "sotu", "rule": "by year: newest speeches are the test split",
+                                       "train": {"tokens": 20480, "documents": 200},
+                                       "test": {"tokens": 12345, "documents": 9,
+                                                "names": [f"speech-{y}" for y in range(2018, 2027)]}},
                          "train_tokens": 20480, "block_size": 256, "base_settings": {"alpha": 0.5},
                          "eval": {"split": "test", "window": 256, "stride": 256, "tokens": 12345,
                                   "decode_new_tokens": 64, "repeats": 3, "threads": 2, "tasks": ["cloze"]},
@@ -138,6 +141,8 @@ def test_numbers_equal_the_results_files(tmp_path):
     assert report["timing"]["total_s"] == pytest.approx(sum(report["timing"]["arms_s"].values()) + 60.0)
     assert report["references"]["teacher"]["metrics"]["perplexity"] == 28.0
     assert "| teacher |" in md
+    assert "split rule: by year: newest speeches are the test split" in md
+    assert "test: tokens 12,345, documents 9, names 9 items: speech-2018, speech-2019 … speech-2026" in md
     on_disk = json.loads((run / "report.json").read_text())
     assert on_disk["arms"] == json.loads(json.dumps(report["arms"]))
 

@@ -51,6 +51,7 @@ TRAINING_COLUMNS = [
     Column("peak_memory_mib", "peak train memory (MiB)", 1, ".0f"),
     Column("trainable_parameters", "trainable params (M)", 1e-6, ".3f"),
     Column("optimizer_state_bytes", "optimizer state (MB)", 1e-6, ".1f"),
+    Column("train_runtime_s", "train runtime (s)", 1, ".0f"),
     Column("wall_time_s", "train time (s)", 1, ".0f"),
 ]
 COLUMNS = {c.key: c for c in RESULT_COLUMNS + TRAINING_COLUMNS}
@@ -754,6 +755,25 @@ def _flat(d: dict, prefix="") -> list[tuple[str, object]]:
     return out
 
 
+def _short(value) -> str:
+    """Long lists (such as the test documents' names) as their count, first and last items."""
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} items: {value[0]}, {value[1]} … {value[-1]}"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def data_lines(info: dict) -> list[str]:
+    """The split rule first, then one line per split (tokens, documents, bytes, names), then anything else."""
+    info = dict(info or {})
+    lines = [f"  - split rule: {info.pop('rule')}"] if "rule" in info else []
+    for key, value in info.items():
+        if isinstance(value, dict):
+            lines.append(f"  - {key}: " + ", ".join(f"{k} {_short(v)}" for k, v in value.items()))
+        else:
+            lines.append(f"  - {key}: {_short(value)}")
+    return lines
+
+
 def _settings(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in _flat(d)) or "–"
 
@@ -765,8 +785,10 @@ def protocol_section(report) -> list[str]:
     lines = ["## Protocol", "",
              f"- teacher: `{p.get('teacher', '?')}` ({p.get('teacher_layers', '?')} layers)",
              f"- data: `{p.get('data', '?')}`"]
-    lines += [f"  - {k}: {v}" for k, v in _flat(p.get("data_info", {}))]
-    lines += [f"- training: {p.get('train_tokens', '?')} train tokens per arm and seed, block size {p.get('block_size', '?')}",
+    lines += data_lines(p.get("data_info"))
+    per = "in total over the training stages" if report["kind"] == "pipeline" else "per arm and seed"
+    lines += [f"- training: {_short(p.get('train_tokens', '?'))} train tokens {per}, block size {p.get('block_size', '?')} "
+              "(tokens each arm really trained on: see Training cost)",
               f"- evaluation: split `{ev.get('split', '?')}`, {ev.get('tokens', '?')} tokens, sliding window "
               f"{ev.get('window', '?')} / stride {ev.get('stride', '?')}; speed: batch-1 greedy decoding of "
               f"{ev.get('decode_new_tokens', '?')} new tokens, median of {ev.get('repeats', '?')} repeats, "
