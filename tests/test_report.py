@@ -39,6 +39,8 @@ def metrics(i: int, seed: int, kind: str) -> dict:
          "inference_memory_mib": 700.0 - 10 * i + seed}
     if kind == "finetune":
         m["cloze_exact_match"] = 0.2 + 0.05 * i + 0.01 * seed
+        m["downstream_protocol"] = {"cloze": {"items": 200, "scoring": "exact match of greedy decoding",
+                                              "seconds": 12.5}}
     return m
 
 
@@ -234,6 +236,8 @@ def test_finetune_and_pipeline_sentences(tmp_path):
     assert "full faster; the paper: LoRA 52 vs full 37, LoRA faster" in ft
     assert "Decode speed: LoRA" in ft and "opposite to the paper, but within our seed spread (inconclusive)" in ft
     assert "same parameter count" in ft and "trainable parameters" in ft
+    md = rep.render_markdown(build(tmp_path / "ft"))
+    assert "- downstream task `cloze`:" in md and "  - scoring: exact match of greedy decoding" in md
     pipe = build(make_run(tmp_path / "p", "pipeline"))["paper"]
     assert pipe["notes"][0].startswith("The paper reports no numbers") and pipe["rows"] == []
     pipe = pipe["sentences"]

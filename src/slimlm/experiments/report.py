@@ -480,6 +480,16 @@ def paper_comparison(arms, spec, references) -> dict:
             "rows": comparison_rows(arms, spec) if source["points"] else [], "sentences": sentences}
 
 
+def downstream_protocol(run: dict) -> dict:
+    """How the downstream sets were built and scored, as the first measured model recorded it (same for all)."""
+    records = [r for rs in run["results"].values() for r in rs] + list(run["references"].values())
+    for record in records:
+        found = (record.get("metrics") or {}).get("downstream_protocol")
+        if isinstance(found, dict):
+            return {task: {k: v for k, v in (p or {}).items() if k != "seconds"} for task, p in found.items()}
+    return {}
+
+
 def build_report(run: dict, run_dir: Path) -> dict:
     """Every number the report shows, in one JSON-able dict."""
     spec = run["spec"]
@@ -491,6 +501,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "kind": spec["kind"], "title": KIND_TITLES.get(spec["kind"], spec["kind"]),
         "command": spec.get("command"), "created": spec.get("created"), "slimlm_version": spec.get("slimlm_version"),
         "parameter": spec.get("parameter", {}), "seeds": seeds, "protocol": spec.get("protocol", {}),
+        "downstream_protocol": downstream_protocol(run),
         "std": STD_NOTE, "spread": SPREAD_NOTE,
         "arms": arms,
         "missing": {"arms": [a["name"] for a in arms if not a["seeds"]],
@@ -796,6 +807,9 @@ def protocol_section(report) -> list[str]:
               f"- seeds: {', '.join(map(str, report['seeds'])) or '–'}",
               f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}",
               f"- base settings: {_settings(p.get('base_settings', {}))}"]
+    for task, details in report["downstream_protocol"].items():
+        lines.append(f"- downstream task `{task}`:")
+        lines += [f"  - {k}: {_short(v)}" for k, v in details.items()]
     lines += [f"- note: {n}" for n in p.get("notes", [])]
     lines += ["", "### Arms", ""]
     lines += _table(["arm", report["parameter"].get("label", "value"), "settings"],
