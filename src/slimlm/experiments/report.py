@@ -403,7 +403,7 @@ def finetune_sentences(arms, spec) -> list[str]:
         paper_win = "lora" if (paper["lora"][pkey] > paper["full"][pkey]) == higher else "full"
         name, adj = {"lora": "LoRA", "full": "full"}, "faster" if key == "decode_tokens_per_s" else "better"
         out.append(f"{words[0].upper() + words[1:]}: LoRA {said(a, key)} vs full {said(b, key)} here "
-                   f"(LoRA/full = {a['mean'] / b['mean']:.2f}×), {name[ours_win]} {adj}; the paper: LoRA "
+                   f"(LoRA/full = {_ratio(a['mean'], b['mean'])}), {name[ours_win]} {adj}; the paper: LoRA "
                    f"{_paper_fmt(paper['lora'][pkey], pkey)} vs full {_paper_fmt(paper['full'][pkey], pkey)}, "
                    f"{name[paper_win]} {adj} — {verdict(ours_win == paper_win, within_spread(a, b))}.")
     params = [x["metrics"].get("parameters") for x in (lora, full)]
@@ -416,7 +416,7 @@ def finetune_sentences(arms, spec) -> list[str]:
                        ("wall_time_s", "training time")):
         a, b = lora["training"].get(key), full["training"].get(key)
         if a and b and b["mean"]:
-            costs.append(f"{a['mean'] / b['mean']:.3g}× the {words}")
+            costs.append(f"{_ratio(a['mean'], b['mean'], '.3g')} the {words}")
     if costs:
         out.append("Training cost (the paper gives no numbers, only that LoRA is cheaper): LoRA used "
                    + ", ".join(costs) + " of full fine-tuning.")
@@ -958,3 +958,8 @@ def write_report(run_dir, *, force: bool = False) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _ratio(a: float, b: float, fmt: str = ".2f") -> str:
+    """a/b as "1.23×", or "n/a" when b is zero (a metric such as exact match can be 0 on a weak model)."""
+    return f"{a / b:{fmt}}×" if b else "n/a (divisor is 0)"

@@ -1,0 +1,135 @@
+"""The paper's whole framework from one recipe: distil -> fine-tune -> prune -> quantize, every model kept.
+
+A recipe names the stages in order; each stage reads the previous stage's model directory and
+writes its own, through the same API the single commands use, and every one is measured with the
+same protocol, so the report can draw the size / perplexity / speed frontier stage by stage.
+
+    teacher: smollm2-135m
+    data: sotu
+    seeds: [0]
+    evaluate: {tasks: [cloze], repeats: 3}
+    stages:
+      - student: {layers: 14}
+      - distill: {max_tokens: 40000, teacher_cache: true}
+      - finetune: {method: lora, max_tokens: 20000}
+      - prune: {method: structured, sparsity: 0.2}
+      - quantize: {bits: 8, granularity: channel}
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+from slimlm.experiments import runner
+from slimlm.experiments.layout import arm_dir
+from slimlm.output import staging_dir
+
+STAGES = ("student", "distill", "finetune", "prune", "quantize")
+RECIPE_KEYS = ("teacher", "data", "seeds", "evaluate", "stages")
+
+
+def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str | None = None) -> Path:
+    """Run (or continue) the recipe's stages for every seed into `out`, then write the report."""
+    from slimlm.config import load_recipe
+    from slimlm.experiments.sweeps import _data_info, _layer_count, _report, parse_list
+
+    values = load_recipe(recipe)
+    unknown = sorted(set(values) - set(RECIPE_KEYS))
+    if unknown:
+        raise SlimlmError(f"recipe {recipe}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(RECIPE_KEYS)}")
+    teacher = values.get("teacher", "smollm2-135m")
+    data = values.get("data", "sotu")
+    seeds = parse_list(values.get("seeds", [0]), int, "seeds")
+    ev = runner.check_eval(values.get("evaluate") or {})
+    arms = _stages(values.get("stages"), recipe, teacher, data)
+    teacher_layers = _layer_count(teacher)
+    block_size = next((a["settings"].get("block_size") for a in arms if a["settings"].get("block_size")), 256)
+    spec = {"kind": "pipeline", "parameter": {"name": "stage", "label": "pipeline stage", "numeric": False},
+            "arms": arms, "seeds": seeds,
+            "protocol": {"teacher": teacher, "teacher_layers": teacher_layers, "data": data,
+                         "data_info": _data_info(teacher, data, block_size),
+                         "train_tokens": sum(a["settings"].get("max_tokens", 0) for a in arms
+                                             if a["stage"] in ("distill", "finetune")),
+                         "block_size": block_size, "base_settings": {"recipe": str(recipe)}, "eval": ev,
+                         "teacher_cache": None,
+                         "notes": ["each stage reads the previous stage's model and writes its own; every "
+                                   "intermediate model is kept under arms/ and measured with the same protocol"]},
+            "command": command}
+    run_dir = runner.open_run(Path(out), spec, force=force)
+    runner.measure_reference(run_dir, "teacher", teacher, data, ev)
+    runner.run_arms(run_dir, spec, _train(arms, run_dir, teacher, data), data=data, ev=ev)
+    return _report(run_dir)
+
+
+def _stages(stages, recipe, teacher, data) -> list[dict]:
+    """Recipe stages -> experiment arms, every stage's settings checked before anything runs."""
+    if not isinstance(stages, list) or not stages:
+        raise SlimlmError(f"recipe {recipe}: 'stages' must be a non-empty list such as "
+                          "[{distill: {layers: 14}}, {quantize: {bits: 8}}]")
+    arms = []
+    for i, item in enumerate(stages, 1):
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise SlimlmError(f"recipe {recipe}: stage {i} must be one 'name: {{settings}}' entry")
+        (name, settings), = item.items()
+        settings = {k.replace("-", "_"): v for k, v in (settings or {}).items()}
+        if name not in STAGES:
+            raise SlimlmError(f"recipe {recipe}: stage {i} {name!r} is not one of {', '.join(STAGES)}")
+        _check_stage(name, settings, i, recipe, first=(i == 1), teacher=teacher, data=data)
+        arms.append({"name": f"{i}-{name}", "value": i, "label": name, "stage": name, "settings": settings})
+    return arms
+
+
+def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
+    from slimlm.config import DistillSettings, FinetuneSettings
+
+    where = f"recipe {recipe}, stage {i} ({name})"
+    fixed = {"teacher", "data", "out", "force", "resume", "seed", "student", "model"} - (
+        {"teacher"} if name in ("finetune",) else set())
+    clash = sorted(set(settings) & fixed)
+    if clash:
+        raise SlimlmError(f"{where}: {', '.join(clash)} is set by the pipeline (the teacher and data at the top, "
+                          "each stage's input from the stage before); remove it")
+    try:
+        if name == "distill":
+            student = {} if first and ({"layers", "keep_layers"} & set(settings)) else {"student": "previous"}
+            DistillSettings.from_dict({"teacher": teacher, "data": data, **student, **settings}).validate()
+        elif name == "finetune":
+            FinetuneSettings.from_dict({"model": "previous", "data": data, **settings}).validate()
+        else:
+            from slimlm import api, compress
+
+            fn = {"student": api.make_student, "prune": compress.prune, "quantize": compress.quantize}[name]
+            known = set(inspect.signature(fn).parameters) - fixed - {"trust_remote_code"}
+            unknown = sorted(set(settings) - known)
+            if unknown:
+                raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    except SlimlmError as exc:
+        raise SlimlmError(f"{where}: {exc}") from None
+    if name == "student" and not first:
+        raise SlimlmError(f"{where}: a student is built from the teacher, so it can only be the first stage")
+
+
+def _train(arms: list[dict], run_dir: Path, teacher: str, data: str):
+    """Each stage's input is the previous stage's output for the same seed (the teacher for the first)."""
+    from slimlm import api, compress
+
+    def train(arm, seed, out, resume):
+        index = arm["value"]
+        source = str(arm_dir(run_dir, arms[index - 2]["name"], seed)) if index > 1 else teacher
+        settings, stage = arm["settings"], arm["stage"]
+        if stage == "student":
+            api.make_student(teacher=teacher, data=data, out=str(out), force=True, seed=seed, **settings)
+        elif stage == "distill":
+            given = {} if index == 1 and ({"layers", "keep_layers"} & set(settings)) else {"student": source}
+            api.distill(out=str(out), resume=resume, teacher=teacher, data=data, seed=seed, **given, **settings)
+        elif stage == "finetune":
+            api.finetune(out=str(out), resume=resume, model=source, data=data, seed=seed, **settings)
+        elif stage == "prune":
+            compress.prune(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
+        else:
+            compress.quantize(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
+    return train

@@ -1,0 +1,198 @@
+"""The paper's studies and the pipeline end to end on a tiny model: every arm and seed runs, a rerun
+skips what is finished, an interrupted run finishes only what is missing, and the report's numbers
+are the runs' numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimlm.cli import main
+from slimlm.errors import SlimlmError
+from slimlm.experiments.layout import load_run, result_file
+from slimlm.experiments.pipeline import pipeline
+from slimlm.experiments.sweeps import experiment
+
+TINY = dict(student_layers=2, max_tokens=256, block_size=32, batch_size=4, learning_rate=3e-3, top_k=16,
+            seeds=[0, 1],
+            evaluation={"window": 32, "stride": 32, "tokens": 512, "repeats": 1, "decode_new_tokens": 4,
+                        "tasks": ["cloze"], "task_items": 6},
+            settings={"bf16": False, "eval_tokens": 256, "eval_window": 32, "calibration_blocks": 2,
+                      "logging_steps": 1})
+
+
+def _mtimes(run_dir):
+    return {p: p.stat().st_mtime_ns for p in (run_dir / "results").rglob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def temperature_run(tiny_teacher, text_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "temperature"
+    experiment("temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY)
+    return out
+
+
+def test_sweep_runs_every_arm_and_seed_and_writes_the_report(temperature_run):
+    run = load_run(temperature_run)
+    assert [a["name"] for a in run["spec"]["arms"]] == ["t0.5", "t2"]
+    for arm in ("t0.5", "t2"):
+        assert [r["seed"] for r in run["results"][arm]] == [0, 1]
+        for r in run["results"][arm]:
+            for key in ("perplexity", "accuracy", "decode_tokens_per_s", "size_on_disk_mb", "inference_memory_mib",
+                        "cloze_exact_match"):
+                assert r["metrics"][key] is not None, key
+            record = json.loads((temperature_run / "arms" / f"{arm}-seed{r['seed']}" / "slimlm.json").read_text())
+            assert record["settings"]["temperature"] == r["value"] and record["settings"]["seed"] == r["seed"]
+            assert record["training"]["teacher_cache"]
+    assert set(run["references"]) == {"teacher", "student-init"}
+    report = (temperature_run / "report.md").read_text()
+    assert "t0.5" in report or "τ=0.5" in report
+    plots = json.loads((temperature_run / "report.json").read_text())["plots"]
+    assert plots and all((temperature_run / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert (temperature_run / "report.html").read_text().count("<img") >= len(plots)
+
+
+def test_arms_of_a_seed_share_blocks_and_teacher_cache(temperature_run):
+    """Same seed -> the same training blocks (so one teacher cache entry); other seed -> other blocks."""
+    def cache_line(arm, seed):
+        return json.loads((temperature_run / "arms" / f"{arm}-seed{seed}" / "slimlm.json").read_text())
+
+    a, b, c = cache_line("t0.5", 0), cache_line("t2", 0), cache_line("t0.5", 1)
+    assert a["training"]["tokens"] == b["training"]["tokens"] == c["training"]["tokens"]
+    # identical starting point and data for one seed: only the temperature differs between the arms
+    assert {k: v for k, v in a["settings"].items() if k != "temperature"} == \
+        {k: v for k, v in b["settings"].items() if k != "temperature"}
+
+
+def test_report_numbers_equal_the_results_json(temperature_run):
+    import statistics
+
+    report = json.loads((temperature_run / "report.json").read_text())
+    run = load_run(temperature_run)
+    text = json.dumps(report)
+    for arm, results in run["results"].items():
+        values = [r["metrics"]["perplexity"] for r in results]
+        mean = statistics.mean(values)
+        assert any(abs(x - mean) <= 1e-9 * max(1.0, abs(mean)) for x in _numbers(report)), (arm, mean)
+        assert len(values) == 2
+    assert text  # report.json parsed
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+def test_rerun_skips_finished_arms(temperature_run, tiny_teacher, text_dir, capsys):
+    before = _mtimes(temperature_run)
+    experiment("temperature", out=str(temperature_run), values=[0.5, 2.0], teacher=str(tiny_teacher),
+               data=str(text_dir), **TINY)
+    assert _mtimes(temperature_run) == before
+    err = capsys.readouterr().err
+    assert err.count("finished earlier, skipped") == 4 and "training" not in err.replace("training tokens", "")
+
+
+def test_interrupted_experiment_runs_only_missing_arms(temperature_run, tiny_teacher, text_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(temperature_run, out)
+    missing = result_file(out, "t2", 1)
+    missing.unlink()
+    shutil.rmtree(out / "arms" / "t2-seed1")
+    before = {p: t for p, t in _mtimes(out).items()}
+    capsys.readouterr()
+    experiment("temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY)
+    err = capsys.readouterr().err
+    assert err.count("finished earlier, skipped") == 3 and err.count(": training") == 1
+    assert missing.exists() and all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_a_different_experiment_in_the_same_folder_is_refused(temperature_run, tiny_teacher, text_dir):
+    with pytest.raises(SlimlmError, match="different experiment"):
+        experiment("temperature", out=str(temperature_run), values=[1.0], teacher=str(tiny_teacher),
+                   data=str(text_dir), **TINY)
+
+
+def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tiny_teacher, text_dir, capsys):
+    out = experiment("feature-layer", out="layers", values=[1, 4], teacher=str(tiny_teacher), data=str(text_dir),
+                     **{**TINY, "seeds": [0]})
+    spec = load_run(out)["spec"]
+    assert [a["settings"]["feature_layers"] for a in spec["arms"]] == ["1:1", "4:2"]
+    err = capsys.readouterr().err
+    assert err.count("reusing cached teacher outputs") >= 1
+    assert (out / "report.md").exists()
+
+
+def test_finetune_experiment_compares_lora_and_full(tiny_teacher, text_dir):
+    out = experiment("finetune", out="ft", teacher=str(tiny_teacher), data=str(text_dir), **{**TINY, "seeds": [0]})
+    run = load_run(out)
+    lora, full = run["results"]["lora"][0], run["results"]["full"][0]
+    assert lora["training"]["trainable_parameters"] < full["training"]["trainable_parameters"]
+    assert "base" in run["references"]
+
+
+def test_pipeline_keeps_and_measures_every_stage(tiny_teacher, text_dir, tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+teacher: {tiny_teacher}
+data: {text_dir}
+seeds: [0]
+evaluate: {{window: 32, stride: 32, tokens: 512, repeats: 1, decode_new_tokens: 4, tasks: [cloze], task_items: 6}}
+stages:
+  - distill: {{keep_layers: "0,3", max_tokens: 256, block_size: 32, bf16: false, eval_tokens: 256, eval_window: 32,
+               calibration_blocks: 2, learning_rate: 3.0e-3}}
+  - finetune: {{method: lora, max_tokens: 128, block_size: 32, bf16: false, eval_tokens: 256, eval_window: 32}}
+  - prune: {{method: wanda, sparsity: 0.5, block_size: 32, eval_tokens: 256, repeats: 1, calibration_blocks: 2}}
+  - quantize: {{bits: 8, block_size: 32, eval_tokens: 256, repeats: 1}}
+""")
+    out = pipeline(recipe, out="pipe")
+    run = load_run(out)
+    assert list(run["results"]) == ["1-distill", "2-finetune", "3-prune", "4-quantize"]
+    for stage, results in run["results"].items():
+        assert (out / "arms" / f"{stage}-seed0" / "slimlm.json").exists()
+        assert results[0]["metrics"]["size_on_disk_mb"] > 0
+    sizes = [run["results"][s][0]["metrics"]["size_on_disk_mb"] for s in ("3-prune", "4-quantize")]
+    assert sizes[1] < sizes[0]  # 8-bit packed codes are smaller than the fp32 pruned model
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.parametrize("recipe_text, message", [
+    ("stages: []", "non-empty list"),
+    ("stages: [{compress: {}}]", "is not one of"),
+    ("stages: [{distill: {layers: 2, temperature: -1}}]", "temperature"),
+    ("stages: [{quantize: {bitz: 8}}]", "bitz"),
+    ("stages: [{distill: {layers: 2}}, {student: {layers: 2}}]", "only be the first stage"),
+    ("teachr: x\nstages: [{distill: {layers: 2}}]", "unknown key"),
+])
+def test_bad_recipe_is_one_line_error_before_any_work(tmp_path, capsys, recipe_text, message, tiny_teacher):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"teacher: {tiny_teacher}\n" + recipe_text if "teachr" not in recipe_text else recipe_text)
+    assert main(["pipeline", str(recipe), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "temperature", "--values", "0,1"], "must be > 0"),
+    (["experiment", "temperature", "--values", "a,b"], "must be a float"),
+    (["experiment", "temperature", "--seeds", "0,0"], "repeats"),
+    (["experiment", "feature-layer", "--layers", "0,99"], "teacher layers are"),
+    (["experiment", "finetune", "--methods", "qlora"], "unknown qlora"),
+    (["experiment", "temperature", "--tasks", "trivia"], "unknown task"),
+    (["report", "nowhere"], "not an experiment folder"),
+])
+def test_bad_experiment_flags_are_one_line_errors(argv, message, tiny_teacher, capsys, tmp_path):
+    if argv[0] == "experiment":
+        argv = argv + ["--teacher", str(tiny_teacher), "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
