@@ -68,7 +68,8 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
     start_dir = Path(student) if student else run_dir / "student-init"
     distill_base = {"teacher": teacher, "data": data, "student": str(start_dir), "max_tokens": max_tokens,
                     "batch_size": batch_size, "block_size": block_size, "temperature": temperature, "alpha": alpha,
-                    "teacher_cache": True, "top_k": top_k, "learning_rate": learning_rate or 6e-4}
+                    "teacher_cache": True, "top_k": top_k, "learning_rate": learning_rate or 6e-4,
+                    "eval_tokens": 4096}  # in-training validation only; the arms are measured on the test split
     distill_extra, finetune_extra = _split_settings(settings or {})
     distill_base.update(distill_extra)
     if kind == "temperature":
@@ -99,7 +100,7 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
                  "settings": {"method": v, "rank": rank} if v == "lora" else {"method": v}} for v in values]
         base = {"model": str(model) if model else str(run_dir / "base"), "data": data, "max_tokens": max_tokens,
                 "batch_size": batch_size, "block_size": block_size, "learning_rate": learning_rate,
-                **finetune_extra}
+                "eval_tokens": 4096, **finetune_extra}
     spec = {"kind": kind, "parameter": parameter, "arms": arms, "seeds": seeds,
             "protocol": {"teacher": teacher, "teacher_layers": teacher_layers, "data": data,
                          "data_info": _data_info(teacher, data, block_size), "train_tokens": max_tokens,
