@@ -282,7 +282,10 @@ _ROWS = [  # (label, key, format)
     ("decode tok/s", "decode_tokens_per_s", lambda v: f"{v:.1f}"),
     ("prefill tok/s", "prefill_tokens_per_s", lambda v: f"{v:.0f}"),
     ("memory MiB (weights + decode peak)", "inference_memory_mib", lambda v: f"{v:.0f}"),
+    ("cloze exact match", "cloze_exact_match", lambda v: f"{v:.3f}"),
+    ("ROUGE-1 / ROUGE-L", "rouge1", None),
 ]
+_OPTIONAL = {"cloze_exact_match", "rouge1"}  # downstream rows, shown only when measured (slimlm eval --tasks)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -290,6 +293,12 @@ def format_table(results: dict[str, dict]) -> str:
     names = list(results)
     cells = [["metric", *names]]
     for label, key, fmt in _ROWS:
+        if key in _OPTIONAL and all(r.get(key) is None for r in results.values()):
+            continue
+        if key == "rouge1":  # one row for both ROUGE scores
+            cells.append([label, *(f"{r['rouge1']:.3f} / {r['rougeL']:.3f}" if r.get("rouge1") is not None else "-"
+                                   for r in results.values())])
+            continue
         cells.append([label, *(fmt(r[key]) if r.get(key) is not None else "-" for r in results.values())])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
