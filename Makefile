@@ -6,8 +6,9 @@ BIN      := $(VENV)/bin
 TORCH    ?= torch==2.13.0
 STAMP    := $(VENV)/.slimlm-installed
 DEMO_OUT ?= runs/demo
+EXP_OUT  ?= runs/exp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench experiments clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,15 @@ demo: setup
 test: setup
 	$(BIN)/slimlm fetch
 	$(BIN)/python -m pytest -q
+
+# The paper's studies and the pipeline with their defaults (3 seeds each; hours on a 2-core CPU).
+# Rerunning continues where an interrupted run stopped. Reports: $(EXP_OUT)/*/report.html
+experiments: setup
+	$(BIN)/slimlm fetch
+	$(BIN)/slimlm experiment temperature --out $(EXP_OUT)/temperature
+	$(BIN)/slimlm pipeline recipes/pipeline.yaml --out $(EXP_OUT)/pipeline
+	$(BIN)/slimlm experiment finetune --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
+	$(BIN)/slimlm experiment feature-layer --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
 
 bench: setup
 	$(BIN)/python bench/distill_bench.py
