@@ -18,15 +18,18 @@ from pathlib import Path
 
 import torch
 
+from slimlm import distributed
 from slimlm.config import DistillSettings, FinetuneSettings, load_recipe
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.output import claim_output, discard_if_unstarted, model_card, publish, write_json_atomic
+from slimlm.output import claim_output, discard_if_unstarted, last_good_checkpoint, model_card, publish, \
+    write_json_atomic
 from slimlm.sources import check_same_tokenizer, load_model
 
 
 def _log(message: str) -> None:
-    print(f"slimlm: {message}", file=sys.stderr, flush=True)
+    if distributed.is_main_process():  # under torchrun/accelerate only rank 0 reports
+        print(f"slimlm: {message}", file=sys.stderr, flush=True)
 
 
 def fetch(teacher: str = "smollm2-135m", data: str = "sotu") -> dict:
@@ -134,17 +137,78 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
 
 
 def _training_stage(settings_type, body, settings, recipe, overrides, out, force, resume, stop_after):
-    """Settings from recipe + flags, validated before anything is loaded; output claimed; cleanup on failure."""
+    """Settings from recipe + flags, validated before anything is loaded; output claimed; cleanup on failure.
+
+    Under torchrun/accelerate every rank runs this; rank 0 alone claims, cleans up and publishes."""
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = (settings or settings_type.from_dict(values)).validate()
+    if resume and settings.deepspeed:
+        raise SlimlmError("--resume with --deepspeed would load DeepSpeed's checkpoint files, which it reads with "
+                          "pickle (torch.load weights_only=False); slimlm loads no pickles: use --fsdp for a "
+                          "sharded run that can resume")
     out = Path(out)
-    stage = claim_output(out, force=force, resume=resume)
+    stage = Path(distributed.on_main(lambda: str(claim_output(out, force=force, resume=resume))))
     try:
         return body(settings, out, stage, resume, stop_after)
     except BaseException:
-        discard_if_unstarted(stage)  # keep checkpoints for --resume, drop an empty staging area
+        if distributed.is_main_process():
+            discard_if_unstarted(stage)  # keep checkpoints for --resume, drop an empty staging area
         raise
+
+
+def _load(spec, trust_remote_code):
+    """load_model on every rank; rank 0 first, so a hub download or GGUF conversion fills the cache once."""
+    return distributed.main_first(load_model, spec, trust_remote_code=trust_remote_code)
+
+
+def _data(spec, tokenizer, block_size):
+    return distributed.main_first(prepare_data, spec, tokenizer, block_size)
+
+
+def _validation(model, tokens: torch.Tensor, window: int, bf16: bool, *, shared: bool = True) -> dict:
+    """Validation perplexity, windows of `window` tokens at stride `window`. Under torchrun/accelerate
+    (`shared`) each rank scores a contiguous share of the windows and the sums are gathered: the same
+    windows, so the same numbers as one process (to float rounding), in 1/N of the time."""
+    from slimlm.evaluate import perplexity
+
+    def score(ids):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return perplexity(model, ids, window=window, stride=window, progress=False)
+
+    world = distributed.world_size()
+    if not shared or world == 1:
+        return score(tokens)
+    n_windows = math.ceil(len(tokens) / window)
+    rank = distributed.rank()
+    lo, hi = n_windows * rank // world * window, min(n_windows * (rank + 1) // world * window, len(tokens))
+    mine = score(tokens[lo:hi]) if hi - lo >= 2 else {"nll": 0.0, "accuracy": 0.0, "tokens_scored": 0}
+    nll, correct, scored = distributed.all_sum([mine["nll"] * mine["tokens_scored"],
+                                                mine["accuracy"] * mine["tokens_scored"], mine["tokens_scored"]])
+    return {"perplexity": math.exp(nll / scored), "nll": nll / scored, "tokens_scored": int(scored),
+            "accuracy": correct / scored, "bits_per_byte": None, "window": window, "stride": window}
+
+
+def _trained_model(trainer):
+    """The trained model as a plain module where rank 0 can evaluate and save it. Every rank calls this:
+    under FSDP or DeepSpeed the full weights are gathered (a collective) and loaded into a fresh copy on
+    rank 0 (other ranks get None); under DDP every rank already holds the whole model."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if not distributed.is_main_process():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(model.config)
+    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in state.items()
+                                                 if not k.startswith("slimlm_projections.")}, strict=False)
+    if [k for k in missing if "lm_head" not in k] or unexpected:  # lm_head may be tied to the embeddings
+        raise SlimlmError(f"gathering the sharded model lost weights ({(missing + unexpected)[:3]}); "
+                          "report this with the launch command")
+    plain.tie_weights()
+    return plain.float()
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
@@ -152,56 +216,68 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
-    teacher, tokenizer, teacher_dir = load_model(settings.teacher, trust_remote_code=settings.trust_remote_code)
-    splits = prepare_data(settings.data, tokenizer, settings.block_size)
+    teacher, tokenizer, teacher_dir = _load(settings.teacher, settings.trust_remote_code)
+    splits = _data(settings.data, tokenizer, settings.block_size)
     _log(splits.summary())
     student_info = {}
     if settings.student is not None:
-        student, student_tok, student_dir = load_model(settings.student, trust_remote_code=settings.trust_remote_code)
+        student, student_tok, student_dir = _load(settings.student, settings.trust_remote_code)
         check_same_tokenizer(tokenizer, student_tok)
         student_info["from"] = str(student_dir)
     else:
-        student, student_info = _student_from_teacher(
-            teacher, splits, layers=settings.layers, keep_layers=settings.keep_layers,
-            student_config=settings.student_config, calibration=settings.calibration_blocks, seed=settings.seed,
-            bf16=settings.bf16)
+        made = {}
+
+        def build(layers, keep_layers):
+            made["student"], made["info"] = _student_from_teacher(
+                teacher, splits, layers=layers, keep_layers=keep_layers, student_config=settings.student_config,
+                calibration=settings.calibration_blocks, seed=settings.seed, bf16=settings.bf16)
+            return made["info"]["kept_layers"]
+
+        # rank 0 measures which layers to keep; the others build the same student from its answer
+        kept = distributed.on_main(build, settings.layers, settings.keep_layers)
+        if not made:
+            build(None, ",".join(map(str, kept)))
+        student, student_info = made["student"], made["info"]
+        torch.manual_seed(settings.seed)  # every rank goes on from the same RNG state
     n_t, n_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     feature_map = parse_layer_map(settings.feature_layers, n_t, n_s)
     attention_map = parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1)
-    if feature_map and teacher.config.hidden_size != student.config.hidden_size:
+    if feature_map and settings.feature_weight > 0 and teacher.config.hidden_size != student.config.hidden_size:
         student.slimlm_projections = torch.nn.ModuleList(
             [make_projection(student.config.hidden_size, teacher.config.hidden_size) for _ in feature_map])
     if attention_map:
         for model in (teacher, student):
             model.set_attn_implementation("eager")  # attention maps need the eager kernel
 
-    steps = settings.steps()
-    per_step = settings.batch_size * settings.grad_accum
+    world = distributed.world_size()
+    steps = settings.steps(world)
+    per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
     blocks = _training_blocks(splits.train, steps * per_step, settings.seed)
     from slimlm.kd.teacher_cache import CachedTeacher, teacher_cache
     from slimlm.kd.trainer import BlockDataset, DistillTrainer, StopAfterSteps, teacher_feature_std
-    from slimlm.evaluate import perplexity
 
     calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
     teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
     cached = None
-    if settings.teacher_cache:
-        path = teacher_cache(teacher, teacher_dir, blocks, top_k=settings.top_k,
+    if settings.teacher_cache:  # rank 0 computes the cache once; the others then read it
+        path = distributed.main_first(teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
                              hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t),
                              bf16=settings.bf16)
         cached = CachedTeacher(path, [t for t, _ in feature_map])
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        before = perplexity(student, splits.val[: settings.eval_tokens], window=settings.eval_window, stride=settings.eval_window,
-                            progress=False)
+    val = splits.val[: settings.eval_tokens]
+    before = _validation(student, val, settings.eval_window, settings.bf16)
     _log(f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
-         f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks)")
+         f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
+         f"{f', {world} processes' if world > 1 else ''})")
 
     trainer = DistillTrainer(
         model=student, args=_training_args(settings, stage, steps), train_dataset=BlockDataset(blocks, cached),
         teacher=None if cached else teacher, temperature=settings.temperature, alpha=settings.alpha, kl=settings.kl,
         chunk_size=settings.chunk_size, feature_map=feature_map, feature_weight=settings.feature_weight,
         teacher_std=teacher_std, attention_map=attention_map, attention_weight=settings.attention_weight,
-        bf16=settings.bf16, callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+        bf16=settings.bf16, teacher_zero3=_teacher_zero3(settings),
+        callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+    _check_sharding(settings, trainer)
     checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:
         _log(f"no checkpoint in {stage}; starting from the beginning")
@@ -209,25 +285,30 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     if stop_after and trainer.state.global_step < steps:
         _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
         return stage
-    student = trainer.model
-    if hasattr(student, "slimlm_projections"):
-        del student.slimlm_projections  # training-only; the published model is a plain HF model
-    student.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-        after = perplexity(student, splits.val[: settings.eval_tokens], window=settings.eval_window, stride=settings.eval_window,
-                           progress=False)
-    _log(f"student after distillation: validation perplexity {after['perplexity']:.1f} "
-         f"(before {before['perplexity']:.1f})")
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    record = {"stage": "distill", "teacher": settings.teacher, "teacher_dir": str(teacher_dir),
-              "settings": settings.to_dict(), "data": splits.info, "student": student_info,
-              "layer_map": {"features": feature_map, "attention": attention_map},
-              "training": {"steps": trainer.state.global_step, "tokens": len(blocks) * settings.block_size,
-                           "train_runtime_s": result.metrics.get("train_runtime"),
-                           "wall_time_s": time.time() - start_time, "teacher_cache": bool(cached),
-                           "log": history},
-              "metrics": {"validation_before": before, "validation_after": after}}
-    publish(stage, out, student, tokenizer, record, model_card(f"Student distilled from {settings.teacher}", record))
+    student = _trained_model(trainer)  # every rank: gathers the weights when they are sharded
+    sharded = student is None or student is not trainer.accelerator.unwrap_model(trainer.model)
+    if student is not None:
+        if hasattr(student, "slimlm_projections"):
+            del student.slimlm_projections  # training-only; the published model is a plain HF model
+        student.eval()
+    after = None if sharded else _validation(student, val, settings.eval_window, settings.bf16)
+
+    def finish():  # rank 0 only: the other ranks wait and raise its error if it fails
+        metrics = after or _validation(student, val, settings.eval_window, settings.bf16, shared=False)
+        _log(f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
+             f"(before {before['perplexity']:.1f})")
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        record = {"stage": "distill", "teacher": settings.teacher, "teacher_dir": str(teacher_dir),
+                  "settings": settings.to_dict(), "data": splits.info, "student": student_info,
+                  "layer_map": {"features": feature_map, "attention": attention_map},
+                  "training": {"steps": trainer.state.global_step, "tokens": len(blocks) * settings.block_size,
+                               "train_runtime_s": result.metrics.get("train_runtime"),
+                               "wall_time_s": time.time() - start_time, "teacher_cache": bool(cached),
+                               "processes": world, "log": history},
+                  "metrics": {"validation_before": before, "validation_after": metrics}}
+        publish(stage, out, student, tokenizer, record, model_card(f"Student distilled from {settings.teacher}", record))
+
+    distributed.on_main(finish)
     _log(f"wrote {out}")
     return out
 
@@ -250,22 +331,78 @@ def _training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def _training_args(settings, stage: Path, steps: int):
+    """TrainingArguments for the stage. Multi-process runs need nothing extra: under torchrun/accelerate the
+    Trainer runs DDP (gloo on CPU, NCCL on CUDA); `fsdp`/`deepspeed` settings pass through. The blocks are
+    already in a seeded order (`_training_blocks`), so the sampler is sequential: N ranks with batch b see
+    exactly the global batches that one process with batch N*b sees (accelerate deals batch i to rank i % N)."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
-        output_dir=str(stage / "checkpoints"), max_steps=steps, per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
-        weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_ratio * steps),
-        lr_scheduler_type="cosine", optim=settings.optim, max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, save_steps=settings.save_steps,
-        save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
-        report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=False, average_tokens_across_devices=True)
+    parallel = {}
+    if settings.fsdp:
+        parallel = {"fsdp": settings.fsdp, "fsdp_config": settings.fsdp_config}
+    elif settings.deepspeed:
+        parallel = {"deepspeed": _deepspeed_configs(settings.deepspeed)[0]}
+    try:
+        return TrainingArguments(
+            output_dir=str(stage / "checkpoints"), max_steps=steps, per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_ratio * steps),
+            lr_scheduler_type="cosine", optim=settings.optim, max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, save_steps=settings.save_steps,
+            save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
+            report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=not distributed.is_main_process(), average_tokens_across_devices=True,
+            train_sampling_strategy="sequential", ddp_find_unused_parameters=False, **parallel)
+    except ImportError as exc:
+        raise SlimlmError(f"{_first_line(exc)}; install what it names (e.g. pip install deepspeed) or drop "
+                          "--deepspeed/--fsdp") from None
+
+
+def _check_sharding(settings, trainer) -> None:
+    if settings.fsdp and not trainer.is_fsdp_enabled:
+        _log("--fsdp is ignored: accelerate runs FSDP only on accelerators, launched by torchrun or accelerate "
+             "launch; this run is plain data parallel (DDP) or a single process")
+
+
+def _teacher_zero3(settings) -> dict | None:
+    zero3 = _deepspeed_configs(settings.deepspeed)[1] if settings.deepspeed else None
+    if zero3 is not None:
+        _log("DeepSpeed ZeRO-3: the teacher is partitioned over the processes; the student trains under ZeRO-2 "
+             "(docs/multi-gpu.md)")
+    return zero3
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _deepspeed_configs(path: str) -> tuple[dict, dict | None]:
+    """(the student's DeepSpeed config, the teacher's ZeRO-3 section or None) from the user's JSON file.
+
+    slimlm's chunked KD loss reads the student's output head outside the model's forward pass, which
+    ZeRO-3 would have partitioned, so a stage-3 config trains the student under ZeRO-2 (gradients and
+    optimizer state sharded; the student is the small model) and partitions the frozen teacher with
+    ZeRO-3 (inference only): the case of a teacher that does not fit one device."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SlimlmError(f"--deepspeed {path} is not a readable JSON file ({type(exc).__name__}); fix it") from None
+    zero = dict(config.get("zero_optimization") or {})
+    if zero.get("stage") != 3:
+        return config, None
+    student = {**config, "zero_optimization": {k: v for k, v in zero.items()
+                                               if not k.startswith("stage3") and k not in ("offload_param",)}}
+    student["zero_optimization"]["stage"] = 2
+    return student, zero
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and get_last_checkpoint(str(folder)) else None
+    """The newest checkpoint whose completion record verifies (rank 0 looks; every rank gets the answer).
+    A truncated or half-written newer one is logged, moved aside as `*.broken`, and the one before is used."""
+    found = distributed.on_main(lambda: str(last_good_checkpoint(folder, log=_log) or ""))
+    if found:
+        _log(f"resuming from {Path(found).name}")
+    return Path(found) if found else None
 
 
 def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
@@ -285,21 +422,22 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
-    model, tokenizer, model_dir = load_model(settings.model, trust_remote_code=settings.trust_remote_code)
+    model, tokenizer, model_dir = _load(settings.model, settings.trust_remote_code)
     targets = target_modules(model, settings.target_modules) if settings.method == "lora" else None
     instruct = is_instruction_data(settings.data)
     if instruct:
         splits = prepare_instructions(settings.data, tokenizer, settings.block_size)
     else:
-        splits = prepare_data(settings.data, tokenizer, settings.block_size)
+        splits = _data(settings.data, tokenizer, settings.block_size)
     _log(splits.summary())
     teacher = teacher_dir = None
     if settings.teacher is not None:
-        teacher, teacher_tok, teacher_dir = load_model(settings.teacher, trust_remote_code=settings.trust_remote_code)
+        teacher, teacher_tok, teacher_dir = _load(settings.teacher, settings.trust_remote_code)
         check_same_tokenizer(teacher_tok, tokenizer)
 
-    steps = settings.steps()
-    per_step = settings.batch_size * settings.grad_accum
+    world = distributed.world_size()
+    steps = settings.steps(world)
+    per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
     if instruct:
         g = torch.Generator().manual_seed(settings.seed)
         n = len(splits.train)
@@ -310,12 +448,11 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
         train = BlockDataset(_training_blocks(splits.train, steps * per_step, settings.seed))
         train_tokens = len(train) * settings.block_size
 
-    def validation(m):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
-            if instruct:
+    def validation(m, shared=True):  # plain text: shared out over the ranks (see _validation)
+        if instruct:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
                 return response_perplexity(m, splits.val, max_tokens=settings.eval_tokens)
-            return perplexity(m, splits.val[: settings.eval_tokens], window=settings.eval_window,
-                              stride=settings.eval_window, progress=False)
+        return _validation(m, splits.val[: settings.eval_tokens], settings.eval_window, settings.bf16, shared=shared)
 
     before = validation(model)
     if settings.method == "lora":
@@ -328,8 +465,9 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
     trainer = DistillTrainer(
         model=model, args=_training_args(settings, stage, steps), train_dataset=train, teacher=teacher,
         temperature=settings.temperature, alpha=settings.alpha if teacher is not None else 1.0, kl=settings.kl,
-        chunk_size=settings.chunk_size, bf16=settings.bf16,
+        chunk_size=settings.chunk_size, bf16=settings.bf16, teacher_zero3=_teacher_zero3(settings),
         callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+    _check_sharding(settings, trainer)
     checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:
         _log(f"no checkpoint in {stage}; starting from the beginning")
@@ -339,39 +477,46 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
     if stop_after and trainer.state.global_step < steps:
         _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
         return stage
-    runtime = result["run"].metrics.get("train_runtime") or (time.time() - start_time)
-    cost = {"trainable_parameters": params["trainable"], "total_parameters": params["total"],
-            "trainable_percent": params["percent"], "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
-            "peak_memory_mib": memory["peak_memory_mib"],
-            "peak_memory_over_baseline_mib": memory["peak_memory_over_baseline_mib"],
-            "memory_method": memory["memory_method"], "train_tokens": train_tokens,
-            "train_tokens_per_s": train_tokens / runtime if runtime else None}
-    model = trainer.model
-    model.eval()
-    published = model
-    if settings.method == "lora":
-        model.save_pretrained(stage / "adapter", safe_serialization=True)
-        model = model.merge_and_unload()
-        published = MergedWithAdapter(model, stage / "adapter")
-    after = validation(model)
-    _log(f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
-         f"(before {before['perplexity']:.2f}), next-token accuracy {after['accuracy']:.3f} "
-         f"(before {before['accuracy']:.3f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
-         f"peak memory {cost['peak_memory_mib']:.0f} MiB, optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB")
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
-              "teacher": settings.teacher, "teacher_dir": str(teacher_dir) if teacher_dir else None,
-              "settings": settings.to_dict(), "data": splits.info,
-              "method": {"name": settings.method, "rank": settings.rank if targets else None,
-                         "lora_alpha": settings.lora_alpha if targets else None, "target_modules": targets,
-                         "loss": "distillation" if teacher is not None else "cross-entropy",
-                         "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
-                         if targets else None},
-              "training": {"steps": trainer.state.global_step, "tokens": train_tokens, "train_runtime_s": runtime,
-                           "wall_time_s": time.time() - start_time, "log": history},
-              "cost": cost, "metrics": {"validation_before": before, "validation_after": after}}
-    title = f"{settings.model} after {'LoRA' if targets else 'full'} fine-tuning"
-    publish(stage, out, published, tokenizer, record, model_card(title, record))
+    trained = _trained_model(trainer)  # every rank: gathers the weights when they are sharded
+
+    def finish():  # rank 0 only (it measures, merges and publishes); the other ranks wait for it
+        nonlocal model
+        runtime = result["run"].metrics.get("train_runtime") or (time.time() - start_time)
+        cost = {"trainable_parameters": params["trainable"], "total_parameters": params["total"],
+                "trainable_percent": params["percent"], "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+                "peak_memory_mib": memory["peak_memory_mib"],
+                "peak_memory_over_baseline_mib": memory["peak_memory_over_baseline_mib"],
+                "memory_method": memory["memory_method"], "train_tokens": train_tokens,
+                "train_tokens_per_s": train_tokens / runtime if runtime else None}
+        model = trained
+        model.eval()
+        published = model
+        if settings.method == "lora":
+            model.save_pretrained(stage / "adapter", safe_serialization=True)
+            model = model.merge_and_unload()
+            published = MergedWithAdapter(model, stage / "adapter")
+        after = validation(model, shared=False)
+        _log(f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
+             f"(before {before['perplexity']:.2f}), next-token accuracy {after['accuracy']:.3f} "
+             f"(before {before['accuracy']:.3f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
+             f"peak memory {cost['peak_memory_mib']:.0f} MiB, optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB")
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
+                  "teacher": settings.teacher, "teacher_dir": str(teacher_dir) if teacher_dir else None,
+                  "settings": settings.to_dict(), "data": splits.info,
+                  "method": {"name": settings.method, "rank": settings.rank if targets else None,
+                             "lora_alpha": settings.lora_alpha if targets else None, "target_modules": targets,
+                             "loss": "distillation" if teacher is not None else "cross-entropy",
+                             "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
+                             if targets else None},
+                  "training": {"steps": trainer.state.global_step, "tokens": train_tokens, "train_runtime_s": runtime,
+                               "wall_time_s": time.time() - start_time, "processes": world,
+                               "log": history},
+                  "cost": cost, "metrics": {"validation_before": before, "validation_after": after}}
+        title = f"{settings.model} after {'LoRA' if targets else 'full'} fine-tuning"
+        publish(stage, out, published, tokenizer, record, model_card(title, record))
+
+    distributed.on_main(finish)
     _log(f"wrote {out}")
     return out
 

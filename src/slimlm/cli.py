@@ -57,6 +57,12 @@ def _add_training(p, learning_rate: str, max_tokens: str):
     p.add_argument("--logging-steps", type=_positive_int, help="log losses every N steps (default 10)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--fsdp", nargs="?", const="full_shard auto_wrap", metavar="OPTIONS",
+                   help="under torchrun/accelerate: shard with FSDP instead of DDP (default options "
+                        "'full_shard auto_wrap'; docs/multi-gpu.md)")
+    p.add_argument("--fsdp-config", metavar="JSON", help="transformers' fsdp_config file, with --fsdp")
+    p.add_argument("--deepspeed", metavar="JSON", help="a DeepSpeed config; ZeRO-3 partitions the teacher "
+                                                      "(docs/multi-gpu.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ same one-line messages before any model is loaded.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -17,11 +18,40 @@ KL_KINDS = ("forward", "reverse", "jsd")
 class _TrainingRecipe:
     """What every training stage's settings share: the step budget and conversion from/to a recipe."""
 
-    def steps(self) -> int:
+    def steps(self, world_size: int = 1) -> int:
+        """Optimizer steps; `batch_size` is per process, so N processes (torchrun) take N times the tokens a step."""
         if self.max_steps is not None:
             return self.max_steps
-        per_step = self.batch_size * self.grad_accum * self.block_size
+        per_step = self.batch_size * self.grad_accum * world_size * self.block_size
         return max(1, -(-self.max_tokens // per_step))
+
+    def _check_parallel(self) -> None:
+        """--fsdp / --deepspeed: passed to transformers' TrainingArguments; only their shape is checked here."""
+        if self.fsdp and not isinstance(self.fsdp, str):
+            raise SlimlmError(f"--fsdp takes FSDP options such as \"full_shard auto_wrap\" (got {self.fsdp!r})")
+        known = {"full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap"}
+        unknown = [o for o in (self.fsdp or "").split() if o not in known]
+        if unknown:
+            raise SlimlmError(f"--fsdp option(s) {', '.join(unknown)} unknown; use {', '.join(sorted(known))}")
+        if self.fsdp_config is not None and not self.fsdp:
+            raise SlimlmError("--fsdp-config needs --fsdp (e.g. --fsdp \"full_shard auto_wrap\")")
+        fsdp_config = self.fsdp_config
+        if isinstance(fsdp_config, str):
+            try:
+                fsdp_config = json.loads(Path(fsdp_config).read_text())
+            except (OSError, ValueError):
+                raise SlimlmError(f"--fsdp-config {self.fsdp_config} is not a readable JSON file; give one "
+                                  "or a mapping in the recipe") from None
+        if isinstance(fsdp_config, dict) and "SHARDED" in str(fsdp_config.get("state_dict_type",
+                                                                             fsdp_config.get("fsdp_state_dict_type"))):
+            raise SlimlmError("fsdp_config state_dict_type SHARDED_STATE_DICT resumes through "
+                              "torch.distributed.checkpoint, whose metadata is a pickle; slimlm keeps "
+                              "FULL_STATE_DICT checkpoints (leave state_dict_type out)")
+        if self.deepspeed is not None:
+            if self.fsdp:
+                raise SlimlmError("give --fsdp or --deepspeed, not both")
+            if not Path(self.deepspeed).is_file():
+                raise SlimlmError(f"--deepspeed {self.deepspeed} does not exist; give a DeepSpeed JSON config file")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +104,9 @@ class DistillSettings(_TrainingRecipe):
     bf16: bool = True  # bf16 autocast for student and teacher forward passes
     save_steps: int = 50
     logging_steps: int = 10
+    fsdp: str = ""  # under torchrun/accelerate: shard student and teacher with FSDP, e.g. "full_shard auto_wrap"
+    fsdp_config: dict | str | None = None  # transformers' fsdp_config: a mapping (recipe) or a JSON file
+    deepspeed: str | None = None  # a DeepSpeed JSON config (docs/multi-gpu.md: ZeRO-3 partitions the teacher)
     teacher_cache: bool = False  # compute teacher top-k logits/hidden states once and reuse them
     top_k: int = 64  # logits kept per token in the teacher cache
     cache_layers: str = ""  # extra teacher hidden-state indices to cache, e.g. "2,8,15": runs that distil
@@ -85,6 +118,7 @@ class DistillSettings(_TrainingRecipe):
 
     def validate(self) -> "DistillSettings":
         self._check_kd()
+        self._check_parallel()
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
                               "(the cache keeps only top-k logits) or use --kl forward")
@@ -144,6 +178,9 @@ class FinetuneSettings(_TrainingRecipe):
     logging_steps: int = 10
     eval_window: int = 256
     eval_tokens: int = 16384
+    fsdp: str = ""  # as for distill; full fine-tuning only (LoRA trains few weights: plain DDP suits it)
+    fsdp_config: dict | str | None = None
+    deepspeed: str | None = None
     trust_remote_code: bool = False
 
     def validate(self) -> "FinetuneSettings":
@@ -158,6 +195,10 @@ class FinetuneSettings(_TrainingRecipe):
         if not 0 <= self.dropout < 1:
             raise SlimlmError(f"--dropout must be in [0, 1) (got {self.dropout})")
         self._check_kd()
+        self._check_parallel()
+        if self.method == "lora" and (self.fsdp or self.deepspeed):
+            raise SlimlmError("LoRA fine-tuning runs under plain DDP (torchrun without --fsdp/--deepspeed): its "
+                              "trainable weights are few; use --method full to shard a full fine-tune")
         if self.target_modules is not None and not [m for m in self.target_modules.split(",") if m.strip()]:
             raise SlimlmError("--target-modules is empty; name Linear layers such as q_proj,v_proj or leave it out")
         for name in ("weight_decay", "warmup_ratio", "max_grad_norm"):

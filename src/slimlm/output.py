@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,9 @@ def staging_dir(out: Path) -> Path:
 
 
 def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) -> Path:
-    """Check, before any work starts, that `out` may be written; return its staging directory."""
+    """Check, before any work starts, that `out` may be written; return its staging directory.
+
+    Under torchrun/accelerate only rank 0 calls this (see `slimlm.distributed.on_main`)."""
     out = Path(out)
     if out.exists() and not force:
         raise SlimlmError(f"output {out} already exists; pass --force to replace it or choose another --out")
@@ -40,7 +43,13 @@ def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) 
         if not force:
             raise SlimlmError(f"an interrupted run left {stage}; pass --resume to continue it or --force to start over")
         shutil.rmtree(stage)
-    stage.mkdir(exist_ok=True)
+    try:  # the real test: os.access says yes to root on a read-only (immutable, read-only mount) folder
+        stage.mkdir(exist_ok=True)
+        probe = stage / ".slimlm-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SlimlmError(f"output folder {parent} is not writable ({exc.strerror}); choose a writable --out") from None
     return stage
 
 
@@ -48,6 +57,95 @@ def discard_if_unstarted(stage: Path) -> None:
     """After a failure, remove a staging area that holds no checkpoint (nothing worth resuming)."""
     if stage.exists() and not any((stage / "checkpoints").glob("checkpoint-*")):
         shutil.rmtree(stage, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- training checkpoints
+#
+# The Trainer writes checkpoint-N file by file; a crash (SIGKILL, power loss, full disk) can leave a
+# folder that looks like a checkpoint but is not one. slimlm's trainer therefore saves into
+# `checkpoints/.saving/checkpoint-N`, then `commit_checkpoint` fsyncs every file, writes a completion
+# record (every file's size) and renames the folder to `checkpoints/checkpoint-N` in one step. A resume
+# takes the newest checkpoint whose record verifies and moves damaged ones aside.
+
+CHECKPOINT_RECORD = "slimlm-checkpoint.json"
+SAVING_DIR = ".saving"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_checkpoint(saved: Path, final: Path, step: int) -> Path:
+    """Make the checkpoint in `saved` durable, record what it holds, and rename it to `final` atomically."""
+    # the Trainer pickles its TrainingArguments here; nothing reads it back, and loading it would need an
+    # unrestricted unpickler, so it is not kept (optimizer/scheduler/RNG states load with weights_only=True)
+    (saved / "training_args.bin").unlink(missing_ok=True)
+    files = {}
+    for path in sorted(saved.rglob("*")):
+        if path.is_file() and path.name != CHECKPOINT_RECORD:
+            _fsync(path)
+            files[path.relative_to(saved).as_posix()] = path.stat().st_size
+    tmp = saved / (CHECKPOINT_RECORD + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"step": step, "files": files}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(saved / CHECKPOINT_RECORD)
+    _fsync(saved)
+    if final.exists():  # the same step saved by an earlier attempt (a resume repeats the steps after its checkpoint)
+        old = final.with_name(final.name + ".replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        saved.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        saved.rename(final)
+    _fsync(final.parent)
+    return final
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if `path` is a complete checkpoint (its record verifies), else what is wrong with it."""
+    record = path / CHECKPOINT_RECORD
+    if not record.is_file():
+        return "it has no completion record (its save was interrupted)"
+    try:
+        files = json.loads(record.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its completion record {CHECKPOINT_RECORD} is unreadable"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{name} is truncated ({actual} of {size} bytes)" if actual < size else \
+                f"{name} has {actual} bytes, the record says {size}"
+    return None
+
+
+def last_good_checkpoint(folder: Path, log=print) -> Path | None:
+    """The newest checkpoint in `folder` that verifies; damaged newer ones are renamed `*.broken` (logged)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        broken = path.with_name(path.name + ".broken")
+        shutil.rmtree(broken, ignore_errors=True)
+        path.rename(broken)
+        log(f"skipping {path.name}: {problem}; moved it to {broken.name} and trying the one before")
+    return None
 
 
 def publish(stage: Path, out: Path, model=None, tokenizer=None, record: dict | None = None,

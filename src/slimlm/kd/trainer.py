@@ -9,20 +9,32 @@ computed from final hidden states in chunks, so full-vocabulary fp32 logits neve
 than one chunk of tokens. Every term is a sum over tokens divided by the token count of the whole
 optimizer step (the Trainer's `num_items_in_batch`), so it does not depend on how a batch is split
 into micro-batches.
+
+Under `torchrun`/`accelerate launch` the Trainer runs DDP (or FSDP/DeepSpeed when asked); the teacher is
+loaded on every rank, frozen, in eval mode, and sharded like the student under FSDP or ZeRO-3. The token
+count is summed over ranks (`average_tokens_across_devices`), so N ranks with batch b give the same
+loss and gradients as one process with batch N*b. Checkpoints are written atomically (see
+`output.commit_checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
+from slimlm import distributed
 from slimlm.kd.losses import attention_loss, distill_loss, feature_loss
 from slimlm.errors import SlimlmError
+from slimlm.output import SAVING_DIR, commit_checkpoint
 
 
 class BlockDataset(Dataset):
@@ -53,12 +65,13 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, temperature=2.0, alpha=0.5, kl="forward", chunk_size=1024,
                  feature_map=(), feature_weight=0.0, teacher_std=None, attention_map=(), attention_weight=0.0,
-                 bf16=True, **kwargs):
+                 bf16=True, teacher_zero3=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.teacher_zero3 = teacher_zero3  # the user's ZeRO-3 section when DeepSpeed should partition the teacher
         self.teacher = teacher
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-            teacher.to(self.args.device)
+            self.teacher = self._place_teacher(teacher)
         self.temperature, self.alpha, self.kl, self.chunk_size = temperature, alpha, kl, chunk_size
         self.feature_map, self.feature_weight = list(feature_map), feature_weight
         self.teacher_std = [s.to(self.args.device) for s in teacher_std] if teacher_std else None
@@ -66,6 +79,26 @@ class DistillTrainer(Trainer):
         self.bf16 = bf16
         self._parts = defaultdict(float)
         self._parts_count = 0
+
+    def _place_teacher(self, teacher):
+        """The frozen teacher on this rank: whole on its device (DDP), or sharded (FSDP, DeepSpeed ZeRO-3)."""
+        if self.is_deepspeed_enabled and self.teacher_zero3:
+            return _deepspeed_teacher(teacher, self.accelerator, self.teacher_zero3)
+        if self.is_fsdp_enabled:
+            return _fsdp_teacher(teacher, self.accelerator)
+        return teacher.to(self.args.device)
+
+    @contextlib.contextmanager
+    def _teacher_head(self):
+        """The teacher's output head, whole, for the chunked KD loss (read only: it has no gradient)."""
+        weight = getattr(self.teacher, "module", self.teacher).get_output_embeddings().weight
+        if hasattr(weight, "ds_id"):  # partitioned by ZeRO-3: gather it for the duration of the loss
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+                yield weight
+        else:
+            yield weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # FSDP2 shards it as a DTensor
 
     def _autocast(self):
         if not self.bf16:
@@ -84,6 +117,7 @@ class DistillTrainer(Trainer):
         flat_labels = labels.flatten()
         s_final = out.hidden_states[-1].flatten(0, 1)
         teacher_out = None
+        head = contextlib.ExitStack()
         if "topk_values" in inputs:
             kd_kwargs = {"teacher_topk_values": inputs["topk_values"].flatten(0, 1),
                          "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long()}
@@ -96,11 +130,12 @@ class DistillTrainer(Trainer):
                                            output_hidden_states=True, output_attentions=want_attn,
                                            logits_to_keep=1, use_cache=False)
             kd_kwargs = {"teacher_hidden": teacher_out.hidden_states[-1].flatten(0, 1),
-                         "teacher_head": self.teacher.get_output_embeddings().weight}
+                         "teacher_head": head.enter_context(self._teacher_head())}
             t_states = {t: teacher_out.hidden_states[t] for t, _ in self.feature_map}
-        loss, parts = distill_loss(s_final, student.get_output_embeddings().weight, flat_labels,
-                                   temperature=self.temperature, alpha=self.alpha, kl=self.kl,
-                                   chunk_size=self.chunk_size, num_items=n_items, **kd_kwargs)
+        with head:
+            loss, parts = distill_loss(s_final, student.get_output_embeddings().weight, flat_labels,
+                                       temperature=self.temperature, alpha=self.alpha, kl=self.kl,
+                                       chunk_size=self.chunk_size, num_items=n_items, **kd_kwargs)
         parts = {k: v.detach() for k, v in parts.items()}
         mask = flat_labels.ne(-100)
         if self.feature_map and self.feature_weight > 0:
@@ -131,13 +166,78 @@ class DistillTrainer(Trainer):
 
     def log(self, logs, *args, **kwargs):
         if self._parts_count and "loss" in logs:
-            # each part was normalised by the whole step's tokens, so summing micro-batches gives the step mean
+            # each part was normalised by the whole step's tokens (all ranks), so summing micro-batches and
+            # ranks gives the step mean; every rank logs at the same step, so the sum over ranks cannot hang
             steps = max(1, self._parts_count // max(1, self.args.gradient_accumulation_steps))
-            for key, value in self._parts.items():
+            keys = sorted(self._parts)
+            totals = distributed.all_sum([self._parts[k] for k in keys]) if self.args.world_size > 1 else \
+                [self._parts[k] for k in keys]
+            for key, value in zip(keys, totals):
                 logs[key] = round(value / steps, 4)
             self._parts.clear()
             self._parts_count = 0
         super().log(logs, *args, **kwargs)
+
+
+    # ---- atomic checkpoints: save into checkpoints/.saving/, then commit (record + rename) on rank 0
+    _saving_checkpoint = False
+
+    def _get_output_dir(self, trial):
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, SAVING_DIR) if self._saving_checkpoint else run_dir
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(run_dir / SAVING_DIR, ignore_errors=True)  # what a killed save left behind
+        self.accelerator.wait_for_everyone()
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+        self.accelerator.wait_for_everyone()  # every rank has written its part (at least its RNG state)
+        if self.args.should_save:
+            commit_checkpoint(run_dir / SAVING_DIR / name, run_dir / name, self.state.global_step)
+            shutil.rmtree(run_dir / SAVING_DIR, ignore_errors=True)
+            rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+def _fsdp_teacher(teacher, accelerator):
+    """Shard the frozen teacher over the ranks with FSDP2 (`fully_shard` per decoder layer, then the root),
+    so a teacher larger than one device still fits; its forward all-gathers one layer at a time."""
+    from torch.distributed.fsdp import fully_shard
+
+    teacher.to(accelerator.device)
+    layer_types = tuple({type(m) for m in teacher.modules()
+                         if type(m).__name__ in set(getattr(teacher, "_no_split_modules", None) or ())})
+    for module in teacher.modules():
+        if layer_types and isinstance(module, layer_types):
+            fully_shard(module)
+    fully_shard(teacher)
+    return teacher.eval()
+
+
+def _deepspeed_teacher(teacher, accelerator, zero3: dict):
+    """Partition the frozen teacher over the ranks with a ZeRO-3 inference engine (no optimizer), the way TRL
+    prepares its teachers; the student's engine comes from the Trainer. `zero3`: the user's ZeRO section."""
+    import copy
+
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)  # batch sizes filled in
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    hidden = teacher.config.hidden_size
+    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_param_persistence_threshold": 10 * hidden,
+             "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden)}
+    zero = {k: v for k, v in zero3.items() if v != "auto" and k != "offload_optimizer"}
+    config["zero_optimization"] = {**sizes, **zero, "stage": 3}
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
 
 
 class StopAfterSteps(TrainerCallback):

@@ -1,0 +1,129 @@
+"""The few things slimlm needs to know when `torchrun` or `accelerate launch` starts it N times.
+
+There is no runtime here: the launcher sets RANK/WORLD_SIZE, accelerate opens the process group
+(gloo on CPU, NCCL on CUDA) exactly as `TrainingArguments` would, and the Trainer does the data
+parallelism. What slimlm adds is who does the one-time work:
+
+- rank 0 claims the output folder, fills the data and teacher caches, writes checkpoints'
+  completion records, the result, `slimlm.json` and the model card; the others wait at a barrier;
+- an error on rank 0 is raised on every rank with the same one-line message, so no rank hangs;
+- values cross ranks as JSON in a byte tensor, never as pickles.
+
+In a single process (no launcher) every helper is a no-op that runs the function directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import torch
+
+from slimlm.errors import SlimlmError
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+# slimlm's own waits (rank 0 filling a teacher cache, publishing a large model) can outlast NCCL's
+# default timeout, so they go through a gloo group of their own, on CPU, with a long timeout.
+WAIT_TIMEOUT = timedelta(hours=12)
+_group = None
+
+
+def _dist():
+    """The process group for slimlm's coordination, opened once on every rank (collectively)."""
+    global _group
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # opened the way TrainingArguments opens it (accelerate's PartialState)
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
+    if _group is None:
+        _group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    return dist
+
+
+def barrier() -> None:
+    if is_distributed():
+        _dist().barrier(group=_group)
+
+
+def broadcast_json(value=None, src: int = 0):
+    """Rank `src`'s JSON-serialisable `value` on every rank (JSON bytes in a uint8 tensor: no pickle)."""
+    if not is_distributed():
+        return value
+    dist = _dist()
+    data = json.dumps(value).encode() if rank() == src else b""
+    length = torch.tensor([len(data)], dtype=torch.long)
+    dist.broadcast(length, src, group=_group)
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone() if rank() == src else \
+        torch.empty(int(length.item()), dtype=torch.uint8)
+    dist.broadcast(buffer, src, group=_group)
+    return json.loads(buffer.numpy().tobytes().decode())
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over ranks, in float64 (metrics gathered from every rank's share)."""
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    _dist().all_reduce(tensor, group=_group)
+    return tensor.tolist()
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, SlimlmError):
+        return str(exc)
+    return f"rank 0 failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
+
+
+def _share_outcome(fn, *args, **kwargs):
+    """Run fn on rank 0 and tell every rank whether it worked; other ranks raise rank 0's error."""
+    if is_main_process():
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            broadcast_json({"error": _message(exc)})
+            raise
+        broadcast_json({"error": None})
+        return result
+    outcome = broadcast_json()
+    if outcome["error"] is not None:
+        raise SlimlmError(outcome["error"])
+    return None
+
+
+def on_main(fn, *args, **kwargs):
+    """Run fn on rank 0 only and return its (JSON-serialisable) result on every rank."""
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    result = _share_outcome(fn, *args, **kwargs)
+    return broadcast_json(result)
+
+
+def main_first(fn, *args, **kwargs):
+    """Rank 0 runs fn first (filling a cache), then every other rank runs it (and reads the cache)."""
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    result = _share_outcome(fn, *args, **kwargs)
+    return result if is_main_process() else fn(*args, **kwargs)
