@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from slimlm.errors import SlimlmError
+from slimlm.experiments import compare
 from slimlm.experiments import report as rep
 from slimlm.experiments.layout import experiment_file, load_run, reference_file, result_file
 
@@ -255,11 +256,11 @@ def test_feature_layer_uses_relative_depth(tmp_path):
 
 
 def test_helpers():
-    assert rep.shape([1, 2, 3]) == "increasing" and rep.shape([1, 3, 2]) == "peak"
-    assert rep.shape([3, 1, 2]) == "valley" and rep.shape([1, 3, 1, 3]) == "mixed"
-    assert rep.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert rep.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert compare.shape([1, 2, 3]) == "increasing" and compare.shape([1, 3, 2]) == "peak"
+    assert compare.shape([3, 1, 2]) == "valley" and compare.shape([1, 3, 1, 3]) == "mixed"
+    assert compare.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert compare.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert rep.summarize([(0, 1.0)])["std"] is None
     assert rep.summarize([(0, 1.0), (1, float("inf"))])["non_finite_dropped"] == 1
-    assert rep.within_spread({"mean": 1, "std": 0.5}, {"mean": 1.8, "std": 0.4}) is True
-    assert rep.within_spread({"mean": 1, "std": 0.1}, {"mean": 1.8, "std": 0.1}) is False
+    assert compare.within_spread({"mean": 1, "std": 0.5}, {"mean": 1.8, "std": 0.4}) is True
+    assert compare.within_spread({"mean": 1, "std": 0.1}, {"mean": 1.8, "std": 0.1}) is False
