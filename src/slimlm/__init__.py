@@ -6,6 +6,9 @@ from slimlm.compress import prune, quantize
 from slimlm.config import DistillSettings, FinetuneSettings
 from slimlm.gguf_export import export
 from slimlm.errors import SlimlmError
+from slimlm.experiments.pipeline import pipeline
+from slimlm.experiments.report import write_report as report
+from slimlm.experiments.sweeps import experiment
 
-__all__ = ["distill", "evaluate", "export", "fetch", "finetune", "make_student", "prune", "quantize", "DistillSettings",
-           "FinetuneSettings", "SlimlmError"]
+__all__ = ["distill", "evaluate", "experiment", "export", "fetch", "finetune", "make_student", "pipeline", "prune",
+           "quantize", "report", "DistillSettings", "FinetuneSettings", "SlimlmError"]
