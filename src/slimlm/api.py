@@ -259,10 +259,13 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
     teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
     cached = None
-    if settings.teacher_cache:  # rank 0 computes the cache once; the others then read it
-        path = distributed.main_first(teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
-                             hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t),
-                             bf16=settings.bf16)
+    if settings.teacher_cache:  # rank 0 computes the cache once, on its accelerator if any; the others read it
+        if torch.cuda.is_available():
+            teacher.to(torch.device("cuda", distributed.local_rank()))
+        path = distributed.main_first(
+            teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
+            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), bf16=settings.bf16)
+        teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
         cached = CachedTeacher(path, [t for t, _ in feature_map])
     val = splits.val[: settings.eval_tokens]
     before = _validation(student, val, settings.eval_window, settings.bf16)

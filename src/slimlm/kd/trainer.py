@@ -85,7 +85,7 @@ class DistillTrainer(Trainer):
         if self.is_deepspeed_enabled and self.teacher_zero3:
             return _deepspeed_teacher(teacher, self.accelerator, self.teacher_zero3)
         if self.is_fsdp_enabled:
-            return _fsdp_teacher(teacher, self.accelerator)
+            return _fsdp_teacher(teacher)
         return teacher.to(self.args.device)
 
     @contextlib.contextmanager
@@ -205,15 +205,16 @@ class DistillTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
 
-def _fsdp_teacher(teacher, accelerator):
+def _fsdp_teacher(teacher):
     """Shard the frozen teacher over the ranks with FSDP2 (`fully_shard` per decoder layer, then the root),
-    so a teacher larger than one device still fits; its forward all-gathers one layer at a time."""
+    so a teacher larger than one device still fits; its forward all-gathers one layer at a time. The teacher
+    stays on the host until each `fully_shard` moves its module to the device and keeps this rank's shard,
+    so no device ever holds more than one whole layer of it."""
     from torch.distributed.fsdp import fully_shard
 
-    teacher.to(accelerator.device)
     layer_types = tuple({type(m) for m in teacher.modules()
                          if type(m).__name__ in set(getattr(teacher, "_no_split_modules", None) or ())})
-    for module in teacher.modules():
+    for module in list(teacher.modules()):
         if layer_types and isinstance(module, layer_types):
             fully_shard(module)
     fully_shard(teacher)
