@@ -260,11 +260,12 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
     cached = None
     if settings.teacher_cache:  # rank 0 computes the cache once, on its accelerator if any; the others read it
-        if torch.cuda.is_available():
-            teacher.to(torch.device("cuda", distributed.local_rank()))
+        # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
+        device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
         path = distributed.main_first(
             teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
-            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), bf16=settings.bf16)
+            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), bf16=settings.bf16,
+            device=device)
         teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
         cached = CachedTeacher(path, [t for t, _ in feature_map])
     val = splits.val[: settings.eval_tokens]
@@ -401,7 +402,7 @@ def _deepspeed_configs(path: str) -> tuple[dict, dict | None]:
 
 def _last_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint whose completion record verifies (rank 0 looks; every rank gets the answer).
-    A truncated or half-written newer one is logged, moved aside as `*.broken`, and the one before is used."""
+    A truncated or half-written newer one is logged, moved aside as `damaged-N`, and the one before is used."""
     found = distributed.on_main(lambda: str(last_good_checkpoint(folder, log=_log) or ""))
     if found:
         _log(f"resuming from {Path(found).name}")
@@ -538,6 +539,12 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
     if unknown:
         raise SlimlmError(f"unknown task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)}")
     harness = [t.strip() for t in lm_eval.split(",") if t.strip()]
+    if harness:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:  # before hours of measuring, not after
+            raise SlimlmError("--lm-eval needs lm-evaluation-harness: pip install 'lm-eval[hf]' (and a network "
+                              "for the task data)")
     if not models:
         raise SlimlmError("give at least one model to evaluate")
     if window < 2 or (stride is not None and not 1 <= stride <= window):
@@ -573,6 +580,10 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
                                               "lm_eval": harness},
               "results": results, "table": table}
     print(table)
+    for spec, result in results.items():  # lm-evaluation-harness metrics vary by task: one line per metric
+        for metric, value in (result.get("lm_eval") or {}).items():
+            if isinstance(value, (int, float)):
+                print(f"lm-eval {spec}: {metric} = {value:.4f}")
     if out:
         write_json_atomic(Path(out), report, force=force)
         _log(f"wrote {out}")

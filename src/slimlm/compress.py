@@ -41,6 +41,38 @@ def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
     return splits.train[torch.randperm(len(splits.train), generator=g)[:n]]
 
 
+def check_prune_args(*, method="magnitude", sparsity=0.5, nm="2:4", calibration_blocks=16, recover_tokens=0,
+                     eval_tokens=8192, repeats=3, **_) -> tuple[int, int]:
+    """Every `prune` setting checked before any work (the pipeline checks all its stages up front); -> N, M."""
+    from slimlm import pruning
+
+    _check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
+    if method not in pruning.METHODS:
+        raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
+    pruning.check_sparsity(sparsity)
+    if not isinstance(recover_tokens, int) or recover_tokens < 0:
+        raise SlimlmError(f"--recover-tokens must be an integer >= 0 (got {recover_tokens!r})")
+    if recover_tokens and method != "structured":
+        raise SlimlmError("--recover-tokens needs --method structured: training would refill the zeros of "
+                          f"{method} pruning; distil first, then prune")
+    try:
+        n, m = (int(x) for x in str(nm).split(":"))
+    except ValueError:
+        raise SlimlmError(f"--nm {nm!r} is not N:M; write e.g. 2:4") from None
+    return n, m
+
+
+def check_quantize_args(*, bits=8, granularity="channel", group_size=None, runtime="dequantized", eval_tokens=8192,
+                        repeats=3, **_) -> None:
+    """Every `quantize` setting checked before any work (the weights' shapes are checked once loaded)."""
+    from slimlm import quantization
+
+    quantization.check_args(bits, granularity, group_size)
+    _check_counts(eval_tokens=eval_tokens, repeats=repeats)
+    if runtime not in quantization.RUNTIMES:
+        raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
+
+
 def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude", sparsity: float = 0.5,
           scope: str = "layer", nm: str = "2:4", kv_groups_removed: int = 0, calibration_blocks: int = 16,
           recover_tokens: int = 0, block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3,
@@ -53,19 +85,8 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
     """
     from slimlm import pruning
 
-    _check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
-    if method not in pruning.METHODS:
-        raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
-    pruning.check_sparsity(sparsity)
-    if recover_tokens < 0:
-        raise SlimlmError(f"--recover-tokens must be >= 0 (got {recover_tokens})")
-    if recover_tokens and method != "structured":
-        raise SlimlmError("--recover-tokens needs --method structured: training would refill the zeros of "
-                          f"{method} pruning; distil first, then prune")
-    try:
-        n, m = (int(x) for x in nm.split(":"))
-    except ValueError:
-        raise SlimlmError(f"--nm {nm!r} is not N:M; write e.g. 2:4") from None
+    n, m = check_prune_args(method=method, sparsity=sparsity, nm=nm, calibration_blocks=calibration_blocks,
+                            recover_tokens=recover_tokens, eval_tokens=eval_tokens, repeats=repeats)
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
@@ -114,10 +135,8 @@ def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granula
     """Quantize `model` with the paper's min-max rule, store packed codes, show a before/after table."""
     from slimlm import quantization
 
-    quantization.check_args(bits, granularity, group_size)
-    _check_counts(eval_tokens=eval_tokens, repeats=repeats)
-    if runtime not in quantization.RUNTIMES:
-        raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
+    check_quantize_args(bits=bits, granularity=granularity, group_size=group_size, runtime=runtime,
+                        eval_tokens=eval_tokens, repeats=repeats)
     out = Path(out)
     stage = claim_output(out, force=force)
     try:

@@ -283,7 +283,7 @@ _ROWS = [  # (label, key, format)
     ("prefill tok/s", "prefill_tokens_per_s", lambda v: f"{v:.0f}"),
     ("memory MiB (weights + decode peak)", "inference_memory_mib", lambda v: f"{v:.0f}"),
     ("cloze exact match", "cloze_exact_match", lambda v: f"{v:.3f}"),
-    ("ROUGE-1 / ROUGE-L", "rouge1", None),
+    ("ROUGE-1 / 2 / L", "rouge1", None),  # formatted in format_table
 ]
 _OPTIONAL = {"cloze_exact_match", "rouge1"}  # downstream rows, shown only when measured (slimlm eval --tasks)
 
@@ -296,7 +296,8 @@ def format_table(results: dict[str, dict]) -> str:
         if key in _OPTIONAL and all(r.get(key) is None for r in results.values()):
             continue
         if key == "rouge1":  # one row for both ROUGE scores
-            cells.append([label, *(f"{r['rouge1']:.3f} / {r['rougeL']:.3f}" if r.get("rouge1") is not None else "-"
+            cells.append([label, *(f"{r['rouge1']:.3f} / {r['rouge2']:.3f} / {r['rougeL']:.3f}"
+                                   if r.get("rouge1") is not None else "-"
                                    for r in results.values())])
             continue
         cells.append([label, *(fmt(r[key]) if r.get(key) is not None else "-" for r in results.values())])

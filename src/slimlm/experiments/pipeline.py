@@ -50,13 +50,12 @@ def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str 
             "arms": arms, "seeds": seeds,
             "protocol": {"teacher": teacher, "teacher_layers": teacher_layers, "data": data,
                          "data_info": _data_info(teacher, data, block_size),
-                         "train_tokens": sum(a["settings"].get("max_tokens", 0) for a in arms
-                                             if a["stage"] in ("distill", "finetune")),
-                         "block_size": block_size, "base_settings": {"recipe": str(recipe)}, "eval": ev,
+                         "train_tokens": sum(_train_tokens(a, teacher, data) for a in arms),
+                         "block_size": block_size, "base_settings": {}, "eval": ev,
                          "teacher_cache": None,
                          "notes": ["each stage reads the previous stage's model and writes its own; every "
                                    "intermediate model is kept under arms/ and measured with the same protocol"]},
-            "command": command}
+            "command": command, "recipe": str(recipe)}
     run_dir = runner.open_run(Path(out), spec, force=force)
     runner.measure_reference(run_dir, "teacher", teacher, data, ev)
     runner.run_arms(run_dir, spec, _train(arms, run_dir, teacher, data), data=data, ev=ev)
@@ -93,9 +92,15 @@ def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
     if clash:
         raise SlimlmError(f"{where}: {', '.join(clash)} is set by the pipeline (the teacher and data at the top, "
                           "each stage's input from the stage before); remove it")
+    builds_student = bool({"layers", "keep_layers"} & set(settings))
+    if name == "student" and not first:
+        raise SlimlmError(f"{where}: a student is built from the teacher, so it can only be the first stage")
+    if name == "distill" and first and not builds_student:
+        raise SlimlmError(f"{where}: the first distill stage needs layers: N or keep_layers: LIST (else it would "
+                          "distil the teacher into a copy of itself), or put a student stage first")
     try:
         if name == "distill":
-            student = {} if first and ({"layers", "keep_layers"} & set(settings)) else {"student": "previous"}
+            student = {} if first else {"student": "previous"}
             DistillSettings.from_dict({"teacher": teacher, "data": data, **student, **settings}).validate()
         elif name == "finetune":
             FinetuneSettings.from_dict({"model": "previous", "data": data, **settings}).validate()
@@ -107,10 +112,27 @@ def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
             unknown = sorted(set(settings) - known)
             if unknown:
                 raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            if name == "prune":
+                compress.check_prune_args(**settings)
+            elif name == "quantize":
+                compress.check_quantize_args(**settings)
+            elif len({"layers", "keep_layers"} & set(settings)) != 1:
+                raise SlimlmError("give exactly one of layers: N or keep_layers: LIST")
     except SlimlmError as exc:
         raise SlimlmError(f"{where}: {exc}") from None
-    if name == "student" and not first:
-        raise SlimlmError(f"{where}: a student is built from the teacher, so it can only be the first stage")
+
+
+def _train_tokens(arm: dict, teacher: str, data: str) -> int:
+    """Training tokens of a distill or fine-tune stage as its settings resolve them (defaults included)."""
+    from slimlm.config import DistillSettings, FinetuneSettings
+
+    if arm["stage"] == "distill":
+        settings = DistillSettings.from_dict({"teacher": teacher, "data": data, "student": "-", **arm["settings"]})
+    elif arm["stage"] == "finetune":
+        settings = FinetuneSettings.from_dict({"model": "-", "data": data, **arm["settings"]})
+    else:
+        return 0
+    return settings.steps() * settings.batch_size * settings.grad_accum * settings.block_size
 
 
 def _train(arms: list[dict], run_dir: Path, teacher: str, data: str):

@@ -29,9 +29,12 @@ def _log(message: str) -> None:
 
 
 def _identity(spec: dict) -> str:
-    """What must match for a rerun to continue an existing folder (not when or how it was typed)."""
-    return json.dumps({k: v for k, v in spec.items() if k not in ("created", "command", "slimlm_version")},
-                      sort_keys=True, default=str)
+    """What must match for a rerun to continue an existing folder: not when or how it was typed, nor the
+    machine's thread count (recorded, but a rerun elsewhere continues the same experiment)."""
+    same = {k: v for k, v in spec.items() if k not in ("created", "command", "slimlm_version", "recipe")}
+    protocol = dict(same.get("protocol") or {})
+    protocol["eval"] = {k: v for k, v in (protocol.get("eval") or {}).items() if k != "threads"}
+    return json.dumps({**same, "protocol": protocol}, sort_keys=True, default=str)
 
 
 def open_run(out: str | Path, spec: dict, *, force: bool = False) -> Path:
@@ -40,8 +43,8 @@ def open_run(out: str | Path, spec: dict, *, force: bool = False) -> Path:
 
     run_dir = Path(out)
     spec_path = experiment_file(run_dir)
-    if run_dir.exists() and force:
-        shutil.rmtree(run_dir)
+    if run_dir.exists() and force and (spec_path.exists() or not any(run_dir.iterdir())):
+        shutil.rmtree(run_dir)  # only an experiment folder (or an empty one) is ever deleted
     elif spec_path.exists():
         if _identity(read_json(spec_path)) != _identity(spec):
             raise SlimlmError(f"{run_dir} holds a different experiment (other settings, arms or seeds); "
@@ -49,7 +52,8 @@ def open_run(out: str | Path, spec: dict, *, force: bool = False) -> Path:
         _log(f"continuing {run_dir}: finished arms are skipped")
         return run_dir
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise SlimlmError(f"{run_dir} exists and is not an experiment folder; choose another --out or pass --force")
+        raise SlimlmError(f"{run_dir} exists and is not an experiment folder; choose another --out "
+                          "(--force only replaces an experiment folder)")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -68,7 +72,8 @@ def check_eval(evaluation: dict) -> dict:
         raise SlimlmError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(EVAL_DEFAULTS)}")
     ev = {**EVAL_DEFAULTS, **{k: v for k, v in evaluation.items() if v is not None}}
     if isinstance(ev["tasks"], str):
-        ev["tasks"] = [t.strip() for t in ev["tasks"].split(",") if t.strip()]
+        ev["tasks"] = [] if ev["tasks"].strip().lower() == "none" else \
+            [t.strip() for t in ev["tasks"].split(",") if t.strip()]
     bad = [t for t in ev["tasks"] if t not in TASKS]
     if bad:
         raise SlimlmError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)} (or none)")

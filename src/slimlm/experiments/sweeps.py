@@ -108,11 +108,14 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
                          "teacher_cache": {"top_k": top_k} if kind != "finetune" else None,
                          "notes": _notes(kind, student, model, student_layers, max_tokens)},
             "command": command}
+    _check_arms(kind, base, distill_base, arms)
     run_dir = runner.open_run(run_dir, spec, force=force)
     runner.measure_reference(run_dir, "teacher", teacher, data, ev)
-    if not student:
+    needs_start = kind != "finetune" or not model  # fine-tuning a given model needs no starting student
+    if needs_start and not student:
         _starting_student(teacher, data, start_dir, student_layers, block_size)
-    runner.measure_reference(run_dir, "student-init", start_dir, data, ev)
+    if needs_start:
+        runner.measure_reference(run_dir, "student-init", start_dir, data, ev)
     if kind == "finetune":
         if not model:
             _distilled_base(distill_base, run_dir / "base")
@@ -122,6 +125,18 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
         train = _distill_arm(base)
     runner.run_arms(run_dir, spec, train, data=data, ev=ev)
     return _report(run_dir)
+
+
+def _check_arms(kind: str, base: dict, distill_base: dict, arms: list[dict]) -> None:
+    """Every run's settings validated before the folder is claimed or anything is loaded, so a bad value is a
+    one-line error now rather than after the teacher was measured (and never a spec that cannot continue)."""
+    from slimlm.config import DistillSettings, FinetuneSettings
+
+    checks = [(DistillSettings, distill_base)] if kind == "finetune" else []
+    settings_type = FinetuneSettings if kind == "finetune" else DistillSettings
+    checks += [(settings_type, {**base, **arm["settings"]}) for arm in arms]
+    for cls, values in checks:
+        cls.from_dict(values).validate()
 
 
 def _portable(settings: dict, run_dir: Path) -> dict:
@@ -138,14 +153,15 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     from slimlm.config import DistillSettings, FinetuneSettings
 
     owned = {"teacher", "data", "student", "model", "seed", "method", "temperature", "feature_layers",
-             "cache_layers", "teacher_cache", "max_tokens", "batch_size", "block_size", "learning_rate"}
+             "cache_layers", "teacher_cache", "max_tokens", "batch_size", "block_size", "learning_rate", "alpha",
+             "top_k", "feature_weight", "rank"}  # set by the experiment's own flags, which must win
     settings = {k.replace("-", "_"): v for k, v in settings.items()}
     d_keys = {f.name for f in fields(DistillSettings)} - owned
     f_keys = {f.name for f in fields(FinetuneSettings)} - owned
     unknown = sorted(set(settings) - d_keys - f_keys)
     if unknown:
-        raise SlimlmError(f"unknown or experiment-owned setting(s) {', '.join(unknown)}; the experiment's own "
-                          "flags set teacher, data, seeds, budget and the swept value")
+        raise SlimlmError(f"unknown or experiment-owned setting(s) {', '.join(unknown)} in the recipe; use the "
+                          "experiment's own flags (--alpha, --learning-rate, --max-tokens, ...) for those")
     return ({k: v for k, v in settings.items() if k in d_keys}, {k: v for k, v in settings.items() if k in f_keys})
 
 
