@@ -3,7 +3,11 @@
 The CPU tests (tests/test_distributed.py) cover DDP on gloo and FSDP2's math; accelerate runs FSDP and
 DeepSpeed only on accelerators, so this script runs the whole stage there and prints one table:
 
-    bench/multi_gpu_check.sh            # all visible GPUs (1 is enough to exercise every code path)
+    bench/multi_gpu_check.sh            # all visible GPUs; use 2 or more
+
+With one GPU every launcher starts one process (WORLD_SIZE=1): slimlm's coordination helpers are no-ops,
+FSDP and ZeRO shard over a single rank and nothing crosses ranks, so only the single-process CUDA paths of
+torchrun, accelerate and --fsdp (with its resume) are exercised, not multi-rank agreement.
 
 Each arm distils the same random Llama teacher (8 layers, hidden 256, built here; no download) into its
 layers 0,3,4,7 on the same synthetic text, with the same global batch and seed, in fp32 (no bf16), and is

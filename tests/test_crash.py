@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 import slimlm
-from slimlm.output import CHECKPOINT_RECORD, SAVING_DIR, checkpoint_problem, commit_checkpoint, last_good_checkpoint
+from slimlm.output import CHECKPOINT_RECORD, SAVING_DIR, checkpoint_problem, commit_checkpoint, discard_if_unstarted, \
+    last_good_checkpoint
 
 FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, calibration_blocks=4,
             eval_tokens=512, eval_window=32)
@@ -131,6 +132,7 @@ def test_truncated_checkpoint_is_skipped_for_the_one_before(tiny_teacher, text_d
     resumed = slimlm.distill(out="damaged", resume=True, **common)
     err = capsys.readouterr().err
     assert "skipping checkpoint-4: model.safetensors is truncated" in err and "resuming from checkpoint-2" in err
+    assert "moved it to damaged-4" in err
     assert_identical(straight, resumed)
     # the Trainer's resume reads optimizer, scheduler and RNG state with torch.load(weights_only=True)
     assert len(loads) >= 3 and all(w is True for w in loads), loads
@@ -152,12 +154,48 @@ def test_only_committed_checkpoints_count(tmp_path):
     logged = []
     assert last_good_checkpoint(folder, log=logged.append) == folder / "checkpoint-4"
     assert len(logged) == 1 and "checkpoint-8" in logged[0] and "no completion record" in logged[0]
-    assert (folder / "checkpoint-8.broken").is_dir()
+    assert (folder / "damaged-8").is_dir() and "moved it to damaged-8" in logged[0]
     (folder / "checkpoint-4" / "optimizer.pt").unlink()
     assert last_good_checkpoint(folder, log=logged.append) == folder / "checkpoint-2"
     assert "optimizer.pt is missing" in logged[-1]
     commit_checkpoint(folder / SAVING_DIR / "checkpoint-6", folder / "checkpoint-2", 2)  # same step saved again
-    assert checkpoint_problem(folder / "checkpoint-2") is None and not (folder / "checkpoint-2.replaced").exists()
+    assert checkpoint_problem(folder / "checkpoint-2") is None and not (folder / "replaced-2").exists()
+
+
+def _commit(folder, step, size=100):
+    saved = folder / SAVING_DIR / f"checkpoint-{step}"
+    saved.mkdir(parents=True)
+    (saved / "model.safetensors").write_bytes(b"x" * size)
+    return commit_checkpoint(saved, folder / f"checkpoint-{step}", step)
+
+
+def test_damaged_checkpoints_are_out_of_the_way_of_rotation_and_cleanup(tmp_path):
+    """A skipped checkpoint is moved to `damaged-N`, which transformers' `checkpoint-*` glob does not match:
+    the rotation after resuming (save_total_limit=2, as the trainer calls it) keeps two good checkpoints, and
+    a staging area whose only checkpoints are damaged counts as unstarted."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    folder = tmp_path / "run.partial" / "checkpoints"
+    for step in (2, 4):
+        _commit(folder, step)
+    model = folder / "checkpoint-4" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:50])  # truncated
+    assert last_good_checkpoint(folder, log=lambda _: None) == folder / "checkpoint-2"
+    for step in (4, 6):  # the resumed run saves step 4 again, then 6; the trainer rotates after each commit
+        _commit(folder, step)
+        rotate_checkpoints(str(folder), save_total_limit=2)
+    assert sorted(p.name for p in folder.iterdir()) == [SAVING_DIR, "checkpoint-4", "checkpoint-6", "damaged-4"]
+    assert checkpoint_problem(folder / "checkpoint-4") is None and checkpoint_problem(folder / "checkpoint-6") is None
+
+    discard_if_unstarted(tmp_path / "run.partial")  # good checkpoints: kept for --resume
+    assert folder.is_dir()
+    stage = tmp_path / "other.partial"
+    _commit(stage / "checkpoints", 2)
+    (stage / "checkpoints" / "checkpoint-2" / CHECKPOINT_RECORD).unlink()
+    assert last_good_checkpoint(stage / "checkpoints", log=lambda _: None) is None
+    assert sorted(p.name for p in (stage / "checkpoints").iterdir()) == [SAVING_DIR, "damaged-2"]
+    discard_if_unstarted(stage)  # only a damaged checkpoint: nothing to resume
+    assert not stage.exists()
 
 
 # ------------------------------------------------------------------------------------------ unwritable output

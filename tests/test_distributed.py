@@ -181,3 +181,129 @@ def test_fsdp2_sharded_teacher_and_student_give_one_process_gradients(tiny_teach
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(done.stdout.split("RELATIVE_GRAD_DIFF")[1].split()[0])
     assert worst < 1e-5, worst
+
+
+# ------------------------------------------------------------------------------------------ coordination units
+
+def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
+    """`accelerate launch` on CPUs starts processes through MPI: until accelerate's setup copies them to
+    RANK/WORLD_SIZE they have only Open MPI's, PMI's or MVAPICH2's variables (the ones accelerate reads)."""
+    from slimlm import distributed
+
+    for key in distributed._RANK + distributed._WORLD_SIZE + distributed._LOCAL_RANK:
+        monkeypatch.delenv(key, raising=False)
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (0, 1, 0)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "3")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (3, 4, 1)
+    assert distributed.is_distributed() and not distributed.is_main_process()
+    for key in ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("PMI_RANK", "1")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (1, 2, 1)
+    monkeypatch.setenv("MV2_COMM_WORLD_RANK", "5")  # PMI comes first in accelerate's order
+    assert distributed.rank() == 1
+    monkeypatch.setenv("RANK", "0")  # torchrun's variables win
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (0, 8, 0)
+
+
+def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypatch):
+    """A result that is not JSON fails on rank 0 before anything is sent, so the other ranks get that error
+    (not "no error" followed by a result that never comes: a 12-hour wait)."""
+    from slimlm import distributed
+    from slimlm.errors import SlimlmError
+
+    sent = []
+    monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: sent.append(data) or data)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.on_main(lambda: {"kept": [1, 2]}) == {"kept": [1, 2]}
+    assert [json.loads(m) for m in sent] == [{"error": None, "result": {"kept": [1, 2]}}]
+    sent.clear()
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        distributed.on_main(lambda: object())
+    assert len(sent) == 1
+    message = json.loads(sent[0])
+    assert message["result"] is None and message["error"].startswith("rank 0 failed (TypeError: ")
+    sent.clear()
+    model = object()  # main_first shares only the outcome: the other ranks run fn themselves
+    assert distributed.main_first(lambda: model) is model
+    assert [json.loads(m) for m in sent] == [{"error": None, "result": None}]
+
+    monkeypatch.setenv("RANK", "1")  # another rank receives rank 0's one message
+    error = json.dumps({"error": "rank 0 failed (TypeError: Object of type object is not JSON serializable)",
+                        "result": None}).encode()
+    monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: error)
+    with pytest.raises(SlimlmError, match="not JSON serializable"):
+        distributed.on_main(lambda: pytest.fail("only rank 0 runs fn"))
+    ok = json.dumps({"error": None, "result": [7]}).encode()
+    monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: ok)
+    assert distributed.on_main(lambda: pytest.fail("only rank 0 runs fn")) == [7]
+
+
+ENCODE_SCRIPT = r"""
+import os
+from slimlm import distributed
+from slimlm.errors import SlimlmError
+try:
+    distributed.on_main(lambda: object())
+    print(f"rank {distributed.rank()}: NO ERROR", flush=True)
+except (SlimlmError, TypeError) as exc:
+    print(f"rank {distributed.rank()}: {type(exc).__name__}: {exc}", flush=True)
+distributed.barrier()
+os._exit(0)
+"""
+
+
+def test_a_result_that_is_not_json_ends_every_rank_with_rank_0s_error(tmp_path):
+    script = tmp_path / "encode_check.py"
+    script.write_text(ENCODE_SCRIPT)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, env=env(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0: TypeError: Object of type object is not JSON serializable" in done.stdout, done.stdout
+    assert "rank 1: SlimlmError: rank 0 failed (TypeError: Object of type object is not JSON serializable)" \
+        in done.stdout, done.stdout
+
+
+def test_accelerates_fsdp2_default_sharded_state_dict_is_refused():
+    """`accelerate launch --use_fsdp --fsdp_version 2` without a state-dict type gives SHARDED_STATE_DICT
+    (resumed through a pickle); the trainer refuses it with config.py's one-line message."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from slimlm.errors import SlimlmError
+    from slimlm.kd.trainer import check_fsdp_state_dict_type
+
+    check_fsdp_state_dict_type(FullyShardedDataParallelPlugin(fsdp_version=1))  # FULL_STATE_DICT: fine
+    check_fsdp_state_dict_type(FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT"))
+    fsdp2 = FullyShardedDataParallelPlugin(fsdp_version=2)
+    assert "SHARDED_STATE_DICT" in str(fsdp2.state_dict_type)
+    with pytest.raises(SlimlmError, match="SHARDED_STATE_DICT .* pickle.*--fsdp_state_dict_type FULL_STATE_DICT"):
+        check_fsdp_state_dict_type(fsdp2)
+
+
+def test_teacher_cache_moves_the_teacher_to_the_device_only_when_it_computes(tiny_teacher, tmp_path, monkeypatch):
+    """Ranks that read the cache, and runs whose cache is complete, never put the teacher on the device."""
+    from transformers import AutoModelForCausalLM
+
+    from slimlm.kd.teacher_cache import teacher_cache
+
+    monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher)
+    moves, real_to = [], teacher.to
+    teacher.to = lambda *a, **k: moves.append(a) or real_to(*a, **k)
+    blocks = torch.randint(0, teacher.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(top_k=4, bf16=False, device="cpu")
+    entry = teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[], **kwargs)
+    assert moves == [("cpu",)] and (entry / "logits.safetensors").exists()
+    assert teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[], **kwargs) == entry
+    assert moves == [("cpu",)]  # complete: not moved
+    teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], **kwargs)  # a missing layer: moved
+    assert moves == [("cpu",)] * 2 and (entry / "hidden_2.safetensors").exists()
+    teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], top_k=4, bf16=False)  # no device: never
+    assert moves == [("cpu",)] * 2

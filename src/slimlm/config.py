@@ -13,6 +13,10 @@ from pathlib import Path
 from slimlm.errors import SlimlmError
 
 KL_KINDS = ("forward", "reverse", "jsd")
+# refused for slimlm's own fsdp_config here, and for accelerate's FSDP plugin in kd/trainer.py
+SHARDED_STATE_DICT_REFUSED = ("fsdp_config state_dict_type SHARDED_STATE_DICT resumes through "
+                              "torch.distributed.checkpoint, whose metadata is a pickle; slimlm keeps "
+                              "FULL_STATE_DICT checkpoints")
 
 
 class _TrainingRecipe:
@@ -44,9 +48,7 @@ class _TrainingRecipe:
                                   "or a mapping in the recipe") from None
         if isinstance(fsdp_config, dict) and "SHARDED" in str(fsdp_config.get("state_dict_type",
                                                                              fsdp_config.get("fsdp_state_dict_type"))):
-            raise SlimlmError("fsdp_config state_dict_type SHARDED_STATE_DICT resumes through "
-                              "torch.distributed.checkpoint, whose metadata is a pickle; slimlm keeps "
-                              "FULL_STATE_DICT checkpoints (leave state_dict_type out)")
+            raise SlimlmError(SHARDED_STATE_DICT_REFUSED + " (leave state_dict_type out)")
         if self.deepspeed is not None:
             if self.fsdp:
                 raise SlimlmError("give --fsdp or --deepspeed, not both")

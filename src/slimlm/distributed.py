@@ -23,16 +23,33 @@ import torch
 from slimlm.errors import SlimlmError
 
 
+# The variables accelerate reads (accelerate.utils.environment.get_cpu_distributed_information): torchrun
+# sets the first of each list; processes started through MPI (`accelerate launch` on CPUs) have only the
+# MPI ones (Open MPI, Intel MPI/MPICH's PMI, MVAPICH2) until accelerate's setup copies them to RANK/WORLD_SIZE.
+_RANK = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_WORLD_SIZE = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_LOCAL_RANK = ("LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def _env_int(keys: tuple[str, ...], default: int) -> int:
+    """The first of `keys` set to a non-negative integer (as accelerate's get_int_from_env), else `default`."""
+    for key in keys:
+        value = os.environ.get(key, "").strip()
+        if value.isdigit():
+            return int(value)
+    return default
+
+
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _env_int(_WORLD_SIZE, 1)
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return _env_int(_RANK, 0)
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return _env_int(_LOCAL_RANK, 0)
 
 
 def is_distributed() -> bool:
@@ -68,18 +85,22 @@ def barrier() -> None:
         _dist().barrier(group=_group)
 
 
-def broadcast_json(value=None, src: int = 0):
-    """Rank `src`'s JSON-serialisable `value` on every rank (JSON bytes in a uint8 tensor: no pickle)."""
-    if not is_distributed():
-        return value
+def _broadcast_bytes(data: bytes, src: int = 0) -> bytes:
+    """Rank `src`'s `data` on every rank (a uint8 tensor; the other ranks pass b"")."""
     dist = _dist()
-    data = json.dumps(value).encode() if rank() == src else b""
     length = torch.tensor([len(data)], dtype=torch.long)
     dist.broadcast(length, src, group=_group)
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone() if rank() == src else \
         torch.empty(int(length.item()), dtype=torch.uint8)
     dist.broadcast(buffer, src, group=_group)
-    return json.loads(buffer.numpy().tobytes().decode())
+    return buffer.numpy().tobytes()
+
+
+def broadcast_json(value=None, src: int = 0):
+    """Rank `src`'s JSON-serialisable `value` on every rank (JSON bytes in a uint8 tensor: no pickle)."""
+    if not is_distributed():
+        return value
+    return json.loads(_broadcast_bytes(json.dumps(value).encode() if rank() == src else b"", src).decode())
 
 
 def all_sum(values: list[float]) -> list[float]:
@@ -97,33 +118,35 @@ def _message(exc: BaseException) -> str:
     return f"rank 0 failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})"
 
 
-def _share_outcome(fn, *args, **kwargs):
-    """Run fn on rank 0 and tell every rank whether it worked; other ranks raise rank 0's error."""
+def _share_outcome(fn, *args, share_result: bool, **kwargs):
+    """Run fn on rank 0 and send every rank one message: rank 0's error, or none and (if `share_result`)
+    its result. The result is encoded before anything is sent, so a result that is not JSON is rank 0's
+    error too, and the other ranks raise it instead of waiting for a second message that never comes."""
     if is_main_process():
         try:
             result = fn(*args, **kwargs)
+            message = json.dumps({"error": None, "result": result if share_result else None}).encode()
         except BaseException as exc:
-            broadcast_json({"error": _message(exc)})
+            _broadcast_bytes(json.dumps({"error": _message(exc), "result": None}).encode())
             raise
-        broadcast_json({"error": None})
+        _broadcast_bytes(message)
         return result
-    outcome = broadcast_json()
+    outcome = json.loads(_broadcast_bytes(b"").decode())
     if outcome["error"] is not None:
         raise SlimlmError(outcome["error"])
-    return None
+    return outcome["result"]
 
 
 def on_main(fn, *args, **kwargs):
     """Run fn on rank 0 only and return its (JSON-serialisable) result on every rank."""
     if not is_distributed():
         return fn(*args, **kwargs)
-    result = _share_outcome(fn, *args, **kwargs)
-    return broadcast_json(result)
+    return _share_outcome(fn, *args, share_result=True, **kwargs)
 
 
 def main_first(fn, *args, **kwargs):
     """Rank 0 runs fn first (filling a cache), then every other rank runs it (and reads the cache)."""
     if not is_distributed():
         return fn(*args, **kwargs)
-    result = _share_outcome(fn, *args, **kwargs)
+    result = _share_outcome(fn, *args, share_result=False, **kwargs)
     return result if is_main_process() else fn(*args, **kwargs)

@@ -54,8 +54,10 @@ def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) 
 
 
 def discard_if_unstarted(stage: Path) -> None:
-    """After a failure, remove a staging area that holds no checkpoint (nothing worth resuming)."""
-    if stage.exists() and not any((stage / "checkpoints").glob("checkpoint-*")):
+    """After a failure, remove a staging area that holds no checkpoint (nothing worth resuming; damaged
+    checkpoints, moved aside as `damaged-N`, do not count)."""
+    folder = stage / "checkpoints"
+    if stage.exists() and not (folder.is_dir() and any(_CHECKPOINT_NAME.match(p.name) for p in folder.iterdir())):
         shutil.rmtree(stage, ignore_errors=True)
 
 
@@ -65,7 +67,8 @@ def discard_if_unstarted(stage: Path) -> None:
 # folder that looks like a checkpoint but is not one. slimlm's trainer therefore saves into
 # `checkpoints/.saving/checkpoint-N`, then `commit_checkpoint` fsyncs every file, writes a completion
 # record (every file's size) and renames the folder to `checkpoints/checkpoint-N` in one step. A resume
-# takes the newest checkpoint whose record verifies and moves damaged ones aside.
+# takes the newest checkpoint whose record verifies and moves damaged ones aside, to `damaged-N`: a name
+# that transformers' checkpoint glob (`checkpoint-*`, used by save_total_limit's rotation) does not match.
 
 CHECKPOINT_RECORD = "slimlm-checkpoint.json"
 SAVING_DIR = ".saving"
@@ -100,7 +103,7 @@ def commit_checkpoint(saved: Path, final: Path, step: int) -> Path:
     tmp.replace(saved / CHECKPOINT_RECORD)
     _fsync(saved)
     if final.exists():  # the same step saved by an earlier attempt (a resume repeats the steps after its checkpoint)
-        old = final.with_name(final.name + ".replaced")
+        old = final.with_name("replaced-" + final.name.removeprefix("checkpoint-"))  # not `checkpoint-*`
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
         saved.rename(final)
@@ -132,16 +135,17 @@ def checkpoint_problem(path: Path) -> str | None:
 
 
 def last_good_checkpoint(folder: Path, log=print) -> Path | None:
-    """The newest checkpoint in `folder` that verifies; damaged newer ones are renamed `*.broken` (logged)."""
+    """The newest checkpoint in `folder` that verifies; damaged newer ones are renamed `damaged-N` (logged),
+    out of the way of transformers' rotation (`checkpoint-*`) and of `discard_if_unstarted`."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
-    for _, path in sorted(found, reverse=True):
+    for step, path in sorted(found, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
             return path
-        broken = path.with_name(path.name + ".broken")
+        broken = path.with_name(f"damaged-{step}")
         shutil.rmtree(broken, ignore_errors=True)
         path.rename(broken)
         log(f"skipping {path.name}: {problem}; moved it to {broken.name} and trying the one before")

@@ -22,11 +22,12 @@ from slimlm.cache import cache_root, fingerprint
 
 
 def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: int, hidden_layers: list[int],
-                  bf16: bool, batch_size: int = 4, chunk: int = 1024) -> Path:
+                  bf16: bool, batch_size: int = 4, chunk: int = 1024, device=None) -> Path:
     """Return the cache folder for these blocks, running the teacher only for what no earlier run stored.
 
     Logits and each hidden layer live in their own file, so runs that distil from different teacher
     layers over the same blocks (a feature-layer sweep) share one entry: ask for all layers once.
+    `device`: where to run the teacher; it is moved there only when something has to be computed.
     """
     key = fingerprint("teacher-cache-v2", str(Path(teacher_dir).resolve()), _weights_identity(teacher_dir),
                       fingerprint(blocks.tolist()), top_k, bf16)
@@ -36,6 +37,8 @@ def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: in
     if not need_logits and not missing:
         print(f"slimlm: reusing cached teacher outputs {entry}", file=sys.stderr)
         return entry
+    if device is not None:
+        teacher.to(device)
     head = teacher.get_output_embeddings().weight
     values, indices = [], []
     hidden = {layer: [] for layer in missing}

@@ -32,6 +32,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from slimlm import distributed
+from slimlm.config import SHARDED_STATE_DICT_REFUSED
 from slimlm.kd.losses import attention_loss, distill_loss, feature_loss
 from slimlm.errors import SlimlmError
 from slimlm.output import SAVING_DIR, commit_checkpoint
@@ -67,6 +68,8 @@ class DistillTrainer(Trainer):
                  feature_map=(), feature_weight=0.0, teacher_std=None, attention_map=(), attention_weight=0.0,
                  bf16=True, teacher_zero3=None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled:
+            check_fsdp_state_dict_type(self.accelerator.state.fsdp_plugin)
         self.teacher_zero3 = teacher_zero3  # the user's ZeRO-3 section when DeepSpeed should partition the teacher
         self.teacher = teacher
         if teacher is not None:
@@ -203,6 +206,15 @@ class DistillTrainer(Trainer):
             shutil.rmtree(run_dir / SAVING_DIR, ignore_errors=True)
             rotate_checkpoints(str(run_dir), save_total_limit=self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
+
+
+def check_fsdp_state_dict_type(plugin) -> None:
+    """Refuse FSDP's SHARDED_STATE_DICT however it was chosen. config.py refuses it in slimlm's own
+    fsdp_config; this catches accelerate's plugin, which `accelerate launch --use_fsdp` configures from its
+    own flags and config file, and which defaults to SHARDED_STATE_DICT under FSDP2 (--fsdp_version 2)."""
+    if "SHARDED" in str(getattr(plugin, "state_dict_type", "")):
+        raise SlimlmError(f"{SHARDED_STATE_DICT_REFUSED} (with accelerate launch --use_fsdp, pass "
+                          "--fsdp_state_dict_type FULL_STATE_DICT or set it in the accelerate config)")
 
 
 def _fsdp_teacher(teacher):
