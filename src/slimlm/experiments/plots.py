@@ -114,6 +114,8 @@ def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
     for ax, key in zip(axes, keys):
         _draw_ours(ax, arms, key, x_of)
         style_axis(ax)
+        ours = [v for a in arms for v in ((a["metrics"].get(key) or {}).get("values") or [])]
+        _log_if_wide(ax, [], ours)  # one diverged arm (perplexity 1e8) must not flatten the others to a line
         pkey = PAPER_KEY.get(key)
         if pkey:
             span = source.get(f"{pkey}_range")  # a range given in words instead of a number per point
