@@ -259,6 +259,10 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
     teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
     cached = None
+    if settings.teacher_cache and settings.temperature >= 5:
+        _log(f"warning: --teacher-cache keeps the teacher's top-{settings.top_k} logits only; at temperature "
+             f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
+             "(perplexity 1e4-1e8 in docs/experiments.md); prefer the online teacher for temperatures >= 5")
     if settings.teacher_cache:  # rank 0 computes the cache once, on its accelerator if any; the others read it
         # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
         device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
