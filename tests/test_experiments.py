@@ -229,3 +229,23 @@ def test_rerun_with_another_thread_count_continues(temperature_run, tiny_teacher
     finally:
         torch.set_num_threads(threads)
     assert capsys.readouterr().err.count("finished earlier, skipped") == 4
+
+
+def test_eval_checks_tasks_and_lm_eval_before_measuring(tiny_teacher, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    for argv, message in ((["--tasks", "trivia"], "unknown task"), (["--lm-eval", "hellaswag"], "pip install")):
+        assert main(["eval", str(tiny_teacher), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "perplexity" not in err  # refused before any model was measured
+
+
+def test_experiment_recipe_cannot_override_its_own_flags(tiny_teacher, tmp_path, capsys):
+    recipe = tmp_path / "extra.yaml"
+    recipe.write_text("alpha: 0.9\n")
+    assert main(["experiment", "temperature", "--teacher", str(tiny_teacher), "--recipe", str(recipe),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "experiment-owned setting(s) alpha" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
