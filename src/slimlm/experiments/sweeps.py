@@ -116,13 +116,15 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
         _starting_student(teacher, data, start_dir, student_layers, block_size)
     if needs_start:
         runner.measure_reference(run_dir, "student-init", start_dir, data, ev)
+    from slimlm.api import distill, finetune
+
     if kind == "finetune":
         if not model:
             _distilled_base(distill_base, run_dir / "base")
         runner.measure_reference(run_dir, "base", base["model"], data, ev)
-        train = _finetune_arm(base)
+        train = _arm(finetune, base)
     else:
-        train = _distill_arm(base)
+        train = _arm(distill, base)
     runner.run_arms(run_dir, spec, train, data=data, ev=ev)
     return _report(run_dir)
 
@@ -165,19 +167,10 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in settings.items() if k in d_keys}, {k: v for k, v in settings.items() if k in f_keys})
 
 
-def _distill_arm(base: dict):
-    from slimlm.api import distill
-
+def _arm(stage, base: dict):
+    """train(arm, seed, out, resume) for the runner: the stage (distill or finetune) with the arm's settings."""
     def train(arm, seed, out, resume):
-        distill(out=str(out), resume=resume, **{**base, **arm["settings"], "seed": seed})
-    return train
-
-
-def _finetune_arm(base: dict):
-    from slimlm.api import finetune
-
-    def train(arm, seed, out, resume):
-        finetune(out=str(out), resume=resume, **{**base, **arm["settings"], "seed": seed})
+        stage(out=str(out), resume=resume, **{**base, **arm["settings"], "seed": seed})
     return train
 
 
