@@ -6,6 +6,10 @@ BIN      := $(VENV)/bin
 TORCH    ?= torch==2.13.0
 STAMP    := $(VENV)/.slimlm-installed
 DEMO_OUT ?= runs/demo
+# precision: auto = bf16 only where the CPU/GPU runs it natively (an AVX2-only CPU emulates bf16 ~7x slower)
+PRECISION ?= auto
+# the demo's training time budget: the plan is cut to the steps that fit, so `make demo` is bounded on any CPU
+MAX_TIME ?= 15m
 EXP_OUT  ?= runs/exp
 
 .PHONY: setup demo test bench experiments clean
@@ -21,9 +25,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/slimlm fetch
-	$(BIN)/slimlm student --teacher smollm2-135m --data sotu --layers 14 --out $(DEMO_OUT)/student-init --force
+	$(BIN)/slimlm student --teacher smollm2-135m --data sotu --layers 14 --precision $(PRECISION) \
+		--out $(DEMO_OUT)/student-init --force
 	$(BIN)/slimlm distill --teacher smollm2-135m --student $(DEMO_OUT)/student-init --data sotu \
-		--max-tokens 200000 --learning-rate 6e-4 --out $(DEMO_OUT)/student --force
+		--max-tokens 200000 --max-time $(MAX_TIME) --learning-rate 6e-4 --precision $(PRECISION) \
+		--out $(DEMO_OUT)/student --force
 	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu \
 		--repeats 5 --out $(DEMO_OUT)/eval.json --force
 

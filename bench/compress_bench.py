@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from slimlm.evaluate import decode_speed
+from slimlm.metrics import decode_speed
 from slimlm.quantization import load_quantized, save_quantized
 
 

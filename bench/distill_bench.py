@@ -15,7 +15,8 @@ Memory: CUDA: torch.cuda.max_memory_allocated. CPU: the kernel's peak resident s
 /proc/self/clear_refs after warm-up). "step peak" is the peak above what was resident when the timed steps
 began (weights + AdamW state, no gradients): the activations, logits, gradients and temporaries of a step.
 
-    python bench/distill_bench.py                      # CPU defaults: batch 2 x seq 1024, bf16 autocast
+    python bench/distill_bench.py                      # CPU defaults: batch 2 x seq 1024, precision auto
+    python bench/distill_bench.py --dtype fp32         # fp32 on any CPU (auto = bf16 only where native)
     python bench/distill_bench.py --device cuda --batch 8 --seq 2048
 """
 
@@ -49,7 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--steps", type=int, default=3, help="timed steps per arm (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per arm first")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="bf16 = autocast, fp32 weights")
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="bf16 = autocast over fp32 weights; auto = bf16 only where the device runs it natively "
+                        "(slimlm.precision, as every slimlm command decides)")
     p.add_argument("--chunk-size", type=int, default=1024, help="distill_loss chunk_size (tokens)")
     p.add_argument("--topk", type=int, default=64, help="cached teacher top-k")
     p.add_argument("--temperature", type=float, default=2.0)
@@ -137,7 +140,9 @@ def run_arm(args):
     from slimlm.kd.losses import distill_loss, distill_loss_checkpointed, naive_distill_loss
 
     arm, device = args.arm, torch.device(args.device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    from slimlm import precision
+
+    amp = precision.autocast(precision.resolve(args.dtype, device.type))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(49152, (args.batch, args.seq), generator=gen).to(device)
     labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)  # shifted; last position ignored
@@ -223,7 +228,12 @@ def main(argv=None):
     if bad:
         sys.exit(f"unknown arm(s) {bad}: choose from {', '.join(ARMS)}")
     tokens = args.batch * args.seq
-    print(f"distill_bench: device {args.device}, {args.dtype}, batch {args.batch} x seq {args.seq} = {tokens} "
+    from slimlm import precision
+
+    decided = precision.resolve(args.dtype, args.device)
+    where = precision.describe_cpu() if args.device == "cpu" else args.device
+    print(f"distill_bench: {where}; {decided.describe()}", flush=True)
+    print(f"distill_bench: device {args.device}, {decided.dtype}, batch {args.batch} x seq {args.seq} = {tokens} "
           f"tokens/step, teacher {args.teacher_layers} layers, student {args.student_layers} layers, "
           f"vocab 49152, chunk {args.chunk_size}, top-k {args.topk}, {args.warmup} warm-up + {args.steps} "
           f"timed steps per arm, each arm in a fresh process", flush=True)

@@ -7,9 +7,9 @@ intermediate 1536, 9 heads / 3 KV heads, vocab 49152, tied embeddings). Each arm
   full   every weight trains, AdamW on all of them
 
 A step is what `slimlm finetune` runs: forward to final hidden states, slimlm's chunked cross-entropy
-(`distill_loss` at alpha=1), backward, AdamW step, under bf16 autocast. Reported per arm: step tokens/s
+(`distill_loss` at alpha=1), backward, AdamW step, under the precision slimlm picks (--precision). Reported per arm: step tokens/s
 (median of the timed steps), trainable parameters, optimizer-state bytes, peak memory; then batch-1 decode
-tokens/s (fp32, `slimlm.evaluate.decode_speed`) of the result: for LoRA with the adapter still attached and
+tokens/s (fp32, `slimlm.metrics.decode_speed`) of the result: for LoRA with the adapter still attached and
 after `merge_and_unload()`, for full fine-tuning the model itself.
 
 Memory: the kernel's RSS high-water mark (VmHWM, reset after the model is built; see distill_bench.py).
@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per decode run")
     p.add_argument("--repeats", type=int, default=3, help="decode runs (median)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision; auto = bf16 only where the CPU runs it natively (slimlm.precision)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -52,8 +54,9 @@ def parse_args(argv=None):
 def run_arm(args):
     import torch
 
-    from slimlm.evaluate import decode_speed
+    from slimlm import precision
     from slimlm.kd.losses import distill_loss
+    from slimlm.metrics import decode_speed
     from slimlm.tuning import add_lora, optimizer_state_bytes, target_modules, trainable_parameters
 
     device = torch.device("cpu")
@@ -73,7 +76,7 @@ def run_arm(args):
     times = []
     for i in range(args.warmup + args.steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precision.autocast(precision.resolve(args.precision, "cpu")):
             out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
             loss, _ = distill_loss(out.hidden_states[-1].flatten(0, 1), model.get_output_embeddings().weight,
                                    labels, alpha=1.0)
@@ -108,7 +111,11 @@ def main(argv=None):
     import torch
 
     tokens = args.batch * args.seq
-    print(f"finetune_bench: cpu, {torch.get_num_threads()} threads, bf16 autocast training, batch {args.batch} x "
+    from slimlm import precision
+
+    decided = precision.resolve(args.precision, "cpu")
+    print(f"finetune_bench: {precision.describe_cpu()}; {decided.describe()}", flush=True)
+    print(f"finetune_bench: cpu, {torch.get_num_threads()} threads, {decided.dtype} training, batch {args.batch} x "
           f"seq {args.seq} = {tokens} tokens/step, {args.layers} layers, LoRA r={args.rank} on all projections, "
           f"{args.warmup} warm-up + {args.steps} timed steps; fp32 batch-1 decode of {args.new_tokens} tokens, "
           f"median of {args.repeats}; each arm in a fresh process", flush=True)

@@ -101,7 +101,7 @@ def test_unknown_runtime(tiny_teacher, text_dir):
 
 
 def test_int8_runtime_keeps_the_parameter_count(tiny_teacher):
-    from slimlm.evaluate import model_size
+    from slimlm.metrics import model_size
     from slimlm.quantization import apply_runtime
 
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher)

@@ -104,10 +104,10 @@ def test_feature_and_kd_terms_vanish_for_a_copy_of_the_teacher(tiny_teacher, tex
     teacher, tok, _ = load_model(tiny_teacher)
     student = build_student(teacher, list(range(4)))
     blocks = prepare_data(str(text_dir), tok, 32).train[:4]
-    std = teacher_feature_std(teacher, blocks, [2, 4], bf16=False)
+    std = teacher_feature_std(teacher, blocks, [2, 4], None)
     trainer = DistillTrainer(model=student, args=TrainingArguments("unused", report_to=[], use_cpu=True),
                              train_dataset=BlockDataset(blocks), teacher=teacher, alpha=0.0, feature_map=[(2, 2), (4, 4)],
-                             feature_weight=1.0, teacher_std=std, bf16=False)
+                             feature_weight=1.0, teacher_std=std, precision=None)
     batch = {k: torch.stack([BlockDataset(blocks)[i][k] for i in range(4)]) for k in ("input_ids", "shift_labels")}
     loss = trainer.compute_loss(student, batch)
     assert abs(loss.item()) < 1e-5
@@ -170,7 +170,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tin
     args = TrainingArguments(str(tmp_path / "ckpt"), max_steps=5, save_steps=2, per_device_train_batch_size=4,
                              report_to=[], use_cpu=True, remove_unused_columns=False)
     trainer = DistillTrainer(model=build_student(teacher, [0, 3]), args=args, train_dataset=BlockDataset(blocks),
-                             teacher=teacher, bf16=False, callbacks=[PoisonBeforeStep3()])
+                             teacher=teacher, precision=None, callbacks=[PoisonBeforeStep3()])
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         trainer.train()
     good = load_file(str(tmp_path / "ckpt" / "checkpoint-2" / "model.safetensors"))

@@ -177,7 +177,7 @@ def test_loss_is_cross_entropy_over_response_tokens_only(tiny_teacher, instructi
     splits = prepare_instructions(instructions, tok, 64)
     batch = {k: torch.stack([splits.train[i][k] for i in range(4)]) for k in splits.train[0]}
     trainer = DistillTrainer(model=model, args=TrainingArguments("unused", report_to=[], use_cpu=True),
-                             train_dataset=splits.train, teacher=None, alpha=1.0, bf16=False)
+                             train_dataset=splits.train, teacher=None, alpha=1.0, precision=None)
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from slimlm import distributed
+from slimlm import precision as precisions
 from slimlm.config import DistillSettings, FinetuneSettings, load_recipe
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
@@ -50,7 +51,7 @@ def calibration_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def _student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, student_config=None,
-                          calibration=8, seed=0, bf16=True) -> tuple:
+                          calibration=8, seed=0, precision=None) -> tuple:
     from tqdm.auto import tqdm
 
     from slimlm.student import build_student, calibration_perplexity, decoder_layers, parse_keep_layers, \
@@ -62,7 +63,7 @@ def _student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, stu
     if keep_layers is None:
         if not 1 <= layers <= n_teacher:
             raise SlimlmError(f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with precisions.autocast(precision, teacher.device.type):
             keep, table = select_layers(teacher, calib, layers, progress=tqdm)
         info["layer_selection"] = {"method": "drop the contiguous run of layers whose removal raises calibration "
                                              "perplexity least", "calibration_blocks": len(calib),
@@ -73,7 +74,7 @@ def _student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, stu
     else:
         keep = parse_keep_layers(keep_layers, n_teacher)
     student = build_student(teacher, keep, student_config)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with precisions.autocast(precision, teacher.device.type):
         info["calibration_perplexity"] = {"teacher": calibration_perplexity(teacher, calib),
                                           "student": calibration_perplexity(student, calib)}
     info["kept_layers"] = keep
@@ -82,36 +83,50 @@ def _student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, stu
 
 def make_student(*, teacher: str, data: str, out: str, layers: int | None = None, keep_layers: str | None = None,
                  student_config: dict | None = None, block_size: int = 256, calibration_blocks: int = 8,
-                 seed: int = 0, force: bool = False, evaluate_test: bool = True,
+                 seed: int = 0, force: bool = False, evaluate_test: bool = True, precision: str = "auto",
                  trust_remote_code: bool = False) -> Path:
-    """Stage `student`: build a student from the teacher and write it, with its starting perplexity."""
+    """Stage `student`: build a student from the teacher and write it, with its starting perplexity.
+    `precision` (auto|fp32|bf16) is what layer selection and the measurements compute in (precision.py)."""
+    precisions.check(precision)
     if (layers is None) == (keep_layers is None):
         raise SlimlmError("give exactly one of --layers N or --keep-layers LIST")
-    for name, value in (("--block-size", block_size), ("--calibration-blocks", calibration_blocks)):
-        if value < 1:
-            raise SlimlmError(f"{name} must be a positive integer (got {value})")
+    for name, value in (("--block-size", block_size), ("--calibration-blocks", calibration_blocks),
+                        ("--layers", layers if layers is not None else 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SlimlmError(f"{name} must be a positive integer (got {value!r})")
+    from slimlm.sources import model_config
+    from slimlm.student import parse_keep_layers
+
+    n_teacher = _layer_count(model_config(teacher, trust_remote_code=trust_remote_code))  # before any weights load
+    if layers is not None and layers > n_teacher:
+        raise SlimlmError(f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}")
+    if keep_layers is not None:
+        parse_keep_layers(keep_layers, n_teacher)
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
         return _make_student(teacher, data, out, stage, layers, keep_layers, student_config, block_size,
-                             calibration_blocks, seed, evaluate_test, trust_remote_code)
+                             calibration_blocks, seed, evaluate_test, precision, trust_remote_code)
     except BaseException:
         discard_if_unstarted(stage)
         raise
 
 
 def _make_student(teacher, data, out, stage, layers, keep_layers, student_config, block_size, calibration_blocks,
-                  seed, evaluate_test, trust_remote_code) -> Path:
+                  seed, evaluate_test, precision, trust_remote_code) -> Path:
+    start_time = time.time()
+    precision = precisions.resolve(precision, "cpu", announce=_log)  # the student is built on the CPU
     teacher_model, tokenizer, teacher_dir = load_model(teacher, trust_remote_code=trust_remote_code)
     splits = prepare_data(data, tokenizer, block_size)
     _log(splits.summary())
     student, info = _student_from_teacher(teacher_model, splits, layers=layers, keep_layers=keep_layers,
-                                          student_config=student_config, calibration=calibration_blocks, seed=seed)
+                                          student_config=student_config, calibration=calibration_blocks, seed=seed,
+                                          precision=precision)
     metrics = {}
     if evaluate_test:
-        from slimlm.evaluate import perplexity
+        from slimlm.metrics import perplexity
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precisions.autocast(precision):
             metrics = perplexity(student, splits.test, window=block_size, stride=block_size,
                                  text_bytes=splits.info["test"]["bytes"])
         _log(f"student starting test perplexity {metrics['perplexity']:.1f} "
@@ -120,6 +135,8 @@ def _make_student(teacher, data, out, stage, layers, keep_layers, student_config
     record = {"stage": "student", "teacher": str(teacher), "teacher_dir": str(teacher_dir),
               "settings": {"layers": layers, "keep_layers": keep_layers, "student_config": student_config,
                            "block_size": block_size, "seed": seed},
+              "precision": precision.to_dict(), "cpu": precisions.cpu_kind(),
+              "wall_time_s": round(time.time() - start_time, 1),
               "data": splits.info, "student": info, "metrics": metrics}
     publish(stage, out, student, tokenizer, record, model_card(f"Student of {teacher}", record))
     _log(f"wrote {out}")
@@ -143,6 +160,8 @@ def _training_stage(settings_type, body, settings, recipe, overrides, out, force
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = (settings or settings_type.from_dict(values)).validate()
+    if settings_type is DistillSettings:
+        _check_shapes(settings)  # from the models' config.json: before the output is claimed or weights load
     if resume and settings.deepspeed:
         raise SlimlmError("--resume with --deepspeed would load DeepSpeed's checkpoint files, which it reads with "
                           "pickle (torch.load weights_only=False); slimlm loads no pickles: use --fsdp for a "
@@ -157,6 +176,43 @@ def _training_stage(settings_type, body, settings, recipe, overrides, out, force
         raise
 
 
+def _layer_count(config) -> int:
+    return config.get_text_config().num_hidden_layers
+
+
+def _check_shapes(settings: DistillSettings) -> None:
+    """Settings that depend on the models' shapes (layers to keep, layer maps, cached top-k), checked from
+    their config.json alone, so a wrong index is one line now rather than after the teacher has loaded."""
+    from slimlm.kd.losses import parse_layer_map
+    from slimlm.sources import model_config
+    from slimlm.student import parse_keep_layers
+
+    teacher = distributed.main_first(model_config, settings.teacher, trust_remote_code=settings.trust_remote_code)
+    n_t = _layer_count(teacher)
+    if settings.student is not None:
+        student = distributed.main_first(model_config, settings.student,
+                                         trust_remote_code=settings.trust_remote_code)
+        n_s = _layer_count(student)
+    elif settings.layers is not None:
+        if not 1 <= settings.layers <= n_t:
+            raise SlimlmError(f"--layers {settings.layers} is out of range; the teacher has {n_t} layers, "
+                              f"keep 1..{n_t}")
+        n_s = settings.layers
+    else:
+        n_s = len(parse_keep_layers(settings.keep_layers, n_t))
+    for flag, spec, top_t, top_s in (("--feature-layers", settings.feature_layers, n_t, n_s),
+                                     ("--attention-layers", settings.attention_layers, n_t - 1, n_s - 1)):
+        try:
+            parse_layer_map(spec, top_t, top_s)
+        except SlimlmError as exc:
+            raise SlimlmError(f"{flag}: {exc}") from None
+    _cache_layers(settings.cache_layers, n_t)
+    vocab = teacher.get_text_config().vocab_size
+    if settings.teacher_cache and settings.top_k > vocab:
+        raise SlimlmError(f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
+                          f"give at most {vocab} (the default is {DistillSettings.top_k})")
+
+
 def _load(spec, trust_remote_code):
     """load_model on every rank; rank 0 first, so a hub download or GGUF conversion fills the cache once."""
     return distributed.main_first(load_model, spec, trust_remote_code=trust_remote_code)
@@ -166,14 +222,14 @@ def _data(spec, tokenizer, block_size):
     return distributed.main_first(prepare_data, spec, tokenizer, block_size)
 
 
-def _validation(model, tokens: torch.Tensor, window: int, bf16: bool, *, shared: bool = True) -> dict:
+def _validation(model, tokens: torch.Tensor, window: int, precision, *, shared: bool = True) -> dict:
     """Validation perplexity, windows of `window` tokens at stride `window`. Under torchrun/accelerate
     (`shared`) each rank scores a contiguous share of the windows and the sums are gathered: the same
     windows, so the same numbers as one process (to float rounding), in 1/N of the time."""
-    from slimlm.evaluate import perplexity
+    from slimlm.metrics import perplexity
 
     def score(ids):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with precisions.autocast(precision, next(model.parameters()).device.type):
             return perplexity(model, ids, window=window, stride=window, progress=False)
 
     world = distributed.world_size()
@@ -216,6 +272,7 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
+    precision = precisions.resolve(settings.precision, announce=_log)
     teacher, tokenizer, teacher_dir = _load(settings.teacher, settings.trust_remote_code)
     splits = _data(settings.data, tokenizer, settings.block_size)
     _log(splits.summary())
@@ -230,7 +287,7 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         def build(layers, keep_layers):
             made["student"], made["info"] = _student_from_teacher(
                 teacher, splits, layers=layers, keep_layers=keep_layers, student_config=settings.student_config,
-                calibration=settings.calibration_blocks, seed=settings.seed, bf16=settings.bf16)
+                calibration=settings.calibration_blocks, seed=settings.seed, precision=precision)
             return made["info"]["kept_layers"]
 
         # rank 0 measures which layers to keep; the others build the same student from its answer
@@ -254,10 +311,10 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
     blocks = _training_blocks(splits.train, steps * per_step, settings.seed)
     from slimlm.kd.teacher_cache import CachedTeacher, teacher_cache
-    from slimlm.kd.trainer import BlockDataset, DistillTrainer, StopAfterSteps, teacher_feature_std
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, restore_time_budget, teacher_feature_std
 
     calib = calibration_blocks(splits.train, settings.calibration_blocks, settings.seed)
-    teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], settings.bf16)
+    teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], precision)
     cached = None
     if settings.teacher_cache and settings.temperature >= 5:
         _log(f"warning: --teacher-cache keeps the teacher's top-{settings.top_k} logits only; at temperature "
@@ -268,12 +325,12 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
         path = distributed.main_first(
             teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
-            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), bf16=settings.bf16,
+            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), precision=precision,
             device=device)
         teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
         cached = CachedTeacher(path, [t for t, _ in feature_map])
     val = splits.val[: settings.eval_tokens]
-    before = _validation(student, val, settings.eval_window, settings.bf16)
+    before = _validation(student, val, settings.eval_window, precision)
     _log(f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
          f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
          f"{f', {world} processes' if world > 1 else ''})")
@@ -283,14 +340,14 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         teacher=None if cached else teacher, temperature=settings.temperature, alpha=settings.alpha, kl=settings.kl,
         chunk_size=settings.chunk_size, feature_map=feature_map, feature_weight=settings.feature_weight,
         teacher_std=teacher_std, attention_map=attention_map, attention_weight=settings.attention_weight,
-        bf16=settings.bf16, teacher_zero3=_teacher_zero3(settings),
-        callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+        precision=precision, teacher_zero3=_teacher_zero3(settings), callbacks=_callbacks(settings, stop_after))
     _check_sharding(settings, trainer)
     checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:
         _log(f"no checkpoint in {stage}; starting from the beginning")
+    restore_time_budget(trainer, checkpoint)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if stop_after and trainer.state.global_step < steps:
+    if stop_after and trainer.state.global_step < steps and not _budget_stopped(trainer):
         _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
         return stage
     student = _trained_model(trainer)  # every rank: gathers the weights when they are sharded
@@ -299,17 +356,21 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         if hasattr(student, "slimlm_projections"):
             del student.slimlm_projections  # training-only; the published model is a plain HF model
         student.eval()
-    after = None if sharded else _validation(student, val, settings.eval_window, settings.bf16)
+    after = None if sharded else _validation(student, val, settings.eval_window, precision)
 
     def finish():  # rank 0 only: the other ranks wait and raise its error if it fails
-        metrics = after or _validation(student, val, settings.eval_window, settings.bf16, shared=False)
+        metrics = after or _validation(student, val, settings.eval_window, precision, shared=False)
         _log(f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
              f"(before {before['perplexity']:.1f})")
         history = [h for h in trainer.state.log_history if "loss" in h]
         record = {"stage": "distill", "teacher": settings.teacher, "teacher_dir": str(teacher_dir),
-                  "settings": settings.to_dict(), "data": splits.info, "student": student_info,
+                  "settings": settings.to_dict(), "precision": precision.to_dict(), "cpu": precisions.cpu_kind(),
+                  "data": splits.info, "student": student_info,
                   "layer_map": {"features": feature_map, "attention": attention_map},
-                  "training": {"steps": trainer.state.global_step, "tokens": len(blocks) * settings.block_size,
+                  "training": {"steps": trainer.state.global_step,
+                               "tokens": trainer.state.global_step * per_step * settings.block_size,
+                               "planned_steps": steps, "planned_tokens": len(blocks) * settings.block_size,
+                               "time_budget": _budget_record(trainer, per_step * settings.block_size),
                                "train_runtime_s": result.metrics.get("train_runtime"),
                                "wall_time_s": time.time() - start_time, "teacher_cache": bool(cached),
                                "processes": world, "log": history},
@@ -319,6 +380,38 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     distributed.on_main(finish)
     _log(f"wrote {out}")
     return out
+
+
+def _callbacks(settings, stop_after: int | None) -> list | None:
+    """Trainer callbacks: `--max-time` (kd/trainer.py TimeBudget) and the tests' interruption point."""
+    from slimlm.kd.trainer import StopAfterSteps, TimeBudget
+
+    callbacks = [StopAfterSteps(stop_after)] if stop_after else []
+    budget = settings.time_budget_s()
+    if budget is not None:
+        callbacks.append(TimeBudget(budget))
+    return callbacks or None
+
+
+def _budget_stopped(trainer) -> bool:
+    from slimlm.kd.trainer import time_budget
+
+    budget = time_budget(trainer)
+    return bool(budget and budget.stopped)
+
+
+def _budget_record(trainer, tokens_per_step: int) -> dict | None:
+    """What `--max-time` did (None without one); logs the tokens actually trained when it stopped the run."""
+    from slimlm.kd.trainer import time_budget
+
+    budget = time_budget(trainer)
+    if budget is None:
+        return None
+    record = budget.record(trainer.state, tokens_per_step)
+    if record["stopped_by_time_budget"]:
+        _log(f"--max-time: stopped after {record['trained_steps']} of {record['planned_steps']} planned steps "
+             f"({record['trained_tokens']:,} tokens trained)")
+    return record
 
 
 def _cache_layers(text: str, n_teacher: int) -> list[int]:
@@ -422,14 +515,15 @@ def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool 
 
 
 def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
-    from slimlm.evaluate import peak_memory, perplexity
+    from slimlm.metrics import peak_memory, perplexity
     from slimlm.tuning import (MergedWithAdapter, add_lora, optimizer_state_bytes, target_modules,
                                  trainable_parameters)
     from slimlm.instruct import is_instruction_data, prepare_instructions, response_perplexity
-    from slimlm.kd.trainer import BlockDataset, DistillTrainer, StopAfterSteps
+    from slimlm.kd.trainer import BlockDataset, DistillTrainer, restore_time_budget
 
     start_time = time.time()
     torch.manual_seed(settings.seed)
+    precision = precisions.resolve(settings.precision, announce=_log)
     model, tokenizer, model_dir = _load(settings.model, settings.trust_remote_code)
     targets = target_modules(model, settings.target_modules) if settings.method == "lora" else None
     instruct = is_instruction_data(settings.data)
@@ -458,9 +552,9 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
 
     def validation(m, shared=True):  # plain text: shared out over the ranks (see _validation)
         if instruct:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+            with precisions.autocast(precision, next(m.parameters()).device.type):
                 return response_perplexity(m, splits.val, max_tokens=settings.eval_tokens)
-        return _validation(m, splits.val[: settings.eval_tokens], settings.eval_window, settings.bf16, shared=shared)
+        return _validation(m, splits.val[: settings.eval_tokens], settings.eval_window, precision, shared=shared)
 
     before = validation(model)
     if settings.method == "lora":
@@ -473,19 +567,28 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
     trainer = DistillTrainer(
         model=model, args=_training_args(settings, stage, steps), train_dataset=train, teacher=teacher,
         temperature=settings.temperature, alpha=settings.alpha if teacher is not None else 1.0, kl=settings.kl,
-        chunk_size=settings.chunk_size, bf16=settings.bf16, teacher_zero3=_teacher_zero3(settings),
-        callbacks=[StopAfterSteps(stop_after)] if stop_after else None)
+        chunk_size=settings.chunk_size, precision=precision, teacher_zero3=_teacher_zero3(settings),
+        callbacks=_callbacks(settings, stop_after))
     _check_sharding(settings, trainer)
     checkpoint = _last_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:
         _log(f"no checkpoint in {stage}; starting from the beginning")
+    restore_time_budget(trainer, checkpoint)
     result = {}
     memory = peak_memory(model, lambda: result.update(
         run=trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)))
-    if stop_after and trainer.state.global_step < steps:
+    if stop_after and trainer.state.global_step < steps and not _budget_stopped(trainer):
         _log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
         return stage
     trained = _trained_model(trainer)  # every rank: gathers the weights when they are sharded
+
+    planned_tokens = train_tokens
+    if trainer.state.global_step < steps:  # --max-time stopped it: count what was trained
+        seen = trainer.state.global_step * per_step
+        train_tokens = type(train)(train.examples[:seen]).tokens() if instruct else seen * settings.block_size
+    budget = _budget_record(trainer, per_step * settings.block_size)
+    if budget is not None:
+        budget["trained_tokens"] = train_tokens
 
     def finish():  # rank 0 only (it measures, merges and publishes); the other ranks wait for it
         nonlocal model
@@ -511,13 +614,15 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
         history = [h for h in trainer.state.log_history if "loss" in h]
         record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
                   "teacher": settings.teacher, "teacher_dir": str(teacher_dir) if teacher_dir else None,
-                  "settings": settings.to_dict(), "data": splits.info,
+                  "settings": settings.to_dict(), "precision": precision.to_dict(), "cpu": precisions.cpu_kind(),
+                  "data": splits.info,
                   "method": {"name": settings.method, "rank": settings.rank if targets else None,
                              "lora_alpha": settings.lora_alpha if targets else None, "target_modules": targets,
                              "loss": "distillation" if teacher is not None else "cross-entropy",
                              "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
                              if targets else None},
                   "training": {"steps": trainer.state.global_step, "tokens": train_tokens, "train_runtime_s": runtime,
+                               "planned_steps": steps, "planned_tokens": planned_tokens, "time_budget": budget,
                                "wall_time_s": time.time() - start_time, "processes": world,
                                "log": history},
                   "cost": cost, "metrics": {"validation_before": before, "validation_after": after}}
@@ -531,12 +636,20 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
 
 def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, force: bool = False,
              window: int = 256, stride: int | None = None, new_tokens: int = 64, repeats: int = 3,
-             bf16: bool = False, tasks: str | list[str] = (), task_items: int | None = None, lm_eval: str = "",
-             trust_remote_code: bool = False) -> dict:
+             precision: str = "fp32", bf16: bool | None = None, tasks: str | list[str] = (),
+             task_items: int | None = None, lm_eval: str = "", trust_remote_code: bool = False) -> dict:
     """Stage `eval`: the same metrics for every model on the same test split, side by side; with `tasks`,
-    the offline downstream checks too (slimlm.downstream), and with `lm_eval`, lm-evaluation-harness tasks."""
+    the offline downstream checks too (slimlm.downstream), and with `lm_eval`, lm-evaluation-harness tasks.
+
+    `precision` defaults to fp32 here, unlike the training stages: a measurement protocol that does not
+    change with the machine keeps numbers comparable across machines. `bf16` (or `auto` where the CPU runs
+    bf16 natively) evaluates the weights cast to bf16, the way such a model would be deployed;
+    `bf16=True` is the old spelling of precision="bf16"."""
+    if bf16 is not None:
+        precision = "bf16" if bf16 else "fp32"
+    precisions.check(precision)
     from slimlm.downstream import TASKS, lm_eval_tasks, run_tasks
-    from slimlm.evaluate import evaluate_model, format_table
+    from slimlm.metrics import evaluate_model, format_table
 
     tasks = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
@@ -553,8 +666,12 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
         raise SlimlmError("give at least one model to evaluate")
     if window < 2 or (stride is not None and not 1 <= stride <= window):
         raise SlimlmError(f"--window must be >= 2 and --stride in [1, window] (got window {window}, stride {stride})")
+    for name, value in (("--repeats", repeats), ("--new-tokens", new_tokens), ("--task-items", task_items)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SlimlmError(f"{name} must be a positive integer (got {value!r})")
     if out and Path(out).exists() and not force:
         raise SlimlmError(f"{out} already exists; pass --force to replace it or choose another --out")
+    decision = precisions.resolve(precision, announce=_log)
     results, data_info, tokenizer0 = {}, None, None
     for spec in models:
         model, tokenizer, model_dir = load_model(spec, trust_remote_code=trust_remote_code)
@@ -565,7 +682,7 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
             _log(splits.summary())
         else:
             check_same_tokenizer(tokenizer0, tokenizer)
-        if bf16:
+        if decision.bf16:
             model = model.to(torch.bfloat16)
         _log(f"evaluating {spec}")
         results[str(spec)] = evaluate_model(model, tokenizer, splits.test, model_dir=model_dir,
@@ -579,7 +696,8 @@ def evaluate(models: list[str], *, data: str = "sotu", out: str | None = None, f
     table = format_table(results)
     report = {"data": data_info, "protocol": {"split": "test", "window": window, "stride": stride or window,
                                               "decode_new_tokens": new_tokens, "repeats": repeats,
-                                              "dtype": "bfloat16" if bf16 else "float32",
+                                              "dtype": "bfloat16" if decision.bf16 else "float32",
+                                              "precision": decision.to_dict(), "cpu": precisions.cpu_kind(),
                                               "threads": torch.get_num_threads(), "tasks": tasks,
                                               "lm_eval": harness},
               "results": results, "table": table}

@@ -23,7 +23,11 @@ from slimlm.errors import SlimlmError
 
 def cache_root() -> Path:
     root = Path(os.environ.get("SLIMLM_CACHE", Path.home() / ".cache" / "slimlm")).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimlmError(f"cannot create the cache folder {root} ({exc.strerror or exc}); set SLIMLM_CACHE to a "
+                          "writable folder") from None
     return root
 
 

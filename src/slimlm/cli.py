@@ -37,6 +37,13 @@ def _json_or_file(text):
     return value
 
 
+def _add_precision(p, default="auto", what="forward passes"):
+    """--precision, on every command that runs a model (precision.py decides what auto means here)."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help=f"{what}: auto (default {default}) uses bf16 autocast only where the hardware runs it "
+                        "natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), fp32 otherwise")
+
+
 def _add_common(p, out_required=True):
     p.add_argument("--out", required=out_required, help="output directory (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
@@ -55,7 +62,12 @@ def _add_training(p, learning_rate: str, max_tokens: str):
     p.add_argument("--seed", type=int)
     p.add_argument("--save-steps", type=_positive_int, help="checkpoint every N steps (default 50)")
     p.add_argument("--logging-steps", type=_positive_int, help="log losses every N steps (default 10)")
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32")
+    _add_precision(p, what="training and teacher forward passes")
+    p.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
+                   help="same as --precision fp32")
+    p.add_argument("--max-time", metavar="DURATION",
+                   help="training time budget, e.g. 15m or 1h: stops cleanly there (the schedule is shortened "
+                        "to the steps that fit) and records the tokens actually trained")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--fsdp", nargs="?", const="full_shard auto_wrap", metavar="OPTIONS",
                    help="under torchrun/accelerate: shard with FSDP instead of DDP (default options "
@@ -84,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=_positive_int, default=256)
     p.add_argument("--calibration-blocks", type=_positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    _add_precision(p, what="layer selection and measurement")
     _add_common(p)
 
     p = sub.add_parser("distill", help="distil a teacher into a student (paper section 2)")
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recover-tokens", type=int, default=0,
                    help="structured: then distil the pruned model from the unpruned one for N tokens")
     p.add_argument("--eval-tokens", type=_positive_int, default=8192, help="test tokens for the before/after table")
+    _add_precision(p, what="calibration passes and --recover-tokens training (the table is measured in fp32)")
     _add_common(p)
 
     p = sub.add_parser("quantize", help="min-max quantization with packed storage; before/after table")
@@ -163,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int)
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="tokens decoded per speed run")
     p.add_argument("--repeats", type=_positive_int, default=3)
-    p.add_argument("--bf16", action="store_true", help="evaluate in bfloat16")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                   help="fp32 (default: the same protocol on every machine), bf16 (weights cast to bf16), or auto "
+                        "(bf16 where the hardware runs it natively)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help="same as --precision bf16")
     p.add_argument("--tasks", default="", help="downstream checks, offline: cloze,summarization (docs/downstream.md)")
     p.add_argument("--task-items", type=_positive_int, help="items per downstream task (default: each task's own)")
     p.add_argument("--lm-eval", default="", metavar="TASKS",
@@ -204,6 +221,7 @@ def _add_experiments(sub) -> None:
             k.add_argument("--feature-weight", type=float, default=1.0, help="beta, weight of the feature loss")
         k.add_argument("--top-k", type=_positive_int, default=128, help="teacher logits kept per token in the cache")
         k.add_argument("--recipe", help="YAML of extra training settings applied to every run (e.g. warmup_ratio)")
+        _add_precision(k, what="training of every arm (measurement stays fp32)")
         _add_measurement(k)
         k.add_argument("--out", required=True, help="run folder; rerun the same command to finish missing arms")
         k.add_argument("--force", action="store_true", help="delete the run folder and start over")
@@ -235,7 +253,7 @@ def run(argv=None) -> int:
         api.make_student(teacher=args.teacher, data=args.data, out=args.out, layers=args.layers,
                          keep_layers=args.keep_layers, student_config=args.student_config, block_size=args.block_size,
                          calibration_blocks=args.calibration_blocks, seed=args.seed, force=args.force,
-                         trust_remote_code=args.trust_remote_code)
+                         precision=args.precision or "auto", trust_remote_code=args.trust_remote_code)
     elif args.command in ("distill", "finetune"):
         skip = {"command", "debug", "recipe", "out", "force", "resume"}
         overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
@@ -247,7 +265,7 @@ def run(argv=None) -> int:
         compress.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
                        scope=args.scope, nm=args.nm, kv_groups_removed=args.kv_groups_removed,
                        calibration_blocks=args.calibration_blocks, recover_tokens=args.recover_tokens,
-                       eval_tokens=args.eval_tokens, force=args.force,
+                       eval_tokens=args.eval_tokens, precision=args.precision or "auto", force=args.force,
                        trust_remote_code=args.trust_remote_code)
     elif args.command == "quantize":
         compress.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,
@@ -260,7 +278,7 @@ def run(argv=None) -> int:
         export(args.model, out=args.out, type=args.type, force=args.force)
     elif args.command == "eval":
         api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
-                     stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, bf16=args.bf16,
+                     stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, precision=args.precision,
                      tasks=args.tasks, task_items=args.task_items, lm_eval=args.lm_eval,
                      trust_remote_code=args.trust_remote_code)
     elif args.command == "experiment":
@@ -274,7 +292,7 @@ def run(argv=None) -> int:
                    data=args.data, student=args.student, student_layers=args.student_layers,
                    max_tokens=args.max_tokens, learning_rate=args.learning_rate, batch_size=args.batch_size,
                    temperature=args.temperature, alpha=args.alpha, top_k=args.top_k, evaluation=evaluation,
-                   settings=load_recipe(args.recipe) if args.recipe else None,
+                   settings=load_recipe(args.recipe) if args.recipe else None, precision=args.precision or "auto",
                    force=args.force, command=command_line(argv if argv is not None else sys.argv[1:]), **extra)
     elif args.command == "pipeline":
         from slimlm.experiments.pipeline import pipeline

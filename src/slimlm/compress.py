@@ -15,7 +15,7 @@ import torch
 from slimlm.data import prepare_data
 from slimlm.errors import SlimlmError
 from slimlm.output import claim_output, discard_if_unstarted, model_card, publish
-from slimlm.sources import load_model
+from slimlm.sources import load_model, model_config
 
 
 def _log(message: str) -> None:
@@ -23,7 +23,7 @@ def _log(message: str) -> None:
 
 
 def _measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
-    from slimlm.evaluate import evaluate_model
+    from slimlm.metrics import evaluate_model
 
     test = splits.test[:eval_tokens]
     return evaluate_model(model, tokenizer, test, model_dir=model_dir, window=window, stride=window,
@@ -32,7 +32,7 @@ def _measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
 
 def _check_counts(**counts) -> None:
     for name, value in counts.items():
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
 
 
@@ -41,67 +41,108 @@ def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
     return splits.train[torch.randperm(len(splits.train), generator=g)[:n]]
 
 
-def check_prune_args(*, method="magnitude", sparsity=0.5, nm="2:4", calibration_blocks=16, recover_tokens=0,
-                     eval_tokens=8192, repeats=3, **_) -> tuple[int, int]:
+def check_prune_args(*, method="magnitude", sparsity=0.5, nm="2:4", scope="layer", kv_groups_removed=0,
+                     calibration_blocks=16, recover_tokens=0, block_size=256, eval_tokens=8192, repeats=3,
+                     **_) -> tuple[int, int]:
     """Every `prune` setting checked before any work (the pipeline checks all its stages up front); -> N, M."""
     from slimlm import pruning
 
     _check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
-    if method not in pruning.METHODS:
+    if not isinstance(method, str) or method not in pruning.METHODS:
         raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
     pruning.check_sparsity(sparsity)
-    if not isinstance(recover_tokens, int) or recover_tokens < 0:
+    if scope not in ("layer", "global"):
+        raise SlimlmError(f"--scope must be layer or global (got {scope!r})")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
+        raise SlimlmError(f"--block-size must be an integer >= 2 (got {block_size!r})")
+    if not isinstance(recover_tokens, int) or isinstance(recover_tokens, bool) or recover_tokens < 0:
         raise SlimlmError(f"--recover-tokens must be an integer >= 0 (got {recover_tokens!r})")
     if recover_tokens and method != "structured":
         raise SlimlmError("--recover-tokens needs --method structured: training would refill the zeros of "
                           f"{method} pruning; distil first, then prune")
+    if not isinstance(kv_groups_removed, int) or isinstance(kv_groups_removed, bool) or kv_groups_removed < 0:
+        raise SlimlmError(f"--kv-groups-removed must be an integer >= 0 (got {kv_groups_removed!r}); "
+                          "it counts key/value groups removed per layer")
     try:
         n, m = (int(x) for x in str(nm).split(":"))
     except ValueError:
         raise SlimlmError(f"--nm {nm!r} is not N:M; write e.g. 2:4") from None
+    if not 0 < n < m:
+        raise SlimlmError(f"--nm {nm}: N:M keeps N of every M weights, so it needs 0 < N < M; write e.g. 2:4")
     return n, m
 
 
-def check_quantize_args(*, bits=8, granularity="channel", group_size=None, runtime="dequantized", eval_tokens=8192,
-                        repeats=3, **_) -> None:
+def check_prune_model(config, *, method: str, nm: tuple[int, int], kv_groups_removed: int) -> None:
+    """The settings that depend on the model's shape, checked from its config before any weight is loaded."""
+    if method == "structured":
+        heads = getattr(config, "num_attention_heads", None)
+        n_kv = getattr(config, "num_key_value_heads", None) or heads
+        if isinstance(n_kv, int) and kv_groups_removed >= n_kv:
+            raise SlimlmError(f"--kv-groups-removed {kv_groups_removed}: the model has {n_kv} key/value groups per "
+                              f"layer and at least one must stay; remove 0..{n_kv - 1}")
+    if method == "nm":
+        m = nm[1]
+        widths = {getattr(config, k, None) for k in ("hidden_size", "intermediate_size")}
+        bad = sorted(w for w in widths if isinstance(w, int) and w % m)
+        if bad:
+            raise SlimlmError(f"--nm {nm[0]}:{m}: the model's layer width {bad[0]} is not a multiple of M={m}; "
+                              "choose an M that divides it, e.g. 2:4")
+
+
+def check_quantize_args(*, bits=8, granularity="channel", group_size=None, symmetric=False, runtime="dequantized",
+                        block_size=256, eval_tokens=8192, repeats=3, **_) -> None:
     """Every `quantize` setting checked before any work (the weights' shapes are checked once loaded)."""
     from slimlm import quantization
 
     quantization.check_args(bits, granularity, group_size)
     _check_counts(eval_tokens=eval_tokens, repeats=repeats)
-    if runtime not in quantization.RUNTIMES:
+    if not isinstance(symmetric, bool):
+        raise SlimlmError(f"--symmetric must be true or false (got {symmetric!r})")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
+        raise SlimlmError(f"--block-size must be an integer >= 2 (got {block_size!r})")
+    if not isinstance(runtime, str) or runtime not in quantization.RUNTIMES:
         raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
 
 
 def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude", sparsity: float = 0.5,
           scope: str = "layer", nm: str = "2:4", kv_groups_removed: int = 0, calibration_blocks: int = 16,
           recover_tokens: int = 0, block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3,
-          force: bool = False, trust_remote_code: bool = False) -> Path:
+          precision: str = "auto", force: bool = False, trust_remote_code: bool = False) -> Path:
     """Prune `model` and write the result with a before/after table (stage `prune`).
 
     `recover_tokens` > 0 then distils the pruned model from the unpruned one for that many tokens (the
     `distill` stage, default settings), which only makes sense for structured pruning: training would
-    refill the zeros of unstructured sparsity.
+    refill the zeros of unstructured sparsity. `precision` (precision.py) is what the calibration passes and
+    the recovery compute in; the before/after table is measured in fp32, like `slimlm eval`.
     """
+    from slimlm import precision as precisions
     from slimlm import pruning
 
-    n, m = check_prune_args(method=method, sparsity=sparsity, nm=nm, calibration_blocks=calibration_blocks,
-                            recover_tokens=recover_tokens, eval_tokens=eval_tokens, repeats=repeats)
+    precisions.check(precision)
+
+    n, m = check_prune_args(method=method, sparsity=sparsity, nm=nm, scope=scope, kv_groups_removed=kv_groups_removed,
+                            calibration_blocks=calibration_blocks, recover_tokens=recover_tokens,
+                            block_size=block_size, eval_tokens=eval_tokens, repeats=repeats)
+    check_prune_model(model_config(model, trust_remote_code=trust_remote_code), method=method, nm=(n, m),
+                      kv_groups_removed=kv_groups_removed)
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
+        decided = precisions.resolve(precision, "cpu", announce=_log)  # calibration runs on the CPU
         source, tokenizer, source_dir = load_model(model, trust_remote_code=trust_remote_code)
         splits = prepare_data(data, tokenizer, block_size)
         calib = _calibration(splits, calibration_blocks)
         before = _measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
         pruned = copy.deepcopy(source)
-        if method in ("magnitude", "wanda"):
-            detail = pruning.prune_unstructured(pruned, sparsity, method, scope, calib)
-        elif method == "nm":
-            detail = pruning.prune_nm(pruned, n, m, calib)
-        else:
-            detail = {**pruning.prune_mlp_channels(pruned, sparsity, calib),
-                      **pruning.prune_kv_groups(pruned, kv_groups_removed, calib)}
+        with precisions.autocast(decided):
+            if method in ("magnitude", "wanda"):
+                detail = pruning.prune_unstructured(pruned, sparsity, method, scope, calib)
+            elif method == "nm":
+                detail = pruning.prune_nm(pruned, n, m, calib)
+            else:
+                detail = {**pruning.prune_mlp_channels(pruned, sparsity, calib),
+                          **pruning.prune_kv_groups(pruned, kv_groups_removed, calib)}
+        detail["precision"] = decided.to_dict()
         if method != "structured":  # structured pruning removes rows and columns; no zeros to count
             detail["sparsity_by_kind"] = pruning.sparsity_report(pruned)
         tmp = stage / "measure"
@@ -112,7 +153,7 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
             tokenizer.save_pretrained(tmp)
             recovered = distill(teacher=str(source_dir), student=str(tmp), data=data, out=stage / "recovered",
                                 max_tokens=recover_tokens, block_size=block_size, force=True,
-                                trust_remote_code=trust_remote_code)
+                                precision=precision, trust_remote_code=trust_remote_code)
             pruned, _, _ = load_model(recovered, trust_remote_code=trust_remote_code)
             detail["recovery"] = {"tokens": recover_tokens, "stage": "distill (defaults) from the unpruned model"}
             tmp = recovered
@@ -135,8 +176,9 @@ def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granula
     """Quantize `model` with the paper's min-max rule, store packed codes, show a before/after table."""
     from slimlm import quantization
 
-    check_quantize_args(bits=bits, granularity=granularity, group_size=group_size, runtime=runtime,
-                        eval_tokens=eval_tokens, repeats=repeats)
+    check_quantize_args(bits=bits, granularity=granularity, group_size=group_size, symmetric=symmetric,
+                        runtime=runtime, block_size=block_size, eval_tokens=eval_tokens, repeats=repeats)
+    model_config(model, trust_remote_code=trust_remote_code)  # a broken model folder is refused before the output
     out = Path(out)
     stage = claim_output(out, force=force)
     try:
@@ -160,7 +202,7 @@ def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granula
 
 def _publish(stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after,
              eval_tokens, window):
-    from slimlm.evaluate import format_table
+    from slimlm.metrics import format_table
 
     table = format_table({"before": before, "after": after})
     print(table)

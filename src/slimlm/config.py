@@ -7,6 +7,8 @@ same one-line messages before any model is loaded.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -60,20 +62,56 @@ class _TrainingRecipe:
 
     def _check_kd(self) -> None:
         """The distillation loss's settings, the same for every stage that can use a teacher."""
-        if not self.temperature > 0:
-            raise SlimlmError(f"--temperature must be > 0 (got {self.temperature}); the paper uses 0.5 to 10")
-        if not 0 <= self.alpha <= 1:
+        if not (_finite(self.temperature) and self.temperature > 0):
+            raise SlimlmError(f"--temperature must be > 0 and finite (got {self.temperature}); "
+                              "the paper uses 0.5 to 10")
+        if not (_finite(self.alpha) and 0 <= self.alpha <= 1):
             raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
         if self.kl not in KL_KINDS:
             raise SlimlmError(f"--kl must be one of {', '.join(KL_KINDS)} (got {self.kl!r})")
 
+    def _check_common(self) -> None:
+        """Precision and the time budget, the same for every training stage."""
+        from slimlm.precision import check
+
+        check(self.precision)
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+
+    def time_budget_s(self) -> float | None:
+        return None if self.max_time is None else parse_duration(self.max_time)
+
     @classmethod
     def from_dict(cls, values: dict):
+        from slimlm.precision import from_legacy
+
+        if not isinstance(values, dict):
+            raise SlimlmError(f"settings must be a mapping of setting: value (got {_show(values)})")
+        bad_keys = [k for k in values if not isinstance(k, str)]
+        if bad_keys:
+            raise SlimlmError(f"setting name {_show(bad_keys[0])} is not a name; write settings as name: value")
+        values = from_legacy(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}  # Path -> str
+        values = {**values, **{k: _as_layer_list(values[k]) for k in _LAYER_LISTS if k in values}}
+        cls.check_types(values)
         return cls(**values)
+
+    @classmethod
+    def check_types(cls, values: dict) -> None:
+        """Each value against its field's annotation, so a recipe's `temperature: hot` is one line, not a
+        TypeError deep in training. Ints pass for floats; bools pass only for bools; floats must be finite."""
+        annotations = {f.name: f.type for f in fields(cls)}
+        for name, value in values.items():
+            if name in annotations and not _matches(value, annotations[name]):
+                raise SlimlmError(f"setting {name} must be {_describe(annotations[name])} (got {_show(value)}); "
+                                  "fix it in the recipe or on the command line")
+
+    def _check_types(self) -> None:
+        self.check_types(asdict(self))
 
 
 @dataclass
@@ -103,7 +141,8 @@ class DistillSettings(_TrainingRecipe):
     optim: str = "adamw_torch"  # any transformers.TrainingArguments optimizer name
     max_grad_norm: float = 1.0  # 0 disables gradient clipping
     seed: int = 0
-    bf16: bool = True  # bf16 autocast for student and teacher forward passes
+    precision: str = "auto"  # auto|fp32|bf16: bf16 autocast only where the hardware runs it natively (precision.py)
+    max_time: str | float | None = None  # training time budget, e.g. "15m" (seconds if a number); stops cleanly
     save_steps: int = 50
     logging_steps: int = 10
     fsdp: str = ""  # under torchrun/accelerate: shard student and teacher with FSDP, e.g. "full_shard auto_wrap"
@@ -119,14 +158,15 @@ class DistillSettings(_TrainingRecipe):
     trust_remote_code: bool = False
 
     def validate(self) -> "DistillSettings":
+        self._check_types()
         self._check_kd()
+        self._check_common()
         self._check_parallel()
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
                               "(the cache keeps only top-k logits) or use --kl forward")
         for name in ("feature_weight", "attention_weight", "weight_decay", "warmup_ratio", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+            _check_non_negative(name, getattr(self, name))
         for name in ("block_size", "chunk_size", "batch_size", "grad_accum", "max_tokens", "save_steps",
                      "logging_steps", "top_k", "calibration_blocks", "eval_window", "eval_tokens"):
             value = getattr(self, name)
@@ -134,8 +174,8 @@ class DistillSettings(_TrainingRecipe):
                 raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
         if self.max_steps is not None and self.max_steps < 1:
             raise SlimlmError(f"--max-steps must be a positive integer (got {self.max_steps})")
-        if not self.learning_rate > 0:
-            raise SlimlmError(f"--learning-rate must be > 0 (got {self.learning_rate})")
+        if not (_finite(self.learning_rate) and self.learning_rate > 0):
+            raise SlimlmError(f"--learning-rate must be > 0 and finite (got {self.learning_rate})")
         chosen = [x is not None for x in (self.student, self.layers, self.keep_layers)]
         if sum(chosen) != 1:
             raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")
@@ -146,6 +186,58 @@ class DistillSettings(_TrainingRecipe):
 
 
 FINETUNE_METHODS = ("lora", "full")
+
+# layer lists a recipe may also write as a YAML list or a single number; stored as "0,1,2"
+_LAYER_LISTS = ("keep_layers", "cache_layers")
+_TYPE_WORDS = {"float": "a finite number", "int": "an integer", "str": "a string (quote it in YAML)",
+               "bool": "true or false", "dict": "a mapping", "None": "null"}
+
+
+def _finite(value) -> bool:
+    """NaN compares False with everything, so `nan < 0` lets it through a plain range check."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_non_negative(name: str, value) -> None:
+    if not (_finite(value) and value >= 0):
+        raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 and finite (got {value})")
+
+
+def _as_layer_list(value):
+    """`keep_layers: [0, 1, 2]` or `cache_layers: 8` in a recipe -> "0,1,2" / "8", the flags' form."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _matches(value, annotation: str) -> bool:
+    """Does `value` fit a field annotation such as "float", "int | None" or "dict | str | None"?"""
+    for kind in (k.strip() for k in str(annotation).split("|")):
+        if kind == "None" and value is None:
+            return True
+        if kind == "bool" and isinstance(value, bool):
+            return True
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind == "float" and _finite(value):
+            return True
+        if kind == "str" and isinstance(value, (str, os.PathLike)):
+            return True
+        if kind == "dict" and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return True
+    return False
+
+
+def _describe(annotation: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(k.strip(), k.strip()) for k in str(annotation).split("|"))
+
+
+def _show(value) -> str:
+    """A value for a one-line message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass
@@ -175,7 +267,8 @@ class FinetuneSettings(_TrainingRecipe):
     max_grad_norm: float = 1.0
     chunk_size: int = 1024
     seed: int = 0
-    bf16: bool = True
+    precision: str = "auto"  # as for distill
+    max_time: str | float | None = None  # as for distill
     save_steps: int = 50
     logging_steps: int = 10
     eval_window: int = 256
@@ -186,17 +279,19 @@ class FinetuneSettings(_TrainingRecipe):
     trust_remote_code: bool = False
 
     def validate(self) -> "FinetuneSettings":
+        self._check_types()
         if not self.model:
             raise SlimlmError("give the model to fine-tune: slimlm finetune MODEL ...")
         if self.method not in FINETUNE_METHODS:
             raise SlimlmError(f"--method must be one of {', '.join(FINETUNE_METHODS)} (got {self.method!r})")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise SlimlmError(f"--rank must be a positive integer (got {self.rank!r}); LoRA uses r << d, e.g. 8")
-        if not self.lora_alpha > 0:
+        if not (_finite(self.lora_alpha) and self.lora_alpha > 0):
             raise SlimlmError(f"--lora-alpha must be > 0 (got {self.lora_alpha}); the update is scaled by lora_alpha/rank")
-        if not 0 <= self.dropout < 1:
+        if not (_finite(self.dropout) and 0 <= self.dropout < 1):
             raise SlimlmError(f"--dropout must be in [0, 1) (got {self.dropout})")
         self._check_kd()
+        self._check_common()
         self._check_parallel()
         if self.method == "lora" and (self.fsdp or self.deepspeed):
             raise SlimlmError("LoRA fine-tuning runs under plain DDP (torchrun without --fsdp/--deepspeed): its "
@@ -204,8 +299,7 @@ class FinetuneSettings(_TrainingRecipe):
         if self.target_modules is not None and not [m for m in self.target_modules.split(",") if m.strip()]:
             raise SlimlmError("--target-modules is empty; name Linear layers such as q_proj,v_proj or leave it out")
         for name in ("weight_decay", "warmup_ratio", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise SlimlmError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+            _check_non_negative(name, getattr(self, name))
         for name in ("block_size", "batch_size", "grad_accum", "max_tokens", "chunk_size", "save_steps",
                      "logging_steps", "eval_window", "eval_tokens"):
             value = getattr(self, name)
@@ -217,10 +311,31 @@ class FinetuneSettings(_TrainingRecipe):
             raise SlimlmError(f"--max-steps must be a positive integer (got {self.max_steps})")
         if self.learning_rate is None:
             self.learning_rate = 5e-4 if self.method == "lora" else 5e-5
-        if not self.learning_rate > 0:
-            raise SlimlmError(f"--learning-rate must be > 0 (got {self.learning_rate})")
+        if not (_finite(self.learning_rate) and self.learning_rate > 0):
+            raise SlimlmError(f"--learning-rate must be > 0 and finite (got {self.learning_rate})")
         return self
 
+
+
+def parse_duration(value) -> float:
+    """--max-time: "90s", "15m", "1.5h", "1h30m" or a number of seconds -> seconds (> 0)."""
+    import math
+    import re
+
+    if isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", text)
+        if not text or parts is None or not any(parts.groups()):
+            raise SlimlmError(f"--max-time {value!r} is not a duration; write e.g. 90s, 15m, 1.5h or 1h30m")
+        h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SlimlmError(f"--max-time must be a positive duration (got {value!r}); write e.g. 15m")
+    return seconds
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -234,6 +349,15 @@ def load_recipe(path: str | Path) -> dict:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SlimlmError(f"recipe {path} is not valid YAML ({type(exc).__name__}); fix its syntax") from None
+    except RecursionError:  # a hostile or broken file nested thousands deep
+        raise SlimlmError(f"recipe {path} is nested too deeply to read; a recipe is a flat mapping of "
+                          "setting: value") from None
+    except OSError as exc:
+        raise SlimlmError(f"recipe {path} cannot be read ({exc.strerror}); check its permissions") from None
     if not isinstance(values, dict):
         raise SlimlmError(f"recipe {path} must be a mapping of setting: value")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise SlimlmError(f"recipe {path}: key {_show(bad[0])} is not a setting name; write name: value "
+                          "(quote the name if YAML reads it as a number or true/false)")
     return {k.replace("-", "_"): v for k, v in values.items()}

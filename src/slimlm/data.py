@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from slimlm.cache import atomic_dir, cache_root, fingerprint, pypi_package
@@ -164,16 +165,41 @@ def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
                       corpus.val_from, corpus.test_from)
     entry = cache_root() / "data" / f"{corpus.name}-{key}"
     if (entry / "info.json").exists():
-        tensors = load_file(entry / "tokens.safetensors")
-        info = json.loads((entry / "info.json").read_text())
-        return Splits(tensors["train"], tensors["val"], tensors["test"], info)
+        cached = _read_cached(entry, block_size)
+        if cached is not None:
+            return cached
     print(f"slimlm: tokenizing {corpus.name} ({len(corpus.documents)} documents, once) ...", file=sys.stderr)
     splits = _split_and_tokenize(corpus, tokenizer, block_size)
-    with atomic_dir(entry) as tmp:
-        save_file({"train": splits.train.contiguous(), "val": splits.val, "test": splits.test},
-                  tmp / "tokens.safetensors")
-        (tmp / "info.json").write_text(json.dumps(splits.info, indent=1))
+    try:
+        with atomic_dir(entry) as tmp:
+            save_file({"train": splits.train.contiguous(), "val": splits.val, "test": splits.test},
+                      tmp / "tokens.safetensors")
+            (tmp / "info.json").write_text(json.dumps(splits.info, indent=1))
+    except (OSError, SafetensorError) as exc:  # a full or read-only cache disk costs the reuse, not the run
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+        print(f"slimlm: could not cache the tokens in {entry.parent} ({detail}); continuing without the cache",
+              file=sys.stderr)
     return splits
+
+
+def _read_cached(entry: Path, block_size: int) -> Splits | None:
+    """A cache entry's splits, or None after deleting a damaged one (truncated by a full disk, edited by
+    hand): the cache only holds what can be recomputed, so it is rebuilt rather than trusted or refused."""
+    import shutil
+
+    file = entry / "tokens.safetensors"
+    try:
+        tensors = load_file(file)
+        info = json.loads((entry / "info.json").read_text(encoding="utf-8"))
+        splits = Splits(tensors["train"], tensors["val"], tensors["test"], info)
+        if splits.train.dim() != 2 or splits.train.shape[1] != block_size or not isinstance(info, dict):
+            raise ValueError("unexpected shapes")
+        return splits
+    except Exception as exc:  # SafetensorError, OSError, JSON or key errors: damaged either way
+        print(f"slimlm: cached tokens {file} are damaged ({type(exc).__name__}); deleting and rebuilding them",
+              file=sys.stderr)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
 
 
 def _tokenizer_identity(tokenizer) -> str:

@@ -60,6 +60,14 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def log(message: str) -> None:
+    """One line on stderr, from rank 0 only (under torchrun every rank runs the same code)."""
+    if is_main_process():
+        import sys
+
+        print(f"slimlm: {message}", file=sys.stderr, flush=True)
+
+
 # slimlm's own waits (rank 0 filling a teacher cache, publishing a large model) can outlast NCCL's
 # default timeout, so they go through a gloo group of their own, on CPU, with a long timeout.
 WAIT_TIMEOUT = timedelta(hours=12)

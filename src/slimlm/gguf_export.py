@@ -39,43 +39,138 @@ def export_gguf(model_dir, out_file, type: str = "f16", *, force: bool = False) 
     model_dir, out_file = Path(model_dir), Path(out_file)
     if type not in TYPES:
         raise SlimlmError(f"unsupported GGUF type '{type}'; use one of {', '.join(TYPES)}")
+    if out_file.is_dir():
+        raise SlimlmError(f"--out {out_file} is a folder; give a file name such as {out_file / 'model.gguf'}")
     if out_file.exists() and not force:
         raise SlimlmError(f"output {out_file} already exists; pass --force to replace it or choose another --out")
     config = _read_config(model_dir)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    shape = _weight_shapes(model_dir)
+    _check_against_weights(config, shape, model_dir)
     tmp = out_file.with_name(out_file.name + ".partial")
+    _probe_writable(out_file, tmp)
 
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
         _add_metadata(writer, config, model_dir, type)
-        _add_tokenizer(writer, model_dir, config)
+        _add_tokenizer(writer, model_dir, config, shape["vocab_rows"])
         _add_tensors(writer, model_dir, config, type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, out_file)
-    except BaseException:
-        writer.close()
+    except BaseException as exc:
+        try:
+            writer.close()  # may fail again on a full disk; the partial file goes either way
+        except Exception:
+            pass
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out_file) from None
         raise
     return out_file
 
 
+def _probe_writable(out_file: Path, tmp: Path) -> None:
+    """Create the output folder and the temporary file now, so a read-only --out fails before the work.
+
+    os.access is not enough: root passes it on a read-only mount, so really write."""
+    try:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb"):
+            pass
+        tmp.unlink()
+    except OSError as exc:
+        raise SlimlmError(f"cannot write --out {out_file} ({exc.strerror or exc}); choose a writable folder") from None
+
+
+def _write_error(exc: OSError, out_file: Path) -> SlimlmError:
+    """One line for a failed write; a full disk names the disk and how much room is left."""
+    import errno
+    import shutil
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f", {shutil.disk_usage(out_file.parent).free / 1e6:.0f} MB free"
+        except OSError:
+            free = ""
+        return SlimlmError(f"the disk holding {out_file.parent.resolve()} is full{free}; nothing was written: "
+                           "free space there or choose --out on another disk")
+    return SlimlmError(f"could not write {out_file} ({exc.strerror or exc}); nothing was written: "
+                       "check the folder and try again")
+
+
 def _read_config(model_dir: Path) -> dict:
     """config.json, checked for the one architecture this exporter knows how to lay out."""
+    from slimlm.sources import read_config_json
+
     path = model_dir / "config.json"
     if not path.exists():
         raise SlimlmError(f"{model_dir} has no config.json; pass a Hugging Face model directory")
-    config = json.loads(path.read_text())
+    config = read_config_json(model_dir)
     if config.get("model_type") != "llama":
         raise SlimlmError(f"GGUF export supports only Llama-architecture models, not "
                           f"'{config.get('model_type')}'; export a Llama model (e.g. one slimlm distilled)")
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if not isinstance(scaling, dict):
+        raise SlimlmError(f"{path}: rope_scaling must be a mapping (got {scaling!r}); fix config.json")
     if scaling.get("rope_type", scaling.get("type", "default")) != "default":
         raise SlimlmError(f"GGUF export does not handle rope scaling '{scaling.get('rope_type')}'; "
                           "export a model with plain rope")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
+        _positive_int(config, key, path, required=True)
+    for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        _positive_int(config, key, path, required=False)
     return config
+
+
+def _positive_int(config: dict, key: str, path: Path, *, required: bool) -> None:
+    value = config.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SlimlmError(f"{path}: {key} must be a positive integer (got {value!r}); fix config.json or save "
+                          "the model again")
+
+
+def _weight_shapes(model_dir: Path) -> dict:
+    """The embedding's row count and the number of decoder layers, from the safetensors headers alone.
+
+    Sizes in config.json and tokenizer.json are checked against these before anything is allocated, so a
+    hostile `vocab_size: 1e11` is refused instead of building a list of that length."""
+    import re
+
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise SlimlmError(f"{model_dir} has no .safetensors weights; save the model with safe_serialization")
+    rows, layers = None, set()
+    for f in files:
+        try:
+            with safe_open(f, framework="pt") as st:
+                for name in st.keys():
+                    found = re.match(r"model\.layers\.(\d+)\.", name)
+                    if found:
+                        layers.add(int(found.group(1)))
+                    if name == "model.embed_tokens.weight":
+                        rows = st.get_slice(name).get_shape()[0]
+        except Exception as exc:  # safetensors' own error type; the file is damaged either way
+            raise SlimlmError(f"{f} is not a readable safetensors file ({type(exc).__name__}); save or fetch the "
+                              "model again") from None
+    if rows is None:
+        raise SlimlmError(f"{model_dir} has no model.embed_tokens.weight; export a standard Llama model")
+    return {"vocab_rows": rows, "layers": len(layers)}
+
+
+def _check_against_weights(config: dict, shape: dict, model_dir: Path) -> None:
+    if config["vocab_size"] != shape["vocab_rows"]:
+        raise SlimlmError(f"{model_dir / 'config.json'} says vocab_size {config['vocab_size']} but the embedding "
+                          f"has {shape['vocab_rows']} rows; set vocab_size to {shape['vocab_rows']} or save the "
+                          "model again")
+    if config["num_hidden_layers"] != shape["layers"]:
+        raise SlimlmError(f"{model_dir / 'config.json'} says num_hidden_layers {config['num_hidden_layers']} but "
+                          f"the weights hold {shape['layers']} layers; fix config.json or save the model again")
 
 
 def _rope_theta(config: dict) -> float:
@@ -112,21 +207,29 @@ def _add_metadata(writer, config: dict, model_dir: Path, type: str) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
+def _add_tokenizer(writer, model_dir: Path, config: dict, vocab_rows: int) -> None:
     """The byte-level BPE vocabulary as llama.cpp's `gpt2` tokenizer: tokens, types, merges, ids."""
     import gguf
 
     path = model_dir / "tokenizer.json"
     if not path.exists():
         raise SlimlmError(f"{model_dir} has no tokenizer.json; save the model's fast tokenizer with it")
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = _json(path)
     bpe = spec.get("model") or {}
-    if bpe.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+    if not isinstance(bpe, dict) or bpe.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
         raise SlimlmError("GGUF export supports only byte-level BPE tokenizers (GPT-2 style); "
                           "export a model with such a tokenizer")
-    added = {t["id"]: t for t in spec.get("added_tokens", [])}
-    by_id = {i: tok for tok, i in bpe["vocab"].items()} | {i: t["content"] for i, t in added.items()}
-    size = max(config["vocab_size"], max(by_id) + 1)
+    try:
+        added = {t["id"]: t for t in spec.get("added_tokens", [])}
+        by_id = {i: tok for tok, i in bpe["vocab"].items()} | {i: t["content"] for i, t in added.items()}
+        bad = [i for i in by_id if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_rows]
+    except (KeyError, TypeError, AttributeError):
+        raise SlimlmError(f"{path} is malformed (its vocab or added_tokens are not id mappings); save the "
+                          "tokenizer again") from None
+    if bad:  # checked before the list below is sized by it
+        raise SlimlmError(f"{path} has token id {bad[0]!r} but the model's embedding has {vocab_rows} rows; "
+                          "this tokenizer does not belong to the model: save the model's own tokenizer with it")
+    size = vocab_rows
     tokens, types = [], []
     for i in range(size):
         if i not in by_id:  # embedding rows past the vocabulary: llama.cpp's padding convention
@@ -165,7 +268,17 @@ def _add_tokenizer(writer, model_dir: Path, config: dict) -> None:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    """A JSON object from the model folder ({} if absent), with one line naming a damaged file."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        raise SlimlmError(f"{path} is not valid JSON; restore it from the model's source or save the model "
+                          "again") from None
+    if not isinstance(value, dict):
+        raise SlimlmError(f"{path} is not a JSON object; restore it from the model's source")
+    return value
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:

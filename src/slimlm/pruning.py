@@ -23,8 +23,9 @@ METHODS = ("magnitude", "wanda", "nm", "structured")
 
 
 def check_sparsity(sparsity: float) -> None:
-    if not 0 <= sparsity < 1:
-        raise SlimlmError(f"--sparsity must be in [0, 1) (got {sparsity}); e.g. 0.5 removes half the weights")
+    """A fraction in [0, 1); a string or NaN from a recipe is refused here rather than failing mid-run."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise SlimlmError(f"--sparsity must be in [0, 1) (got {sparsity!r}); e.g. 0.5 removes half the weights")
 
 
 def prunable_linears(model) -> dict[str, nn.Linear]:

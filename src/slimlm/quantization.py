@@ -18,14 +18,19 @@ BITS = (2, 3, 4, 5, 6, 8)
 GRANULARITIES = ("tensor", "channel", "group")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_args(bits: int, granularity: str, group_size: int | None, width: int | None = None) -> None:
-    if bits not in BITS:
-        raise SlimlmError(f"--bits {bits} is not supported; use one of {', '.join(map(str, BITS))}")
-    if granularity not in GRANULARITIES:
+    """Types too: a recipe's `bits: 8.0` or `group_size: "64"` would otherwise fail deep in packing."""
+    if not _is_int(bits) or bits not in BITS:
+        raise SlimlmError(f"--bits {bits!r} is not supported; use one of {', '.join(map(str, BITS))}")
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES:
         raise SlimlmError(f"--granularity {granularity!r} is not supported; use tensor, channel or group")
     if granularity == "group":
-        if group_size is None or group_size < 1:
-            raise SlimlmError(f"--group-size must be a positive integer with --granularity group (got {group_size})")
+        if not _is_int(group_size) or group_size < 1:
+            raise SlimlmError(f"--group-size must be a positive integer with --granularity group (got {group_size!r})")
         if width is not None and width % group_size:
             raise SlimlmError(f"--group-size {group_size} does not divide the layer width {width}; pick a divisor "
                               f"such as {max(d for d in (32, 64, 128, 16, 8, 1) if width % d == 0)}")

@@ -111,6 +111,7 @@ def check_model_dir(path: Path) -> None:
     if not (path / "config.json").exists():
         raise SlimlmError(f"{path} holds no model (no config.json); pass a Hugging Face model directory, "
                           "a .gguf file, or a built-in name")
+    read_config_json(path)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         if list(path.glob("*.bin")) or list(path.glob("*.pt")):
@@ -120,6 +121,46 @@ def check_model_dir(path: Path) -> None:
         raise SlimlmError(f"{path} has config.json but no *.safetensors weights; copy the weights there")
     for file in weights:
         check_safetensors(file)
+
+
+def read_config_json(path: Path) -> dict:
+    """The folder's config.json as a mapping; a damaged one is named as such (not as a custom-code model)."""
+    file = Path(path) / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SlimlmError(f"cannot read {file} ({exc.strerror}); check its permissions") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise SlimlmError(f"{file} is not valid JSON{where}; restore it from the model's source or save the "
+                          "model again") from None
+    if not isinstance(config, dict):
+        raise SlimlmError(f"{file} is not a JSON object of model settings; restore it from the model's source")
+    return config
+
+
+def model_config(spec, *, trust_remote_code: bool = False):
+    """The model's transformers config, read from its directory without loading any weights.
+
+    Lets a stage check shape-dependent settings (layers to keep, key/value groups to remove) before a long
+    load. A .gguf file or a built-in teacher not yet converted is converted first (once), as any load would.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model(spec)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise SlimlmError(f"could not read the model config in {path} ({type(exc).__name__}: "
+                          f"{_first_line(exc)}); {_load_hint(path, exc, trust_remote_code)}") from None
+
+
+def _load_hint(path: Path, exc: Exception, trust_remote_code: bool) -> str:
+    """Suggest --trust-remote-code only where custom code is the likely cause, not for any broken folder."""
+    custom = "auto_map" in read_config_json(path) or "trust_remote_code" in str(exc)
+    if custom and not trust_remote_code:
+        return "if it needs custom code, pass --trust-remote-code"
+    return "check its config.json (model_type, sizes) against its weights, or save the model again"
 
 
 def check_safetensors(file: Path) -> None:
@@ -157,7 +198,7 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
         raise
     except Exception as exc:
         raise SlimlmError(f"could not load the model in {path} ({type(exc).__name__}: {_first_line(exc)}); "
-                          "if it needs custom code, pass --trust-remote-code") from None
+                          f"{_load_hint(path, exc, trust_remote_code)}") from None
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code), path
 
 

@@ -42,6 +42,12 @@ def parse_keep_layers(spec: str | list[int], n_layers: int) -> list[int]:
         for item in items:
             if "-" in item:
                 lo, hi = (int(x) for x in item.split("-"))
+                if lo > hi:  # else range() is empty and the message would be about a missing layer
+                    raise SlimlmError(f"--keep-layers {spec}: the range {item} is reversed; write it low-high, "
+                                      f"{hi}-{lo}")
+                if hi >= n_layers:  # before range() builds a list as long as a hostile number
+                    layers.append(hi)
+                    break
                 layers.extend(range(lo, hi + 1))
             else:
                 layers.append(int(item))

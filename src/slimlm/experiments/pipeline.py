@@ -27,7 +27,8 @@ from slimlm.experiments.layout import arm_dir
 from slimlm.output import staging_dir
 
 STAGES = ("student", "distill", "finetune", "prune", "quantize")
-RECIPE_KEYS = ("teacher", "data", "seeds", "evaluate", "stages")
+RECIPE_KEYS = ("teacher", "data", "seeds", "evaluate", "precision", "stages")
+COMPUTING_STAGES = ("student", "distill", "finetune", "prune")  # those that train or calibrate: take `precision`
 
 
 def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str | None = None) -> Path:
@@ -41,9 +42,17 @@ def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str 
         raise SlimlmError(f"recipe {recipe}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(RECIPE_KEYS)}")
     teacher = values.get("teacher", "smollm2-135m")
     data = values.get("data", "sotu")
+    _check_top(values, recipe)
     seeds = parse_list(values.get("seeds", [0]), int, "seeds")
     ev = runner.check_eval(values.get("evaluate") or {})
-    arms = _stages(values.get("stages"), recipe, teacher, data)
+    if "precision" in values:
+        from slimlm.precision import check
+
+        try:
+            check(values["precision"])
+        except SlimlmError as exc:
+            raise SlimlmError(f"recipe {recipe}: {exc}") from None
+    arms = _stages(values.get("stages"), recipe, teacher, data, values.get("precision"))
     teacher_layers = _layer_count(teacher)
     block_size = next((a["settings"].get("block_size") for a in arms if a["settings"].get("block_size")), 256)
     spec = {"kind": "pipeline", "parameter": {"name": "stage", "label": "pipeline stage", "numeric": False},
@@ -62,7 +71,23 @@ def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str 
     return _report(run_dir)
 
 
-def _stages(stages, recipe, teacher, data) -> list[dict]:
+def _check_top(values: dict, recipe) -> None:
+    """The recipe's top-level values have fixed types; a wrong one is one line here, not a TypeError later."""
+    for key in ("teacher", "data"):
+        if key in values and not isinstance(values[key], str):
+            raise SlimlmError(f"recipe {recipe}: {key} must be a string such as a model/corpus name or a path "
+                              f"(got {values[key]!r}); quote it in YAML")
+    seeds = values.get("seeds", [0])
+    items = seeds if isinstance(seeds, list) else [seeds]
+    if not items or not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        raise SlimlmError(f"recipe {recipe}: seeds must be an integer or a list of integers such as [0, 1, 2] "
+                          f"(got {seeds!r})")
+    if values.get("evaluate") is not None and not isinstance(values["evaluate"], dict):
+        raise SlimlmError(f"recipe {recipe}: evaluate must be a mapping such as {{tasks: [cloze], repeats: 3}} "
+                          f"(got {values['evaluate']!r})")
+
+
+def _stages(stages, recipe, teacher, data, precision=None) -> list[dict]:
     """Recipe stages -> experiment arms, every stage's settings checked before anything runs."""
     if not isinstance(stages, list) or not stages:
         raise SlimlmError(f"recipe {recipe}: 'stages' must be a non-empty list such as "
@@ -74,9 +99,18 @@ def _stages(stages, recipe, teacher, data) -> list[dict]:
         if not isinstance(item, dict) or len(item) != 1:
             raise SlimlmError(f"recipe {recipe}: stage {i} must be one 'name: {{settings}}' entry")
         (name, settings), = item.items()
-        settings = {k.replace("-", "_"): v for k, v in (settings or {}).items()}
-        if name not in STAGES:
+        if not isinstance(name, str) or name not in STAGES:
             raise SlimlmError(f"recipe {recipe}: stage {i} {name!r} is not one of {', '.join(STAGES)}")
+        if settings is not None and not isinstance(settings, dict):
+            raise SlimlmError(f"recipe {recipe}: stage {i} ({name}) settings must be a mapping such as "
+                              f"{{max_tokens: 40000}} (got {settings!r})")
+        bad = [k for k in (settings or {}) if not isinstance(k, str)]
+        if bad:
+            raise SlimlmError(f"recipe {recipe}: stage {i} ({name}) key {bad[0]!r} is not a setting name; "
+                              "write name: value")
+        settings = {k.replace("-", "_"): v for k, v in (settings or {}).items()}
+        if precision is not None and name in COMPUTING_STAGES:
+            settings.setdefault("precision", precision)  # the recipe's top-level choice; a stage's own wins
         _check_stage(name, settings, i, recipe, first=(i == 1), teacher=teacher, data=data)
         arms.append({"name": f"{i}-{name}", "value": i, "label": name, "stage": name, "settings": settings})
     return arms
@@ -116,8 +150,17 @@ def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
                 compress.check_prune_args(**settings)
             elif name == "quantize":
                 compress.check_quantize_args(**settings)
-            elif len({"layers", "keep_layers"} & set(settings)) != 1:
-                raise SlimlmError("give exactly one of layers: N or keep_layers: LIST")
+            else:
+                if len({"layers", "keep_layers"} & set(settings)) != 1:
+                    raise SlimlmError("give exactly one of layers: N or keep_layers: LIST")
+                # the student's settings mean what distill's do: check their types the same way
+                from slimlm.config import _as_layer_list
+
+                DistillSettings.check_types({**settings, "keep_layers": _as_layer_list(settings.get("keep_layers"))})
+                if "precision" in settings:
+                    from slimlm.precision import check
+
+                    check(settings["precision"])
     except SlimlmError as exc:
         raise SlimlmError(f"{where}: {exc}") from None
 

@@ -91,6 +91,22 @@ def timing(arms: list[dict], references: dict) -> dict:
             "references_total_s": sum(per_ref.values()), "total_s": sum(per_arm.values()) + sum(per_ref.values())}
 
 
+def compute_summary(run: dict) -> list[str]:
+    """Each distinct precision decision (with its reason) and CPU the arms were trained with, in words;
+    more than one line means arms ran on different machines or settings, which the reader must know."""
+    seen = []
+    for record in (r for rs in run["results"].values() for r in rs):
+        compute = record.get("compute") or {}
+        precision, cpu = compute.get("precision"), compute.get("cpu") or {}
+        if not precision:
+            continue
+        where = f" on {cpu.get('model', '?')} ({cpu.get('capability', '?')})" if cpu else ""
+        line = f"{precision.get('dtype')} ({precision.get('reason')}){where}"
+        if line not in seen:
+            seen.append(line)
+    return seen
+
+
 def downstream_protocol(run: dict) -> dict:
     """How the downstream sets were built and scored, as the first measured model recorded it (same for all)."""
     records = [r for rs in run["results"].values() for r in rs] + list(run["references"].values())
@@ -113,6 +129,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "command": spec.get("command"), "created": spec.get("created"), "slimlm_version": spec.get("slimlm_version"),
         "parameter": spec.get("parameter", {}), "seeds": seeds, "protocol": spec.get("protocol", {}),
         "downstream_protocol": downstream_protocol(run),
+        "compute": compute_summary(run),
         "std": STD_NOTE, "spread": SPREAD_NOTE,
         "arms": arms,
         "missing": {"arms": [a["name"] for a in arms if not a["seeds"]],
@@ -182,6 +199,10 @@ def protocol_section(report) -> list[str]:
               f"- seeds: {', '.join(map(str, report['seeds'])) or '–'}",
               f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}",
               f"- base settings: {_settings(p.get('base_settings', {}))}"]
+    compute = report.get("compute") or []
+    lines += [f"- training precision: {compute[0]}" if len(compute) == 1 else
+              "- training precision: " + ("not recorded" if not compute else "differs between arms: " + "; ".join(compute)),
+              "- measurement precision: fp32 (the same protocol on every machine)"]
     for task, details in report["downstream_protocol"].items():
         lines.append(f"- downstream task `{task}`:")
         lines += [f"  - {k}: {_short(v)}" for k, v in details.items()]

@@ -18,7 +18,7 @@ import torch
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.layout import (arm_dir, experiment_file, read_json, reference_file, result_file)
-from slimlm.output import staging_dir, write_json_atomic
+from slimlm.output import lock_output, release_output, staging_dir, write_json_atomic
 
 EVAL_DEFAULTS = {"split": "test", "window": 256, "stride": 256, "tokens": 8192, "decode_new_tokens": 64,
                  "repeats": 3, "tasks": ["cloze"], "task_items": None}
@@ -38,10 +38,23 @@ def _identity(spec: dict) -> str:
 
 
 def open_run(out: str | Path, spec: dict, *, force: bool = False) -> Path:
-    """Create the run folder, or continue it when it holds the same experiment; --force starts over."""
+    """Create the run folder, or continue it when it holds the same experiment; --force starts over.
+
+    The folder is locked first (one process per run folder; --force never deletes a live run) and stays
+    locked until this process exits: the whole experiment writes into it."""
+    run_dir = Path(out)
+    locked = lock_output(run_dir)
+    try:
+        return _open_run(run_dir, spec, force)
+    except BaseException:
+        if locked:
+            release_output(run_dir)
+        raise
+
+
+def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
     import shutil
 
-    run_dir = Path(out)
     spec_path = experiment_file(run_dir)
     if run_dir.exists() and force and (spec_path.exists() or not any(run_dir.iterdir())):
         shutil.rmtree(run_dir)  # only an experiment folder (or an empty one) is ever deleted
@@ -94,7 +107,7 @@ def check_eval(evaluation: dict) -> dict:
 def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
     """Every metric of one model under the run's protocol: the same text, window and prompts for all."""
     from slimlm.data import prepare_data
-    from slimlm.evaluate import evaluate_model
+    from slimlm.metrics import evaluate_model
     from slimlm.sources import load_model
 
     model, tokenizer, model_dir = load_model(model_spec)
@@ -151,11 +164,19 @@ def run_arms(run_dir: Path, spec: dict, train: Callable[[dict, int, Path, bool],
             _log(f"[{index}/{total}] {arm['name']} seed {seed}: measuring")
             metrics = measure(out, data, ev)
             record = {"arm": arm["name"], "value": arm.get("value"), "seed": seed, "model_dir": str(out),
-                      "metrics": metrics, "training": _training_facts(out),
+                      "metrics": metrics, "training": _training_facts(out), "compute": _compute(out),
                       "wall_time_s": time.time() - start}
             write_json_atomic(path, record, force=True)
             done.append(record)
     return done
+
+
+def _compute(model_dir: Path) -> dict:
+    """The precision the stage trained or calibrated in (with why) and the CPU it ran on, from its slimlm.json;
+    a quantize stage, which computes nothing, has neither."""
+    record = read_json(Path(model_dir) / "slimlm.json")
+    precision = record.get("precision") or (record.get("detail") or {}).get("precision")
+    return {"precision": precision, "cpu": record.get("cpu")}
 
 
 def _training_facts(model_dir: Path) -> dict:

@@ -49,12 +49,19 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
                max_tokens: int = 20480, learning_rate: float | None = None, batch_size: int = 4,
                block_size: int = 256, temperature: float = 2.0, alpha: float = 0.5, feature_weight: float = 1.0,
                top_k: int = 128, rank: int = 8, evaluation: dict | None = None, settings: dict | None = None,
-               force: bool = False, command: str | None = None) -> Path:
+               precision: str = "auto", force: bool = False, command: str | None = None) -> Path:
     """Run (or continue) one of the paper's studies into `out`, then write its report.
 
     `evaluation` sets the measurement protocol (runner.EVAL_DEFAULTS); `settings` adds training settings
-    (e.g. {"warmup_ratio": 0.1}) to every distillation and fine-tuning run of the experiment.
+    (e.g. {"warmup_ratio": 0.1}) to every distillation and fine-tuning run of the experiment. `precision`
+    (auto|fp32|bf16, precision.py) is what every run trains in; each arm records what auto decided.
     """
+    from slimlm.precision import check
+
+    check(precision)
+    # only a non-default choice joins the settings (and the experiment's identity), so a folder started
+    # before precision existed (bf16 everywhere, then) continues under `auto` as the same experiment
+    chosen = {} if precision == "auto" else {"precision": precision}
     if kind not in KINDS:
         raise SlimlmError(f"unknown experiment {kind!r}; choose one of {', '.join(KINDS)}")
     seeds = parse_list(seeds, int, "--seeds")
@@ -69,7 +76,7 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
     distill_base = {"teacher": teacher, "data": data, "student": str(start_dir), "max_tokens": max_tokens,
                     "batch_size": batch_size, "block_size": block_size, "temperature": temperature, "alpha": alpha,
                     "teacher_cache": True, "top_k": top_k, "learning_rate": learning_rate or 6e-4,
-                    "eval_tokens": 4096}  # in-training validation only; the arms are measured on the test split
+                    "eval_tokens": 4096, **chosen}  # in-training validation only; arms are measured on the test split
     distill_extra, finetune_extra = _split_settings(settings or {})
     distill_base.update(distill_extra)
     if kind == "temperature":
@@ -100,7 +107,7 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
                  "settings": {"method": v, "rank": rank} if v == "lora" else {"method": v}} for v in values]
         base = {"model": str(model) if model else str(run_dir / "base"), "data": data, "max_tokens": max_tokens,
                 "batch_size": batch_size, "block_size": block_size, "learning_rate": learning_rate,
-                "eval_tokens": 4096, **finetune_extra}
+                "eval_tokens": 4096, **finetune_extra, **chosen}
     spec = {"kind": kind, "parameter": parameter, "arms": arms, "seeds": seeds,
             "protocol": {"teacher": teacher, "teacher_layers": teacher_layers, "data": data,
                          "data_info": _data_info(teacher, data, block_size), "train_tokens": max_tokens,
@@ -113,7 +120,7 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
     runner.measure_reference(run_dir, "teacher", teacher, data, ev)
     needs_start = kind != "finetune" or not model  # fine-tuning a given model needs no starting student
     if needs_start and not student:
-        _starting_student(teacher, data, start_dir, student_layers, block_size)
+        _starting_student(teacher, data, start_dir, student_layers, block_size, precision)
     if needs_start:
         runner.measure_reference(run_dir, "student-init", start_dir, data, ev)
     from slimlm.api import distill, finetune
@@ -156,8 +163,10 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
 
     owned = {"teacher", "data", "student", "model", "seed", "method", "temperature", "feature_layers",
              "cache_layers", "teacher_cache", "max_tokens", "batch_size", "block_size", "learning_rate", "alpha",
-             "top_k", "feature_weight", "rank"}  # set by the experiment's own flags, which must win
-    settings = {k.replace("-", "_"): v for k, v in settings.items()}
+             "top_k", "feature_weight", "rank", "precision"}  # set by the experiment's own flags, which must win
+    from slimlm.precision import from_legacy
+
+    settings = from_legacy({str(k).replace("-", "_"): v for k, v in settings.items()})
     d_keys = {f.name for f in fields(DistillSettings)} - owned
     f_keys = {f.name for f in fields(FinetuneSettings)} - owned
     unknown = sorted(set(settings) - d_keys - f_keys)
@@ -174,7 +183,7 @@ def _arm(stage, base: dict):
     return train
 
 
-def _starting_student(teacher, data, out: Path, layers: int, block_size: int) -> None:
+def _starting_student(teacher, data, out: Path, layers: int, block_size: int, precision: str = "auto") -> None:
     """The student every arm starts from: teacher layers chosen by measured importance, built once."""
     from slimlm.api import make_student
 
@@ -182,7 +191,7 @@ def _starting_student(teacher, data, out: Path, layers: int, block_size: int) ->
         return
     _log(f"building the starting student ({layers} layers) into {out}")
     make_student(teacher=teacher, data=data, out=str(out), layers=layers, block_size=block_size, force=True,
-                 evaluate_test=False)
+                 evaluate_test=False, precision=precision)
 
 
 def _distilled_base(settings: dict, out: Path) -> None:

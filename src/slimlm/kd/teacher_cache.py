@@ -19,10 +19,11 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from slimlm.cache import cache_root, fingerprint
+from slimlm.precision import autocast
 
 
 def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: int, hidden_layers: list[int],
-                  bf16: bool, batch_size: int = 4, chunk: int = 1024, device=None) -> Path:
+                  precision, batch_size: int = 4, chunk: int = 1024, device=None) -> Path:
     """Return the cache folder for these blocks, running the teacher only for what no earlier run stored.
 
     Logits and each hidden layer live in their own file, so runs that distil from different teacher
@@ -30,7 +31,7 @@ def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: in
     `device`: where to run the teacher; it is moved there only when something has to be computed.
     """
     key = fingerprint("teacher-cache-v2", str(Path(teacher_dir).resolve()), _weights_identity(teacher_dir),
-                      fingerprint(blocks.tolist()), top_k, bf16)
+                      fingerprint(blocks.tolist()), top_k, bool(precision and precision.bf16))
     entry = cache_root() / "teacher" / key
     need_logits = not (entry / "logits.safetensors").exists()
     missing = [layer for layer in sorted(set(hidden_layers)) if not (entry / f"hidden_{layer}.safetensors").exists()]
@@ -43,8 +44,7 @@ def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: in
     values, indices = [], []
     hidden = {layer: [] for layer in missing}
     teacher.eval()
-    with torch.inference_mode(), torch.autocast("cpu" if head.device.type == "cpu" else "cuda",
-                                                 dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), autocast(precision, head.device.type):
         for start in tqdm(range(0, len(blocks), batch_size), desc="caching teacher outputs", unit="batch"):
             ids = blocks[start:start + batch_size].to(head.device)
             out = teacher(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)

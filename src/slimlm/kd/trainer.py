@@ -20,18 +20,22 @@ loss and gradients as one process with batch N*b. Checkpoints are written atomic
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import rotate_checkpoints
 
 from slimlm import distributed
+from slimlm import precision as precisions
 from slimlm.config import SHARDED_STATE_DICT_REFUSED
 from slimlm.kd.losses import attention_loss, distill_loss, feature_loss
 from slimlm.errors import SlimlmError
@@ -66,7 +70,7 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, temperature=2.0, alpha=0.5, kl="forward", chunk_size=1024,
                  feature_map=(), feature_weight=0.0, teacher_std=None, attention_map=(), attention_weight=0.0,
-                 bf16=True, teacher_zero3=None, **kwargs):
+                 precision=None, teacher_zero3=None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.is_fsdp_enabled:
             check_fsdp_state_dict_type(self.accelerator.state.fsdp_plugin)
@@ -79,7 +83,7 @@ class DistillTrainer(Trainer):
         self.feature_map, self.feature_weight = list(feature_map), feature_weight
         self.teacher_std = [s.to(self.args.device) for s in teacher_std] if teacher_std else None
         self.attention_map, self.attention_weight = list(attention_map), attention_weight
-        self.bf16 = bf16
+        self.precision = precision  # a precision.Precision (None: fp32); every forward runs under it
         self._parts = defaultdict(float)
         self._parts_count = 0
 
@@ -104,9 +108,7 @@ class DistillTrainer(Trainer):
             yield weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # FSDP2 shards it as a DTensor
 
     def _autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.args.device.type, dtype=torch.bfloat16)
+        return precisions.autocast(self.precision, self.args.device.type)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids, labels = inputs["input_ids"], inputs["shift_labels"]
@@ -265,7 +267,122 @@ class StopAfterSteps(TrainerCallback):
         return control
 
 
-def teacher_feature_std(teacher, blocks: torch.Tensor, layers: list[int], bf16: bool) -> list[torch.Tensor]:
+class TimeBudget(TrainerCallback, ExportableState):
+    """`--max-time`: training stops cleanly once `seconds` of training have passed (counted over resumes).
+
+    Stopping a cosine schedule half way would leave the learning rate high, so after `probe_steps`
+    steps the budget measures the time a step takes and, if the planned steps will not fit, shortens
+    the plan (and the learning-rate schedule with it) to the steps that do. The shortened plan is saved
+    with each checkpoint, so a resumed run keeps it. What was planned and what was trained are recorded.
+    """
+
+    def __init__(self, seconds: float, probe_steps: int = 3, spent: float = 0.0, planned_steps: int | None = None,
+                 fitted_steps: int | None = None, stopped: bool = False):
+        self.seconds, self.probe_steps = float(seconds), probe_steps
+        self.spent = spent  # training seconds before this attempt (a resume adds on)
+        self.planned_steps, self.fitted_steps, self.stopped = planned_steps, fitted_steps, stopped
+        self._start = self._first_step_end = self._last = None  # clock readings: one at the start, one a step
+        self._start_step = 0
+
+    def state(self) -> dict:
+        return {"args": {"seconds": self.seconds, "probe_steps": self.probe_steps, "spent": self._elapsed(self._last),
+                         "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
+                         "stopped": self.stopped}, "attributes": {}}
+
+    def _elapsed(self, now: float | None) -> float:
+        if self._start is None or now is None:
+            return self.spent
+        return self.spent + (now - self._start)
+
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self._start = self._last = time.monotonic()
+        self._start_step = state.global_step
+        if self.planned_steps is None:
+            self.planned_steps = state.max_steps
+        if self.fitted_steps is not None:  # resumed after the plan was shortened: the schedule follows it again
+            _shorten_schedule(lr_scheduler, self.fitted_steps)
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        now = self._last = time.monotonic()  # one clock reading per step (a checkpoint's save counts in the next)
+        done = state.global_step - self._start_step
+        if done == 1:
+            self._first_step_end = now  # the first step carries one-off costs; time the ones after it
+        elif done == self.probe_steps and self.fitted_steps is None and self._first_step_end is not None:
+            per_step = (now - self._first_step_end) / (done - 1)
+            left = self.seconds - self._elapsed(now)
+            fit = state.global_step + max(0, int(left / per_step))
+            if distributed.is_distributed():  # every rank must stop at the same step: rank 0's plan rules
+                fit = int(distributed.all_sum([fit if distributed.is_main_process() else 0])[0])
+            if fit < state.max_steps:
+                self.fitted_steps = max(fit, state.global_step)
+                _shorten_schedule(lr_scheduler, self.fitted_steps)
+                distributed.log(f"--max-time {_minutes(self.seconds)}: at {per_step:.1f} s a step, "
+                                f"{self.fitted_steps} of the planned {self.planned_steps} steps fit; "
+                                "the learning-rate schedule now ends there")
+        limit = self.fitted_steps if self.fitted_steps is not None else state.max_steps
+        over = self._elapsed(now) >= self.seconds
+        if distributed.is_distributed():  # one clock decides for all ranks (a rank stopping alone would hang)
+            over = distributed.all_sum([float(over and distributed.is_main_process())])[0] > 0
+        if state.global_step < state.max_steps and (state.global_step >= limit or over):
+            self.stopped = True
+            control.should_training_stop = True
+        return control
+
+    def record(self, state, tokens_per_step: int) -> dict:
+        """What the budget did, for slimlm.json."""
+        return {"max_time_s": self.seconds, "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
+                "trained_steps": state.global_step, "trained_tokens": state.global_step * tokens_per_step,
+                "stopped_by_time_budget": bool(self.stopped), "training_seconds": round(self._elapsed(self._last), 1)}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+
+
+def _shorten_schedule(lr_scheduler, steps: int) -> None:
+    """Point the Trainer's LambdaLR (warmup + decay) at a new end step, keeping its shape and warmup share."""
+    if lr_scheduler is None:
+        return
+    inner = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+    lambdas = getattr(inner, "lr_lambdas", None)
+    if not lambdas:
+        return
+    new = []
+    for fn in lambdas:
+        if isinstance(fn, functools.partial) and "num_training_steps" in fn.keywords:
+            keywords = {**fn.keywords, "num_training_steps": steps}
+            if "num_warmup_steps" in keywords:  # the warmup stays, unless it would now be most of the run
+                keywords["num_warmup_steps"] = min(keywords["num_warmup_steps"], steps // 2)
+            fn = functools.partial(fn.func, *fn.args, **keywords)
+        new.append(fn)
+    inner.lr_lambdas = new
+
+
+def restore_time_budget(trainer, checkpoint) -> None:
+    """On --resume, give the TimeBudget the state saved with the checkpoint (time spent, the shortened plan).
+
+    Read here, from trainer_state.json, rather than through TrainingArguments'
+    restore_callback_states_from_checkpoint, which would also restore the Trainer's control flags."""
+    import json
+
+    budget = time_budget(trainer)
+    if budget is None or checkpoint is None:
+        return
+    try:
+        saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["stateful_callbacks"]["TimeBudget"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a checkpoint from a run without --max-time: the budget starts now
+    saved = saved[-1] if isinstance(saved, list) else saved
+    for key in ("spent", "planned_steps", "fitted_steps"):
+        setattr(budget, key, saved.get("args", {}).get(key, getattr(budget, key)))
+
+
+def time_budget(trainer) -> "TimeBudget | None":
+    """The trainer's TimeBudget callback, if --max-time was given."""
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TimeBudget)), None)
+
+
+def teacher_feature_std(teacher, blocks: torch.Tensor, layers: list[int], precision) -> list[torch.Tensor]:
     """Per-dimension std of the teacher's hidden states on calibration blocks, one vector per mapped layer.
 
     A few hidden dimensions of real models are huge (raw MSE ~1e3 against a KL ~1), so the feature loss
@@ -274,7 +391,7 @@ def teacher_feature_std(teacher, blocks: torch.Tensor, layers: list[int], bf16: 
     if not layers:
         return []
     device = next(teacher.parameters()).device
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), precisions.autocast(precision, device.type):
         out = teacher(input_ids=blocks.to(device), output_hidden_states=True, logits_to_keep=1, use_cache=False)
     return [out.hidden_states[t].float().flatten(0, 1).std(0).clamp_min(1e-3).cpu() for t in layers]
 

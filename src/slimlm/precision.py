@@ -1,0 +1,153 @@
+"""Which float precision a run computes in, decided once from the hardware it runs on.
+
+bf16 autocast roughly halves matmul time on a CPU with native bf16 (AVX-512 BF16 or AMX; also
+Arm's BF16) and on a CUDA device that supports it. On a CPU without it (AVX2 only, e.g. AMD Zen 3)
+torch emulates bf16 and a matmul runs ~7x *slower* than fp32 (DESIGN.md: a demo step took 98.9 s
+in bf16 against 12 s in fp32). So `auto`, the default, asks the hardware, and every autocast
+region in slimlm goes through `autocast()` below: one decision, printed once, recorded in
+`slimlm.json` and in experiment reports.
+
+Tests replace `native_bf16` (the capability probe) to check the decision and that every stage
+honours it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+from dataclasses import asdict, dataclass
+
+import torch
+
+from slimlm.errors import SlimlmError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The decision: `dtype` is what autocast computes in ("bf16") or "fp32" (autocast off)."""
+
+    requested: str
+    dtype: str
+    device: str
+    reason: str
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bf16"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"precision {self.dtype} ({'requested ' + self.requested + ': ' if self.requested != 'auto' else ''}" \
+               f"{self.reason})"
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (recorded beside every measurement)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_kind() -> dict:
+    """What a reader needs to compare two CPU numbers: model, vector ISA torch uses, native bf16 or not."""
+    return {"model": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": _cpu_native_bf16(), "threads": torch.get_num_threads()}
+
+
+def describe_cpu() -> str:
+    kind = cpu_kind()
+    return f"{kind['model']}, {kind['capability']}, {'native' if kind['native_bf16'] else 'no native'} bf16"
+
+
+def _cpu_native_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN: no fast bf16 path
+        return False
+
+
+def native_bf16(device_type: str) -> tuple[bool, str]:
+    """The capability probe: (does `device_type` run bf16 matmuls natively, why we think so)."""
+    if device_type == "cuda":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return True, f"CUDA device {torch.cuda.get_device_name()} supports bf16"
+        return False, "this CUDA device has no bf16 support"
+    if device_type == "cpu":
+        capability = torch.backends.cpu.get_cpu_capability()
+        if _cpu_native_bf16():
+            return True, f"this CPU runs bf16 natively ({capability})"
+        return False, f"this CPU has no native bf16 ({capability}; bf16 matmuls would be emulated, ~7x slower)"
+    return False, f"device {device_type} is not known to run bf16 natively"
+
+
+def default_device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check(requested) -> str:
+    """A user's --precision value, refused with the fix before anything runs."""
+    if requested not in PRECISIONS:
+        raise SlimlmError(f"--precision must be one of {', '.join(PRECISIONS)} (got {requested!r}); "
+                          "auto uses bf16 only where the hardware runs it natively")
+    return requested
+
+
+_announced: set = set()
+
+
+def resolve(requested: str = "auto", device_type: str | None = None, *, announce=None) -> Precision:
+    """Decide the precision for a run on `device_type` (default: CUDA if present, else CPU).
+
+    `announce` (a log function) prints the choice and its reason once per process and decision."""
+    check(requested)
+    device_type = device_type or default_device_type()
+    native, why = native_bf16(device_type)
+    if requested == "fp32":
+        decision = Precision(requested, "fp32", device_type, f"asked for fp32; {why}")
+    elif requested == "bf16":
+        reason = why if native else f"asked for bf16 although {why}"
+        decision = Precision(requested, "bf16", device_type, reason)
+    else:
+        decision = Precision(requested, "bf16" if native else "fp32", device_type, why)
+    if announce is not None and decision not in _announced:
+        _announced.add(decision)
+        announce(decision.describe())
+    return decision
+
+
+def autocast(precision: Precision | None, device_type: str | None = None):
+    """The autocast region every forward pass of slimlm runs in: bf16 when decided, else nothing."""
+    if precision is None:
+        return contextlib.nullcontext()
+    if device_type is not None and device_type != precision.device:  # e.g. CPU work in a run decided for CUDA
+        precision = resolve(precision.requested, device_type)
+    if not precision.bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(precision.device, dtype=torch.bfloat16)
+
+
+def from_legacy(values: dict) -> dict:
+    """Old recipes and callers said `bf16: true/false`; map it to `precision` (an explicit choice)."""
+    if "bf16" not in values:
+        return values
+    values = dict(values)
+    legacy = values.pop("bf16")
+    if legacy is None:
+        return values
+    if not isinstance(legacy, bool):
+        raise SlimlmError(f"bf16 must be true or false (got {legacy!r}); better: precision: auto|fp32|bf16")
+    if "precision" in values and values["precision"] not in (None, "bf16" if legacy else "fp32"):
+        raise SlimlmError(f"bf16: {str(legacy).lower()} contradicts precision: {values['precision']}; keep precision")
+    values.setdefault("precision", "bf16" if legacy else "fp32")
+    if values["precision"] is None:
+        values["precision"] = "bf16" if legacy else "fp32"
+    return values
