@@ -404,3 +404,47 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
     splits = prepare_data(str(text_dir), tiny_tokenizer, 32)
     assert splits.train.shape[1] == 32 and "could not cache" in capsys.readouterr().err
     assert not list((tmp_path / "cache").rglob("tokens.safetensors"))
+
+
+# --------------------------------------------------------------------------- shape checks from config.json only
+
+def _no_weight_load(monkeypatch):
+    """Any weight load or data preparation in the API fails the test: these checks need only config.json."""
+    import slimlm.api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights or data were loaded before the settings were checked")
+
+    monkeypatch.setattr(slimlm.api, "load_model", refuse)
+    monkeypatch.setattr(slimlm.api, "prepare_data", refuse)
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--keep-layers", "0,3", "--feature-layers", "4:9"], ["--feature-layers", "student index 9", "0..2"]),
+    (["--keep-layers", "0,3", "--feature-layers", "40:1"], ["--feature-layers", "teacher index 40", "0..4"]),
+    (["--keep-layers", "0,3", "--attention-layers", "1:5", "--attention-weight", "1"], ["--attention-layers"]),
+    (["--keep-layers", "0-9"], ["--keep-layers", "out of range"]),
+    (["--layers", "9"], ["--layers 9", "1..4"]),
+    (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
+])
+def test_distill_shape_checks_need_no_weights(capsys, monkeypatch, tiny_teacher, text_dir, extra, words):
+    _no_weight_load(monkeypatch)
+    code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--out", "out",
+                        "--max-steps", "1", *extra)
+    assert_one_line_error(code, err, *words)
+
+
+def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teacher, text_dir):
+    _no_weight_load(monkeypatch)
+    code, err = run_cli(capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, "--layers", "9",
+                        "--out", "out")
+    assert_one_line_error(code, err, "--layers 9", "1..4")
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--new-tokens"])
+def test_eval_counts_checked_before_measuring(capsys, monkeypatch, tiny_teacher, text_dir, flag):
+    import slimlm.api
+
+    monkeypatch.setattr(slimlm.api, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, flag, "0")
+    assert_one_line_error(code, err, flag, "positive integer")
