@@ -41,8 +41,7 @@ class Precision:
         return asdict(self)
 
     def describe(self) -> str:
-        return f"precision {self.dtype} ({'requested ' + self.requested + ': ' if self.requested != 'auto' else ''}" \
-               f"{self.reason})"
+        return f"precision {self.dtype} ({self.reason})"
 
 
 def cpu_name() -> str:

@@ -270,13 +270,15 @@ class StopAfterSteps(TrainerCallback):
 class TimeBudget(TrainerCallback, ExportableState):
     """`--max-time`: training stops cleanly once `seconds` of training have passed (counted over resumes).
 
-    Stopping a cosine schedule half way would leave the learning rate high, so after `probe_steps`
-    steps the budget measures the time a step takes and, if the planned steps will not fit, shortens
-    the plan (and the learning-rate schedule with it) to the steps that do. The shortened plan is saved
+    Stopping a cosine schedule half way would leave the learning rate high, so after a few steps (3, or
+    5% of the plan up to 20: the first steps run slower while allocations settle) the budget measures
+    the time a step takes and, if the planned steps will not fit, shortens the plan (and the
+    learning-rate schedule with it) to the steps that do. The shortened plan is saved
     with each checkpoint, so a resumed run keeps it. What was planned and what was trained are recorded.
     """
 
-    def __init__(self, seconds: float, probe_steps: int = 3, spent: float = 0.0, planned_steps: int | None = None,
+    def __init__(self, seconds: float, probe_steps: int | None = None, spent: float = 0.0,
+                 planned_steps: int | None = None,
                  fitted_steps: int | None = None, stopped: bool = False):
         self.seconds, self.probe_steps = float(seconds), probe_steps
         self.spent = spent  # training seconds before this attempt (a resume adds on)
@@ -299,6 +301,8 @@ class TimeBudget(TrainerCallback, ExportableState):
         self._start_step = state.global_step
         if self.planned_steps is None:
             self.planned_steps = state.max_steps
+        if self.probe_steps is None:
+            self.probe_steps = max(3, min(20, state.max_steps // 20))
         if self.fitted_steps is not None:  # resumed after the plan was shortened: the schedule follows it again
             _shorten_schedule(lr_scheduler, self.fitted_steps)
 
