@@ -27,6 +27,8 @@ FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, logging_steps=1, ca
 @pytest.fixture
 def probe(monkeypatch):
     """probe(True) pretends the CPU runs bf16 natively, probe(False) that it does not (AVX2 only)."""
+    monkeypatch.setattr(precision, "_announced", set())  # each test sees the decision printed once
+
     def set_native(native: bool):
         reason = "test probe: native bf16" if native else "test probe: no native bf16 (AVX2)"
         monkeypatch.setattr(precision, "native_bf16", lambda device_type: (native, reason))

@@ -37,11 +37,11 @@ def _json_or_file(text):
     return value
 
 
-def _add_precision(p, default="auto", what="forward passes"):
-    """--precision, on every command that runs a model (precision.py decides what auto means here)."""
+def _add_precision(p, what="forward passes"):
+    """--precision, on every command that trains or calibrates a model (precision.py decides what auto means)."""
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
-                   help=f"{what}: auto (default {default}) uses bf16 autocast only where the hardware runs it "
-                        "natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), fp32 otherwise")
+                   help=f"precision of the {what}: auto (the default) uses bf16 autocast only where the hardware "
+                        "runs it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), fp32 otherwise")
 
 
 def _add_common(p, out_required=True):

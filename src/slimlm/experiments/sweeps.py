@@ -56,8 +56,13 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
     (e.g. {"warmup_ratio": 0.1}) to every distillation and fine-tuning run of the experiment. `precision`
     (auto|fp32|bf16, precision.py) is what every run trains in; each arm records what auto decided.
     """
-    from slimlm.precision import check
+    from slimlm.precision import check, from_legacy
 
+    settings = from_legacy(dict(settings or {}))  # a recipe's `precision` (or old `bf16`) is --precision
+    from_recipe = settings.pop("precision", None)
+    if from_recipe is not None and precision != "auto" and from_recipe != precision:
+        raise SlimlmError(f"the recipe says precision {from_recipe!r} and --precision says {precision!r}; keep one")
+    precision = from_recipe if from_recipe is not None else precision
     check(precision)
     # only a non-default choice joins the settings (and the experiment's identity), so a folder started
     # before precision existed (bf16 everywhere, then) continues under `auto` as the same experiment
@@ -163,7 +168,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
 
     owned = {"teacher", "data", "student", "model", "seed", "method", "temperature", "feature_layers",
              "cache_layers", "teacher_cache", "max_tokens", "batch_size", "block_size", "learning_rate", "alpha",
-             "top_k", "feature_weight", "rank", "precision"}  # set by the experiment's own flags, which must win
+             "top_k", "feature_weight", "rank"}  # set by the experiment's own flags, which must win
     from slimlm.precision import from_legacy
 
     settings = from_legacy({str(k).replace("-", "_"): v for k, v in settings.items()})
