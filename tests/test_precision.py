@@ -210,3 +210,23 @@ def test_max_time_survives_a_resume(tiny_teacher, text_dir, monkeypatch):
     budget = json.loads(Path("d/slimlm.json").read_text())["training"]["time_budget"]
     assert budget["fitted_steps"] == 7 and budget["trained_steps"] == 7 and budget["stopped_by_time_budget"]
     assert budget["training_seconds"] > 60  # the first attempt's time counts
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_prune_calibration_honours_the_decision(probe, autocast_seen, tiny_teacher, text_dir, native):
+    probe(native)
+    slimlm.prune(str(tiny_teacher), out="p", data=str(text_dir), method="wanda", sparsity=0.5, block_size=32,
+                 calibration_blocks=2, eval_tokens=256, repeats=1)
+    # calibration passes in the decided precision; the before/after table always in fp32
+    assert (True in autocast_seen) == native and False in autocast_seen
+    detail = json.loads(Path("p/slimlm.json").read_text())["detail"]
+    assert detail["precision"]["dtype"] == ("bf16" if native else "fp32")
+
+
+def test_pipeline_precision_reaches_every_computing_stage(tiny_teacher, text_dir):
+    from slimlm.experiments.pipeline import _stages
+
+    arms = _stages([{"student": {"keep_layers": "0,3"}}, {"distill": {"max_steps": 1}},
+                    {"finetune": {"max_steps": 1, "precision": "bf16"}}, {"prune": {"sparsity": 0.2}},
+                    {"quantize": {"bits": 8}}], "r.yaml", str(tiny_teacher), str(text_dir), "fp32")
+    assert [a["settings"].get("precision") for a in arms] == ["fp32", "fp32", "bf16", "fp32", None]
