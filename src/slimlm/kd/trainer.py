@@ -285,6 +285,7 @@ class TimeBudget(TrainerCallback, ExportableState):
         self.planned_steps, self.fitted_steps, self.stopped = planned_steps, fitted_steps, stopped
         self._start = self._first_step_end = self._last = None  # clock readings: one at the start, one a step
         self._start_step = 0
+        self.progress = None  # the Trainer's ProgressCallback, so the bar shows the shortened plan
 
     def state(self) -> dict:
         return {"args": {"seconds": self.seconds, "probe_steps": self.probe_steps, "spent": self._elapsed(self._last),
@@ -305,6 +306,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             self.probe_steps = max(3, min(20, state.max_steps // 20))
         if self.fitted_steps is not None:  # resumed after the plan was shortened: the schedule follows it again
             _shorten_schedule(lr_scheduler, self.fitted_steps)
+            self._show_plan()
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         now = self._last = time.monotonic()  # one clock reading per step (a checkpoint's save counts in the next)
@@ -320,6 +322,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             if fit < state.max_steps:
                 self.fitted_steps = max(fit, state.global_step)
                 _shorten_schedule(lr_scheduler, self.fitted_steps)
+                self._show_plan()
                 distributed.log(f"--max-time {_minutes(self.seconds)}: at {per_step:.1f} s a step, "
                                 f"{self.fitted_steps} of the planned {self.planned_steps} steps fit; "
                                 "the learning-rate schedule now ends there")
@@ -331,6 +334,12 @@ class TimeBudget(TrainerCallback, ExportableState):
             self.stopped = True
             control.should_training_stop = True
         return control
+
+    def _show_plan(self) -> None:
+        bar = getattr(self.progress, "training_bar", None)
+        if bar is not None and self.fitted_steps is not None:
+            bar.total = self.fitted_steps
+            bar.refresh()
 
     def record(self, state, tokens_per_step: int) -> dict:
         """What the budget did, for slimlm.json."""
@@ -363,14 +372,21 @@ def _shorten_schedule(lr_scheduler, steps: int) -> None:
 
 
 def restore_time_budget(trainer, checkpoint) -> None:
-    """On --resume, give the TimeBudget the state saved with the checkpoint (time spent, the shortened plan).
+    """Connect the TimeBudget to the progress bar and, on --resume, give it the state saved with the checkpoint
+    (time spent, the shortened plan).
 
     Read here, from trainer_state.json, rather than through TrainingArguments'
     restore_callback_states_from_checkpoint, which would also restore the Trainer's control flags."""
     import json
 
+    from transformers.trainer_callback import ProgressCallback
+
     budget = time_budget(trainer)
-    if budget is None or checkpoint is None:
+    if budget is None:
+        return
+    budget.progress = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)),
+                           None)
+    if checkpoint is None:
         return
     try:
         saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["stateful_callbacks"]["TimeBudget"]
