@@ -30,15 +30,18 @@ def _model_copy(src, tmp_path, name="model") -> Path:
     return dest
 
 
-def _no_model_load(monkeypatch):
-    """Make any weight load fail the test: the checks under test must come before it."""
-    import slimlm.compress
+def _no_model_load(monkeypatch, module_name="slimlm.compress"):
+    """Make any weight load or data preparation in `module_name` fail the test: the checks under test must
+    come before it (they need only the settings and config.json)."""
+    import importlib
+
+    module = importlib.import_module(module_name)
 
     def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the settings were checked")
+        raise AssertionError("a model or its data was loaded before the settings were checked")
 
-    monkeypatch.setattr(slimlm.compress, "load_model", refuse)
-    monkeypatch.setattr(slimlm.compress, "prepare_data", refuse)
+    monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setattr(module, "prepare_data", refuse)
 
 
 # --------------------------------------------------------------------------- 1. recipe values of the wrong type
@@ -408,17 +411,6 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
 
 # --------------------------------------------------------------------------- shape checks from config.json only
 
-def _no_weight_load(monkeypatch):
-    """Any weight load or data preparation in the API fails the test: these checks need only config.json."""
-    import slimlm.api
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights or data were loaded before the settings were checked")
-
-    monkeypatch.setattr(slimlm.api, "load_model", refuse)
-    monkeypatch.setattr(slimlm.api, "prepare_data", refuse)
-
-
 @pytest.mark.parametrize("extra,words", [
     (["--keep-layers", "0,3", "--feature-layers", "4:9"], ["--feature-layers", "student index 9", "0..2"]),
     (["--keep-layers", "0,3", "--feature-layers", "40:1"], ["--feature-layers", "teacher index 40", "0..4"]),
@@ -428,14 +420,14 @@ def _no_weight_load(monkeypatch):
     (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
 ])
 def test_distill_shape_checks_need_no_weights(capsys, monkeypatch, tiny_teacher, text_dir, extra, words):
-    _no_weight_load(monkeypatch)
+    _no_model_load(monkeypatch, "slimlm.api")
     code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--out", "out",
                         "--max-steps", "1", *extra)
     assert_one_line_error(code, err, *words)
 
 
 def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teacher, text_dir):
-    _no_weight_load(monkeypatch)
+    _no_model_load(monkeypatch, "slimlm.api")
     code, err = run_cli(capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, "--layers", "9",
                         "--out", "out")
     assert_one_line_error(code, err, "--layers 9", "1..4")
@@ -443,8 +435,32 @@ def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teache
 
 @pytest.mark.parametrize("flag", ["--repeats", "--new-tokens"])
 def test_eval_counts_checked_before_measuring(capsys, monkeypatch, tiny_teacher, text_dir, flag):
-    import slimlm.api
-
-    monkeypatch.setattr(slimlm.api, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    _no_model_load(monkeypatch, "slimlm.api")
     code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, flag, "0")
     assert_one_line_error(code, err, flag, "positive integer")
+
+
+# --------------------------------------------------------------------------- precision in recipes and experiments
+
+def test_pipeline_precision_must_be_known(capsys, tiny_teacher, text_dir):
+    recipe = _recipe(f"teacher: {tiny_teacher}\ndata: {text_dir}\nprecision: fp16\n"
+                     "stages:\n  - student: {keep_layers: '0,3'}\n")
+    code, err = run_cli(capsys, "pipeline", recipe, "--out", "out")
+    assert_one_line_error(code, err, "--precision must be one of auto, fp32, bf16", "fp16")
+
+
+@pytest.mark.parametrize("settings,flag,words", [
+    ({"precision": "fp32"}, "bf16", ["precision 'fp32'", "--precision says 'bf16'"]),
+    ({"bf16": True}, "fp32", ["precision 'bf16'", "--precision says 'fp32'"]),
+    ({"precision": "half"}, "auto", ["--precision must be one of"]),
+    ({"bf16": "yes"}, "auto", ["bf16 must be true or false"]),
+])
+def test_experiment_recipe_precision(tiny_teacher, text_dir, settings, flag, words):
+    import slimlm
+
+    with pytest.raises(SlimlmError) as caught:
+        slimlm.experiment("temperature", out="out", teacher=str(tiny_teacher), data=str(text_dir),
+                          settings=settings, precision=flag)
+    for word in words:
+        assert word in str(caught.value)
+    assert not Path("out").exists()

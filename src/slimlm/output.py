@@ -118,9 +118,15 @@ def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) 
     The lock is held until `publish` or `discard_if_unstarted` (or process exit). Under torchrun/accelerate
     only rank 0 calls this (see `slimlm.distributed.on_main`)."""
     out = Path(out)
-    locked = lock_output(out)  # first: a live run's staging area must never be judged, resumed or deleted
+    # the lock first: a live run's staging area must never be judged, resumed or deleted
+    return under_lock(out, lambda: _check_output(out, force, resume))
+
+
+def under_lock(out: str | Path, check):
+    """Lock `out`, then run `check()`; if it fails, give the lock back (when this call took it)."""
+    locked = lock_output(out)
     try:
-        return _check_output(out, force, resume)
+        return check()
     except BaseException:
         if locked:
             release_output(out)

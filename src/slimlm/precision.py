@@ -136,17 +136,14 @@ def autocast(precision: Precision | None, device_type: str | None = None):
 
 def from_legacy(values: dict) -> dict:
     """Old recipes and callers said `bf16: true/false`; map it to `precision` (an explicit choice)."""
-    if "bf16" not in values:
-        return values
+    if values.get("bf16") is None:
+        return {k: v for k, v in values.items() if k != "bf16"}
     values = dict(values)
     legacy = values.pop("bf16")
-    if legacy is None:
-        return values
     if not isinstance(legacy, bool):
         raise SlimlmError(f"bf16 must be true or false (got {legacy!r}); better: precision: auto|fp32|bf16")
-    if "precision" in values and values["precision"] not in (None, "bf16" if legacy else "fp32"):
+    meant = "bf16" if legacy else "fp32"
+    if values.get("precision") not in (None, meant):
         raise SlimlmError(f"bf16: {str(legacy).lower()} contradicts precision: {values['precision']}; keep precision")
-    values.setdefault("precision", "bf16" if legacy else "fp32")
-    if values["precision"] is None:
-        values["precision"] = "bf16" if legacy else "fp32"
+    values["precision"] = meant
     return values

@@ -18,7 +18,7 @@ import torch
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.layout import (arm_dir, experiment_file, read_json, reference_file, result_file)
-from slimlm.output import lock_output, release_output, staging_dir, write_json_atomic
+from slimlm.output import staging_dir, under_lock, write_json_atomic
 
 EVAL_DEFAULTS = {"split": "test", "window": 256, "stride": 256, "tokens": 8192, "decode_new_tokens": 64,
                  "repeats": 3, "tasks": ["cloze"], "task_items": None}
@@ -43,13 +43,7 @@ def open_run(out: str | Path, spec: dict, *, force: bool = False) -> Path:
     The folder is locked first (one process per run folder; --force never deletes a live run) and stays
     locked until this process exits: the whole experiment writes into it."""
     run_dir = Path(out)
-    locked = lock_output(run_dir)
-    try:
-        return _open_run(run_dir, spec, force)
-    except BaseException:
-        if locked:
-            release_output(run_dir)
-        raise
+    return under_lock(run_dir, lambda: _open_run(run_dir, spec, force))
 
 
 def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
@@ -164,24 +158,23 @@ def run_arms(run_dir: Path, spec: dict, train: Callable[[dict, int, Path, bool],
             _log(f"[{index}/{total}] {arm['name']} seed {seed}: measuring")
             metrics = measure(out, data, ev)
             record = {"arm": arm["name"], "value": arm.get("value"), "seed": seed, "model_dir": str(out),
-                      "metrics": metrics, "training": _training_facts(out), "compute": _compute(out),
+                      "metrics": metrics, **_stage_facts(out),
                       "wall_time_s": time.time() - start}
             write_json_atomic(path, record, force=True)
             done.append(record)
     return done
 
 
-def _compute(model_dir: Path) -> dict:
-    """The precision the stage trained or calibrated in (with why) and the CPU it ran on, from its slimlm.json;
-    a quantize stage, which computes nothing, has neither."""
+def _stage_facts(model_dir: Path) -> dict:
+    """From the stage's slimlm.json: what its training cost, and the precision it trained or calibrated in
+    (with why) on which CPU (a quantize stage, which computes nothing, records neither)."""
     record = read_json(Path(model_dir) / "slimlm.json")
     precision = record.get("precision") or (record.get("detail") or {}).get("precision")
-    return {"precision": precision, "cpu": record.get("cpu")}
+    return {"training": _training_facts(record), "compute": {"precision": precision, "cpu": record.get("cpu")}}
 
 
-def _training_facts(model_dir: Path) -> dict:
-    """What the stage recorded about its own training (time, tokens, cost), from its slimlm.json."""
-    record = read_json(Path(model_dir) / "slimlm.json")
+def _training_facts(record: dict) -> dict:
+    """What the stage recorded about its own training (time, tokens, cost)."""
     training = record.get("training") or {}
     facts = {k: training.get(k) for k in ("steps", "tokens", "train_runtime_s", "wall_time_s")
              if training.get(k) is not None}
