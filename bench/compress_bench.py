@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from slimlm.metrics import decode_speed
-from slimlm.quantization import load_quantized, save_quantized
+from slimlm.eval.metrics import decode_speed
+from slimlm.methods.quantization import load_quantized, save_quantized
 
 
 def student_config(layers: int) -> LlamaConfig:

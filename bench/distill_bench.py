@@ -137,7 +137,7 @@ def _status_kb(key):
 def run_arm(args):
     import torch
 
-    from slimlm.kd.losses import distill_loss, distill_loss_checkpointed, naive_distill_loss
+    from slimlm.losses.kd import distill_loss, distill_loss_checkpointed, naive_distill_loss
 
     arm, device = args.arm, torch.device(args.device)
     from slimlm import precision
@@ -259,7 +259,7 @@ def main(argv=None):
 def format_table(results, tokens):
     gib = 1024 ** 3
     method = next(iter(results.values()))["mem_method"] if results else "?"
-    lines = [f"| arm | median step (s) | tokens/s | peak mem (GiB) | step peak (GiB) |",
+    lines = ["| arm | median step (s) | tokens/s | peak mem (GiB) | step peak (GiB) |",
              "|---|---:|---:|---:|---:|"]
     for arm, r in results.items():
         lines.append(f"| {arm} | {r['median']:.2f} | {tokens / r['median']:.0f} | {r['peak'] / gib:.2f} | "

@@ -9,7 +9,7 @@ intermediate 1536, 9 heads / 3 KV heads, vocab 49152, tied embeddings). Each arm
 A step is what `slimlm finetune` runs: forward to final hidden states, slimlm's chunked cross-entropy
 (`distill_loss` at alpha=1), backward, AdamW step, under the precision slimlm picks (--precision). Reported per arm: step tokens/s
 (median of the timed steps), trainable parameters, optimizer-state bytes, peak memory; then batch-1 decode
-tokens/s (fp32, `slimlm.metrics.decode_speed`) of the result: for LoRA with the adapter still attached and
+tokens/s (fp32, `slimlm.eval.metrics.decode_speed`) of the result: for LoRA with the adapter still attached and
 after `merge_and_unload()`, for full fine-tuning the model itself.
 
 Memory: the kernel's RSS high-water mark (VmHWM, reset after the model is built; see distill_bench.py).
@@ -55,9 +55,9 @@ def run_arm(args):
     import torch
 
     from slimlm import precision
-    from slimlm.kd.losses import distill_loss
-    from slimlm.metrics import decode_speed
-    from slimlm.tuning import add_lora, optimizer_state_bytes, target_modules, trainable_parameters
+    from slimlm.losses.kd import distill_loss
+    from slimlm.eval.metrics import decode_speed
+    from slimlm.methods.lora import add_lora, optimizer_state_bytes, target_modules, trainable_parameters
 
     device = torch.device("cpu")
     model = build(args.layers, device, seed=0)

@@ -118,7 +118,7 @@ def main() -> None:
     fsdp = load_file(str(ROOT / "fsdp" / "model.safetensors")) if arms[3]["code"] == 0 else None
     print(f"\n{NGPU} GPU(s): {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
           f"torch {torch.__version__}; global batch {GLOBAL_BATCH} x 64 tokens, 8 steps, fp32\n")
-    print(f"| arm | exit | s | max abs weight diff vs single | vs fsdp | val ppl after | processes | note |")
+    print("| arm | exit | s | max abs weight diff vs single | vs fsdp | val ppl after | processes | note |")
     print("|---|---|---|---|---|---|---|---|")
     for arm in arms:
         diff = diff_fsdp = ppl = procs = "-"

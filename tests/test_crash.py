@@ -247,7 +247,7 @@ def test_no_pickle_is_loaded_anywhere_in_the_source():
 
 def test_remote_code_is_off_unless_asked():
     from slimlm.cli import build_parser
-    from slimlm.config import DistillSettings, FinetuneSettings
+    from slimlm.settings import DistillSettings, FinetuneSettings
 
     assert DistillSettings().trust_remote_code is False and FinetuneSettings().trust_remote_code is False
     args = build_parser().parse_args(["distill", "--keep-layers", "0", "--out", "x"])

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from slimlm.data import load_corpus, prepare_data
+from slimlm.data.corpus import load_corpus, prepare_data
 from slimlm.errors import SlimlmError
 
 

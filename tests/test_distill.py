@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import slimlm
-from slimlm.data import prepare_data
+from slimlm.data.corpus import prepare_data
 from slimlm.errors import SlimlmError
 from slimlm.sources import load_model
-from slimlm.student import build_student
+from slimlm.methods.layers import build_student
 
 FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, calibration_blocks=4,
             eval_tokens=512, eval_window=32)
@@ -98,7 +98,7 @@ def test_loss_does_not_depend_on_how_a_batch_is_split(tiny_teacher, text_dir, ba
 
 
 def test_feature_and_kd_terms_vanish_for_a_copy_of_the_teacher(tiny_teacher, text_dir):
-    from slimlm.kd.trainer import BlockDataset, DistillTrainer, teacher_feature_std
+    from slimlm.training.trainer import BlockDataset, DistillTrainer, teacher_feature_std
     from transformers import TrainingArguments
 
     teacher, tok, _ = load_model(tiny_teacher)
@@ -157,7 +157,7 @@ def test_narrow_student_trains_feature_projection(tiny_teacher, text_dir):
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_teacher, text_dir, tmp_path):
     from transformers import TrainerCallback, TrainingArguments
 
-    from slimlm.kd.trainer import BlockDataset, DistillTrainer, NonFiniteLoss
+    from slimlm.training.trainer import BlockDataset, DistillTrainer, NonFiniteLoss
 
     class PoisonBeforeStep3(TrainerCallback):  # after checkpoint-2 is written
         def on_step_begin(self, args, state, control, model=None, **kwargs):

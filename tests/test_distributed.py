@@ -125,9 +125,9 @@ FSDP_SCRIPT = r"""
 import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
-from slimlm.kd.losses import distill_loss
-from slimlm.kd.trainer import _fsdp_teacher
-from slimlm.student import build_student
+from slimlm.losses.kd import distill_loss
+from slimlm.training.trainer import _fsdp_teacher
+from slimlm.methods.layers import build_student
 
 dist.init_process_group("gloo")
 rank, teacher_dir = dist.get_rank(), sys.argv[1]
@@ -188,7 +188,7 @@ def test_fsdp2_sharded_teacher_and_student_give_one_process_gradients(tiny_teach
 def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
     """`accelerate launch` on CPUs starts processes through MPI: until accelerate's setup copies them to
     RANK/WORLD_SIZE they have only Open MPI's, PMI's or MVAPICH2's variables (the ones accelerate reads)."""
-    from slimlm import distributed
+    from slimlm.training import distributed
 
     for key in distributed._RANK + distributed._WORLD_SIZE + distributed._LOCAL_RANK:
         monkeypatch.delenv(key, raising=False)
@@ -215,7 +215,7 @@ def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
 def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypatch):
     """A result that is not JSON fails on rank 0 before anything is sent, so the other ranks get that error
     (not "no error" followed by a result that never comes: a 12-hour wait)."""
-    from slimlm import distributed
+    from slimlm.training import distributed
     from slimlm.errors import SlimlmError
 
     sent = []
@@ -248,7 +248,7 @@ def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypa
 
 ENCODE_SCRIPT = r"""
 import os
-from slimlm import distributed
+from slimlm.training import distributed
 from slimlm.errors import SlimlmError
 try:
     distributed.on_main(lambda: object())
@@ -273,11 +273,11 @@ def test_a_result_that_is_not_json_ends_every_rank_with_rank_0s_error(tmp_path):
 
 def test_accelerates_fsdp2_default_sharded_state_dict_is_refused():
     """`accelerate launch --use_fsdp --fsdp_version 2` without a state-dict type gives SHARDED_STATE_DICT
-    (resumed through a pickle); the trainer refuses it with config.py's one-line message."""
+    (resumed through a pickle); the trainer refuses it with settings.py's one-line message."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from slimlm.errors import SlimlmError
-    from slimlm.kd.trainer import check_fsdp_state_dict_type
+    from slimlm.training.trainer import check_fsdp_state_dict_type
 
     check_fsdp_state_dict_type(FullyShardedDataParallelPlugin(fsdp_version=1))  # FULL_STATE_DICT: fine
     check_fsdp_state_dict_type(FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT"))
@@ -291,7 +291,7 @@ def test_teacher_cache_moves_the_teacher_to_the_device_only_when_it_computes(tin
     """Ranks that read the cache, and runs whose cache is complete, never put the teacher on the device."""
     from transformers import AutoModelForCausalLM
 
-    from slimlm.kd.teacher_cache import teacher_cache
+    from slimlm.training.teacher_cache import teacher_cache
 
     monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
     teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher)

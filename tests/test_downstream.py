@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slimlm import downstream as ds
+from slimlm.eval import tasks as ds
 from slimlm.errors import SlimlmError
 
 
@@ -61,7 +61,7 @@ def test_sotu_cloze_items_come_from_the_test_years_and_are_fixed_by_the_seed():
 
 
 def test_cloze_items_of_an_undated_corpus_come_from_its_token_test_split(text_dir, tiny_tokenizer):
-    from slimlm.data import prepare_data
+    from slimlm.data.corpus import prepare_data
 
     items, protocol = ds.cloze_items(str(text_dir), tiny_tokenizer, n=200)
     assert items and protocol["items"] == len(items) == protocol["candidates"]

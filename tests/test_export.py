@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from slimlm.errors import SlimlmError
-from slimlm.gguf_export import export_gguf
+from slimlm.methods.gguf import export_gguf
 
 SENTENCE = "The Congress of the United States shall provide for the common defence, 1790."
 TOLERANCE = {"f16": 1e-2, "q8_0": 5e-2, "q4_0": 0.5}
@@ -93,7 +93,7 @@ def test_bad_type_and_architecture_refused(tiny_teacher, tmp_path):
 
 
 def test_export_prints_sizes(tiny_teacher, tmp_path, capsys):
-    from slimlm.gguf_export import export
+    from slimlm.stages.export import export
 
     path = export(str(tiny_teacher), out=tmp_path / "e.gguf", type="q8_0")
     assert path.exists()

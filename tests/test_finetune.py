@@ -12,10 +12,11 @@ from transformers import AutoModelForCausalLM, TrainingArguments
 
 import slimlm
 from slimlm.cli import main
-from slimlm.data import prepare_data
-from slimlm.instruct import IGNORE_INDEX, encode, prepare_instructions, to_example
+from slimlm.data.corpus import prepare_data
+from slimlm.data.instructions import IGNORE_INDEX, encode, prepare_instructions, to_example
 from slimlm.sources import load_model
-from slimlm.tuning import add_lora, lora_parameter_count, target_modules, trainable_parameters
+from slimlm.methods.layers import decoder_layers
+from slimlm.methods.lora import add_lora, target_modules, trainable_parameters
 
 from conftest import save_tiny_model
 
@@ -23,6 +24,16 @@ FAST = dict(block_size=32, batch_size=4, bf16=False, logging_steps=1, eval_token
 PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+
+
+def lora_parameter_count(model, targets: list[str], rank: int) -> int:
+    """r·(d_in + d_out) summed over the targeted Linears of the decoder layers: what LoRA should add."""
+    count = 0
+    for layer in decoder_layers(model):
+        for name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+                count += rank * (module.in_features + module.out_features)
+    return count
 
 
 def weights(path):
@@ -171,7 +182,7 @@ def test_chat_messages_use_the_template_and_train_assistant_turns_only(tiny_toke
 
 def test_loss_is_cross_entropy_over_response_tokens_only(tiny_teacher, instructions):
     """The trainer's loss equals CE averaged over response targets; prompt and padding positions add nothing."""
-    from slimlm.kd.trainer import DistillTrainer
+    from slimlm.training.trainer import DistillTrainer
 
     model, tok, _ = load_model(tiny_teacher)
     splits = prepare_instructions(instructions, tok, 64)

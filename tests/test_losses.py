@@ -1,14 +1,14 @@
-"""Numerical parity tests for slimlm.kd.losses (float64 references written out by hand; a few seconds)."""
+"""Numerical parity tests for slimlm.losses.kd (float64 references written out by hand; a few seconds)."""
 
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from slimlm.kd.losses import (attention_loss, distill_loss, distill_loss_checkpointed, feature_loss,
-                                   make_projection, naive_distill_loss, parse_layer_map)
+from slimlm.losses.kd import (attention_loss, distill_loss, distill_loss_checkpointed, feature_loss,
+                                   make_projection, naive_distill_loss)
+from slimlm.settings import parse_layer_map
 from slimlm.errors import SlimlmError
 
 N, D, V = 64, 16, 97

@@ -1,4 +1,4 @@
-"""Tests for slimlm.metrics on tiny random Llama models (no hub, a few seconds on 2 cores)."""
+"""Tests for slimlm.eval.metrics on tiny random Llama models (no hub, a few seconds on 2 cores)."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slimlm.errors import SlimlmError
-from slimlm.metrics import decode_speed, evaluate_model, format_table, model_size, peak_memory, perplexity
+from slimlm.eval.metrics import decode_speed, evaluate_model, format_table, model_size, peak_memory, perplexity
 
 V = 97
 

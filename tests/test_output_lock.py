@@ -112,7 +112,7 @@ def test_released_lock_lets_another_process_in(tmp_path, holder):
 
 
 def test_cli_is_refused_before_the_model_loads(capsys, tiny_teacher, text_dir, holder, monkeypatch):
-    from slimlm import api
+    from slimlm.stages import student as stage
     from slimlm.cli import main
 
     proc = holder("out")
@@ -120,7 +120,7 @@ def test_cli_is_refused_before_the_model_loads(capsys, tiny_teacher, text_dir, h
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the output's lock was checked")
 
-    monkeypatch.setattr(api, "load_model", no_load)
+    monkeypatch.setattr(stage, "load_model", no_load)
     for extra in ([], ["--force"]):
         code = main(["student", "--teacher", str(tiny_teacher), "--data", str(text_dir), "--keep-layers", "0",
                      "--block-size", "32", "--out", "out", *extra])

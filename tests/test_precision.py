@@ -17,7 +17,7 @@ import torch
 import slimlm
 from slimlm import precision
 from slimlm.cli import main
-from slimlm.config import DistillSettings, FinetuneSettings
+from slimlm.settings import DistillSettings, FinetuneSettings
 from slimlm.errors import SlimlmError
 
 FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, logging_steps=1, calibration_blocks=2,
@@ -171,7 +171,7 @@ class FakeClock:
 def test_max_time_shortens_the_plan_and_stops_cleanly(tiny_teacher, text_dir, monkeypatch):
     """With a step taking 10 s on the (fake) clock and a 75 s budget, 3 steps are timed and the plan of 20
     steps is cut to the ones that fit; the cosine schedule is redrawn to end there and the result records it."""
-    from slimlm.kd import trainer
+    from slimlm.training import budget as trainer
 
     monkeypatch.setattr(trainer, "time", FakeClock(10.0))
     slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="d", precision="fp32",
@@ -192,14 +192,14 @@ def test_max_time_is_checked_up_front():
     for bad in ("soon", "-5m", "0", "nan"):
         with pytest.raises(SlimlmError, match="--max-time"):
             DistillSettings.from_dict({"student": "s", "max_time": bad}).validate()
-    from slimlm.config import parse_duration
+    from slimlm.settings import parse_duration
 
     assert parse_duration("15m") == 900 and parse_duration("1h30m") == 5400 and parse_duration(90) == 90
 
 
 def test_max_time_survives_a_resume(tiny_teacher, text_dir, monkeypatch):
     """Interrupted after the plan was shortened, a resumed run keeps the shortened plan and the time spent."""
-    from slimlm.kd import trainer
+    from slimlm.training import budget as trainer
 
     monkeypatch.setattr(trainer, "time", FakeClock(10.0))
     settings = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="d", precision="fp32",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slimlm.data import prepare_data
+from slimlm.data.corpus import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.pruning import (expected_llama_parameters, parameter_count, prunable_linears, prune_kv_groups,
+from slimlm.methods.pruning import (parameter_count, prunable_linears, prune_kv_groups,
                           prune_mlp_channels, prune_nm, prune_unstructured)
 
 
@@ -37,6 +37,16 @@ def test_requested_sparsity_is_met_exactly(model, calibration, method, scope, sp
             expected = round(sparsity * per) * (m.weight.shape[0] if method == "wanda" else 1)
             assert int((m.weight == 0).sum()) == expected
     assert report["all"] == pytest.approx(zeros / total)
+
+
+def expected_llama_parameters(cfg) -> int:
+    """Parameter count of a Llama-shaped config (tied embeddings), used to check structured pruning."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn = cfg.hidden_size * head_dim * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
+    mlp = 3 * cfg.hidden_size * cfg.intermediate_size
+    per_layer = attn + mlp + 2 * cfg.hidden_size
+    embed = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    return embed + cfg.num_hidden_layers * per_layer + cfg.hidden_size
 
 
 def test_magnitude_removes_the_smallest_weights(model):
@@ -87,3 +97,13 @@ def test_bad_sparsity(model, sparsity):
 def test_removing_too_many_heads(model, calibration):
     with pytest.raises(SlimlmError, match="key/value groups"):
         prune_kv_groups(model, 2, calibration)
+
+
+def test_wanda_without_calibration_says_what_to_pass(tiny_teacher):
+    """Wanda weighs |W| by input norms from calibration text: without it, the one-line error names the flag."""
+    from slimlm.methods.pruning import prune_unstructured
+    from slimlm.sources import load_model
+
+    model, _, _ = load_model(tiny_teacher)
+    with pytest.raises(SlimlmError, match="--method wanda needs calibration text"):
+        prune_unstructured(model, 0.5, "wanda", calibration=None)

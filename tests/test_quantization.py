@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimlm.errors import SlimlmError
-from slimlm.quantization import BITS, dequantize_tensor, pack, quantize_tensor, unpack
+from slimlm.methods.quantization import BITS, dequantize_tensor, pack, quantize_tensor, unpack
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -59,7 +59,7 @@ def test_group_size_must_divide_width():
 def test_model_roundtrip_through_packed_tensors(tiny_teacher, bits, granularity, group_size):
     from transformers import AutoModelForCausalLM
 
-    from slimlm.quantization import quantize_model, restore_weights
+    from slimlm.methods.quantization import quantize_model, restore_weights
 
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher)
     tensors = quantize_model(model, bits, granularity, group_size)

@@ -1,4 +1,4 @@
-"""The `slimlm` command: parse flags, call the API in api.py, print. No logic of its own.
+"""The `slimlm` command: parse flags, call the stage functions (slimlm.stages), print. No logic of its own.
 
 A `SlimlmError` is printed as one line and exits with status 2; pass --debug for a traceback.
 """
@@ -6,7 +6,6 @@ A `SlimlmError` is printed as one line and exits with status 2; pass --debug for
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -245,12 +244,12 @@ def _add_measurement(p) -> None:
 
 def run(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from slimlm import api, compress
+    from slimlm.stages import distill, evaluate, export, fetch, finetune, prune, quantize, student
 
     if args.command == "fetch":
-        api.fetch(args.teacher, args.data)
+        fetch.fetch(args.teacher, args.data)
     elif args.command == "student":
-        api.make_student(teacher=args.teacher, data=args.data, out=args.out, layers=args.layers,
+        student.make_student(teacher=args.teacher, data=args.data, out=args.out, layers=args.layers,
                          keep_layers=args.keep_layers, student_config=args.student_config, block_size=args.block_size,
                          calibration_blocks=args.calibration_blocks, seed=args.seed, force=args.force,
                          precision=args.precision or "auto", trust_remote_code=args.trust_remote_code)
@@ -259,30 +258,28 @@ def run(argv=None) -> int:
         overrides = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
         if not args.trust_remote_code:
             overrides.pop("trust_remote_code", None)
-        stage = api.distill if args.command == "distill" else api.finetune
+        stage = distill.distill if args.command == "distill" else finetune.finetune
         stage(out=args.out, force=args.force, resume=args.resume, recipe=args.recipe, **overrides)
     elif args.command == "prune":
-        compress.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
+        prune.prune(args.model, out=args.out, data=args.data, method=args.method, sparsity=args.sparsity,
                        scope=args.scope, nm=args.nm, kv_groups_removed=args.kv_groups_removed,
                        calibration_blocks=args.calibration_blocks, recover_tokens=args.recover_tokens,
                        eval_tokens=args.eval_tokens, precision=args.precision or "auto", force=args.force,
                        trust_remote_code=args.trust_remote_code)
     elif args.command == "quantize":
-        compress.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,
+        quantize.quantize(args.model, out=args.out, data=args.data, bits=args.bits, granularity=args.granularity,
                           group_size=args.group_size, symmetric=args.symmetric, runtime=args.runtime,
                           eval_tokens=args.eval_tokens,
                           force=args.force, trust_remote_code=args.trust_remote_code)
     elif args.command == "export":
-        from slimlm.gguf_export import export
-
-        export(args.model, out=args.out, type=args.type, force=args.force)
+        export.export(args.model, out=args.out, type=args.type, force=args.force)
     elif args.command == "eval":
-        api.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
+        evaluate.evaluate(args.models, data=args.data, out=args.out, force=args.force, window=args.window,
                      stride=args.stride, new_tokens=args.new_tokens, repeats=args.repeats, precision=args.precision,
                      tasks=args.tasks, task_items=args.task_items, lm_eval=args.lm_eval,
                      trust_remote_code=args.trust_remote_code)
     elif args.command == "experiment":
-        from slimlm.config import load_recipe
+        from slimlm.settings import load_recipe
         from slimlm.experiments.sweeps import command_line, experiment
 
         extra = {k: getattr(args, k) for k in ("model", "rank", "feature_weight") if hasattr(args, k)}

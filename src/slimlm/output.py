@@ -13,6 +13,7 @@ left behind never blocks the next run. Windows has no flock: there two runs on o
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import json
 import os
@@ -116,7 +117,7 @@ def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) 
     """Lock `out`, then check, before any work starts, that it may be written; return its staging directory.
 
     The lock is held until `publish` or `discard_if_unstarted` (or process exit). Under torchrun/accelerate
-    only rank 0 calls this (see `slimlm.distributed.on_main`)."""
+    only rank 0 calls this (see `slimlm.training.distributed.on_main`)."""
     out = Path(out)
     # the lock first: a live run's staging area must never be judged, resumed or deleted
     return under_lock(out, lambda: _check_output(out, force, resume))
@@ -130,6 +131,19 @@ def under_lock(out: str | Path, check):
     except BaseException:
         if locked:
             release_output(out)
+        raise
+
+
+@contextlib.contextmanager
+def claimed(out: str | Path, *, force: bool = False, resume: bool = False):
+    """`with claimed(OUT) as stage:` claim OUT (claim_output), work in `stage`, and on any failure drop the
+    staging area unless it holds work to resume (discard_if_unstarted). Training stages, which claim on
+    rank 0 only, use training/launch.py's run_training_stage instead."""
+    stage = claim_output(out, force=force, resume=resume)
+    try:
+        yield stage
+    except BaseException:
+        discard_if_unstarted(stage)
         raise
 
 

@@ -186,7 +186,7 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(spec)
-    from slimlm.quantization import QUANTIZED_WEIGHTS, load_quantized
+    from slimlm.methods.quantization import QUANTIZED_WEIGHTS, load_quantized
 
     try:
         if (path / QUANTIZED_WEIGHTS).exists():  # packed low-bit weights written by `slimlm quantize`
@@ -222,3 +222,7 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else ""
+
+
+def layer_count(config) -> int:
+    return config.get_text_config().num_hidden_layers

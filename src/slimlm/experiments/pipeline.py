@@ -33,7 +33,7 @@ COMPUTING_STAGES = ("student", "distill", "finetune", "prune")  # those that tra
 
 def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str | None = None) -> Path:
     """Run (or continue) the recipe's stages for every seed into `out`, then write the report."""
-    from slimlm.config import load_recipe
+    from slimlm.settings import load_recipe
     from slimlm.experiments.sweeps import _data_info, _layer_count, _report, parse_list
 
     values = load_recipe(recipe)
@@ -117,7 +117,7 @@ def _stages(stages, recipe, teacher, data, precision=None) -> list[dict]:
 
 
 def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
-    from slimlm.config import DistillSettings, FinetuneSettings
+    from slimlm.settings import DistillSettings, FinetuneSettings
 
     where = f"recipe {recipe}, stage {i} ({name})"
     fixed = {"teacher", "data", "out", "force", "resume", "seed", "student", "model"} - (
@@ -139,22 +139,25 @@ def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
         elif name == "finetune":
             FinetuneSettings.from_dict({"model": "previous", "data": data, **settings}).validate()
         else:
-            from slimlm import api, compress
+            from slimlm.stages import prune as prune_stage
+            from slimlm.stages import quantize as quantize_stage
+            from slimlm.stages import student as student_stage
 
-            fn = {"student": api.make_student, "prune": compress.prune, "quantize": compress.quantize}[name]
+            fn = {"student": student_stage.make_student, "prune": prune_stage.prune,
+                  "quantize": quantize_stage.quantize}[name]
             known = set(inspect.signature(fn).parameters) - fixed - {"trust_remote_code"}
             unknown = sorted(set(settings) - known)
             if unknown:
                 raise SlimlmError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
             if name == "prune":
-                compress.check_prune_args(**settings)
+                prune_stage.check_prune_args(**settings)
             elif name == "quantize":
-                compress.check_quantize_args(**settings)
+                quantize_stage.check_quantize_args(**settings)
             else:
                 if len({"layers", "keep_layers"} & set(settings)) != 1:
                     raise SlimlmError("give exactly one of layers: N or keep_layers: LIST")
                 # the student's settings mean what distill's do: check their types the same way
-                from slimlm.config import _as_layer_list
+                from slimlm.settings import _as_layer_list
 
                 DistillSettings.check_types({**settings, "keep_layers": _as_layer_list(settings.get("keep_layers"))})
                 if "precision" in settings:
@@ -167,7 +170,7 @@ def _check_stage(name, settings, i, recipe, *, first, teacher, data) -> None:
 
 def _train_tokens(arm: dict, teacher: str, data: str) -> int:
     """Training tokens of a distill or fine-tune stage as its settings resolve them (defaults included)."""
-    from slimlm.config import DistillSettings, FinetuneSettings
+    from slimlm.settings import DistillSettings, FinetuneSettings
 
     if arm["stage"] == "distill":
         settings = DistillSettings.from_dict({"teacher": teacher, "data": data, "student": "-", **arm["settings"]})
@@ -180,21 +183,21 @@ def _train_tokens(arm: dict, teacher: str, data: str) -> int:
 
 def _train(arms: list[dict], run_dir: Path, teacher: str, data: str):
     """Each stage's input is the previous stage's output for the same seed (the teacher for the first)."""
-    from slimlm import api, compress
+    from slimlm.stages import distill, finetune, prune, quantize, student
 
     def train(arm, seed, out, resume):
         index = arm["value"]
         source = str(arm_dir(run_dir, arms[index - 2]["name"], seed)) if index > 1 else teacher
         settings, stage = arm["settings"], arm["stage"]
         if stage == "student":
-            api.make_student(teacher=teacher, data=data, out=str(out), force=True, seed=seed, **settings)
+            student.make_student(teacher=teacher, data=data, out=str(out), force=True, seed=seed, **settings)
         elif stage == "distill":
             given = {} if index == 1 and ({"layers", "keep_layers"} & set(settings)) else {"student": source}
-            api.distill(out=str(out), resume=resume, teacher=teacher, data=data, seed=seed, **given, **settings)
+            distill.distill(out=str(out), resume=resume, teacher=teacher, data=data, seed=seed, **given, **settings)
         elif stage == "finetune":
-            api.finetune(out=str(out), resume=resume, model=source, data=data, seed=seed, **settings)
+            finetune.finetune(out=str(out), resume=resume, model=source, data=data, seed=seed, **settings)
         elif stage == "prune":
-            compress.prune(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
+            prune.prune(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
         else:
-            compress.quantize(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
+            quantize.quantize(source, out=str(out), data=data, force=staging_dir(out).exists(), **settings)
     return train

@@ -72,7 +72,7 @@ def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
 
 def check_eval(evaluation: dict) -> dict:
     """The measurement protocol, completed with defaults and checked before any work starts."""
-    from slimlm.downstream import TASKS
+    from slimlm.eval.tasks import TASKS
 
     unknown = sorted(set(evaluation) - set(EVAL_DEFAULTS))
     if unknown:
@@ -100,8 +100,8 @@ def check_eval(evaluation: dict) -> dict:
 
 def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
     """Every metric of one model under the run's protocol: the same text, window and prompts for all."""
-    from slimlm.data import prepare_data
-    from slimlm.metrics import evaluate_model
+    from slimlm.data.corpus import prepare_data
+    from slimlm.eval.metrics import evaluate_model
     from slimlm.sources import load_model
 
     model, tokenizer, model_dir = load_model(model_spec)
@@ -113,7 +113,7 @@ def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
     metrics = evaluate_model(model, tokenizer, ids, model_dir=model_dir, text_bytes=text_bytes, window=ev["window"],
                              stride=ev["stride"], new_tokens=ev["decode_new_tokens"], repeats=ev["repeats"])
     if ev["tasks"]:
-        from slimlm.downstream import run_tasks
+        from slimlm.eval.tasks import run_tasks
 
         metrics.update(run_tasks(model, tokenizer, ev["tasks"], data=data, n=ev["task_items"], seed=0))
     return metrics

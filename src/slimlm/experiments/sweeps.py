@@ -128,7 +128,8 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
         _starting_student(teacher, data, start_dir, student_layers, block_size, precision)
     if needs_start:
         runner.measure_reference(run_dir, "student-init", start_dir, data, ev)
-    from slimlm.api import distill, finetune
+    from slimlm.stages.distill import distill
+    from slimlm.stages.finetune import finetune
 
     if kind == "finetune":
         if not model:
@@ -144,7 +145,7 @@ def experiment(kind: str, *, out: str, values=None, seeds=(0, 1, 2), teacher: st
 def _check_arms(kind: str, base: dict, distill_base: dict, arms: list[dict]) -> None:
     """Every run's settings validated before the folder is claimed or anything is loaded, so a bad value is a
     one-line error now rather than after the teacher was measured (and never a spec that cannot continue)."""
-    from slimlm.config import DistillSettings, FinetuneSettings
+    from slimlm.settings import DistillSettings, FinetuneSettings
 
     checks = [(DistillSettings, distill_base)] if kind == "finetune" else []
     settings_type = FinetuneSettings if kind == "finetune" else DistillSettings
@@ -164,7 +165,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     """Extra settings -> (those distillation takes, those fine-tuning takes); a key neither takes is an error."""
     from dataclasses import fields
 
-    from slimlm.config import DistillSettings, FinetuneSettings
+    from slimlm.settings import DistillSettings, FinetuneSettings
 
     owned = {"teacher", "data", "student", "model", "seed", "method", "temperature", "feature_layers",
              "cache_layers", "teacher_cache", "max_tokens", "batch_size", "block_size", "learning_rate", "alpha",
@@ -190,7 +191,7 @@ def _arm(stage, base: dict):
 
 def _starting_student(teacher, data, out: Path, layers: int, block_size: int, precision: str = "auto") -> None:
     """The student every arm starts from: teacher layers chosen by measured importance, built once."""
-    from slimlm.api import make_student
+    from slimlm.stages.student import make_student
 
     if (out / "slimlm.json").exists():
         return
@@ -201,7 +202,7 @@ def _starting_student(teacher, data, out: Path, layers: int, block_size: int, pr
 
 def _distilled_base(settings: dict, out: Path) -> None:
     """Figure 3 fine-tunes a distilled student: distil one (seed 0) for every arm to start from."""
-    from slimlm.api import distill
+    from slimlm.stages.distill import distill
     from slimlm.output import staging_dir
 
     if (out / "slimlm.json").exists():
@@ -239,7 +240,7 @@ def _default_layers(teacher_layers: int) -> list[int]:
 
 
 def _data_info(teacher, data, block_size) -> dict:
-    from slimlm.data import prepare_data
+    from slimlm.data.corpus import prepare_data
     from slimlm.sources import load_tokenizer, resolve_model
 
     return prepare_data(data, load_tokenizer(resolve_model(teacher)), block_size).info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +251,17 @@ def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
         info["test"]["names"] = [d.name for d in groups["test"]]
         info["val"]["names"] = [d.name for d in groups["val"]]
     return Splits(train, streams["val"], streams["test"], info)
+
+
+def calibration_sample(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded sample of training blocks for layer selection and feature statistics."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return train[torch.randperm(len(train), generator=g)[: min(n, len(train))]]
+
+
+
+def training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """The first n blocks of a seeded permutation (repeated as epochs when the budget exceeds the corpus)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(len(train), generator=g) for _ in range(math.ceil(n / len(train)))])
+    return train[order[:n]]

@@ -30,9 +30,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from slimlm.errors import SlimlmError
+from slimlm.losses import IGNORE_INDEX, KL_KINDS
 
-IGNORE_INDEX = -100
-KL_KINDS = ("forward", "reverse", "jsd")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -503,32 +502,3 @@ def _masked_mean(per_token, mask, num_items):
     elif torch.is_tensor(num_items):
         num_items = num_items.to(per_token.device).clamp_min(1)
     return per_token.sum() / num_items
-
-
-def parse_layer_map(spec, n_teacher, n_student):
-    """'6:3,12:6' -> [(6, 3), (12, 6)]: teacher hidden-state index : student hidden-state index.
-
-    Index i is HF `output_hidden_states[i]`: 0 = embeddings, i = output of decoder layer i-1, n = last layer.
-    Empty or None -> [] (no feature distillation).
-    """
-    if spec is None or not str(spec).strip():
-        return []
-    pairs = []
-    for item in str(spec).split(","):
-        item = item.strip()
-        parts = item.split(":")
-        try:
-            t, s = (int(p) for p in parts) if len(parts) == 2 else (None, None)
-        except ValueError:
-            t = s = None
-        if t is None:
-            raise SlimlmError(f"bad layer-map entry {item!r} in {spec!r}: write teacher:student pairs of "
-                              "hidden-state indices, e.g. '6:3,12:6'")
-        if not 0 <= t <= n_teacher:
-            raise SlimlmError(f"teacher index {t} in {spec!r} is out of range: use 0..{n_teacher} "
-                              f"(0 = embeddings, {n_teacher} = last layer)")
-        if not 0 <= s <= n_student:
-            raise SlimlmError(f"student index {s} in {spec!r} is out of range: use 0..{n_student} "
-                              f"(0 = embeddings, {n_student} = last layer)")
-        pairs.append((t, s))
-    return pairs

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +17,6 @@ import numpy as np
 from slimlm.errors import SlimlmError
 
 TYPES = ("f16", "q8_0", "q4_0")
-
-
-def export(model, *, out, type: str = "f16", force: bool = False) -> Path:
-    """Resolve `model` like every other command does, export it, and say how much smaller it got."""
-    from slimlm.sources import resolve_model
-
-    model_dir = resolve_model(model)
-    path = export_gguf(model_dir, out, type=type, force=force)
-    before = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
-    after = path.stat().st_size / 1e6
-    print(f"slimlm: exported {path} ({type}): {before:.1f} MB safetensors -> {after:.1f} MB gguf")
-    return path
 
 
 def export_gguf(model_dir, out_file, type: str = "f16", *, force: bool = False) -> Path:
@@ -343,7 +330,3 @@ def _tensor_type(name: str, data: np.ndarray, type: str):
     if wanted != T.F16 and data.shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
         return T.F16
     return wanted
-
-
-if __name__ == "__main__":  # python -m slimlm.gguf_export MODEL OUT [TYPE]
-    export(sys.argv[1], out=sys.argv[2], type=sys.argv[3] if len(sys.argv) > 3 else "f16")

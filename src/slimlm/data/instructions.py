@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import Dataset
 
 from slimlm.errors import SlimlmError
+from slimlm.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 
 def is_instruction_data(spec: str) -> bool:

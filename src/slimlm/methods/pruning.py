@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slimlm.errors import SlimlmError
-from slimlm.student import decoder_layers
+from slimlm.methods.layers import decoder_layers
 
 METHODS = ("magnitude", "wanda", "nm", "structured")
 
@@ -74,9 +74,9 @@ def prune_unstructured(model, sparsity: float, method: str = "magnitude", scope:
     if scope not in ("layer", "global"):
         raise SlimlmError(f"--scope must be layer or global (got {scope!r})")
     linears = prunable_linears(model)
-    norms = input_norms(model, calibration) if method == "wanda" else {}
-    if method == "wanda" and calibration is None:
+    if method == "wanda" and calibration is None:  # before input_norms, which would fail on None
         raise SlimlmError("--method wanda needs calibration text: pass --calibration DATA")
+    norms = input_norms(model, calibration) if method == "wanda" else {}
     scores = {name: m.weight.abs() * norms[name] if method == "wanda" else m.weight.abs()
               for name, m in linears.items()}
     if scope == "global" and sparsity > 0:
@@ -206,13 +206,3 @@ def _slice_linear(lin: nn.Linear, out_idx=None, in_idx=None) -> nn.Linear:
 
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def expected_llama_parameters(cfg) -> int:
-    """Parameter count of a Llama-shaped config (tied embeddings), used to check structured pruning."""
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    attn = cfg.hidden_size * head_dim * (2 * cfg.num_attention_heads + 2 * cfg.num_key_value_heads)
-    mlp = 3 * cfg.hidden_size * cfg.intermediate_size
-    per_layer = attn + mlp + 2 * cfg.hidden_size
-    embed = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
-    return embed + cfg.num_hidden_layers * per_layer + cfg.hidden_size

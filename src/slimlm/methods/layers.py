@@ -15,7 +15,10 @@ import math
 import torch
 from torch import nn
 
+from slimlm import precision as precisions
+from slimlm.data.corpus import calibration_sample
 from slimlm.errors import SlimlmError
+from slimlm.training.distributed import log
 
 # Per-layer list attributes that some configs carry and that must follow the kept layers.
 _PER_LAYER_CONFIG_LISTS = ("layer_types",)
@@ -144,3 +147,33 @@ def select_layers(teacher, calibration: torch.Tensor, n_keep: int, progress=None
         teacher.model.layers = layers
     table.sort(key=lambda row: row["perplexity"])
     return table[0]["kept"], table
+
+
+def student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, student_config=None,
+                         calibration=8, seed=0, precision=None) -> tuple:
+    """The student of the `student` stage (and of `distill --layers/--keep-layers`): the kept layers, chosen by
+    `select_layers` on a seeded calibration sample unless given, and both models' calibration perplexity."""
+    from tqdm.auto import tqdm
+
+    n_teacher = len(decoder_layers(teacher))
+    calib = calibration_sample(splits.train, calibration, seed)
+    info = {}
+    if keep_layers is None:
+        if not 1 <= layers <= n_teacher:
+            raise SlimlmError(f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}")
+        with precisions.autocast(precision, teacher.device.type):
+            keep, table = select_layers(teacher, calib, layers, progress=tqdm)
+        info["layer_selection"] = {"method": "drop the contiguous run of layers whose removal raises calibration "
+                                             "perplexity least", "calibration_blocks": len(calib),
+                                   "candidates": [{k: r[k] for k in ("dropped", "perplexity")} for r in table]}
+        if table:
+            log(f"layer importance: dropping layers {table[0]['dropped'][0]}-{table[0]['dropped'][1]} costs least "
+                f"(calibration perplexity {table[0]['perplexity']:.1f}; worst candidate {table[-1]['perplexity']:.3g})")
+    else:
+        keep = parse_keep_layers(keep_layers, n_teacher)
+    student = build_student(teacher, keep, student_config)
+    with precisions.autocast(precision, teacher.device.type):
+        info["calibration_perplexity"] = {"teacher": calibration_perplexity(teacher, calib),
+                                          "student": calibration_perplexity(student, calib)}
+    info["kept_layers"] = keep
+    return student, info

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from slimlm.errors import SlimlmError
+from slimlm.losses import KL_KINDS
 
-KL_KINDS = ("forward", "reverse", "jsd")
-# refused for slimlm's own fsdp_config here, and for accelerate's FSDP plugin in kd/trainer.py
+# refused for slimlm's own fsdp_config here, and for accelerate's FSDP plugin in training/trainer.py
 SHARDED_STATE_DICT_REFUSED = ("fsdp_config state_dict_type SHARDED_STATE_DICT resumes through "
                               "torch.distributed.checkpoint, whose metadata is a pickle; slimlm keeps "
                               "FULL_STATE_DICT checkpoints")
@@ -316,6 +316,50 @@ class FinetuneSettings(_TrainingRecipe):
             raise SlimlmError(f"--learning-rate must be > 0 and finite (got {self.learning_rate})")
         return self
 
+
+
+def parse_layer_map(spec, n_teacher, n_student):
+    """'6:3,12:6' -> [(6, 3), (12, 6)]: teacher hidden-state index : student hidden-state index.
+
+    Index i is HF `output_hidden_states[i]`: 0 = embeddings, i = output of decoder layer i-1, n = last layer.
+    Empty or None -> [] (no feature distillation).
+    """
+    if spec is None or not str(spec).strip():
+        return []
+    pairs = []
+    for item in str(spec).split(","):
+        item = item.strip()
+        parts = item.split(":")
+        try:
+            t, s = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+        except ValueError:
+            t = s = None
+        if t is None:
+            raise SlimlmError(f"bad layer-map entry {item!r} in {spec!r}: write teacher:student pairs of "
+                              "hidden-state indices, e.g. '6:3,12:6'")
+        if not 0 <= t <= n_teacher:
+            raise SlimlmError(f"teacher index {t} in {spec!r} is out of range: use 0..{n_teacher} "
+                              f"(0 = embeddings, {n_teacher} = last layer)")
+        if not 0 <= s <= n_student:
+            raise SlimlmError(f"student index {s} in {spec!r} is out of range: use 0..{n_student} "
+                              f"(0 = embeddings, {n_student} = last layer)")
+        pairs.append((t, s))
+    return pairs
+
+
+def check_positive_int(name: str, value, *, minimum: int = 1, hint: str = "") -> None:
+    """The one check behind every count a user gives (`--block-size`, `--repeats`, ...): an int, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise SlimlmError(f"--{name.replace('_', '-')} must be {what} (got {value!r}){hint}")
+
+
+def comma_list(value) -> list[str]:
+    """"a, b,,c" or ["a", "b"] -> ["a", "b", "c"]: the one parser of comma lists (tasks, methods, modules)."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [item.strip() for item in items if item.strip()]
 
 
 def parse_duration(value) -> float:
