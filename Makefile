@@ -13,7 +13,7 @@ PRECISION ?= auto
 MAX_TIME ?= 14m
 EXP_OUT  ?= runs/exp
 
-.PHONY: setup demo test bench experiments clean
+.PHONY: setup demo test lint bench experiments clean
 
 setup: $(STAMP)
 
@@ -34,7 +34,12 @@ demo: setup
 	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu \
 		--repeats 5 --out $(DEMO_OUT)/eval.json --force
 
-test: setup
+# ruff lint and format check (config in pyproject.toml); `make test` runs it first
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+test: setup lint
 	$(BIN)/slimlm fetch
 	$(BIN)/python -m pytest -q
 

@@ -23,9 +23,18 @@ from slimlm.methods.quantization import load_quantized, save_quantized
 
 
 def student_config(layers: int) -> LlamaConfig:
-    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-                       num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0,
-                       tie_word_embeddings=True, max_position_embeddings=2048)
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    )
 
 
 def read_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
@@ -48,8 +57,11 @@ def int8_dynamic(model, include_head: bool):
     """torch's dynamic int8 Linear (weights int8 per channel, activations quantized per batch)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    spec = {name: per_channel_dynamic_qconfig for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and (include_head or name != "lm_head")}
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and (include_head or name != "lm_head")
+    }
     return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 
@@ -88,13 +100,19 @@ def main() -> None:
             speed = decode_speed(model, prompt_ids=prompt, new_tokens=args.new_tokens, repeats=args.repeats)
             rows.append((name, size_mb, speed["decode_tokens_per_s"], bandwidth / read_bytes))
     base_size, base_speed = rows[0][1], rows[0][2]
-    print(f"memory read bandwidth (sum over 512 MiB fp32, same run): {bandwidth / 1e9:.1f} GB/s; "
-          f"threads {torch.get_num_threads()}; decode {args.new_tokens} tokens at batch 1, median of {args.repeats}")
-    print(f"{'variant':42s} {'size MB':>8s} {'vs fp32':>8s} {'decode tok/s':>13s} {'vs fp32':>8s} "
-          f"{'roofline tok/s':>15s} {'% of roofline':>14s}")
+    print(
+        f"memory read bandwidth (sum over 512 MiB fp32, same run): {bandwidth / 1e9:.1f} GB/s; "
+        f"threads {torch.get_num_threads()}; decode {args.new_tokens} tokens at batch 1, median of {args.repeats}"
+    )
+    print(
+        f"{'variant':42s} {'size MB':>8s} {'vs fp32':>8s} {'decode tok/s':>13s} {'vs fp32':>8s} "
+        f"{'roofline tok/s':>15s} {'% of roofline':>14s}"
+    )
     for name, size_mb, speed, roofline in rows:
-        print(f"{name:42s} {size_mb:8.1f} {size_mb / base_size:8.2f} {speed:13.1f} {speed / base_speed:8.2f} "
-              f"{roofline:15.1f} {100 * speed / roofline:13.0f}%")
+        print(
+            f"{name:42s} {size_mb:8.1f} {size_mb / base_size:8.2f} {speed:13.1f} {speed / base_speed:8.2f} "
+            f"{roofline:15.1f} {100 * speed / roofline:13.0f}%"
+        )
     size4 = rows[-1][1] / base_size
     best_int8 = max(r[2] for r in rows if r[0].startswith("int8")) / base_speed
     print(f"4-bit size / fp32 size: {size4:.2f} (target <= 0.30) {'PASS' if size4 <= 0.30 else 'MISS'}")

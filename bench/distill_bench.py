@@ -6,6 +6,7 @@ tied embeddings) and a 15-layer student of the same widths. Arms, same shapes, s
   teacher-fwd      teacher forward with full logits under no_grad (for the floor)
   ce               plain student step: HF forward with labels, backward, AdamW step
   naive-kd         teacher full logits + student full logits + naive_distill_loss, backward, step
+                   (naive_distill_loss and distill_loss_checkpointed: tests/reference_losses.py)
   slimlm-online    teacher/student final hidden states + distill_loss (chunked, online teacher)
   slimlm-cached    student hidden states + distill_loss against cached top-k teacher logits
   slimlm-ckpt      as slimlm-online, but the per-chunk loss under torch.utils.checkpoint (recompute in backward)
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 ARMS = ("teacher-fwd", "ce", "naive-kd", "slimlm-online", "slimlm-cached", "slimlm-ckpt")
 TARGETS = {  # name: (ratio description, limit)
@@ -50,9 +52,13 @@ def parse_args(argv=None):
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--steps", type=int, default=3, help="timed steps per arm (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per arm first")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="bf16 = autocast over fp32 weights; auto = bf16 only where the device runs it natively "
-                        "(slimlm.precision, as every slimlm command decides)")
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="bf16 = autocast over fp32 weights; auto = bf16 only where the device runs it natively "
+        "(slimlm.precision, as every slimlm command decides)",
+    )
     p.add_argument("--chunk-size", type=int, default=1024, help="distill_loss chunk_size (tokens)")
     p.add_argument("--topk", type=int, default=64, help="cached teacher top-k")
     p.add_argument("--temperature", type=float, default=2.0)
@@ -66,13 +72,25 @@ def parse_args(argv=None):
 # one arm (runs in its own process)
 # ----------------------------------------------------------------------------------------------------------
 
+
 def build(n_layers, device, seed):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=n_layers, num_attention_heads=9,
-                      num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                      rope_theta=100000.0, max_position_embeddings=8192, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=n_layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        max_position_embeddings=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).to(device)
 
@@ -87,6 +105,7 @@ class PeakMemory:
 
     def start(self):
         import torch
+
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -114,6 +133,7 @@ class PeakMemory:
 
     def stop(self):
         import torch
+
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
@@ -137,7 +157,9 @@ def _status_kb(key):
 def run_arm(args):
     import torch
 
-    from slimlm.losses.kd import distill_loss, distill_loss_checkpointed, naive_distill_loss
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the plain-torch reference losses
+    from reference_losses import distill_loss_checkpointed, naive_distill_loss
+    from slimlm.losses.kd import distill_loss
 
     arm, device = args.arm, torch.device(args.device)
     from slimlm import precision
@@ -158,17 +180,21 @@ def run_arm(args):
     if arm == "slimlm-cached":  # teacher top-k computed once, outside the timed region, then the teacher is gone
         with torch.no_grad(), amp:
             h = teacher.model(input_ids=ids).last_hidden_state.flatten(0, 1)
-            parts = [(h[i:i + 1024] @ teacher.lm_head.weight.T).float().topk(args.topk, dim=-1)
-                     for i in range(0, h.shape[0], 1024)]
-        cached = (torch.cat([p.values for p in parts]).to(torch.bfloat16),
-                  torch.cat([p.indices for p in parts]).to(torch.int32))
+            parts = [
+                (h[i : i + 1024] @ teacher.lm_head.weight.T).float().topk(args.topk, dim=-1)
+                for i in range(0, h.shape[0], 1024)
+            ]
+        cached = (
+            torch.cat([p.values for p in parts]).to(torch.bfloat16),
+            torch.cat([p.indices for p in parts]).to(torch.int32),
+        )
         del teacher, h, parts
         teacher = None
 
     def step():
         if arm == "teacher-fwd":
             with torch.no_grad(), amp:
-                teacher(input_ids=ids).logits
+                _ = teacher(input_ids=ids).logits
             return
         if arm == "ce":
             with amp:
@@ -210,13 +236,20 @@ def run_arm(args):
         sync()
         times.append(time.perf_counter() - t0)
     peak, delta = mem.stop()
-    return {"arm": arm, "times": times, "median": statistics.median(times), "peak": peak, "step_peak": delta,
-            "mem_method": mem.method}
+    return {
+        "arm": arm,
+        "times": times,
+        "median": statistics.median(times),
+        "peak": peak,
+        "step_peak": delta,
+        "mem_method": mem.method,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------
+
 
 def main(argv=None):
     args = parse_args(argv)
@@ -233,10 +266,13 @@ def main(argv=None):
     decided = precision.resolve(args.dtype, args.device)
     where = precision.describe_cpu() if args.device == "cpu" else args.device
     print(f"distill_bench: {where}; {decided.describe()}", flush=True)
-    print(f"distill_bench: device {args.device}, {decided.dtype}, batch {args.batch} x seq {args.seq} = {tokens} "
-          f"tokens/step, teacher {args.teacher_layers} layers, student {args.student_layers} layers, "
-          f"vocab 49152, chunk {args.chunk_size}, top-k {args.topk}, {args.warmup} warm-up + {args.steps} "
-          f"timed steps per arm, each arm in a fresh process", flush=True)
+    print(
+        f"distill_bench: device {args.device}, {decided.dtype}, batch {args.batch} x seq {args.seq} = {tokens} "
+        f"tokens/step, teacher {args.teacher_layers} layers, student {args.student_layers} layers, "
+        f"vocab 49152, chunk {args.chunk_size}, top-k {args.topk}, {args.warmup} warm-up + {args.steps} "
+        f"timed steps per arm, each arm in a fresh process",
+        flush=True,
+    )
     results = {}
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for arm in arms:
@@ -247,30 +283,36 @@ def main(argv=None):
         if proc.returncode != 0 or not lines:
             print(f"  {arm}: FAILED\n{proc.stderr[-3000:]}", flush=True)
             continue
-        results[arm] = json.loads(lines[-1][len("RESULT "):])
+        results[arm] = json.loads(lines[-1][len("RESULT ") :])
         r = results[arm]
-        print(f"  {arm:14s} done in {time.perf_counter() - t0:5.0f} s: steps "
-              + ", ".join(f"{t:.2f}" for t in r["times"]) + " s", flush=True)
+        print(
+            f"  {arm:14s} done in {time.perf_counter() - t0:5.0f} s: steps "
+            + ", ".join(f"{t:.2f}" for t in r["times"])
+            + " s",
+            flush=True,
+        )
     print()
     print(format_table(results, tokens))
     return 0
 
 
 def format_table(results, tokens):
-    gib = 1024 ** 3
+    gib = 1024**3
     method = next(iter(results.values()))["mem_method"] if results else "?"
-    lines = ["| arm | median step (s) | tokens/s | peak mem (GiB) | step peak (GiB) |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| arm | median step (s) | tokens/s | peak mem (GiB) | step peak (GiB) |", "|---|---:|---:|---:|---:|"]
     for arm, r in results.items():
-        lines.append(f"| {arm} | {r['median']:.2f} | {tokens / r['median']:.0f} | {r['peak'] / gib:.2f} | "
-                     f"{r['step_peak'] / gib:.2f} |")
+        lines.append(
+            f"| {arm} | {r['median']:.2f} | {tokens / r['median']:.0f} | {r['peak'] / gib:.2f} | "
+            f"{r['step_peak'] / gib:.2f} |"
+        )
     med = {a: r["median"] for a, r in results.items()}
     if "teacher-fwd" in med and "ce" in med:
         floor = med["teacher-fwd"] + med["ce"]
         lines.append(f"| floor: teacher-fwd + ce | {floor:.2f} | {tokens / floor:.0f} | | |")
     lines.append("")
-    lines.append(f"memory: {method}; step peak = peak minus the memory live when the timed steps began "
-                 "(weights, AdamW state).")
+    lines.append(
+        f"memory: {method}; step peak = peak minus the memory live when the timed steps began (weights, AdamW state)."
+    )
     lines.append("")
     checks = []
     if {"teacher-fwd", "ce", "slimlm-online"} <= med.keys():
@@ -288,8 +330,10 @@ def format_table(results, tokens):
     if {"slimlm-ckpt", "slimlm-online"} <= med.keys():
         extra.append(f"checkpointed / fused loss step time: {med['slimlm-ckpt'] / med['slimlm-online']:.2f}")
     if {"naive-kd", "slimlm-cached"} <= results.keys():
-        extra.append("slimlm cached / naive KD step peak: "
-                     f"{results['slimlm-cached']['step_peak'] / results['naive-kd']['step_peak']:.2f}")
+        extra.append(
+            "slimlm cached / naive KD step peak: "
+            f"{results['slimlm-cached']['step_peak'] / results['naive-kd']['step_peak']:.2f}"
+        )
     lines += extra
     return "\n".join(lines)
 

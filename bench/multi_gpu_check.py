@@ -48,27 +48,73 @@ def setup() -> tuple[Path, Path]:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=512, special_tokens=["<|endoftext|>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        docs,
+        trainers.BpeTrainer(
+            vocab_size=512, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=8,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=512,
-                         tie_word_embeddings=True, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
     teacher = ROOT / "teacher"
     LlamaForCausalLM(config).save_pretrained(teacher, safe_serialization=True)
     tokenizer.save_pretrained(teacher)
     (ROOT / "recipe.yaml").write_text("eval_window: 64\neval_tokens: 2048\ncalibration_blocks: 4\n")
-    (ROOT / "zero3.json").write_text(json.dumps({
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto", "zero_optimization": {"stage": 3, "overlap_comm": True}}))
+    (ROOT / "zero3.json").write_text(
+        json.dumps(
+            {
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "zero_optimization": {"stage": 3, "overlap_comm": True},
+            }
+        )
+    )
     return teacher, text
 
 
 def distill_args(teacher, text, out, per_device):
-    return ["distill", "--recipe", ROOT / "recipe.yaml", "--teacher", teacher, "--data", text,
-            "--keep-layers", "0,3,4,7", "--block-size", 64, "--batch-size", per_device, "--learning-rate", 1e-3,
-            "--no-bf16", "--max-steps", 8, "--save-steps", 4, "--logging-steps", 1, "--seed", 1, "--out", out]
+    return [
+        "distill",
+        "--recipe",
+        ROOT / "recipe.yaml",
+        "--teacher",
+        teacher,
+        "--data",
+        text,
+        "--keep-layers",
+        "0,3,4,7",
+        "--block-size",
+        64,
+        "--batch-size",
+        per_device,
+        "--learning-rate",
+        1e-3,
+        "--no-bf16",
+        "--max-steps",
+        8,
+        "--save-steps",
+        4,
+        "--logging-steps",
+        1,
+        "--seed",
+        1,
+        "--out",
+        out,
+    ]
 
 
 def run(name, launcher, argv) -> dict:
@@ -78,14 +124,20 @@ def run(name, launcher, argv) -> dict:
     start = time.time()
     done = subprocess.run([*launcher, *map(str, argv)], capture_output=True, text=True)
     (ROOT / f"{name}.log").write_text(done.stdout + done.stderr)
-    return {"name": name, "code": done.returncode, "seconds": time.time() - start, "out": out,
-            "error": next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")[:120]}
+    return {
+        "name": name,
+        "code": done.returncode,
+        "seconds": time.time() - start,
+        "out": out,
+        "error": next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")[:120],
+    }
 
 
 RESUME_SCRIPT = """
 import sys, slimlm
 args = dict(teacher=sys.argv[1], data=sys.argv[2], keep_layers="0,3,4,7", block_size=64, batch_size=int(sys.argv[4]),
-            learning_rate=1e-3, bf16=False, max_steps=8, save_steps=4, logging_steps=1, seed=1, fsdp="full_shard auto_wrap",
+            learning_rate=1e-3, bf16=False, max_steps=8, save_steps=4, logging_steps=1, seed=1,
+            fsdp="full_shard auto_wrap",
             eval_window=64, eval_tokens=2048, calibration_blocks=4)
 slimlm.distill(out=sys.argv[3], stop_after=4, **args)
 slimlm.distill(out=sys.argv[3], resume=True, **args)
@@ -99,25 +151,52 @@ def main() -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(NGPU)]
     per = GLOBAL_BATCH // NGPU
     (ROOT / "resume.py").write_text(RESUME_SCRIPT)
-    arms = [run("single", [sys.executable, "-m", "slimlm"], distill_args(teacher, text, ROOT / "single", GLOBAL_BATCH)),
-            run("ddp-torchrun", [*torchrun, "-m", "slimlm"], distill_args(teacher, text, ROOT / "ddp-torchrun", per)),
-            run("ddp-accelerate", [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(NGPU),
-                                   *(["--multi_gpu"] if NGPU > 1 else []), "-m", "slimlm"],
-                distill_args(teacher, text, ROOT / "ddp-accelerate", per)),
-            run("fsdp", [*torchrun, "-m", "slimlm"], [*distill_args(teacher, text, ROOT / "fsdp", per), "--fsdp"]),
-            run("fsdp-resumed", torchrun, [ROOT / "resume.py", teacher, text, ROOT / "fsdp-resumed", per])]
+    arms = [
+        run("single", [sys.executable, "-m", "slimlm"], distill_args(teacher, text, ROOT / "single", GLOBAL_BATCH)),
+        run("ddp-torchrun", [*torchrun, "-m", "slimlm"], distill_args(teacher, text, ROOT / "ddp-torchrun", per)),
+        run(
+            "ddp-accelerate",
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                str(NGPU),
+                *(["--multi_gpu"] if NGPU > 1 else []),
+                "-m",
+                "slimlm",
+            ],
+            distill_args(teacher, text, ROOT / "ddp-accelerate", per),
+        ),
+        run("fsdp", [*torchrun, "-m", "slimlm"], [*distill_args(teacher, text, ROOT / "fsdp", per), "--fsdp"]),
+        run("fsdp-resumed", torchrun, [ROOT / "resume.py", teacher, text, ROOT / "fsdp-resumed", per]),
+    ]
     try:
         import deepspeed  # noqa: F401
 
-        arms.append(run("deepspeed-zero3", [*torchrun, "-m", "slimlm"],
-                        [*distill_args(teacher, text, ROOT / "deepspeed-zero3", per), "--deepspeed", ROOT / "zero3.json"]))
+        arms.append(
+            run(
+                "deepspeed-zero3",
+                [*torchrun, "-m", "slimlm"],
+                [*distill_args(teacher, text, ROOT / "deepspeed-zero3", per), "--deepspeed", ROOT / "zero3.json"],
+            )
+        )
     except ImportError:
-        arms.append({"name": "deepspeed-zero3", "code": None, "seconds": 0, "out": None,
-                     "error": "skipped: deepspeed is not installed"})
+        arms.append(
+            {
+                "name": "deepspeed-zero3",
+                "code": None,
+                "seconds": 0,
+                "out": None,
+                "error": "skipped: deepspeed is not installed",
+            }
+        )
     ref = load_file(str(ROOT / "single" / "model.safetensors")) if arms[0]["code"] == 0 else None
     fsdp = load_file(str(ROOT / "fsdp" / "model.safetensors")) if arms[3]["code"] == 0 else None
-    print(f"\n{NGPU} GPU(s): {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
-          f"torch {torch.__version__}; global batch {GLOBAL_BATCH} x 64 tokens, 8 steps, fp32\n")
+    print(
+        f"\n{NGPU} GPU(s): {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
+        f"torch {torch.__version__}; global batch {GLOBAL_BATCH} x 64 tokens, 8 steps, fp32\n"
+    )
     print("| arm | exit | s | max abs weight diff vs single | vs fsdp | val ppl after | processes | note |")
     print("|---|---|---|---|---|---|---|---|")
     for arm in arms:
@@ -133,7 +212,10 @@ def main() -> None:
             ppl = f"{record['metrics']['validation_after']['perplexity']:.3f}"
             procs = record["training"].get("processes", "-")
         note = "" if arm["code"] == 0 else arm["error"].replace("|", "/")
-        print(f"| {arm['name']} | {arm['code']} | {arm['seconds']:.0f} | {diff} | {diff_fsdp} | {ppl} | {procs} | {note} |")
+        print(
+            f"| {arm['name']} | {arm['code']} | {arm['seconds']:.0f} | {diff} | {diff_fsdp} | {ppl} "
+            f"| {procs} | {note} |"
+        )
     print(f"\nlogs: {ROOT}/*.log")
 
 

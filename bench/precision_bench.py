@@ -5,7 +5,7 @@ The matmul is the one the issue measured (a 1024x576 activation by the 576x1536 
 teacher), timed as a Linear under autocast the way a forward pass runs it; then a student training step of
 the default student's shape (14 layers of SmolLM2-135M, random weights, batch 4 x 256, CE loss + AdamW) in
 both precisions. Each timing is the median of repeats after a warm-up. On an AVX2-only CPU bf16 is
-emulated and loses by ~7x (DESIGN.md); where it is native it should win.
+emulated and loses by ~7x (measured on AMD EPYC Zen 3; bench/README.md); where it is native it should win.
 
     python bench/precision_bench.py
 """
@@ -48,9 +48,18 @@ def train_step_seconds(dtype: str, repeats: int, layers: int) -> float:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=layers, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
-                         max_position_embeddings=2048, rope_theta=100000.0, rms_norm_eps=1e-5)
+    config = LlamaConfig(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=layers,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+    )
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, 49152, (4, 256), generator=torch.Generator().manual_seed(1))
@@ -81,8 +90,14 @@ def main(argv=None) -> int:
     flops = {d: matmul_gflops(d, args.repeats) for d in ("fp32", "bf16")}
     rows.append(("matmul 1024x576 @ 576x1536 (GFLOP/s)", flops["fp32"], flops["bf16"], flops["bf16"] / flops["fp32"]))
     steps = {d: train_step_seconds(d, args.step_repeats, args.layers) for d in ("fp32", "bf16")}
-    rows.append((f"student train step, {args.layers} layers, 4x256 (s)", steps["fp32"], steps["bf16"],
-                 steps["fp32"] / steps["bf16"]))
+    rows.append(
+        (
+            f"student train step, {args.layers} layers, 4x256 (s)",
+            steps["fp32"],
+            steps["bf16"],
+            steps["fp32"] / steps["bf16"],
+        )
+    )
     print()
     print("| measure | fp32 | bf16 autocast | bf16 speed-up |")
     print("|---|---:|---:|---:|")
@@ -91,8 +106,10 @@ def main(argv=None) -> int:
     faster = steps["bf16"] < steps["fp32"]
     agrees = faster == decided.bf16
     print()
-    print(f"auto chose {decided.dtype}; the faster training step here was {'bf16' if faster else 'fp32'}: "
-          f"{'AGREE' if agrees else 'DISAGREE'}")
+    print(
+        f"auto chose {decided.dtype}; the faster training step here was {'bf16' if faster else 'fp32'}: "
+        f"{'AGREE' if agrees else 'DISAGREE'}"
+    )
     return 0
 
 

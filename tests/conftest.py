@@ -29,26 +29,40 @@ def tiny_tokenizer(speeches, tmp_path_factory):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(speeches, trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>"],
-                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        speeches,
+        trainers.BpeTrainer(
+            vocab_size=320, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 def tiny_config(vocab_size, layers=4, hidden=32, intermediate=64):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=0, bos_token_id=0,
-                       pad_token_id=0)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
 
 
 def save_tiny_model(path, tokenizer, layers=4, seed=0, hidden=32):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(len(tokenizer), layers=layers, hidden=hidden,
-                                                         intermediate=2 * hidden))
+    model = AutoModelForCausalLM.from_config(
+        tiny_config(len(tokenizer), layers=layers, hidden=hidden, intermediate=2 * hidden)
+    )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from slimlm.settings import DistillSettings, FinetuneSettings, load_recipe
 from slimlm.errors import SlimlmError
-
+from slimlm.settings import DistillSettings, FinetuneSettings, load_recipe
 from test_errors import assert_one_line_error, run_cli
 
 
@@ -55,17 +54,21 @@ def _no_model_load(monkeypatch):
 
 # --------------------------------------------------------------------------- 1. recipe values of the wrong type
 
-@pytest.mark.parametrize("values,words", [
-    ({"temperature": "hot"}, ["temperature", "'hot'", "number"]),
-    ({"student_config": "wide"}, ["student_config", "'wide'", "mapping"]),
-    ({"max_tokens": 1.5}, ["max_tokens", "1.5", "integer"]),
-    ({"batch_size": True}, ["batch_size", "True", "integer"]),  # bools are not counts
-    ({"alpha": True}, ["alpha", "True", "number"]),
-    ({"temperature": float("inf")}, ["temperature", "inf", "finite"]),
-    ({"teacher_cache": "yes"}, ["teacher_cache", "true or false"]),
-    ({"data": 2024}, ["data", "2024", "string"]),
-    ({"fsdp_config": [1, 2]}, ["fsdp_config", "mapping"]),
-])
+
+@pytest.mark.parametrize(
+    "values,words",
+    [
+        ({"temperature": "hot"}, ["temperature", "'hot'", "number"]),
+        ({"student_config": "wide"}, ["student_config", "'wide'", "mapping"]),
+        ({"max_tokens": 1.5}, ["max_tokens", "1.5", "integer"]),
+        ({"batch_size": True}, ["batch_size", "True", "integer"]),  # bools are not counts
+        ({"alpha": True}, ["alpha", "True", "number"]),
+        ({"temperature": float("inf")}, ["temperature", "inf", "finite"]),
+        ({"teacher_cache": "yes"}, ["teacher_cache", "true or false"]),
+        ({"data": 2024}, ["data", "2024", "string"]),
+        ({"fsdp_config": [1, 2]}, ["fsdp_config", "mapping"]),
+    ],
+)
 def test_distill_settings_types(values, words):
     with pytest.raises(SlimlmError) as err:
         DistillSettings.from_dict({"keep_layers": "0", **values}).validate()
@@ -76,18 +79,22 @@ def test_distill_settings_types(values, words):
 
 
 def test_ints_pass_for_floats_and_layer_lists_are_normalised():
-    settings = DistillSettings.from_dict({"temperature": 2, "learning_rate": 1, "keep_layers": [0, 1, 5],
-                                          "cache_layers": 3}).validate()
+    settings = DistillSettings.from_dict(
+        {"temperature": 2, "learning_rate": 1, "keep_layers": [0, 1, 5], "cache_layers": 3}
+    ).validate()
     assert settings.temperature == 2 and settings.keep_layers == "0,1,5" and settings.cache_layers == "3"
     assert DistillSettings.from_dict({"student": Path("s"), "max_time": 90}).validate().student == "s"
 
 
-@pytest.mark.parametrize("values,words", [
-    ({"rank": "8"}, ["rank", "'8'"]),
-    ({"learning_rate": "fast"}, ["learning_rate", "'fast'"]),
-    ({"learning_rate": float("nan")}, ["learning_rate", "nan"]),
-    ({"dropout": [0.1]}, ["dropout"]),
-])
+@pytest.mark.parametrize(
+    "values,words",
+    [
+        ({"rank": "8"}, ["rank", "'8'"]),
+        ({"learning_rate": "fast"}, ["learning_rate", "'fast'"]),
+        ({"learning_rate": float("nan")}, ["learning_rate", "nan"]),
+        ({"dropout": [0.1]}, ["dropout"]),
+    ],
+)
 def test_finetune_settings_types(values, words):
     with pytest.raises(SlimlmError) as err:
         FinetuneSettings.from_dict({"model": "m", **values}).validate()
@@ -100,13 +107,16 @@ def test_settings_keys_must_be_names():
         DistillSettings.from_dict({1: 2})
 
 
-@pytest.mark.parametrize("text,words", [
-    ("1: 2\n", ["key 1", "setting name"]),
-    ("true: 2\n", ["key True"]),
-    ("a: " + "[" * 2000 + "]" * 2000 + "\n", ["nested too deeply"]),
-    ("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 2000)), ["nested too deeply"]),
-    ("- temperature\n", ["mapping"]),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("1: 2\n", ["key 1", "setting name"]),
+        ("true: 2\n", ["key True"]),
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", ["nested too deeply"]),
+        ("a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 2000)), ["nested too deeply"]),
+        ("- temperature\n", ["mapping"]),
+    ],
+)
 def test_load_recipe_refuses_shapes(text, words):
     with pytest.raises(SlimlmError) as err:
         load_recipe(_recipe(text))
@@ -114,39 +124,59 @@ def test_load_recipe_refuses_shapes(text, words):
         assert word in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("text,words", [
-    ("temperature: hot\nkeep_layers: '0'\n", ["temperature", "'hot'"]),
-    ("1: 2\n", ["key 1"]),
-    ("student_config: wide\nkeep_layers: '0'\n", ["student_config", "'wide'"]),
-    ("a: " + "[" * 2000 + "]" * 2000 + "\n", ["nested too deeply"]),
-    ("feature_layers: 6:3\nkeep_layers: '0'\n", ["feature_layers", "363", "quote"]),  # YAML 1.1 reads 6:3 as 363
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("temperature: hot\nkeep_layers: '0'\n", ["temperature", "'hot'"]),
+        ("1: 2\n", ["key 1"]),
+        ("student_config: wide\nkeep_layers: '0'\n", ["student_config", "'wide'"]),
+        ("a: " + "[" * 2000 + "]" * 2000 + "\n", ["nested too deeply"]),
+        ("feature_layers: 6:3\nkeep_layers: '0'\n", ["feature_layers", "363", "quote"]),  # YAML 1.1 reads 6:3 as 363
+    ],
+)
 def test_distill_recipe_cli(capsys, tiny_teacher, text_dir, text, words):
     recipe = _recipe(text)
-    code, err = run_cli(capsys, "distill", "--recipe", recipe, "--teacher", tiny_teacher, "--data", text_dir,
-                        "--out", "out", "--max-steps", "1")
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--recipe",
+        recipe,
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--out",
+        "out",
+        "--max-steps",
+        "1",
+    )
     assert_one_line_error(code, err, *words)
 
 
 PIPELINE = "teacher: {teacher}\ndata: {data}\n"
 
 
-@pytest.mark.parametrize("body,words", [
-    ("stages: {{distill: 5}}\n", ["stages", "list"]),
-    ("stages:\n  - distill: 5\n", ["stage 1", "mapping", "5"]),
-    ("stages:\n  - student: {{layers: 2}}\n  - prune: {{sparsity: lots}}\n", ["stage 2", "--sparsity", "lots"]),
-    ("stages:\n  - student: {{layers: 2}}\n  - prune: {{method: nm, nm: '4:2'}}\n", ["--nm", "0 < N < M"]),
-    ("stages:\n  - student: {{layers: 2}}\n  - prune: {{kv_groups_removed: -1}}\n", ["--kv-groups-removed"]),
-    ("stages:\n  - student: {{layers: 2}}\n  - quantize: {{bits: '8'}}\n", ["stage 2", "--bits"]),
-    ("stages:\n  - student: {{layers: 2}}\n  - quantize: {{granularity: group, group_size: '64'}}\n",
-     ["--group-size"]),
-    ("stages:\n  - student: {{layers: two}}\n", ["stage 1", "layers", "'two'"]),
-    ("stages:\n  - distill: {{keep_layers: '0', temperature: hot}}\n", ["stage 1", "temperature", "'hot'"]),
-    ("stages:\n  - distill: {{1: 2}}\n", ["stage 1", "key 1"]),
-    ("seeds: x\nstages: [{{student: {{layers: 2}}}}]\n", ["seeds", "'x'"]),
-    ("seeds: [0, 1.5]\nstages: [{{student: {{layers: 2}}}}]\n", ["seeds"]),
-    ("evaluate: 5\nstages: [{{student: {{layers: 2}}}}]\n", ["evaluate", "mapping"]),
-])
+@pytest.mark.parametrize(
+    "body,words",
+    [
+        ("stages: {{distill: 5}}\n", ["stages", "list"]),
+        ("stages:\n  - distill: 5\n", ["stage 1", "mapping", "5"]),
+        ("stages:\n  - student: {{layers: 2}}\n  - prune: {{sparsity: lots}}\n", ["stage 2", "--sparsity", "lots"]),
+        ("stages:\n  - student: {{layers: 2}}\n  - prune: {{method: nm, nm: '4:2'}}\n", ["--nm", "0 < N < M"]),
+        ("stages:\n  - student: {{layers: 2}}\n  - prune: {{kv_groups_removed: -1}}\n", ["--kv-groups-removed"]),
+        ("stages:\n  - student: {{layers: 2}}\n  - quantize: {{bits: '8'}}\n", ["stage 2", "--bits"]),
+        (
+            "stages:\n  - student: {{layers: 2}}\n  - quantize: {{granularity: group, group_size: '64'}}\n",
+            ["--group-size"],
+        ),
+        ("stages:\n  - student: {{layers: two}}\n", ["stage 1", "layers", "'two'"]),
+        ("stages:\n  - distill: {{keep_layers: '0', temperature: hot}}\n", ["stage 1", "temperature", "'hot'"]),
+        ("stages:\n  - distill: {{1: 2}}\n", ["stage 1", "key 1"]),
+        ("seeds: x\nstages: [{{student: {{layers: 2}}}}]\n", ["seeds", "'x'"]),
+        ("seeds: [0, 1.5]\nstages: [{{student: {{layers: 2}}}}]\n", ["seeds"]),
+        ("evaluate: 5\nstages: [{{student: {{layers: 2}}}}]\n", ["evaluate", "mapping"]),
+    ],
+)
 def test_pipeline_recipe_types(capsys, tiny_teacher, text_dir, body, words):
     recipe = _recipe(PIPELINE.format(teacher=tiny_teacher, data=text_dir) + body.format())
     code, err = run_cli(capsys, "pipeline", recipe, "--out", "out")
@@ -154,17 +184,27 @@ def test_pipeline_recipe_types(capsys, tiny_teacher, text_dir, body, words):
 
 
 def test_pipeline_teacher_must_be_a_string(capsys):
-    code, err = run_cli(capsys, "pipeline", _recipe("teacher: [a, b]\nstages: [{student: {layers: 2}}]\n"),
-                        "--out", "out")
+    code, err = run_cli(
+        capsys, "pipeline", _recipe("teacher: [a, b]\nstages: [{student: {layers: 2}}]\n"), "--out", "out"
+    )
     assert_one_line_error(code, err, "teacher", "string")
 
 
 # --------------------------------------------------------------------------- 2. NaN and infinity
 
-@pytest.mark.parametrize("name,value", [
-    ("temperature", math.inf), ("feature_weight", math.nan), ("attention_weight", math.nan),
-    ("alpha", math.nan), ("learning_rate", math.nan), ("learning_rate", math.inf), ("max_grad_norm", math.inf),
-])
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("temperature", math.inf),
+        ("feature_weight", math.nan),
+        ("attention_weight", math.nan),
+        ("alpha", math.nan),
+        ("learning_rate", math.nan),
+        ("learning_rate", math.inf),
+        ("max_grad_norm", math.inf),
+    ],
+)
 def test_non_finite_values_are_refused(name, value):
     with pytest.raises(SlimlmError, match=name.replace("_", ".")):
         DistillSettings.from_dict({"keep_layers": "0", name: value}).validate()
@@ -172,12 +212,34 @@ def test_non_finite_values_are_refused(name, value):
         DistillSettings(keep_layers="0", **{name: value}).validate()
 
 
-@pytest.mark.parametrize("flag,value", [("--temperature", "inf"), ("--feature-weight", "nan"),
-                                        ("--attention-weight", "nan"), ("--alpha", "nan"),
-                                        ("--learning-rate", "nan"), ("--learning-rate", "inf")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--temperature", "inf"),
+        ("--feature-weight", "nan"),
+        ("--attention-weight", "nan"),
+        ("--alpha", "nan"),
+        ("--learning-rate", "nan"),
+        ("--learning-rate", "inf"),
+    ],
+)
 def test_non_finite_flags_cli(capsys, tiny_teacher, text_dir, flag, value):
-    code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--keep-layers", "0",
-                        "--out", "out", "--max-steps", "1", flag, value)
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--keep-layers",
+        "0",
+        "--out",
+        "out",
+        "--max-steps",
+        "1",
+        flag,
+        value,
+    )
     assert_one_line_error(code, err, flag.lstrip("-").replace("-", "_"), value)
 
 
@@ -188,14 +250,18 @@ def test_finetune_lora_alpha_inf():
 
 # --------------------------------------------------------------------------- 3. prune settings before any load
 
-@pytest.mark.parametrize("argv,words", [
-    (["--method", "nm", "--nm", "4:2"], ["--nm", "0 < N < M"]),
-    (["--method", "nm", "--nm", "0:4"], ["--nm"]),
-    (["--method", "nm", "--nm", "1:5"], ["--nm", "multiple of M=5"]),  # tiny widths are 32 and 64
-    (["--method", "structured", "--kv-groups-removed", "99"], ["--kv-groups-removed", "2 key/value", "0..1"]),
-    (["--method", "structured", "--kv-groups-removed", "2"], ["--kv-groups-removed", "0..1"]),
-    (["--method", "structured", "--kv-groups-removed", "-1"], ["--kv-groups-removed", ">= 0"]),
-])
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--method", "nm", "--nm", "4:2"], ["--nm", "0 < N < M"]),
+        (["--method", "nm", "--nm", "0:4"], ["--nm"]),
+        (["--method", "nm", "--nm", "1:5"], ["--nm", "multiple of M=5"]),  # tiny widths are 32 and 64
+        (["--method", "structured", "--kv-groups-removed", "99"], ["--kv-groups-removed", "2 key/value", "0..1"]),
+        (["--method", "structured", "--kv-groups-removed", "2"], ["--kv-groups-removed", "0..1"]),
+        (["--method", "structured", "--kv-groups-removed", "-1"], ["--kv-groups-removed", ">= 0"]),
+    ],
+)
 def test_prune_refuses_before_loading(capsys, monkeypatch, tiny_teacher, text_dir, argv, words):
     _no_model_load(monkeypatch)
     code, err = run_cli(capsys, "prune", tiny_teacher, "--calibration", text_dir, *argv, "--out", "out")
@@ -206,25 +272,35 @@ def test_prune_api_checks_types(monkeypatch, tiny_teacher):
     from slimlm.stages.prune import prune
 
     _no_model_load(monkeypatch)
-    for kwargs, word in [({"sparsity": "lots"}, "--sparsity"), ({"sparsity": math.nan}, "--sparsity"),
-                         ({"kv_groups_removed": 1.5, "method": "structured"}, "--kv-groups-removed"),
-                         ({"scope": "everywhere"}, "--scope"), ({"recover_tokens": True}, "--recover-tokens")]:
+    for kwargs, word in [
+        ({"sparsity": "lots"}, "--sparsity"),
+        ({"sparsity": math.nan}, "--sparsity"),
+        ({"kv_groups_removed": 1.5, "method": "structured"}, "--kv-groups-removed"),
+        ({"scope": "everywhere"}, "--scope"),
+        ({"recover_tokens": True}, "--recover-tokens"),
+    ]:
         with pytest.raises(SlimlmError, match=word):
             prune(str(tiny_teacher), out="out", **kwargs)
         assert not Path("out").exists() and not Path("out.partial").exists()
 
 
 def test_quantize_args_types():
-    from slimlm.stages.quantize import check_quantize_args
+    from slimlm.settings import QuantizeSettings
 
-    for kwargs, word in [({"bits": 8.0}, "--bits"), ({"bits": "4"}, "--bits"), ({"bits": True}, "--bits"),
-                         ({"granularity": "group", "group_size": "64"}, "--group-size"),
-                         ({"symmetric": "no"}, "--symmetric"), ({"granularity": ["x"]}, "--granularity")]:
+    for kwargs, word in [
+        ({"bits": 8.0}, "--bits"),
+        ({"bits": "4"}, "--bits"),
+        ({"bits": True}, "--bits"),
+        ({"granularity": "group", "group_size": "64"}, "--group-size"),
+        ({"symmetric": "no"}, "--symmetric"),
+        ({"granularity": ["x"]}, "--granularity"),
+    ]:
         with pytest.raises(SlimlmError, match=word):
-            check_quantize_args(**kwargs)
+            QuantizeSettings.from_dict({"model": "m", "out": "o", **kwargs}).validate()
 
 
 # --------------------------------------------------------------------------- 4. --keep-layers ranges
+
 
 def test_reversed_keep_layers_range():
     from slimlm.methods.layers import parse_keep_layers
@@ -238,12 +314,27 @@ def test_reversed_keep_layers_range():
 
 
 def test_reversed_keep_layers_cli(capsys, tiny_teacher, text_dir):
-    code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--keep-layers", "3-1",
-                        "--out", "out", "--max-steps", "1", "--block-size", "32")
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--keep-layers",
+        "3-1",
+        "--out",
+        "out",
+        "--max-steps",
+        "1",
+        "--block-size",
+        "32",
+    )
     assert_one_line_error(code, err, "--keep-layers", "reversed", "1-3")
 
 
 # --------------------------------------------------------------------------- 5. GGUF export
+
 
 def _export(capsys, model, out="m.gguf"):
     code, err = run_cli(capsys, "export", model, "--out", out)
@@ -303,13 +394,16 @@ def test_invalid_config_json(capsys, tiny_teacher, tmp_path, text):
     assert "--trust-remote-code" not in err[-1]
 
 
-@pytest.mark.parametrize("key,value,words", [
-    ("vocab_size", 1e11, ["vocab_size", "positive integer"]),
-    ("vocab_size", 100_000_000_000, ["vocab_size 100000000000", "rows"]),
-    ("num_hidden_layers", 10**12, ["num_hidden_layers", "layers"]),
-    ("hidden_size", "32", ["hidden_size", "positive integer"]),
-    ("num_attention_heads", 0, ["num_attention_heads"]),
-])
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("vocab_size", 1e11, ["vocab_size", "positive integer"]),
+        ("vocab_size", 100_000_000_000, ["vocab_size 100000000000", "rows"]),
+        ("num_hidden_layers", 10**12, ["num_hidden_layers", "layers"]),
+        ("hidden_size", "32", ["hidden_size", "positive integer"]),
+        ("num_attention_heads", 0, ["num_attention_heads"]),
+    ],
+)
 def test_export_hostile_config_sizes(capsys, tiny_teacher, tmp_path, key, value, words):
     model = _model_copy(tiny_teacher, tmp_path)
     config = json.loads((model / "config.json").read_text())
@@ -337,6 +431,7 @@ def test_export_malformed_tokenizer(capsys, tiny_teacher, tmp_path):
 
 
 # --------------------------------------------------------------------------- 6. a damaged data cache entry
+
 
 def test_truncated_token_cache_is_rebuilt(capsys, monkeypatch, tmp_path, tiny_tokenizer, text_dir):
     from slimlm.data.corpus import prepare_data
@@ -366,6 +461,7 @@ def test_unwritable_cache_root(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------- 7. sources.model_config
+
 
 def test_model_config_reads_no_weights(monkeypatch, tiny_teacher):
     import transformers
@@ -409,7 +505,7 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
     from slimlm.data.corpus import prepare_data
 
     def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull })')
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
     monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(slimlm.data.corpus, "save_file", full)
@@ -420,25 +516,31 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
 
 # --------------------------------------------------------------------------- shape checks from config.json only
 
-@pytest.mark.parametrize("extra,words", [
-    (["--keep-layers", "0,3", "--feature-layers", "4:9"], ["--feature-layers", "student index 9", "0..2"]),
-    (["--keep-layers", "0,3", "--feature-layers", "40:1"], ["--feature-layers", "teacher index 40", "0..4"]),
-    (["--keep-layers", "0,3", "--attention-layers", "1:5", "--attention-weight", "1"], ["--attention-layers"]),
-    (["--keep-layers", "0-9"], ["--keep-layers", "out of range"]),
-    (["--layers", "9"], ["--layers 9", "1..4"]),
-    (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
-])
+
+@pytest.mark.parametrize(
+    "extra,words",
+    [
+        (["--keep-layers", "0,3", "--feature-layers", "4:9"], ["--feature-layers", "student index 9", "0..2"]),
+        (["--keep-layers", "0,3", "--feature-layers", "40:1"], ["--feature-layers", "teacher index 40", "0..4"]),
+        (["--keep-layers", "0,3", "--attention-layers", "1:5", "--attention-weight", "1"], ["--attention-layers"]),
+        (["--keep-layers", "0-9"], ["--keep-layers", "out of range"]),
+        (["--layers", "9"], ["--layers 9", "1..4"]),
+        (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
+    ],
+)
 def test_distill_shape_checks_need_no_weights(capsys, monkeypatch, tiny_teacher, text_dir, extra, words):
     _no_model_load(monkeypatch)
-    code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--out", "out",
-                        "--max-steps", "1", *extra)
+    code, err = run_cli(
+        capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--out", "out", "--max-steps", "1", *extra
+    )
     assert_one_line_error(code, err, *words)
 
 
 def test_student_layers_checked_from_the_config(capsys, monkeypatch, tiny_teacher, text_dir):
     _no_model_load(monkeypatch)
-    code, err = run_cli(capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, "--layers", "9",
-                        "--out", "out")
+    code, err = run_cli(
+        capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, "--layers", "9", "--out", "out"
+    )
     assert_one_line_error(code, err, "--layers 9", "1..4")
 
 
@@ -451,25 +553,31 @@ def test_eval_counts_checked_before_measuring(capsys, monkeypatch, tiny_teacher,
 
 # --------------------------------------------------------------------------- precision in recipes and experiments
 
+
 def test_pipeline_precision_must_be_known(capsys, tiny_teacher, text_dir):
-    recipe = _recipe(f"teacher: {tiny_teacher}\ndata: {text_dir}\nprecision: fp16\n"
-                     "stages:\n  - student: {keep_layers: '0,3'}\n")
+    recipe = _recipe(
+        f"teacher: {tiny_teacher}\ndata: {text_dir}\nprecision: fp16\nstages:\n  - student: {{keep_layers: '0,3'}}\n"
+    )
     code, err = run_cli(capsys, "pipeline", recipe, "--out", "out")
     assert_one_line_error(code, err, "--precision must be one of auto, fp32, bf16", "fp16")
 
 
-@pytest.mark.parametrize("settings,flag,words", [
-    ({"precision": "fp32"}, "bf16", ["precision 'fp32'", "--precision says 'bf16'"]),
-    ({"bf16": True}, "fp32", ["precision 'bf16'", "--precision says 'fp32'"]),
-    ({"precision": "half"}, "auto", ["--precision must be one of"]),
-    ({"bf16": "yes"}, "auto", ["bf16 must be true or false"]),
-])
+@pytest.mark.parametrize(
+    "settings,flag,words",
+    [
+        ({"precision": "fp32"}, "bf16", ["precision 'fp32'", "--precision says 'bf16'"]),
+        ({"bf16": True}, "fp32", ["precision 'bf16'", "--precision says 'fp32'"]),
+        ({"precision": "half"}, "auto", ["--precision must be one of"]),
+        ({"bf16": "yes"}, "auto", ["bf16 must be true or false"]),
+    ],
+)
 def test_experiment_recipe_precision(tiny_teacher, text_dir, settings, flag, words):
     import slimlm
 
     with pytest.raises(SlimlmError) as caught:
-        slimlm.experiment("temperature", out="out", teacher=str(tiny_teacher), data=str(text_dir),
-                          settings=settings, precision=flag)
+        slimlm.experiment(
+            "temperature", out="out", teacher=str(tiny_teacher), data=str(text_dir), settings=settings, precision=flag
+        )
     for word in words:
         assert word in str(caught.value)
     assert not Path("out").exists()

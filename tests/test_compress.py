@@ -8,17 +8,25 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from slimlm.stages.prune import prune
-from slimlm.stages.quantize import quantize
 from slimlm.errors import SlimlmError
 from slimlm.sources import load_model
+from slimlm.stages.prune import prune
+from slimlm.stages.quantize import quantize
 
 FAST = dict(block_size=32, eval_tokens=512, repeats=1)
 
 
 def test_structured_prune_stage_writes_a_smaller_loadable_model(tiny_teacher, text_dir, capsys):
-    out = prune(str(tiny_teacher), data=str(text_dir), out="pruned", method="structured", sparsity=0.5,
-                kv_groups_removed=1, calibration_blocks=4, **FAST)
+    out = prune(
+        str(tiny_teacher),
+        data=str(text_dir),
+        out="pruned",
+        method="structured",
+        sparsity=0.5,
+        kv_groups_removed=1,
+        calibration_blocks=4,
+        **FAST,
+    )
     table = capsys.readouterr().out
     assert "before" in table and "after" in table and "perplexity" in table
     record = json.loads((out / "slimlm.json").read_text())
@@ -28,17 +36,20 @@ def test_structured_prune_stage_writes_a_smaller_loadable_model(tiny_teacher, te
 
 
 def test_wanda_prune_stage_reports_sparsity(tiny_teacher, text_dir, capsys):
-    out = prune(str(tiny_teacher), data=str(text_dir), out="wanda", method="wanda", sparsity=0.5,
-                calibration_blocks=4, **FAST)
+    out = prune(
+        str(tiny_teacher), data=str(text_dir), out="wanda", method="wanda", sparsity=0.5, calibration_blocks=4, **FAST
+    )
     assert "sparsity achieved" in capsys.readouterr().out
     assert json.loads((out / "slimlm.json").read_text())["detail"]["sparsity_by_kind"]["all"] == pytest.approx(0.5)
 
 
 def test_quantize_stage_saves_bits_and_loads_back(tiny_teacher, text_dir):
-    out = quantize(str(tiny_teacher), data=str(text_dir), out="q4", bits=4, granularity="group", group_size=32,
-                   **FAST)
+    out = quantize(str(tiny_teacher), data=str(text_dir), out="q4", bits=4, granularity="group", group_size=32, **FAST)
     record = json.loads((out / "slimlm.json").read_text())
-    size_before, size_after = record["metrics"]["before"]["size_on_disk_mb"], record["metrics"]["after"]["size_on_disk_mb"]
+    size_before, size_after = (
+        record["metrics"]["before"]["size_on_disk_mb"],
+        record["metrics"]["after"]["size_on_disk_mb"],
+    )
     assert size_after < 0.3 * size_before  # packed 4-bit codes plus one fp32 scale and zero per 32 weights
     model, _, _ = load_model(out)  # slimlm's loader restores a runnable model
     source = AutoModelForCausalLM.from_pretrained(tiny_teacher)
@@ -47,36 +58,76 @@ def test_quantize_stage_saves_bits_and_loads_back(tiny_teacher, text_dir):
         assert (model(input_ids=ids).logits - source(input_ids=ids).logits).abs().max() < 1.0
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(bits=0), "--bits"), (dict(bits=9), "--bits"),
-    (dict(bits=4, granularity="group", group_size=48), "does not divide"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(bits=0), "--bits"),
+        (dict(bits=9), "--bits"),
+        (dict(bits=4, granularity="group", group_size=48), "does not divide"),
+    ],
+)
 def test_quantize_bad_input(tiny_teacher, text_dir, kwargs, words):
     with pytest.raises(SlimlmError, match=words):
         quantize(str(tiny_teacher), data=str(text_dir), out="bad", **kwargs, **FAST)
     from pathlib import Path
+
     assert not Path("bad").exists() and not Path("bad.partial").exists()
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(sparsity=1.0), "--sparsity"), (dict(sparsity=-0.1), "--sparsity"),
-    (dict(method="structured", sparsity=0.5, kv_groups_removed=2), "key/value groups"),
-    (dict(method="random"), "--method"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(sparsity=1.0), "--sparsity"),
+        (dict(sparsity=-0.1), "--sparsity"),
+        (dict(method="structured", sparsity=0.5, kv_groups_removed=2), "key/value groups"),
+        (dict(method="random"), "--method"),
+    ],
+)
 def test_prune_bad_input(tiny_teacher, text_dir, kwargs, words):
     with pytest.raises(SlimlmError, match=words):
         prune(str(tiny_teacher), data=str(text_dir), out="bad", calibration_blocks=2, **kwargs, **FAST)
     from pathlib import Path
+
     assert not Path("bad").exists() and not Path("bad.partial").exists()
 
 
 def test_cli_quantize_and_prune(tiny_teacher, text_dir, capsys):
     from slimlm.cli import main
 
-    assert main(["quantize", str(tiny_teacher), "--data", str(text_dir), "--bits", "8", "--eval-tokens", "256",
-                 "--out", "q8"]) == 0
-    assert main(["prune", str(tiny_teacher), "--calibration", str(text_dir), "--method", "nm", "--eval-tokens", "256",
-                 "--out", "nm"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(tiny_teacher),
+                "--data",
+                str(text_dir),
+                "--bits",
+                "8",
+                "--eval-tokens",
+                "256",
+                "--out",
+                "q8",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prune",
+                str(tiny_teacher),
+                "--calibration",
+                str(text_dir),
+                "--method",
+                "nm",
+                "--eval-tokens",
+                "256",
+                "--out",
+                "nm",
+            ]
+        )
+        == 0
+    )
     assert "after" in capsys.readouterr().out
     assert main(["quantize", str(tiny_teacher), "--data", str(text_dir), "--bits", "9", "--out", "q9"]) == 2
     assert "--bits" in capsys.readouterr().err
@@ -110,8 +161,16 @@ def test_int8_runtime_keeps_the_parameter_count(tiny_teacher):
 
 
 def test_structured_prune_with_recovery_distillation(tiny_teacher, text_dir):
-    out = prune(str(tiny_teacher), data=str(text_dir), out="recovered", method="structured", sparsity=0.5,
-                calibration_blocks=4, recover_tokens=512, **FAST)
+    out = prune(
+        str(tiny_teacher),
+        data=str(text_dir),
+        out="recovered",
+        method="structured",
+        sparsity=0.5,
+        calibration_blocks=4,
+        recover_tokens=512,
+        **FAST,
+    )
     record = json.loads((out / "slimlm.json").read_text())
     assert record["detail"]["recovery"]["tokens"] == 512
     assert AutoModelForCausalLM.from_pretrained(out).config.intermediate_size == 32
@@ -123,14 +182,19 @@ def test_recovery_refused_for_unstructured(tiny_teacher, text_dir):
         prune(str(tiny_teacher), data=str(text_dir), out="bad", method="magnitude", recover_tokens=100, **FAST)
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(method="nm", nm="2-4"), "N:M"), (dict(method="nm", nm="4:2"), "0 < N < M"),
-    (dict(method="structured", recover_tokens=-1), "--recover-tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(method="nm", nm="2-4"), "N:M"),
+        (dict(method="nm", nm="4:2"), "0 < N < M"),
+        (dict(method="structured", recover_tokens=-1), "--recover-tokens"),
+    ],
+)
 def test_prune_bad_pattern_and_budget(tiny_teacher, text_dir, kwargs, words):
     with pytest.raises(SlimlmError, match=words):
         prune(str(tiny_teacher), data=str(text_dir), out="bad", calibration_blocks=2, **kwargs, **FAST)
     from pathlib import Path
+
     assert not Path("bad").exists() and not Path("bad.partial").exists()
 
 

@@ -24,11 +24,25 @@ import torch
 from safetensors.torch import load_file
 
 import slimlm
-from slimlm.output import CHECKPOINT_RECORD, SAVING_DIR, checkpoint_problem, commit_checkpoint, discard_if_unstarted, \
-    last_good_checkpoint
+from slimlm.output import (
+    CHECKPOINT_RECORD,
+    SAVING_DIR,
+    checkpoint_problem,
+    commit_checkpoint,
+    discard_if_unstarted,
+    last_good_checkpoint,
+)
 
-FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, calibration_blocks=4,
-            eval_tokens=512, eval_window=32)
+FAST = dict(
+    block_size=32,
+    batch_size=4,
+    learning_rate=3e-3,
+    bf16=False,
+    logging_steps=1,
+    calibration_blocks=4,
+    eval_tokens=512,
+    eval_window=32,
+)
 
 
 def weights(path):
@@ -44,12 +58,38 @@ def assert_identical(a, b):
 
 # ------------------------------------------------------------------------------------------ SIGKILL
 
+
 def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(tiny_teacher, text_dir, tmp_path):
     (tmp_path / "recipe.yaml").write_text("eval_window: 32\neval_tokens: 256\ncalibration_blocks: 2\n")
-    argv = [sys.executable, "-m", "slimlm", "distill", "--recipe", str(tmp_path / "recipe.yaml"),
-            "--teacher", str(tiny_teacher), "--data", str(text_dir), "--keep-layers", "0,3", "--block-size", "32",
-            "--batch-size", "4", "--learning-rate", "3e-3", "--no-bf16", "--max-steps", "16", "--save-steps", "1",
-            "--logging-steps", "4", "--seed", "5"]
+    argv = [
+        sys.executable,
+        "-m",
+        "slimlm",
+        "distill",
+        "--recipe",
+        str(tmp_path / "recipe.yaml"),
+        "--teacher",
+        str(tiny_teacher),
+        "--data",
+        str(text_dir),
+        "--keep-layers",
+        "0,3",
+        "--block-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "3e-3",
+        "--no-bf16",
+        "--max-steps",
+        "16",
+        "--save-steps",
+        "1",
+        "--logging-steps",
+        "4",
+        "--seed",
+        "5",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
     def launch(out, *extra, log):
@@ -108,9 +148,11 @@ def test_sigkill_at_random_moments_then_resume_ends_with_the_same_weights(tiny_t
 
 # ------------------------------------------------------------------------------------------ damaged checkpoints
 
+
 def test_truncated_checkpoint_is_skipped_for_the_one_before(tiny_teacher, text_dir, capsys, monkeypatch):
-    common = dict(teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=6, save_steps=2,
-                  seed=3, **FAST)
+    common = dict(
+        teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=6, save_steps=2, seed=3, **FAST
+    )
     straight = slimlm.distill(out="straight", **common)
     stage = slimlm.distill(out="damaged", stop_after=4, **common)
     folder = stage / "checkpoints"
@@ -146,8 +188,10 @@ def test_only_committed_checkpoints_count(tmp_path):
         (saved / "model.safetensors").write_bytes(b"x" * 100)
         (saved / "optimizer.pt").write_bytes(b"y" * 50)
         commit_checkpoint(saved, folder / f"checkpoint-{step}", step)
-    assert json.loads((folder / "checkpoint-4" / CHECKPOINT_RECORD).read_text())["files"] == \
-        {"model.safetensors": 100, "optimizer.pt": 50}
+    assert json.loads((folder / "checkpoint-4" / CHECKPOINT_RECORD).read_text())["files"] == {
+        "model.safetensors": 100,
+        "optimizer.pt": 50,
+    }
     (folder / SAVING_DIR / "checkpoint-6").mkdir(parents=True)  # a save killed half-way: never renamed
     (folder / "checkpoint-8").mkdir()  # a folder without a completion record (e.g. copied by hand, half done)
     (folder / "checkpoint-8" / "model.safetensors").write_bytes(b"z")
@@ -200,6 +244,7 @@ def test_damaged_checkpoints_are_out_of_the_way_of_rotation_and_cleanup(tmp_path
 
 # ------------------------------------------------------------------------------------------ unwritable output
 
+
 def test_read_only_output_folder_fails_before_training(capsys, tiny_teacher, text_dir, tmp_path):
     from slimlm.cli import main
 
@@ -213,8 +258,22 @@ def test_read_only_output_folder_fails_before_training(capsys, tiny_teacher, tex
             pytest.skip("running as root without chattr +i: cannot make a folder read-only here")
         undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
     try:
-        code = main(["distill", "--teacher", str(tiny_teacher), "--data", str(text_dir), "--keep-layers", "0",
-                     "--out", str(folder / "out"), "--max-steps", "1", "--no-bf16"])
+        code = main(
+            [
+                "distill",
+                "--teacher",
+                str(tiny_teacher),
+                "--data",
+                str(text_dir),
+                "--keep-layers",
+                "0",
+                "--out",
+                str(folder / "out"),
+                "--max-steps",
+                "1",
+                "--no-bf16",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
     finally:
         undo()
@@ -224,6 +283,7 @@ def test_read_only_output_folder_fails_before_training(capsys, tiny_teacher, tex
 
 
 # ------------------------------------------------------------------------------------------ no pickles
+
 
 def test_no_pickle_is_loaded_anywhere_in_the_source():
     """Every torch.load in slimlm passes weights_only=True, and no pickle-based loader is imported."""
@@ -236,10 +296,17 @@ def test_no_pickle_is_loaded_anywhere_in_the_source():
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
                 if any(n and n.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle") for n in names):
                     unsafe.append(f"{file.name}:{node.lineno} imports a pickle loader")
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "torch"
+            ):
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     unsafe.append(f"{file.name}:{node.lineno} calls torch.load without weights_only=True")
     assert not unsafe, unsafe

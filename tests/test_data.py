@@ -39,8 +39,10 @@ def test_jsonl_parquet_and_txt_give_the_same_tokens(tmp_path, speeches, tiny_tok
         for text in docs:
             fh.write(json.dumps({"text": text, "id": 1}) + "\n")
     pq.write_table(pa.table({"text": docs}), tmp_path / "data.parquet")
-    streams = [prepare_data(str(p), tiny_tokenizer, 32) for p in
-               (tmp_path / "txt", tmp_path / "data.jsonl", tmp_path / "data.parquet")]
+    streams = [
+        prepare_data(str(p), tiny_tokenizer, 32)
+        for p in (tmp_path / "txt", tmp_path / "data.jsonl", tmp_path / "data.parquet")
+    ]
     for other in streams[1:]:
         assert torch.equal(streams[0].train, other.train) and torch.equal(streams[0].test, other.test)
 

@@ -12,11 +12,19 @@ from transformers import AutoModelForCausalLM
 import slimlm
 from slimlm.data.corpus import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.sources import load_model
 from slimlm.methods.layers import build_student
+from slimlm.sources import load_model
 
-FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, calibration_blocks=4,
-            eval_tokens=512, eval_window=32)
+FAST = dict(
+    block_size=32,
+    batch_size=4,
+    learning_rate=3e-3,
+    bf16=False,
+    logging_steps=1,
+    calibration_blocks=4,
+    eval_tokens=512,
+    eval_window=32,
+)
 
 
 def weights(path):
@@ -43,19 +51,31 @@ def test_kept_layers_are_copied(tiny_teacher):
     teacher, _, _ = load_model(tiny_teacher)
     student = build_student(teacher, [0, 3])
     assert student.config.num_hidden_layers == 2
-    torch.testing.assert_close(student.model.layers[1].mlp.down_proj.weight, teacher.model.layers[3].mlp.down_proj.weight)
+    torch.testing.assert_close(
+        student.model.layers[1].mlp.down_proj.weight, teacher.model.layers[3].mlp.down_proj.weight
+    )
 
 
 def test_narrow_student_from_config(tiny_teacher):
     teacher, _, _ = load_model(tiny_teacher)
     student = build_student(teacher, [0, 1], {"intermediate_size": 16})
     assert student.model.layers[0].mlp.up_proj.weight.shape == (16, 32)
-    torch.testing.assert_close(student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight[:16])
+    torch.testing.assert_close(
+        student.model.layers[0].mlp.up_proj.weight, teacher.model.layers[0].mlp.up_proj.weight[:16]
+    )
 
 
 def test_distillation_lowers_kl_on_held_out_blocks(tiny_teacher, text_dir, tiny_tokenizer):
-    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="student",
-                         alpha=0.0, temperature=1.0, max_steps=40, **FAST)
+    out = slimlm.distill(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        out="student",
+        alpha=0.0,
+        temperature=1.0,
+        max_steps=40,
+        **FAST,
+    )
     teacher, tok, _ = load_model(tiny_teacher)
     before = build_student(teacher, [0, 3])
     after = AutoModelForCausalLM.from_pretrained(out)
@@ -69,8 +89,9 @@ def test_distillation_lowers_kl_on_held_out_blocks(tiny_teacher, text_dir, tiny_
 
 
 def test_interrupted_run_resumes_to_same_weights(tiny_teacher, text_dir):
-    common = dict(teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=6, save_steps=3,
-                  seed=3, **FAST)
+    common = dict(
+        teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=6, save_steps=3, seed=3, **FAST
+    )
     straight = slimlm.distill(out="straight", **common)
     stage = slimlm.distill(out="interrupted", stop_after=3, **common)
     assert stage.name == "interrupted.partial" and (stage / "checkpoints" / "checkpoint-3").is_dir()
@@ -84,9 +105,19 @@ def test_interrupted_run_resumes_to_same_weights(tiny_teacher, text_dir):
 @pytest.mark.parametrize("batch_size,grad_accum", [(2, 2), (1, 4)])
 def test_loss_does_not_depend_on_how_a_batch_is_split(tiny_teacher, text_dir, batch_size, grad_accum):
     """One SGD step (no clipping, so any change of loss scale shows) on 4 blocks, split in different ways."""
-    common = dict(teacher=str(tiny_teacher), keep_layers="0,2", data=str(text_dir), max_steps=1, seed=1,
-                  optim="sgd", max_grad_norm=0.0, warmup_ratio=0.0, feature_layers="2:1", feature_weight=0.5,
-                  **{**FAST, "batch_size": 4})
+    common = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,2",
+        data=str(text_dir),
+        max_steps=1,
+        seed=1,
+        optim="sgd",
+        max_grad_norm=0.0,
+        warmup_ratio=0.0,
+        feature_layers="2:1",
+        feature_weight=0.5,
+        **{**FAST, "batch_size": 4},
+    )
     whole = slimlm.distill(out="whole", **common)
     split = slimlm.distill(out="split", **{**common, "batch_size": batch_size, "grad_accum": grad_accum})
     log_whole = json.loads((whole / "slimlm.json").read_text())["training"]["log"][0]
@@ -98,25 +129,79 @@ def test_loss_does_not_depend_on_how_a_batch_is_split(tiny_teacher, text_dir, ba
 
 
 def test_feature_and_kd_terms_vanish_for_a_copy_of_the_teacher(tiny_teacher, text_dir):
-    from slimlm.training.trainer import BlockDataset, DistillTrainer, teacher_feature_std
     from transformers import TrainingArguments
+
+    from slimlm.training.terms import OutputTerm, feature_term
+    from slimlm.training.trainer import BlockDataset, DistillTrainer
 
     teacher, tok, _ = load_model(tiny_teacher)
     student = build_student(teacher, list(range(4)))
     blocks = prepare_data(str(text_dir), tok, 32).train[:4]
-    std = teacher_feature_std(teacher, blocks, [2, 4], None)
-    trainer = DistillTrainer(model=student, args=TrainingArguments("unused", report_to=[], use_cpu=True),
-                             train_dataset=BlockDataset(blocks), teacher=teacher, alpha=0.0, feature_map=[(2, 2), (4, 4)],
-                             feature_weight=1.0, teacher_std=std, precision=None)
+    terms = [
+        OutputTerm(temperature=2.0, alpha=0.0),
+        feature_term(teacher, student, [(2, 2), (4, 4)], 1.0, blocks, None),
+    ]
+    trainer = DistillTrainer(
+        student,
+        terms=terms,
+        teacher=teacher,
+        precision=None,
+        args=TrainingArguments("unused", report_to=[], use_cpu=True),
+        train_dataset=BlockDataset(blocks),
+    )
+    assert trainer.model is student  # equal widths: no projections, the student is trained as itself
     batch = {k: torch.stack([BlockDataset(blocks)[i][k] for i in range(4)]) for k in ("input_ids", "shift_labels")}
     loss = trainer.compute_loss(student, batch)
     assert abs(loss.item()) < 1e-5
     assert trainer._parts["feature"] < 1e-8 and abs(trainer._parts["kd"]) < 1e-5
 
 
+def test_the_trainer_sums_the_configured_weighted_terms(tiny_teacher, text_dir):
+    """The loss is sum(weight * term) over the configured terms, each logged under its own part names."""
+    from transformers import TrainingArguments
+
+    from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
+    from slimlm.training.trainer import BlockDataset, DistillTrainer
+
+    teacher, tok, _ = load_model(tiny_teacher)
+    student = build_student(teacher, [0, 3])
+    for model in (teacher, student):
+        model.set_attn_implementation("eager")
+    blocks = prepare_data(str(text_dir), tok, 32).train[:4]
+    batch = {k: torch.stack([BlockDataset(blocks)[i][k] for i in range(4)]) for k in ("input_ids", "shift_labels")}
+    args = TrainingArguments("unused", report_to=[], use_cpu=True)
+    output, feature = OutputTerm(2.0, 0.5), feature_term(teacher, student, [(4, 2)], 0.3, blocks, None)
+    attention = AttentionTerm([(3, 1)], 0.7)
+    values, parts = {}, {}
+    for name, terms in (
+        ("output", [output]),
+        ("feature", [feature]),
+        ("attention", [attention]),
+        ("all", [output, feature, attention]),
+    ):
+        trainer = DistillTrainer(
+            student, terms=terms, teacher=teacher, precision=None, args=args, train_dataset=BlockDataset(blocks)
+        )
+        values[name], parts[name] = trainer.compute_loss(student, batch).item(), dict(trainer._parts)
+    assert sorted(parts["output"]) == ["ce", "kd"] and sorted(parts["all"]) == ["attention", "ce", "feature", "kd"]
+    assert values["output"] == pytest.approx(0.5 * parts["output"]["ce"] + 0.5 * parts["output"]["kd"], rel=1e-5)
+    assert values["feature"] == pytest.approx(0.3 * parts["feature"]["feature"], rel=1e-5) and values["feature"] > 0
+    assert values["attention"] == pytest.approx(0.7 * parts["attention"]["attention"], rel=1e-5)
+    assert values["attention"] > 0
+    assert values["all"] == pytest.approx(values["output"] + values["feature"] + values["attention"], rel=1e-6)
+
+
 def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
-    common = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), max_steps=4, teacher_cache=True,
-                  feature_layers="4:2", feature_weight=0.1, **FAST)
+    common = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        max_steps=4,
+        teacher_cache=True,
+        feature_layers="4:2",
+        feature_weight=0.1,
+        **FAST,
+    )
     slimlm.distill(out="first", **common)
     capsys.readouterr()
     second = slimlm.distill(out="second", **common)
@@ -127,8 +212,16 @@ def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
 
 def test_runs_distilling_from_different_layers_share_one_teacher_cache(tiny_teacher, text_dir, capsys):
     """A feature-layer sweep asks for every layer once (cache_layers); later arms must not rerun the teacher."""
-    common = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), max_steps=2, teacher_cache=True,
-                  cache_layers="1,2,3", feature_weight=0.1, **FAST)
+    common = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        max_steps=2,
+        teacher_cache=True,
+        cache_layers="1,2,3",
+        feature_weight=0.1,
+        **FAST,
+    )
     slimlm.distill(out="layer1", feature_layers="1:1", **common)
     assert "caching teacher outputs" in capsys.readouterr().err
     slimlm.distill(out="layer3", feature_layers="3:2", **common)
@@ -139,24 +232,76 @@ def test_runs_distilling_from_different_layers_share_one_teacher_cache(tiny_teac
 
 
 def test_attention_map_distillation_trains(tiny_teacher, text_dir):
-    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="attn", max_steps=2,
-                         attention_layers="1:1", attention_weight=0.5, **FAST)
+    out = slimlm.distill(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        out="attn",
+        max_steps=2,
+        attention_layers="1:1",
+        attention_weight=0.5,
+        **FAST,
+    )
     log = json.loads((out / "slimlm.json").read_text())["training"]["log"]
     assert all(step["attention"] > 0 for step in log)
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
 
 
 def test_narrow_student_trains_feature_projection(tiny_teacher, text_dir):
-    out = slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", student_config={"hidden_size": 16},
-                         data=str(text_dir), out="narrow", max_steps=2, feature_layers="4:2", feature_weight=1.0, **FAST)
+    out = slimlm.distill(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        student_config={"hidden_size": 16},
+        data=str(text_dir),
+        out="narrow",
+        max_steps=2,
+        feature_layers="4:2",
+        feature_weight=1.0,
+        **FAST,
+    )
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.hidden_size == 16 and not hasattr(model, "slimlm_projections")
+    assert model.config.hidden_size == 16
     assert not any("projection" in key for key in weights(out))
+
+
+def test_feature_projections_are_trained_checkpointed_and_resumed_with_the_student(tiny_teacher, text_dir):
+    """A narrow student's feature projections belong to the feature term, not to the model: the trainer trains
+    them with the student (one module), checkpoints hold them beside a plain student, and --resume restores
+    them (were they re-initialised, the resumed run would end with other weights)."""
+    from safetensors.torch import load_file as read
+
+    from slimlm.training.trainable import TERMS_FILE
+
+    common = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        student_config={"hidden_size": 16},
+        data=str(text_dir),
+        max_steps=4,
+        save_steps=2,
+        seed=4,
+        feature_layers="4:2",
+        feature_weight=1.0,
+        **FAST,
+    )
+    straight = slimlm.distill(out="straight", **common)
+    stage = slimlm.distill(out="interrupted", stop_after=2, **common)
+    checkpoint = stage / "checkpoints" / "checkpoint-2"
+    projection = read(str(checkpoint / TERMS_FILE))
+    assert list(projection) == ["1.projections.0.weight"] and projection["1.projections.0.weight"].shape == (32, 16)
+    assert not torch.equal(projection["1.projections.0.weight"], torch.eye(32, 16))  # trained away from its init
+    assert not any("projection" in key for key in read(str(checkpoint / "model.safetensors")))
+    resumed = slimlm.distill(out="interrupted", resume=True, **common)
+    a, b = weights(straight), weights(resumed)
+    assert a.keys() == b.keys() and not any("projection" in key for key in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_teacher, text_dir, tmp_path):
     from transformers import TrainerCallback, TrainingArguments
 
+    from slimlm.training.terms import OutputTerm
     from slimlm.training.trainer import BlockDataset, DistillTrainer, NonFiniteLoss
 
     class PoisonBeforeStep3(TrainerCallback):  # after checkpoint-2 is written
@@ -167,10 +312,24 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tin
 
     teacher, tok, _ = load_model(tiny_teacher)
     blocks = prepare_data(str(text_dir), tok, 32).train[:32]
-    args = TrainingArguments(str(tmp_path / "ckpt"), max_steps=5, save_steps=2, per_device_train_batch_size=4,
-                             report_to=[], use_cpu=True, remove_unused_columns=False)
-    trainer = DistillTrainer(model=build_student(teacher, [0, 3]), args=args, train_dataset=BlockDataset(blocks),
-                             teacher=teacher, precision=None, callbacks=[PoisonBeforeStep3()])
+    args = TrainingArguments(
+        str(tmp_path / "ckpt"),
+        max_steps=5,
+        save_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        remove_unused_columns=False,
+    )
+    trainer = DistillTrainer(
+        build_student(teacher, [0, 3]),
+        terms=[OutputTerm(2.0, 0.5)],
+        teacher=teacher,
+        precision=None,
+        args=args,
+        train_dataset=BlockDataset(blocks),
+        callbacks=[PoisonBeforeStep3()],
+    )
     with pytest.raises(NonFiniteLoss, match="at step 3"):
         trainer.train()
     good = load_file(str(tmp_path / "ckpt" / "checkpoint-2" / "model.safetensors"))

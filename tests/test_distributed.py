@@ -27,15 +27,34 @@ WEIGHT_ATOL, LOSS_RTOL = 1e-4, 1e-5
 
 
 def env(cache):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-            "SLIMLM_CACHE": str(cache)}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "SLIMLM_CACHE": str(cache),
+    }
 
 
 def torchrun(*argv, cache):
     """`torchrun --standalone --nproc_per_node 2 -m slimlm ARGS`, as a user types it."""
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "slimlm", *map(str, argv)], capture_output=True, text=True, env=env(cache),
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "slimlm",
+            *map(str, argv),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(cache),
+        timeout=600,
+    )
     return done.returncode, done.stderr
 
 
@@ -64,22 +83,59 @@ def assert_same_log(one, two):
     log1, log2 = record(one)["training"]["log"], record(two)["training"]["log"]
     assert len(log1) == len(log2) == record(one)["training"]["steps"]
     for a, b in zip(log1, log2):
-        for key in ("loss", "kd", "ce", "grad_norm"):
+        for key in ("loss", "kd", "ce", "feature", "grad_norm"):
             if key in a:
-                assert b[key] == pytest.approx(a[key], rel=LOSS_RTOL, abs=1e-4 if key in ("kd", "ce") else 0), key
+                parts_abs = 1e-4 if key in ("kd", "ce", "feature") else 0
+                assert b[key] == pytest.approx(a[key], rel=LOSS_RTOL, abs=parts_abs), key
 
 
-def test_distill_on_two_processes_equals_one_process_with_the_same_global_batch(tiny_teacher, text_dir, tmp_path,
-                                                                                monkeypatch, capsys):
+# a narrow student with the feature term: its projections are trained with the student (training/trainable.py),
+# so DDP must synchronise their gradients too, or the two ranks' students drift apart
+NARROW_FEATURE = ["--student-config", '{"hidden_size": 16}', "--feature-layers", "4:2", "--feature-weight", 0.5]
+
+
+@pytest.mark.parametrize("extra", [[], NARROW_FEATURE], ids=["plain", "narrow-feature"])
+def test_distill_on_two_processes_equals_one_process_with_the_same_global_batch(
+    tiny_teacher, text_dir, tmp_path, monkeypatch, capsys, extra
+):
     (tmp_path / "recipe.yaml").write_text(RECIPE)
-    common = ["distill", "--recipe", tmp_path / "recipe.yaml", "--teacher", tiny_teacher, "--data", text_dir,
-              "--block-size", 32, "--learning-rate", 3e-3, "--no-bf16", "--logging-steps", 1,
-              "--max-steps", 4, "--seed", 1, "--teacher-cache", "--layers", 2]
+    common = [
+        "distill",
+        "--recipe",
+        tmp_path / "recipe.yaml",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--block-size",
+        32,
+        "--learning-rate",
+        3e-3,
+        "--no-bf16",
+        "--logging-steps",
+        1,
+        "--max-steps",
+        4,
+        "--seed",
+        1,
+        "--teacher-cache",
+        "--layers",
+        2,
+        *extra,
+    ]
     # a fresh cache: both ranks need the data and teacher caches, which rank 0 fills before the other reads
     code, err = torchrun(*common, "--batch-size", 2, "--out", tmp_path / "two", cache=tmp_path / "cache")
     assert code == 0, err[-3000:]
-    code, err1 = in_process(*common, "--batch-size", 4, "--out", tmp_path / "one", cache=tmp_path / "cache",
-                            monkeypatch=monkeypatch, capsys=capsys)
+    code, err1 = in_process(
+        *common,
+        "--batch-size",
+        4,
+        "--out",
+        tmp_path / "one",
+        cache=tmp_path / "cache",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, err1[-3000:]
     assert_same_log(tmp_path / "one", tmp_path / "two")
     assert_same_weights(tmp_path / "one", tmp_path / "two")
@@ -96,14 +152,49 @@ def test_distill_on_two_processes_equals_one_process_with_the_same_global_batch(
 def test_finetune_on_two_processes_equals_one_process(tiny_teacher, text_dir, tmp_path, monkeypatch, capsys):
     """LoRA with the online teacher in the loss: the teacher is loaded, frozen, on every rank."""
     (tmp_path / "recipe.yaml").write_text(RECIPE)
-    common = ["finetune", tiny_teacher, "--recipe", tmp_path / "recipe.yaml", "--teacher", tiny_teacher,
-              "--data", text_dir, "--method", "lora", "--rank", 2, "--dropout", 0, "--block-size", 32,
-              "--learning-rate", 1e-2, "--no-bf16", "--logging-steps", 1, "--max-steps", 3, "--seed", 2]
-    code, err = torchrun(*common, "--batch-size", 1, "--grad-accum", 2, "--out", tmp_path / "two",
-                         cache=tmp_path / "cache")
+    common = [
+        "finetune",
+        tiny_teacher,
+        "--recipe",
+        tmp_path / "recipe.yaml",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--method",
+        "lora",
+        "--rank",
+        2,
+        "--dropout",
+        0,
+        "--block-size",
+        32,
+        "--learning-rate",
+        1e-2,
+        "--no-bf16",
+        "--logging-steps",
+        1,
+        "--max-steps",
+        3,
+        "--seed",
+        2,
+    ]
+    code, err = torchrun(
+        *common, "--batch-size", 1, "--grad-accum", 2, "--out", tmp_path / "two", cache=tmp_path / "cache"
+    )
     assert code == 0, err[-3000:]
-    code, err1 = in_process(*common, "--batch-size", 2, "--grad-accum", 2, "--out", tmp_path / "one",
-                            cache=tmp_path / "cache", monkeypatch=monkeypatch, capsys=capsys)
+    code, err1 = in_process(
+        *common,
+        "--batch-size",
+        2,
+        "--grad-accum",
+        2,
+        "--out",
+        tmp_path / "one",
+        cache=tmp_path / "cache",
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
     assert code == 0, err1[-3000:]
     assert_same_log(tmp_path / "one", tmp_path / "two")
     assert_same_weights(tmp_path / "one", tmp_path / "two")
@@ -112,8 +203,18 @@ def test_finetune_on_two_processes_equals_one_process(tiny_teacher, text_dir, tm
 
 def test_an_error_on_rank_0_stops_every_rank_with_its_one_line_message(tiny_teacher, text_dir, tmp_path):
     (tmp_path / "taken").mkdir()
-    code, err = torchrun("distill", "--teacher", tiny_teacher, "--data", text_dir, "--keep-layers", "0",
-                         "--out", tmp_path / "taken", cache=tmp_path / "cache")
+    code, err = torchrun(
+        "distill",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--keep-layers",
+        "0",
+        "--out",
+        tmp_path / "taken",
+        cache=tmp_path / "cache",
+    )
     assert code != 0
     # each rank prints the line (the two may interleave on the shared stderr)
     assert err.count("slimlm: error: output") == err.count("slimlm: error:") == 2, err[-3000:]
@@ -126,7 +227,7 @@ import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 from slimlm.losses.kd import distill_loss
-from slimlm.training.trainer import _fsdp_teacher
+from slimlm.training.signal import fsdp_teacher
 from slimlm.methods.layers import build_student
 
 dist.init_process_group("gloo")
@@ -136,12 +237,12 @@ teacher = load()
 student, reference = build_student(teacher, [0, 3]), build_student(teacher, [0, 3])
 ids = torch.randint(0, teacher.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
 labels = torch.cat([ids[:, 1:], torch.full((4, 1), -100)], 1)
-sharded_teacher = _fsdp_teacher(load())
+sharded_teacher = fsdp_teacher(load())
 for layer in student.model.layers:
     fully_shard(layer)
 fully_shard(student)
 
-def loss(s, t, x, y, n):  # what DistillTrainer.compute_loss does, on one rank's share
+def loss(s, t, x, y, n):  # what the output term (training/terms.py) computes, on one rank's share
     out = s(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
     with torch.no_grad():
         t_out = t(input_ids=x, output_hidden_states=True, logits_to_keep=1, use_cache=False)
@@ -175,15 +276,29 @@ def test_fsdp2_sharded_teacher_and_student_give_one_process_gradients(tiny_teach
     here with torch's FSDP2 on two CPU processes; bench/multi_gpu_check.sh runs the whole stage on GPUs."""
     script = tmp_path / "fsdp_check.py"
     script.write_text(FSDP_SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(tiny_teacher)], capture_output=True, text=True, env=env(tmp_path),
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(tiny_teacher),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(done.stdout.split("RELATIVE_GRAD_DIFF")[1].split()[0])
     assert worst < 1e-5, worst
 
 
 # ------------------------------------------------------------------------------------------ coordination units
+
 
 def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
     """`accelerate launch` on CPUs starts processes through MPI: until accelerate's setup copies them to
@@ -215,8 +330,8 @@ def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
 def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypatch):
     """A result that is not JSON fails on rank 0 before anything is sent, so the other ranks get that error
     (not "no error" followed by a result that never comes: a 12-hour wait)."""
-    from slimlm.training import distributed
     from slimlm.errors import SlimlmError
+    from slimlm.training import distributed
 
     sent = []
     monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: sent.append(data) or data)
@@ -236,8 +351,9 @@ def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypa
     assert [json.loads(m) for m in sent] == [{"error": None, "result": None}]
 
     monkeypatch.setenv("RANK", "1")  # another rank receives rank 0's one message
-    error = json.dumps({"error": "rank 0 failed (TypeError: Object of type object is not JSON serializable)",
-                        "result": None}).encode()
+    error = json.dumps(
+        {"error": "rank 0 failed (TypeError: Object of type object is not JSON serializable)", "result": None}
+    ).encode()
     monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: error)
     with pytest.raises(SlimlmError, match="not JSON serializable"):
         distributed.on_main(lambda: pytest.fail("only rank 0 runs fn"))
@@ -263,12 +379,18 @@ os._exit(0)
 def test_a_result_that_is_not_json_ends_every_rank_with_rank_0s_error(tmp_path):
     script = tmp_path / "encode_check.py"
     script.write_text(ENCODE_SCRIPT)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], capture_output=True, text=True, env=env(tmp_path), timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        env=env(tmp_path),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0: TypeError: Object of type object is not JSON serializable" in done.stdout, done.stdout
-    assert "rank 1: SlimlmError: rank 0 failed (TypeError: Object of type object is not JSON serializable)" \
-        in done.stdout, done.stdout
+    assert (
+        "rank 1: SlimlmError: rank 0 failed (TypeError: Object of type object is not JSON serializable)" in done.stdout
+    ), done.stdout
 
 
 def test_accelerates_fsdp2_default_sharded_state_dict_is_refused():

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slimlm.cli import main
-
 from conftest import save_tiny_model
+from slimlm.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -28,8 +27,22 @@ def assert_one_line_error(code, err, *words):
 
 
 def distill(capsys, teacher, data, *extra):
-    return run_cli(capsys, "distill", "--teacher", teacher, "--data", data, "--out", "out", "--max-steps", "1",
-                   "--block-size", "32", "--no-bf16", *extra)
+    return run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--out",
+        "out",
+        "--max-steps",
+        "1",
+        "--block-size",
+        "32",
+        "--no-bf16",
+        *extra,
+    )
 
 
 def test_missing_model_path(capsys, text_dir):
@@ -67,13 +80,16 @@ def test_pickle_only_model_is_refused(capsys, tmp_path, tiny_teacher, text_dir):
     assert_one_line_error(code, err, "pickled", "convert")
 
 
-@pytest.mark.parametrize("content,words", [
-    (b"", ["no text"]),
-    (b"   \n\n  ", ["no text"]),
-    (b"\x00\x01\x02binary\x00" * 50, ["binary"]),
-    ("caf\u00e9 na\u00efve ".encode("latin-1") * 100, ["not UTF-8", "iconv"]),
-    (b"Too short to fill one block.", ["too short", "--block-size"]),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b"", ["no text"]),
+        (b"   \n\n  ", ["no text"]),
+        (b"\x00\x01\x02binary\x00" * 50, ["binary"]),
+        ("caf\u00e9 na\u00efve ".encode("latin-1") * 100, ["not UTF-8", "iconv"]),
+        (b"Too short to fill one block.", ["too short", "--block-size"]),
+    ],
+)
 def test_bad_corpus(capsys, tmp_path, tiny_teacher, content, words):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
@@ -86,15 +102,18 @@ def test_missing_data_path(capsys, tiny_teacher):
     assert_one_line_error(code, err, "does not exist")
 
 
-@pytest.mark.parametrize("flags,words", [
-    (["--temperature", "0"], ["--temperature", "> 0"]),
-    (["--temperature", "-1"], ["--temperature"]),
-    (["--alpha", "1.5"], ["--alpha", "[0, 1]"]),
-    (["--alpha", "-0.1"], ["--alpha"]),
-    (["--feature-layers", "9:1", "--feature-weight", "1"], ["9", "range"]),
-    (["--feature-layers", "2:7", "--feature-weight", "1"], ["7", "range"]),
-    (["--feature-layers", "two:one"], ["two:one"]),
-])
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--temperature", "0"], ["--temperature", "> 0"]),
+        (["--temperature", "-1"], ["--temperature"]),
+        (["--alpha", "1.5"], ["--alpha", "[0, 1]"]),
+        (["--alpha", "-0.1"], ["--alpha"]),
+        (["--feature-layers", "9:1", "--feature-weight", "1"], ["9", "range"]),
+        (["--feature-layers", "2:7", "--feature-weight", "1"], ["7", "range"]),
+        (["--feature-layers", "two:one"], ["two:one"]),
+    ],
+)
 def test_bad_settings(capsys, tiny_teacher, text_dir, flags, words):
     code, err = distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", *flags)
     assert_one_line_error(code, err, *words)
@@ -135,8 +154,18 @@ def test_existing_output_is_refused(capsys, tiny_teacher, text_dir):
 def test_unwritable_output_parent(capsys, tiny_teacher, text_dir, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    code, err = run_cli(capsys, "distill", "--teacher", tiny_teacher, "--data", text_dir, "--keep-layers", "0",
-                        "--out", blocker / "sub" / "out")
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--keep-layers",
+        "0",
+        "--out",
+        blocker / "sub" / "out",
+    )
     assert code == 2 and "--out" in err[-1]
 
 
@@ -154,23 +183,36 @@ def test_malformed_student_config_is_refused_by_the_parser(capsys, tiny_teacher,
     assert not Path("out").exists() and not Path("out.partial").exists()
 
 
-@pytest.mark.parametrize("argv,words", [(["--max-steps", "0"], "--max-steps"), (["--batch-size", "-2"], "--batch-size")])
+@pytest.mark.parametrize(
+    "argv,words", [(["--max-steps", "0"], "--max-steps"), (["--batch-size", "-2"], "--batch-size")]
+)
 def test_counts_below_one(capsys, tiny_teacher, text_dir, argv, words):
     code, err = distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", *argv)
     assert_one_line_error(code, err, words)
 
 
-@pytest.mark.parametrize("command", [["student", "--keep-layers", "0", "--calibration-blocks", "0"],
-                                     ["prune", "--calibration-blocks", "0"], ["quantize", "--eval-tokens", "0"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["student", "--keep-layers", "0", "--calibration-blocks", "0"],
+        ["prune", "--calibration-blocks", "0"],
+        ["quantize", "--eval-tokens", "0"],
+    ],
+)
 def test_counts_below_one_in_other_stages(capsys, tiny_teacher, text_dir, command):
-    argv = [command[0]] + (["--teacher", tiny_teacher, "--data", text_dir] if command[0] == "student" else
-                           [tiny_teacher, "--calibration" if command[0] == "prune" else "--data", text_dir])
+    argv = [command[0]] + (
+        ["--teacher", tiny_teacher, "--data", text_dir]
+        if command[0] == "student"
+        else [tiny_teacher, "--calibration" if command[0] == "prune" else "--data", text_dir]
+    )
     code, err = run_cli(capsys, *argv, *command[1:], "--out", "out")
     assert_one_line_error(code, err, command[-2])
 
 
 def test_student_config_with_a_key_that_cannot_change(capsys, tiny_teacher, text_dir):
-    code, err = distill(capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", "--student-config", '{"vocab_size": 10}')
+    code, err = distill(
+        capsys, tiny_teacher, text_dir, "--keep-layers", "0,1", "--student-config", '{"vocab_size": 10}'
+    )
     assert_one_line_error(code, err, "vocab_size", "allowed")
 
 

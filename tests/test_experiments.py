@@ -14,12 +14,25 @@ from slimlm.experiments.layout import load_run, result_file
 from slimlm.experiments.pipeline import pipeline
 from slimlm.experiments.sweeps import experiment
 
-TINY = dict(student_layers=2, max_tokens=256, block_size=32, batch_size=4, learning_rate=3e-3, top_k=16,
-            seeds=[0, 1],
-            evaluation={"window": 32, "stride": 32, "tokens": 512, "repeats": 1, "decode_new_tokens": 4,
-                        "tasks": ["cloze"], "task_items": 6},
-            settings={"bf16": False, "eval_tokens": 256, "eval_window": 32, "calibration_blocks": 2,
-                      "logging_steps": 1})
+TINY = dict(
+    student_layers=2,
+    max_tokens=256,
+    block_size=32,
+    batch_size=4,
+    learning_rate=3e-3,
+    top_k=16,
+    seeds=[0, 1],
+    evaluation={
+        "window": 32,
+        "stride": 32,
+        "tokens": 512,
+        "repeats": 1,
+        "decode_new_tokens": 4,
+        "tasks": ["cloze"],
+        "task_items": 6,
+    },
+    settings={"bf16": False, "eval_tokens": 256, "eval_window": 32, "calibration_blocks": 2, "logging_steps": 1},
+)
 
 
 def _mtimes(run_dir):
@@ -34,8 +47,9 @@ def temperature_run(tiny_teacher, text_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "temperature"
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
-        experiment("temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir),
-                   **TINY)
+        experiment(
+            "temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY
+        )
     (out.parent / "first-run.log").write_text(log.getvalue())
     return out
 
@@ -46,8 +60,14 @@ def test_sweep_runs_every_arm_and_seed_and_writes_the_report(temperature_run):
     for arm in ("t0.5", "t2"):
         assert [r["seed"] for r in run["results"][arm]] == [0, 1]
         for r in run["results"][arm]:
-            for key in ("perplexity", "accuracy", "decode_tokens_per_s", "size_on_disk_mb", "inference_memory_mib",
-                        "cloze_exact_match"):
+            for key in (
+                "perplexity",
+                "accuracy",
+                "decode_tokens_per_s",
+                "size_on_disk_mb",
+                "inference_memory_mib",
+                "cloze_exact_match",
+            ):
                 assert r["metrics"][key] is not None, key
             record = json.loads((temperature_run / "arms" / f"{arm}-seed{r['seed']}" / "slimlm.json").read_text())
             assert record["settings"]["temperature"] == r["value"] and record["settings"]["seed"] == r["seed"]
@@ -62,6 +82,7 @@ def test_sweep_runs_every_arm_and_seed_and_writes_the_report(temperature_run):
 
 def test_arms_of_a_seed_share_blocks_and_teacher_cache(temperature_run):
     """Same seed -> the same blocks, so the second arm of each seed reuses the first arm's teacher outputs."""
+
     def record(arm, seed):
         return json.loads((temperature_run / "arms" / f"{arm}-seed{seed}" / "slimlm.json").read_text())
 
@@ -70,8 +91,9 @@ def test_arms_of_a_seed_share_blocks_and_teacher_cache(temperature_run):
     a, b, c = record("t0.5", 0), record("t2", 0), record("t0.5", 1)
     assert a["training"]["tokens"] == b["training"]["tokens"] == c["training"]["tokens"]
     # identical starting point and data for one seed: only the temperature differs between the arms
-    assert {k: v for k, v in a["settings"].items() if k != "temperature"} == \
-        {k: v for k, v in b["settings"].items() if k != "temperature"}
+    assert {k: v for k, v in a["settings"].items() if k != "temperature"} == {
+        k: v for k, v in b["settings"].items() if k != "temperature"
+    }
 
 
 def test_report_numbers_equal_the_results_json(temperature_run):
@@ -94,8 +116,14 @@ def test_report_numbers_equal_the_results_json(temperature_run):
 
 def test_rerun_skips_finished_arms(temperature_run, tiny_teacher, text_dir, capsys):
     before = _mtimes(temperature_run)
-    experiment("temperature", out=str(temperature_run), values=[0.5, 2.0], teacher=str(tiny_teacher),
-               data=str(text_dir), **TINY)
+    experiment(
+        "temperature",
+        out=str(temperature_run),
+        values=[0.5, 2.0],
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        **TINY,
+    )
     assert _mtimes(temperature_run) == before
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 4 and "training" not in err.replace("training tokens", "")
@@ -119,13 +147,20 @@ def test_interrupted_experiment_runs_only_missing_arms(temperature_run, tiny_tea
 
 def test_a_different_experiment_in_the_same_folder_is_refused(temperature_run, tiny_teacher, text_dir):
     with pytest.raises(SlimlmError, match="different experiment"):
-        experiment("temperature", out=str(temperature_run), values=[1.0], teacher=str(tiny_teacher),
-                   data=str(text_dir), **TINY)
+        experiment(
+            "temperature", out=str(temperature_run), values=[1.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY
+        )
 
 
 def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tiny_teacher, text_dir, capsys):
-    out = experiment("feature-layer", out="layers", values=[1, 4], teacher=str(tiny_teacher), data=str(text_dir),
-                     **{**TINY, "seeds": [0]})
+    out = experiment(
+        "feature-layer",
+        out="layers",
+        values=[1, 4],
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        **{**TINY, "seeds": [0]},
+    )
     spec = load_run(out)["spec"]
     assert [a["settings"]["feature_layers"] for a in spec["arms"]] == ["1:1", "4:2"]
     err = capsys.readouterr().err
@@ -166,18 +201,21 @@ stages:
     assert (out / "report.html").exists()
 
 
-@pytest.mark.parametrize("recipe_text, message", [
-    ("stages: []", "non-empty list"),
-    ("stages: [{compress: {}}]", "is not one of"),
-    ("stages: [{distill: {layers: 2, temperature: -1}}]", "temperature"),
-    ("stages: [{quantize: {bitz: 8}}]", "bitz"),
-    ("stages: [{distill: {layers: 2}}, {student: {layers: 2}}]", "only be the first stage"),
-    ("stages: [{distill: {max_tokens: 64}}]", "needs layers"),
-    ("stages: [{distill: {layers: 2}}, {prune: {sparsity: 2}}]", "sparsity"),
-    ("stages: [{distill: {layers: 2}}, {quantize: {bits: 99}}]", "bits"),
-    ("stages: [{student: {}}]", "exactly one of layers"),
-    ("teachr: x\nstages: [{distill: {layers: 2}}]", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "recipe_text, message",
+    [
+        ("stages: []", "non-empty list"),
+        ("stages: [{compress: {}}]", "is not one of"),
+        ("stages: [{distill: {layers: 2, temperature: -1}}]", "temperature"),
+        ("stages: [{quantize: {bitz: 8}}]", "bitz"),
+        ("stages: [{distill: {layers: 2}}, {student: {layers: 2}}]", "only be the first stage"),
+        ("stages: [{distill: {max_tokens: 64}}]", "needs layers"),
+        ("stages: [{distill: {layers: 2}}, {prune: {sparsity: 2}}]", "sparsity"),
+        ("stages: [{distill: {layers: 2}}, {quantize: {bits: 99}}]", "bits"),
+        ("stages: [{student: {}}]", "exactly one of layers"),
+        ("teachr: x\nstages: [{distill: {layers: 2}}]", "unknown key"),
+    ],
+)
 def test_bad_recipe_is_one_line_error_before_any_work(tmp_path, capsys, recipe_text, message, tiny_teacher):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(f"teacher: {tiny_teacher}\n" + recipe_text if "teachr" not in recipe_text else recipe_text)
@@ -188,17 +226,20 @@ def test_bad_recipe_is_one_line_error_before_any_work(tmp_path, capsys, recipe_t
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["experiment", "temperature", "--values", "0,1"], "must be > 0"),
-    (["experiment", "temperature", "--values", "a,b"], "must be a float"),
-    (["experiment", "temperature", "--seeds", "0,0"], "repeats"),
-    (["experiment", "feature-layer", "--layers", "0,99"], "teacher layers are"),
-    (["experiment", "finetune", "--methods", "qlora"], "unknown qlora"),
-    (["experiment", "temperature", "--tasks", "trivia"], "unknown task"),
-    (["experiment", "temperature", "--alpha", "2"], "--alpha must be in [0, 1]"),
-    (["experiment", "temperature", "--learning-rate", "-1"], "--learning-rate must be > 0"),
-    (["report", "nowhere"], "not an experiment folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["experiment", "temperature", "--values", "0,1"], "must be > 0"),
+        (["experiment", "temperature", "--values", "a,b"], "must be a float"),
+        (["experiment", "temperature", "--seeds", "0,0"], "repeats"),
+        (["experiment", "feature-layer", "--layers", "0,99"], "teacher layers are"),
+        (["experiment", "finetune", "--methods", "qlora"], "unknown qlora"),
+        (["experiment", "temperature", "--tasks", "trivia"], "unknown task"),
+        (["experiment", "temperature", "--alpha", "2"], "--alpha must be in [0, 1]"),
+        (["experiment", "temperature", "--learning-rate", "-1"], "--learning-rate must be > 0"),
+        (["report", "nowhere"], "not an experiment folder"),
+    ],
+)
 def test_bad_experiment_flags_are_one_line_errors(argv, message, tiny_teacher, capsys, tmp_path):
     if argv[0] == "experiment":
         argv = argv + ["--teacher", str(tiny_teacher), "--out", str(tmp_path / "x")]
@@ -224,8 +265,14 @@ def test_rerun_with_another_thread_count_continues(temperature_run, tiny_teacher
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if threads > 1 else 2)
     try:
-        experiment("temperature", out=str(temperature_run), values=[0.5, 2.0], teacher=str(tiny_teacher),
-                   data=str(text_dir), **TINY)
+        experiment(
+            "temperature",
+            out=str(temperature_run),
+            values=[0.5, 2.0],
+            teacher=str(tiny_teacher),
+            data=str(text_dir),
+            **TINY,
+        )
     finally:
         torch.set_num_threads(threads)
     assert capsys.readouterr().err.count("finished earlier, skipped") == 4
@@ -245,7 +292,20 @@ def test_eval_checks_tasks_and_lm_eval_before_measuring(tiny_teacher, capsys, mo
 def test_experiment_recipe_cannot_override_its_own_flags(tiny_teacher, tmp_path, capsys):
     recipe = tmp_path / "extra.yaml"
     recipe.write_text("alpha: 0.9\n")
-    assert main(["experiment", "temperature", "--teacher", str(tiny_teacher), "--recipe", str(recipe),
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "experiment",
+                "temperature",
+                "--teacher",
+                str(tiny_teacher),
+                "--recipe",
+                str(recipe),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "experiment-owned setting(s) alpha" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -25,8 +25,10 @@ def _logits(model, ids):
 def source(tiny_teacher):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return (AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(tiny_teacher))
+    return (
+        AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(tiny_teacher),
+    )
 
 
 @pytest.mark.parametrize("type", ["f16", "q8_0", "q4_0"])
@@ -44,7 +46,7 @@ def test_export_loads_back_with_close_logits(tiny_teacher, source, tmp_path, typ
 
 
 def test_gguf_metadata_follows_llama_cpp(tiny_teacher, tmp_path):
-    from gguf import GGUFReader, GGMLQuantizationType
+    from gguf import GGMLQuantizationType, GGUFReader
 
     reader = GGUFReader(export_gguf(tiny_teacher, tmp_path / "m.gguf", type="q8_0"))
     names = {t.name: t for t in reader.tensors}

@@ -11,19 +11,20 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainingArguments
 
 import slimlm
+from conftest import save_tiny_model
 from slimlm.cli import main
 from slimlm.data.corpus import prepare_data
 from slimlm.data.instructions import IGNORE_INDEX, encode, prepare_instructions, to_example
-from slimlm.sources import load_model
 from slimlm.methods.layers import decoder_layers
 from slimlm.methods.lora import add_lora, target_modules, trainable_parameters
-
-from conftest import save_tiny_model
+from slimlm.sources import load_model
 
 FAST = dict(block_size=32, batch_size=4, bf16=False, logging_steps=1, eval_tokens=256, eval_window=32)
 PROJECTIONS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>\n{% endif %}"
+)
 
 
 def lora_parameter_count(model, targets: list[str], rank: int) -> int:
@@ -66,13 +67,18 @@ def instructions(speeches, tmp_path):
 
 # ------------------------------------------------------------------------------------------ which weights train
 
+
 @pytest.mark.parametrize("requested,rank", [(None, 4), ("q_proj,v_proj", 2)])
 def test_lora_trainable_count_is_r_times_din_plus_dout(tiny_teacher, requested, rank):
     model, _, _ = load_model(tiny_teacher)
     targets = target_modules(model, requested)
     assert targets == (PROJECTIONS if requested is None else ["q_proj", "v_proj"])
-    expected = sum(rank * (m.in_features + m.out_features) for layer in model.model.layers
-                   for name, m in layer.named_modules() if name.rsplit(".", 1)[-1] in targets)
+    expected = sum(
+        rank * (m.in_features + m.out_features)
+        for layer in model.model.layers
+        for name, m in layer.named_modules()
+        if name.rsplit(".", 1)[-1] in targets
+    )
     assert lora_parameter_count(model, targets, rank) == expected
     peft_model = add_lora(model, rank=rank, lora_alpha=8, dropout=0.0, targets=targets)
     assert trainable_parameters(peft_model)["trainable"] == expected
@@ -81,8 +87,18 @@ def test_lora_trainable_count_is_r_times_din_plus_dout(tiny_teacher, requested, 
 def test_lora_merges_exactly_and_round_trips_through_peft(tiny_teacher, text_dir):
     from peft import PeftModel
 
-    out = slimlm.finetune(model=str(tiny_teacher), data=str(text_dir), out="lora", method="lora", rank=4,
-                          lora_alpha=8, dropout=0.0, max_steps=3, learning_rate=1e-2, **FAST)
+    out = slimlm.finetune(
+        model=str(tiny_teacher),
+        data=str(text_dir),
+        out="lora",
+        method="lora",
+        rank=4,
+        lora_alpha=8,
+        dropout=0.0,
+        max_steps=3,
+        learning_rate=1e-2,
+        **FAST,
+    )
     record = json.loads((out / "slimlm.json").read_text())
     base, _, _ = load_model(tiny_teacher)
     targets = record["method"]["target_modules"]
@@ -90,7 +106,8 @@ def test_lora_merges_exactly_and_round_trips_through_peft(tiny_teacher, text_dir
     assert record["cost"]["trainable_parameters"] == lora_parameter_count(base, targets, 4)
     for key in ("trainable_percent", "optimizer_state_bytes", "peak_memory_mib", "train_tokens_per_s"):
         assert record["cost"][key] > 0, key
-    assert record["cost"]["optimizer_state_bytes"] >= 8 * record["cost"]["trainable_parameters"]  # AdamW: 2 fp32 moments
+    # AdamW: 2 fp32 moments
+    assert record["cost"]["optimizer_state_bytes"] >= 8 * record["cost"]["trainable_parameters"]
 
     merged = AutoModelForCausalLM.from_pretrained(out)
     adapter = PeftModel.from_pretrained(load_model(tiny_teacher)[0], str(out / "adapter")).eval()
@@ -115,8 +132,9 @@ def test_lora_merges_exactly_and_round_trips_through_peft(tiny_teacher, text_dir
 
 
 def test_full_finetuning_changes_every_trained_weight(tiny_teacher, text_dir):
-    out = slimlm.finetune(model=str(tiny_teacher), data=str(text_dir), out="full", method="full", max_steps=2,
-                          learning_rate=1e-3, **FAST)
+    out = slimlm.finetune(
+        model=str(tiny_teacher), data=str(text_dir), out="full", method="full", max_steps=2, learning_rate=1e-3, **FAST
+    )
     original, new = weights(tiny_teacher), weights(out)
     assert original.keys() == new.keys()
     unchanged = [key for key in original if torch.equal(original[key], new[key])]
@@ -129,9 +147,20 @@ def test_full_finetuning_changes_every_trained_weight(tiny_teacher, text_dir):
 @pytest.mark.parametrize("method,lr,steps", [("full", 3e-3, 12), ("lora", 1e-2, 30)])
 def test_kd_finetuning_lowers_kl_to_the_teacher(tiny_teacher, tiny_tokenizer, text_dir, tmp_path, method, lr, steps):
     student_dir = save_tiny_model(tmp_path / "student", tiny_tokenizer, layers=2, seed=1)
-    out = slimlm.finetune(model=str(student_dir), teacher=str(tiny_teacher), data=str(text_dir), out=f"kd-{method}",
-                          method=method, alpha=0.0, temperature=1.0, dropout=0.0, max_steps=steps, learning_rate=lr,
-                          warmup_ratio=0.0, **FAST)
+    out = slimlm.finetune(
+        model=str(student_dir),
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        out=f"kd-{method}",
+        method=method,
+        alpha=0.0,
+        temperature=1.0,
+        dropout=0.0,
+        max_steps=steps,
+        learning_rate=lr,
+        warmup_ratio=0.0,
+        **FAST,
+    )
     teacher, tok, _ = load_model(tiny_teacher)
     blocks = held_out_blocks(text_dir, tok)
     before = kl_to_teacher(teacher, load_model(student_dir)[0], blocks)
@@ -143,8 +172,17 @@ def test_kd_finetuning_lowers_kl_to_the_teacher(tiny_teacher, tiny_tokenizer, te
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_interrupted_finetune_resumes_to_same_weights(tiny_teacher, text_dir, method):
-    common = dict(model=str(tiny_teacher), data=str(text_dir), method=method, max_steps=4, save_steps=2, seed=3,
-                  dropout=0.0, learning_rate=1e-2, **FAST)
+    common = dict(
+        model=str(tiny_teacher),
+        data=str(text_dir),
+        method=method,
+        max_steps=4,
+        save_steps=2,
+        seed=3,
+        dropout=0.0,
+        learning_rate=1e-2,
+        **FAST,
+    )
     straight = slimlm.finetune(out="straight", **common)
     stage = slimlm.finetune(out="interrupted", stop_after=2, **common)
     assert stage.name == "interrupted.partial" and (stage / "checkpoints" / "checkpoint-2").is_dir()
@@ -157,6 +195,7 @@ def test_interrupted_finetune_resumes_to_same_weights(tiny_teacher, text_dir, me
 
 # ------------------------------------------------------------------------------------------ instruction data
 
+
 def test_prompt_response_masking_puts_labels_on_response_only(tiny_tokenizer):
     record = {"prompt": "What did the President say?", "response": " He spoke of the Union."}
     ids, flags = encode(record, tiny_tokenizer)
@@ -166,14 +205,18 @@ def test_prompt_response_masking_puts_labels_on_response_only(tiny_tokenizer):
     labelled = ex["shift_labels"][ex["shift_labels"].ne(IGNORE_INDEX)]
     assert tiny_tokenizer.decode(labelled) == record["response"] + tiny_tokenizer.eos_token
     assert ex["shift_labels"][: n_prompt - 1].eq(IGNORE_INDEX).all()  # targets that are prompt tokens
-    assert ex["attention_mask"].sum() == len(ids) and ex["shift_labels"][len(ids) - 1:].eq(IGNORE_INDEX).all()
+    assert ex["attention_mask"].sum() == len(ids) and ex["shift_labels"][len(ids) - 1 :].eq(IGNORE_INDEX).all()
 
 
 def test_chat_messages_use_the_template_and_train_assistant_turns_only(tiny_tokenizer):
     tok = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer, eos_token="<|endoftext|>")
     tok.chat_template = CHAT_TEMPLATE
-    messages = [{"role": "user", "content": "Name a state."}, {"role": "assistant", "content": "Virginia"},
-                {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Ohio"}]
+    messages = [
+        {"role": "user", "content": "Name a state."},
+        {"role": "assistant", "content": "Virginia"},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Ohio"},
+    ]
     ids, flags = encode({"messages": messages}, tok)
     assert tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
     trained = tok.decode([i for i, f in zip(ids, flags) if f])
@@ -182,13 +225,20 @@ def test_chat_messages_use_the_template_and_train_assistant_turns_only(tiny_toke
 
 def test_loss_is_cross_entropy_over_response_tokens_only(tiny_teacher, instructions):
     """The trainer's loss equals CE averaged over response targets; prompt and padding positions add nothing."""
+    from slimlm.training.terms import OutputTerm
     from slimlm.training.trainer import DistillTrainer
 
     model, tok, _ = load_model(tiny_teacher)
     splits = prepare_instructions(instructions, tok, 64)
     batch = {k: torch.stack([splits.train[i][k] for i in range(4)]) for k in splits.train[0]}
-    trainer = DistillTrainer(model=model, args=TrainingArguments("unused", report_to=[], use_cpu=True),
-                             train_dataset=splits.train, teacher=None, alpha=1.0, precision=None)
+    trainer = DistillTrainer(
+        model,
+        terms=[OutputTerm(temperature=2.0, alpha=1.0)],
+        teacher=None,
+        precision=None,
+        args=TrainingArguments("unused", report_to=[], use_cpu=True),
+        train_dataset=splits.train,
+    )
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -199,8 +249,25 @@ def test_loss_is_cross_entropy_over_response_tokens_only(tiny_teacher, instructi
 
 
 def test_cli_lora_on_instruction_jsonl(capsys, tiny_teacher, instructions):
-    code = main(["finetune", str(tiny_teacher), "--data", instructions, "--out", "inst", "--max-steps", "2",
-                 "--block-size", "64", "--no-bf16", "--rank", "2", "--target-modules", "q_proj,v_proj"])
+    code = main(
+        [
+            "finetune",
+            str(tiny_teacher),
+            "--data",
+            instructions,
+            "--out",
+            "inst",
+            "--max-steps",
+            "2",
+            "--block-size",
+            "64",
+            "--no-bf16",
+            "--rank",
+            "2",
+            "--target-modules",
+            "q_proj,v_proj",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     assert "trainable parameters" in err and "training tokens/s" in err
@@ -212,6 +279,7 @@ def test_cli_lora_on_instruction_jsonl(capsys, tiny_teacher, instructions):
 
 
 # ------------------------------------------------------------------------------------------ bad input
+
 
 def run_cli(capsys, *argv):
     code = main([*map(str, argv)])
@@ -227,16 +295,31 @@ def test_bad_input_gets_one_line_error(capsys, tiny_teacher, text_dir, tmp_path,
         extra, words = ["--target-modules", "q_proj,qkv"], ["qkv", "available", "o_proj"]
     elif case == "field":
         data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
-        words = ["bad.jsonl:2", "\"response\""]
+        words = ["bad.jsonl:2", '"response"']
     elif case == "empty":
         data, words = str(tmp_path / "empty.jsonl"), ["no records"]
         Path(data).write_text("\n")
     else:
-        data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"},
-                                                                    {"role": "assistant", "content": "hello"}]}] * 3)
+        data = write_jsonl(
+            tmp_path / "chat.jsonl",
+            [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 3,
+        )
         words = ["chat template"]
-    code, err = run_cli(capsys, "finetune", tiny_teacher, "--data", data, "--out", "out", "--max-steps", "1",
-                        "--block-size", "32", "--no-bf16", *extra)
+    code, err = run_cli(
+        capsys,
+        "finetune",
+        tiny_teacher,
+        "--data",
+        data,
+        "--out",
+        "out",
+        "--max-steps",
+        "1",
+        "--block-size",
+        "32",
+        "--no-bf16",
+        *extra,
+    )
     assert code == 2, err
     assert err and err[-1].startswith("slimlm: error: ") and "Traceback" not in "\n".join(err)
     for word in words:

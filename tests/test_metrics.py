@@ -16,8 +16,17 @@ V = 97
 
 def tiny(tie=False, seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie, **kw)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        **kw,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -30,7 +39,7 @@ def test_blocks_match_direct_cross_entropy_and_accuracy():
     nll, hits, n = 0.0, 0, 0
     with torch.no_grad():
         for b in range(0, len(ids), w):
-            block = ids[b:b + w][None]
+            block = ids[b : b + w][None]
             logits = model(block).logits[0, :-1]
             nll += F.cross_entropy(logits, block[0, 1:], reduction="sum").item()
             hits += (logits.argmax(-1) == block[0, 1:]).sum().item()
@@ -57,8 +66,8 @@ def test_sliding_window_matches_direct_per_token_scoring():
     with torch.no_grad():
         total = F.cross_entropy(model(ids[None, :8]).logits[0, :-1], ids[1:8], reduction="sum").item()
         for begin in range(4, 17, 4):
-            lg = model(ids[None, begin:begin + 8]).logits[0, -5:-1]
-            total += F.cross_entropy(lg, ids[begin + 4:begin + 8], reduction="sum").item()
+            lg = model(ids[None, begin : begin + 8]).logits[0, -5:-1]
+            total += F.cross_entropy(lg, ids[begin + 4 : begin + 8], reduction="sum").item()
     assert r["nll"] == pytest.approx(total / 23, rel=1e-4)
 
 
@@ -81,7 +90,10 @@ def test_decode_speed_decodes_exactly_new_tokens_even_past_eos():
     r = decode_speed(model, prompt_ids=stream(8), new_tokens=6, repeats=2, warmup=1, prefill_tokens=20)
     assert r["decode_new_tokens"] == 6 and r["repeats"] == 2 and r["threads"] == torch.get_num_threads()
     assert r["decode_tokens_per_s"] > 0 and r["prefill_tokens_per_s"] > 0
-    assert decode_speed(tiny(), vocab_size=V, new_tokens=3, repeats=1, warmup=0, prefill_tokens=8)["decode_new_tokens"] == 3
+    assert (
+        decode_speed(tiny(), vocab_size=V, new_tokens=3, repeats=1, warmup=0, prefill_tokens=8)["decode_new_tokens"]
+        == 3
+    )
 
 
 def test_peak_memory_reports_method_and_weights():
@@ -89,7 +101,9 @@ def test_peak_memory_reports_method_and_weights():
     r = peak_memory(model, lambda: decode_speed(model, new_tokens=3, repeats=1, warmup=0, prefill_tokens=8))
     assert r["memory_method"].startswith("cpu") and r["peak_memory_mib"] > 0
     assert r["inference_memory_mib"] >= r["weights_mib"]
-    n_bytes = sum(p.numel() * 4 for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
+    n_bytes = sum(p.numel() * 4 for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
     assert r["weights_mib"] == pytest.approx(n_bytes / 2**20)
 
 
@@ -112,17 +126,32 @@ def test_evaluate_model_is_flat_json_and_table_lists_everything(tmp_path):
     student.save_pretrained(tmp_path)
     ids = stream(80)
     kw = dict(window=16, stride=8, new_tokens=3, repeats=1, progress=False)
-    results = {"teacher": evaluate_model(teacher.train(), None, ids, text_bytes=160, **kw),
-               "student-kd": evaluate_model(student, None, ids, model_dir=tmp_path, **kw)}
+    results = {
+        "teacher": evaluate_model(teacher.train(), None, ids, text_bytes=160, **kw),
+        "student-kd": evaluate_model(student, None, ids, model_dir=tmp_path, **kw),
+    }
     assert not teacher.training
     for r in results.values():
         json.dumps(r)
         assert all(isinstance(v, (int, float, str, type(None))) for v in r.values())
     assert results["teacher"]["bits_per_byte"] == pytest.approx(results["teacher"]["nll"] * 79 / math.log(2) / 160)
     table = format_table(results)
-    for text in ["teacher", "student-kd", "parameters (M)", "size on disk (MB)", "perplexity", "bits/byte",
-                 "next-token accuracy", "decode tok/s", "prefill tok/s", "memory MiB (weights + decode peak)", "window 16", "stride 8",
-                 "tokens scored 79", f"threads {torch.get_num_threads()}"]:
+    for text in [
+        "teacher",
+        "student-kd",
+        "parameters (M)",
+        "size on disk (MB)",
+        "perplexity",
+        "bits/byte",
+        "next-token accuracy",
+        "decode tok/s",
+        "prefill tok/s",
+        "memory MiB (weights + decode peak)",
+        "window 16",
+        "stride 8",
+        "tokens scored 79",
+        f"threads {torch.get_num_threads()}",
+    ]:
         assert text in table
 
 

@@ -40,8 +40,13 @@ def holder():
     procs = []
 
     def start(out, script=CLAIM):
-        proc = subprocess.Popen([sys.executable, "-c", script, str(out)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(out)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         line = proc.stdout.readline()  # waits for the lock, however long the imports take
         assert line.strip() == "ready", proc.stderr.read()
@@ -112,8 +117,8 @@ def test_released_lock_lets_another_process_in(tmp_path, holder):
 
 
 def test_cli_is_refused_before_the_model_loads(capsys, tiny_teacher, text_dir, holder, monkeypatch):
-    from slimlm.stages import student as stage
     from slimlm.cli import main
+    from slimlm.stages import student as stage
 
     proc = holder("out")
 
@@ -122,8 +127,22 @@ def test_cli_is_refused_before_the_model_loads(capsys, tiny_teacher, text_dir, h
 
     monkeypatch.setattr(stage, "load_model", no_load)
     for extra in ([], ["--force"]):
-        code = main(["student", "--teacher", str(tiny_teacher), "--data", str(text_dir), "--keep-layers", "0",
-                     "--block-size", "32", "--out", "out", *extra])
+        code = main(
+            [
+                "student",
+                "--teacher",
+                str(tiny_teacher),
+                "--data",
+                str(text_dir),
+                "--keep-layers",
+                "0",
+                "--block-size",
+                "32",
+                "--out",
+                "out",
+                *extra,
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("slimlm: error: "), err
         assert f"another slimlm process (pid {proc.pid}) is writing out;" in err[0], err

@@ -17,11 +17,19 @@ import torch
 import slimlm
 from slimlm import precision
 from slimlm.cli import main
-from slimlm.settings import DistillSettings, FinetuneSettings
 from slimlm.errors import SlimlmError
+from slimlm.settings import DistillSettings, EvalSettings, FinetuneSettings
 
-FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, logging_steps=1, calibration_blocks=2,
-            eval_tokens=128, eval_window=32, max_steps=2)
+FAST = dict(
+    block_size=32,
+    batch_size=4,
+    learning_rate=3e-3,
+    logging_steps=1,
+    calibration_blocks=2,
+    eval_tokens=128,
+    eval_window=32,
+    max_steps=2,
+)
 
 
 @pytest.fixture
@@ -32,6 +40,7 @@ def probe(monkeypatch):
     def set_native(native: bool):
         reason = "test probe: native bf16" if native else "test probe: no native bf16 (AVX2)"
         monkeypatch.setattr(precision, "native_bf16", lambda device_type: (native, reason))
+
     return set_native
 
 
@@ -49,9 +58,17 @@ def autocast_seen():
     handle.remove()
 
 
-@pytest.mark.parametrize("requested,native,dtype", [
-    ("auto", True, "bf16"), ("auto", False, "fp32"), ("fp32", True, "fp32"), ("fp32", False, "fp32"),
-    ("bf16", True, "bf16"), ("bf16", False, "bf16")])
+@pytest.mark.parametrize(
+    "requested,native,dtype",
+    [
+        ("auto", True, "bf16"),
+        ("auto", False, "fp32"),
+        ("fp32", True, "fp32"),
+        ("fp32", False, "fp32"),
+        ("bf16", True, "bf16"),
+        ("bf16", False, "bf16"),
+    ],
+)
 def test_decision(probe, requested, native, dtype):
     probe(native)
     decision = precision.resolve(requested, "cpu")
@@ -96,7 +113,8 @@ def test_no_bf16_is_an_alias_of_precision_fp32():
     assert args.precision == "fp32"
     args = build_parser().parse_args(["eval", "m", "--bf16"])
     assert args.precision == "bf16"
-    assert build_parser().parse_args(["eval", "m"]).precision == "fp32"
+    # a flag not typed stays None (so a recipe is not overridden); eval's fp32 default lives in EvalSettings
+    assert build_parser().parse_args(["eval", "m"]).precision is None and EvalSettings().precision == "fp32"
     assert build_parser().parse_args(["student", "--layers", "2", "--out", "x"]).precision is None
 
 
@@ -113,34 +131,77 @@ def test_distill_honours_the_decision(probe, autocast_seen, tiny_teacher, text_d
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_teacher_cache_honours_the_decision(probe, autocast_seen, tiny_teacher, text_dir, native, tmp_path,
-                                            monkeypatch):
+def test_teacher_cache_honours_the_decision(
+    probe, autocast_seen, tiny_teacher, text_dir, native, tmp_path, monkeypatch
+):
     monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
     probe(native)
-    slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="d", teacher_cache=True,
-                   top_k=8, feature_layers="4:2", feature_weight=0.5, **FAST)
+    slimlm.distill(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        out="d",
+        teacher_cache=True,
+        top_k=8,
+        feature_layers="4:2",
+        feature_weight=0.5,
+        **FAST,
+    )
     assert autocast_seen == {native}
 
 
 @pytest.mark.parametrize("native", [False, True])
 def test_student_and_finetune_honour_the_decision(probe, autocast_seen, tiny_teacher, text_dir, native):
     probe(native)
-    slimlm.make_student(teacher=str(tiny_teacher), data=str(text_dir), out="s", layers=2, block_size=32,
-                        calibration_blocks=2)
+    slimlm.make_student(
+        teacher=str(tiny_teacher), data=str(text_dir), out="s", layers=2, block_size=32, calibration_blocks=2
+    )
     assert autocast_seen == {native}  # layer selection, calibration and test perplexity
     record = json.loads(Path("s/slimlm.json").read_text())
     assert record["precision"]["dtype"] == ("bf16" if native else "fp32")
     autocast_seen.clear()
-    slimlm.finetune(model="s", teacher=str(tiny_teacher), data=str(text_dir), out="f", method="lora", rank=2,
-                    block_size=32, batch_size=4, max_steps=2, logging_steps=1, eval_tokens=128, eval_window=32)
+    slimlm.finetune(
+        model="s",
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        out="f",
+        method="lora",
+        rank=2,
+        block_size=32,
+        batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        eval_tokens=128,
+        eval_window=32,
+    )
     assert autocast_seen == {native}
     assert json.loads(Path("f/slimlm.json").read_text())["precision"]["dtype"] == ("bf16" if native else "fp32")
 
 
 def test_explicit_fp32_wins_over_a_native_cpu(probe, autocast_seen, tiny_teacher, text_dir):
     probe(True)
-    assert main(["distill", "--teacher", str(tiny_teacher), "--keep-layers", "0,3", "--data", str(text_dir),
-                 "--out", "d", "--max-steps", "1", "--block-size", "32", "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(tiny_teacher),
+                "--keep-layers",
+                "0,3",
+                "--data",
+                str(text_dir),
+                "--out",
+                "d",
+                "--max-steps",
+                "1",
+                "--block-size",
+                "32",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert autocast_seen == {False}
     assert json.loads(Path("d/slimlm.json").read_text())["precision"]["requested"] == "fp32"
 
@@ -148,13 +209,18 @@ def test_explicit_fp32_wins_over_a_native_cpu(probe, autocast_seen, tiny_teacher
 @pytest.mark.parametrize("native", [False, True])
 def test_eval_auto_casts_only_where_native(probe, tiny_teacher, text_dir, native):
     probe(native)
-    report = slimlm.evaluate([str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1,
-                             precision="auto")
+    report = slimlm.evaluate(
+        [str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1, precision="auto"
+    )
     assert report["protocol"]["dtype"] == ("bfloat16" if native else "float32")
     assert report["protocol"]["precision"]["dtype"] == ("bf16" if native else "fp32")
     # the default protocol is fp32 whatever the CPU
-    assert slimlm.evaluate([str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4,
-                           repeats=1)["protocol"]["dtype"] == "float32"
+    assert (
+        slimlm.evaluate([str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1)["protocol"][
+            "dtype"
+        ]
+        == "float32"
+    )
 
 
 class FakeClock:
@@ -174,8 +240,14 @@ def test_max_time_shortens_the_plan_and_stops_cleanly(tiny_teacher, text_dir, mo
     from slimlm.training import budget as trainer
 
     monkeypatch.setattr(trainer, "time", FakeClock(10.0))
-    slimlm.distill(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="d", precision="fp32",
-                   **{**FAST, "max_steps": 20, "max_time": "75s", "warmup_ratio": 0.0})
+    slimlm.distill(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        out="d",
+        precision="fp32",
+        **{**FAST, "max_steps": 20, "max_time": "75s", "warmup_ratio": 0.0},
+    )
     record = json.loads(Path("d/slimlm.json").read_text())
     training = record["training"]
     budget = training["time_budget"]
@@ -202,8 +274,14 @@ def test_max_time_survives_a_resume(tiny_teacher, text_dir, monkeypatch):
     from slimlm.training import budget as trainer
 
     monkeypatch.setattr(trainer, "time", FakeClock(10.0))
-    settings = dict(teacher=str(tiny_teacher), keep_layers="0,3", data=str(text_dir), out="d", precision="fp32",
-                    **{**FAST, "max_steps": 20, "max_time": "75s", "save_steps": 1})
+    settings = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        data=str(text_dir),
+        out="d",
+        precision="fp32",
+        **{**FAST, "max_steps": 20, "max_time": "75s", "save_steps": 1},
+    )
     slimlm.distill(stop_after=5, **settings)
     assert not Path("d").exists() and Path("d.partial/checkpoints/checkpoint-5").is_dir()
     slimlm.distill(resume=True, **settings)
@@ -215,8 +293,17 @@ def test_max_time_survives_a_resume(tiny_teacher, text_dir, monkeypatch):
 @pytest.mark.parametrize("native", [False, True])
 def test_prune_calibration_honours_the_decision(probe, autocast_seen, tiny_teacher, text_dir, native):
     probe(native)
-    slimlm.prune(str(tiny_teacher), out="p", data=str(text_dir), method="wanda", sparsity=0.5, block_size=32,
-                 calibration_blocks=2, eval_tokens=256, repeats=1)
+    slimlm.prune(
+        str(tiny_teacher),
+        out="p",
+        data=str(text_dir),
+        method="wanda",
+        sparsity=0.5,
+        block_size=32,
+        calibration_blocks=2,
+        eval_tokens=256,
+        repeats=1,
+    )
     # calibration passes in the decided precision; the before/after table always in fp32
     assert (True in autocast_seen) == native and False in autocast_seen
     detail = json.loads(Path("p/slimlm.json").read_text())["detail"]
@@ -226,7 +313,17 @@ def test_prune_calibration_honours_the_decision(probe, autocast_seen, tiny_teach
 def test_pipeline_precision_reaches_every_computing_stage(tiny_teacher, text_dir):
     from slimlm.experiments.pipeline import _stages
 
-    arms = _stages([{"student": {"keep_layers": "0,3"}}, {"distill": {"max_steps": 1}},
-                    {"finetune": {"max_steps": 1, "precision": "bf16"}}, {"prune": {"sparsity": 0.2}},
-                    {"quantize": {"bits": 8}}], "r.yaml", str(tiny_teacher), str(text_dir), "fp32")
+    arms = _stages(
+        [
+            {"student": {"keep_layers": "0,3"}},
+            {"distill": {"max_steps": 1}},
+            {"finetune": {"max_steps": 1, "precision": "bf16"}},
+            {"prune": {"sparsity": 0.2}},
+            {"quantize": {"bits": 8}},
+        ],
+        "r.yaml",
+        str(tiny_teacher),
+        str(text_dir),
+        "fp32",
+    )
     assert [a["settings"].get("precision") for a in arms] == ["fp32", "fp32", "bf16", "fp32", None]

@@ -8,8 +8,14 @@ from transformers import AutoModelForCausalLM
 
 from slimlm.data.corpus import prepare_data
 from slimlm.errors import SlimlmError
-from slimlm.methods.pruning import (parameter_count, prunable_linears, prune_kv_groups,
-                          prune_mlp_channels, prune_nm, prune_unstructured)
+from slimlm.methods.pruning import (
+    parameter_count,
+    prunable_linears,
+    prune_kv_groups,
+    prune_mlp_channels,
+    prune_nm,
+    prune_unstructured,
+)
 
 
 @pytest.fixture()

@@ -56,6 +56,10 @@ def test_readme_python_example_runs_as_written(tmp_path, tiny_tokenizer):
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=work, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "EXAMPLE-OK ['runs/d15', 'runs/s15', 'smollm2-135m']" in run.stdout
-    for produced in ("runs/s15/slimlm.json", "runs/d15/model.safetensors", "runs/exp/t/report.md",
-                     "runs/exp/pipeline/report.md"):
+    for produced in (
+        "runs/s15/slimlm.json",
+        "runs/d15/model.safetensors",
+        "runs/exp/t/report.md",
+        "runs/exp/pipeline/report.md",
+    ):
         assert (work / produced).is_file(), produced

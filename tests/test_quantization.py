@@ -16,7 +16,7 @@ def test_error_within_half_a_step_and_codes_in_range(bits, granularity, group_si
     torch.manual_seed(bits)
     w = torch.randn(12, 64) * torch.linspace(0.1, 3, 12).unsqueeze(1)
     q = quantize_tensor(w, bits, granularity, group_size, symmetric)
-    assert q["codes"].dtype == torch.uint8 and int(q["codes"].max()) <= 2 ** bits - 1
+    assert q["codes"].dtype == torch.uint8 and int(q["codes"].max()) <= 2**bits - 1
     rows = {"tensor": w.reshape(1, -1), "channel": w, "group": w.reshape(-1, 16)}[granularity]
     err = (dequantize_tensor(q).reshape(rows.shape) - rows).abs()
     assert bool((err <= q["scale"].unsqueeze(1) / 2 + 1e-6).all())
@@ -38,7 +38,7 @@ def test_constant_tensor():
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("numel", [1, 7, 8, 1000])
 def test_pack_roundtrip_and_size(bits, numel):
-    codes = torch.randint(0, 2 ** bits, (numel,), dtype=torch.uint8)
+    codes = torch.randint(0, 2**bits, (numel,), dtype=torch.uint8)
     packed = pack(codes, bits)
     assert packed.dtype == torch.uint8 and packed.numel() == -(-numel // 8) * bits
     assert torch.equal(unpack(packed, bits, numel), codes)
@@ -70,7 +70,7 @@ def test_model_roundtrip_through_packed_tensors(tiny_teacher, bits, granularity,
     restore_weights(restored, tensors, {"bits": bits, "granularity": granularity, "group_size": group_size})
     for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values()):
         if a.dim() == 2:
-            step = (a.max() - a.min()) / (2 ** bits - 1)
+            step = (a.max() - a.min()) / (2**bits - 1)
             assert (a - b).abs().max() <= step / 2 + 1e-6, name
         else:
             assert torch.equal(a, b), name

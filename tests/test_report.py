@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slimlm.errors import SlimlmError
-from slimlm.experiments import compare
+from slimlm.experiments import columns, render, stats
 from slimlm.experiments import report as rep
 from slimlm.experiments.layout import experiment_file, load_run, reference_file, result_file
 
@@ -34,20 +34,32 @@ PPL = [80.0, 72.0, 66.0, 75.0, 90.0]
 
 
 def metrics(i: int, seed: int, kind: str) -> dict:
-    m = {"perplexity": PPL[i] + seed * 0.7, "accuracy": ACC[i] + seed * 0.002, "bits_per_byte": 1.1 + 0.01 * i,
-         "decode_tokens_per_s": 40.0 + seed * 1.5 + 0.1 * i, "prefill_tokens_per_s": 900.0,
-         "size_on_disk_mb": 300.0 - 80 * i if kind == "pipeline" else 300.0, "parameters": 81_000_000,
-         "inference_memory_mib": 700.0 - 10 * i + seed}
+    m = {
+        "perplexity": PPL[i] + seed * 0.7,
+        "accuracy": ACC[i] + seed * 0.002,
+        "bits_per_byte": 1.1 + 0.01 * i,
+        "decode_tokens_per_s": 40.0 + seed * 1.5 + 0.1 * i,
+        "prefill_tokens_per_s": 900.0,
+        "size_on_disk_mb": 300.0 - 80 * i if kind == "pipeline" else 300.0,
+        "parameters": 81_000_000,
+        "inference_memory_mib": 700.0 - 10 * i + seed,
+    }
     if kind == "finetune":
         m["cloze_exact_match"] = 0.2 + 0.05 * i + 0.01 * seed
-        m["downstream_protocol"] = {"cloze": {"items": 200, "scoring": "exact match of greedy decoding",
-                                              "seconds": 12.5}}
+        m["downstream_protocol"] = {
+            "cloze": {"items": 200, "scoring": "exact match of greedy decoding", "seconds": 12.5}
+        }
     return m
 
 
 def training(i: int, seed: int) -> dict:
-    return {"wall_time_s": 100.0 + i + seed, "tokens": 20480, "train_tokens_per_s": 200.0 - 50 * i + seed,
-            "peak_memory_mib": 2000.0 + 500 * i, "trainable_parameters": 800_000 if i == 0 else 81_000_000}
+    return {
+        "wall_time_s": 100.0 + i + seed,
+        "tokens": 20480,
+        "train_tokens_per_s": 200.0 - 50 * i + seed,
+        "peak_memory_mib": 2000.0 + 500 * i,
+        "trainable_parameters": 800_000 if i == 0 else 81_000_000,
+    }
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -57,33 +69,72 @@ def write_json(path: Path, data: dict) -> None:
 
 def make_run(root: Path, kind: str, seeds=(0, 1, 2), skip=()) -> Path:
     """A run folder as the runners write it; `skip` lists (arm, seed) pairs that never finished."""
-    arms = [{"name": n, "value": v, "label": l, "settings": {"lr": 1e-3}} for n, v, l in ARMS[kind]]
+    arms = [{"name": n, "value": v, "label": label, "settings": {"lr": 1e-3}} for n, v, label in ARMS[kind]]
     if kind == "pipeline":
         for a in arms:
             a["stage"] = a["label"]
-    spec = {"kind": kind, "parameter": PARAMETERS[kind], "arms": arms, "seeds": list(seeds),
-            "protocol": {"teacher": "smollm2-135m", "teacher_layers": 30, "data": "sotu",
-                         "data_info": {"corpus": "sotu", "rule": "by year: newest speeches are the test split",
-                                       "train": {"tokens": 20480, "documents": 200},
-                                       "test": {"tokens": 12345, "documents": 9,
-                                                "names": [f"speech-{y}" for y in range(2018, 2027)]}},
-                         "train_tokens": 20480, "block_size": 256, "base_settings": {"alpha": 0.5},
-                         "eval": {"split": "test", "window": 256, "stride": 256, "tokens": 12345,
-                                  "decode_new_tokens": 64, "repeats": 3, "threads": 2, "tasks": ["cloze"]},
-                         "teacher_cache": {"top_k": 128}, "notes": ["synthetic run for tests"]},
-            "created": "2026-01-01T00:00:00Z", "slimlm_version": "0.1.0", "command": f"slimlm experiment {kind} --out x"}
+    spec = {
+        "kind": kind,
+        "parameter": PARAMETERS[kind],
+        "arms": arms,
+        "seeds": list(seeds),
+        "protocol": {
+            "teacher": "smollm2-135m",
+            "teacher_layers": 30,
+            "data": "sotu",
+            "data_info": {
+                "corpus": "sotu",
+                "rule": "by year: newest speeches are the test split",
+                "train": {"tokens": 20480, "documents": 200},
+                "test": {"tokens": 12345, "documents": 9, "names": [f"speech-{y}" for y in range(2018, 2027)]},
+            },
+            "train_tokens": 20480,
+            "block_size": 256,
+            "base_settings": {"alpha": 0.5},
+            "eval": {
+                "split": "test",
+                "window": 256,
+                "stride": 256,
+                "tokens": 12345,
+                "decode_new_tokens": 64,
+                "repeats": 3,
+                "threads": 2,
+                "tasks": ["cloze"],
+            },
+            "teacher_cache": {"top_k": 128},
+            "notes": ["synthetic run for tests"],
+        },
+        "created": "2026-01-01T00:00:00Z",
+        "slimlm_version": "0.1.0",
+        "command": f"slimlm experiment {kind} --out x",
+    }
     write_json(experiment_file(root), spec)
     for i, (name, value, _) in enumerate(ARMS[kind]):
         for seed in seeds:
             if (name, seed) in skip:
                 continue
-            write_json(result_file(root, name, seed), {
-                "arm": name, "value": value, "seed": seed, "model_dir": f"arms/{name}-seed{seed}",
-                "metrics": metrics(i, seed, kind), "training": training(i, seed), "wall_time_s": 150.0 + i + seed})
+            write_json(
+                result_file(root, name, seed),
+                {
+                    "arm": name,
+                    "value": value,
+                    "seed": seed,
+                    "model_dir": f"arms/{name}-seed{seed}",
+                    "metrics": metrics(i, seed, kind),
+                    "training": training(i, seed),
+                    "wall_time_s": 150.0 + i + seed,
+                },
+            )
     for name, size, ppl in (("teacher", 540.0, 28.0), ("student-init", 320.0, 686.0)):
-        write_json(reference_file(root, name), {
-            "name": name, "model_dir": name, "wall_time_s": 30.0,
-            "metrics": {"perplexity": ppl, "accuracy": 0.36, "decode_tokens_per_s": 17.0, "size_on_disk_mb": size}})
+        write_json(
+            reference_file(root, name),
+            {
+                "name": name,
+                "model_dir": name,
+                "wall_time_s": 30.0,
+                "metrics": {"perplexity": ppl, "accuracy": 0.36, "decode_tokens_per_s": 17.0, "size_on_disk_mb": size},
+            },
+        )
     return root
 
 
@@ -96,9 +147,12 @@ def arm_report(report: dict, name: str) -> dict:
     return next(a for a in report["arms"] if a["name"] == name)
 
 
-PLOTS = {"temperature": ["plots/temperature.png"], "feature-layer": ["plots/feature_layer.png"],
-         "finetune": ["plots/finetune_quality.png", "plots/finetune_cost.png"],
-         "pipeline": ["plots/pipeline_frontier.png"]}
+PLOTS = {
+    "temperature": ["plots/temperature.png"],
+    "feature-layer": ["plots/feature_layer.png"],
+    "finetune": ["plots/finetune_quality.png", "plots/finetune_cost.png"],
+    "pipeline": ["plots/pipeline_frontier.png"],
+}
 
 
 @pytest.mark.parametrize("kind", sorted(PLOTS))
@@ -155,7 +209,7 @@ def test_paper_rows_sit_beside_ours(tmp_path):
     rows = {r["x"]: r for r in report["paper"]["rows"]}
     assert rows[2.0]["paper"]["accuracy_pct"] == 87.1 and rows[2.0]["arm"] == "t2"
     assert rows[10.0]["paper"]["perplexity"] == 22.9
-    md = rep.render_markdown(report)
+    md = render.render_markdown(report)
     assert "| τ=2 | t2 | 87.1 |" in md
 
 
@@ -172,7 +226,7 @@ def test_missing_seeds_and_arms_are_reported(tmp_path):
     assert report["missing"]["arms"] == ["t10"]
     assert report["missing"]["seeds"] == {"t2": [1], "t10": [0, 1, 2]}
     assert arm_report(report, "t2")["metrics"]["accuracy"]["n"] == 2
-    md = rep.render_markdown(report)
+    md = render.render_markdown(report)
     assert "arm `t10`: no results at all" in md and "arm `t2`: seed(s) 1 missing" in md
     assert "| t10 | τ=10 | 0 |" in md  # still a row, with no numbers
 
@@ -237,7 +291,7 @@ def test_finetune_and_pipeline_sentences(tmp_path):
     assert "full faster; the paper: LoRA 52 vs full 37, LoRA faster" in ft
     assert "Decode speed: LoRA" in ft and "opposite to the paper, but within our seed spread (inconclusive)" in ft
     assert "same parameter count" in ft and "trainable parameters" in ft
-    md = rep.render_markdown(build(tmp_path / "ft"))
+    md = render.render_markdown(build(tmp_path / "ft"))
     assert "- downstream task `cloze`:" in md and "  - scoring: exact match of greedy decoding" in md
     pipe = build(make_run(tmp_path / "p", "pipeline"))["paper"]
     assert pipe["notes"][0].startswith("The paper reports no numbers") and pipe["rows"] == []
@@ -256,11 +310,21 @@ def test_feature_layer_uses_relative_depth(tmp_path):
 
 
 def test_helpers():
-    assert compare.shape([1, 2, 3]) == "increasing" and compare.shape([1, 3, 2]) == "peak"
-    assert compare.shape([3, 1, 2]) == "valley" and compare.shape([1, 3, 1, 3]) == "mixed"
-    assert compare.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert compare.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert rep.summarize([(0, 1.0)])["std"] is None
-    assert rep.summarize([(0, 1.0), (1, float("inf"))])["non_finite_dropped"] == 1
-    assert compare.within_spread({"mean": 1, "std": 0.5}, {"mean": 1.8, "std": 0.4}) is True
-    assert compare.within_spread({"mean": 1, "std": 0.1}, {"mean": 1.8, "std": 0.1}) is False
+    assert stats.shape([1, 2, 3]) == "increasing" and stats.shape([1, 3, 2]) == "peak"
+    assert stats.shape([3, 1, 2]) == "valley" and stats.shape([1, 3, 1, 3]) == "mixed"
+    assert stats.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert stats.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stats.summarize([(0, 1.0)])["std"] is None
+    assert stats.summarize([(0, 1.0), (1, float("inf"))])["non_finite_dropped"] == 1
+    assert stats.within_spread({"mean": 1, "std": 0.5}, {"mean": 1.8, "std": 0.4}) is True
+    assert stats.within_spread({"mean": 1, "std": 0.1}, {"mean": 1.8, "std": 0.1}) is False
+    assert stats.within_spread({"mean": 1, "std": None}, {"mean": 1.8, "std": 0.1}) is None
+    assert stats.dominated((2.0, 2.0), [(1.0, 2.0)]) and not stats.dominated((1.0, 2.0), [(1.0, 2.0), (2.0, 1.0)])
+
+
+def test_numbers_are_shown_in_their_column_units():
+    assert columns.cell({"mean": 0.3512, "std": None}, "accuracy") == "35.12"  # accuracy is shown in %
+    assert columns.cell({"mean": 0.35, "std": 0.01}, "accuracy") == "35.00 ± 1.00"
+    assert columns.cell(None, "accuracy") == "–" and columns.display(2.5e4, "perplexity") == "2.5e+04"
+    assert columns.said({"mean": 42.0, "std": None}, "decode_tokens_per_s") == "42.0 tok/s"
+    assert columns.column("new_metric").label == "new_metric" and columns.ratio(1.0, 0.0).startswith("n/a")

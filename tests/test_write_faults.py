@@ -14,7 +14,6 @@ from safetensors import SafetensorError
 
 from slimlm.errors import SlimlmError
 from slimlm.output import claim_output, lock_path, publish, write_json_atomic
-
 from test_errors import assert_one_line_error, run_cli
 
 
@@ -23,8 +22,21 @@ def disk_full(*args, **kwargs):
 
 
 def student(capsys, teacher, data, *extra):
-    return run_cli(capsys, "student", "--teacher", teacher, "--data", data, "--keep-layers", "0",
-                   "--block-size", "32", "--out", "out", *extra)
+    return run_cli(
+        capsys,
+        "student",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--keep-layers",
+        "0",
+        "--block-size",
+        "32",
+        "--out",
+        "out",
+        *extra,
+    )
 
 
 def assert_nothing_left():
@@ -39,12 +51,19 @@ def test_full_disk_while_saving_the_model(capsys, tiny_teacher, text_dir, monkey
     assert_nothing_left()
 
 
-@pytest.mark.parametrize("detail,words", [
-    ('IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
-     ["disk full while writing out"]),
-    ('IoError(Os { code: 5, kind: Uncategorized, message: "Input/output error" })',
-     ["cannot write out", "Input/output error"]),
-])
+@pytest.mark.parametrize(
+    "detail,words",
+    [
+        (
+            'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
+            ["disk full while writing out"],
+        ),
+        (
+            'IoError(Os { code: 5, kind: Uncategorized, message: "Input/output error" })',
+            ["cannot write out", "Input/output error"],
+        ),
+    ],
+)
 def test_safetensors_write_error(capsys, tiny_teacher, text_dir, monkeypatch, detail, words):
     def failing(*args, **kwargs):
         raise SafetensorError(f"Error while serializing: {detail}")

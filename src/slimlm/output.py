@@ -55,8 +55,9 @@ def lock_output(out: str | Path) -> bool:
         try:
             parent.mkdir(parents=True)
         except OSError as exc:
-            raise SlimlmError(f"cannot create the output's parent folder {parent} ({exc.strerror}); "
-                              "choose a writable --out") from None
+            raise SlimlmError(
+                f"cannot create the output's parent folder {parent} ({exc.strerror}); choose a writable --out"
+            ) from None
     path = lock_path(out)
     if fcntl is None or str(path) in _held:
         return False
@@ -64,8 +65,9 @@ def lock_output(out: str | Path) -> bool:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise SlimlmError(f"output folder {parent} is not writable ({exc.strerror}); "
-                              "choose a writable --out") from None
+            raise SlimlmError(
+                f"output folder {parent} is not writable ({exc.strerror}); choose a writable --out"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -254,8 +256,11 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{name} is missing"
         actual = file.stat().st_size
         if actual != size:
-            return f"{name} is truncated ({actual} of {size} bytes)" if actual < size else \
-                f"{name} has {actual} bytes, the record says {size}"
+            return (
+                f"{name} is truncated ({actual} of {size} bytes)"
+                if actual < size
+                else f"{name} has {actual} bytes, the record says {size}"
+            )
     return None
 
 
@@ -277,8 +282,15 @@ def last_good_checkpoint(folder: Path, log=print) -> Path | None:
     return None
 
 
-def publish(stage: Path, out: Path, model=None, tokenizer=None, record: dict | None = None,
-            card: str | None = None, files: dict[str, str] | None = None) -> Path:
+def publish(
+    stage: Path,
+    out: Path,
+    model=None,
+    tokenizer=None,
+    record: dict | None = None,
+    card: str | None = None,
+    files: dict[str, str] | None = None,
+) -> Path:
     """Write the model, its record and card into the staging area, then move it to `out` in one rename.
 
     A write that fails (full disk, I/O error) becomes one line; the half-written result is removed and the
@@ -292,8 +304,12 @@ def publish(stage: Path, out: Path, model=None, tokenizer=None, record: dict | N
         if tokenizer is not None:
             tokenizer.save_pretrained(final)
         if record is not None:
-            record = {"slimlm_version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "machine": {"python": platform.python_version(), "platform": platform.platform()}, **record}
+            record = {
+                "slimlm_version": slimlm_version(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": {"python": platform.python_version(), "platform": platform.platform()},
+                **record,
+            }
             (final / "slimlm.json").write_text(json.dumps(record, indent=2, default=str))
         if card is not None:
             (final / "README.md").write_text(card)
@@ -365,23 +381,43 @@ def write_json_atomic(path: Path, data: dict, *, force: bool = False) -> None:
 def model_card(title: str, record: dict, metrics_table: str | None = None) -> str:
     """A short model card: what this is, how it was made, how it scores, how to load it."""
     settings = record.get("settings", {})
-    lines = [f"# {title}", "", "Made with [slimlm](https://github.com/) — "
-             f"stage `{record.get('stage')}`.", "", "## How it was made", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Made with [slimlm](https://github.com/) — stage `{record.get('stage')}`.",
+        "",
+        "## How it was made",
+        "",
+    ]
     lines += [f"- {key}: `{value}`" for key, value in settings.items() if value not in (None, "", False)]
     data = record.get("data")
     if data:
-        lines += ["", "## Data", "", f"- corpus: `{data.get('corpus')}`; split {data.get('rule')}",
-                  f"- tokens: train {data['train']['tokens']:,}, validation {data['val']['tokens']:,}, "
-                  f"test {data['test']['tokens']:,}"]
+        lines += [
+            "",
+            "## Data",
+            "",
+            f"- corpus: `{data.get('corpus')}`; split {data.get('rule')}",
+            f"- tokens: train {data['train']['tokens']:,}, validation {data['val']['tokens']:,}, "
+            f"test {data['test']['tokens']:,}",
+        ]
     if metrics_table:
         lines += ["", "## Measured", "", "```", metrics_table, "```"]
-    lines += ["", "## Load", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              "model = AutoModelForCausalLM.from_pretrained('PATH')",
-              "tokenizer = AutoTokenizer.from_pretrained('PATH')", "```", ""]
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained('PATH')",
+        "tokenizer = AutoTokenizer.from_pretrained('PATH')",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def _version() -> str:
+def slimlm_version() -> str:
+    """The installed slimlm version, recorded in every slimlm.json and experiment run."""
     try:
         from importlib.metadata import version
 

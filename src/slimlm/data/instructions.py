@@ -19,7 +19,6 @@ from slimlm.errors import SlimlmError
 from slimlm.losses import IGNORE_INDEX
 
 
-
 def is_instruction_data(spec: str) -> bool:
     """True for a .jsonl file whose first record has "prompt" or "messages" (plain-text JSONL has "text")."""
     path = Path(str(spec)).expanduser()
@@ -49,28 +48,28 @@ def load_records(path: str | Path) -> list[dict]:
             raise SlimlmError(f"{path}:{number} is not valid JSON; each line must be one JSON object") from None
         records.append(_check_record(record, f"{path}:{number}"))
     if not records:
-        raise SlimlmError(f"{path} contains no records; give one JSON object per line with prompt/response "
-                          "or messages")
+        raise SlimlmError(f"{path} contains no records; give one JSON object per line with prompt/response or messages")
     return records
 
 
 def _check_record(record, where: str) -> dict:
     if not isinstance(record, dict):
-        raise SlimlmError(f"{where} is not a JSON object; write {{\"prompt\": ..., \"response\": ...}}")
+        raise SlimlmError(f'{where} is not a JSON object; write {{"prompt": ..., "response": ...}}')
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
-            raise SlimlmError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
+            raise SlimlmError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise SlimlmError(f"{where}: every message needs string fields \"role\" and \"content\"")
+                raise SlimlmError(f'{where}: every message needs string fields "role" and "content"')
         if not any(m["role"] == "assistant" for m in messages):
             raise SlimlmError(f"{where} has no assistant message; the loss is on assistant turns, add one")
         return record
     for key in ("prompt", "response"):
         if not isinstance(record.get(key), str):
-            raise SlimlmError(f"{where} has no string field \"{key}\"; each record needs \"prompt\" and "
-                              "\"response\" (or \"messages\")")
+            raise SlimlmError(
+                f'{where} has no string field "{key}"; each record needs "prompt" and "response" (or "messages")'
+            )
     return record
 
 
@@ -79,8 +78,10 @@ def segments(record: dict, tokenizer) -> list[tuple[str, bool]]:
     if "messages" not in record:
         return [(record["prompt"], False), (record["response"], True)]
     if not getattr(tokenizer, "chat_template", None):
-        raise SlimlmError("the tokenizer has no chat template, so \"messages\" records cannot be rendered; "
-                          "use prompt/response records or a model with a chat template")
+        raise SlimlmError(
+            'the tokenizer has no chat template, so "messages" records cannot be rendered; '
+            "use prompt/response records or a model with a chat template"
+        )
     messages, pieces, done = record["messages"], [], ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -88,13 +89,15 @@ def segments(record: dict, tokenizer) -> list[tuple[str, bool]]:
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (prefix.startswith(done) and upto.startswith(prefix)):
-            raise SlimlmError("the chat template does not render conversations prefix by prefix, so assistant "
-                              "turns cannot be located; use prompt/response records")
-        pieces += [(prefix[len(done):], False), (upto[len(prefix):], True)]
+            raise SlimlmError(
+                "the chat template does not render conversations prefix by prefix, so assistant "
+                "turns cannot be located; use prompt/response records"
+            )
+        pieces += [(prefix[len(done) :], False), (upto[len(prefix) :], True)]
         done = upto
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     if full.startswith(done) and len(full) > len(done):
-        pieces.append((full[len(done):], False))
+        pieces.append((full[len(done) :], False))
     return pieces
 
 
@@ -151,8 +154,10 @@ class InstructionSplits:
     info: dict
 
     def summary(self) -> str:
-        parts = [f"{n} {self.info[n]['records']} records ({self.info[n]['response_tokens']:,} response tokens)"
-                 for n in ("train", "val", "test")]
+        parts = [
+            f"{n} {self.info[n]['records']} records ({self.info[n]['response_tokens']:,} response tokens)"
+            for n in ("train", "val", "test")
+        ]
         return f"instruction data {self.info['corpus']}: " + ", ".join(parts) + f"; split: {self.info['rule']}"
 
 
@@ -160,8 +165,9 @@ def prepare_instructions(spec: str, tokenizer, block_size: int) -> InstructionSp
     """Records -> train/validation/test datasets, split by position (at least one record in each)."""
     records = load_records(spec)
     if len(records) < 3:
-        raise SlimlmError(f"{spec} has {len(records)} record(s); give at least 3 (train, validation and test "
-                          "each need one)")
+        raise SlimlmError(
+            f"{spec} has {len(records)} record(s); give at least 3 (train, validation and test each need one)"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     examples, dropped = [], 0
     for record in records:
@@ -171,22 +177,30 @@ def prepare_instructions(spec: str, tokenizer, block_size: int) -> InstructionSp
         else:
             dropped += 1
     if len(examples) < 3:
-        raise SlimlmError(f"{spec}: only {len(examples)} record(s) keep a response token within --block-size "
-                          f"{block_size}; raise --block-size or shorten the prompts")
+        raise SlimlmError(
+            f"{spec}: only {len(examples)} record(s) keep a response token within --block-size "
+            f"{block_size}; raise --block-size or shorten the prompts"
+        )
     n = len(examples)
     a = min(int(n * 0.90), n - 2)
     b = max(a + 1, min(int(n * 0.95), n - 1))
     parts = {"train": examples[:a], "val": examples[a:b], "test": examples[b:]}
     datasets = {k: InstructionDataset(v) for k, v in parts.items()}
-    info = {"corpus": Path(spec).name, "format": "instruction jsonl", "block_size": block_size,
-            "rule": "by position: first 90% of records train, next 5% validation, last 5% test; loss on responses only",
-            "dropped_records": dropped}
+    info = {
+        "corpus": Path(spec).name,
+        "format": "instruction jsonl",
+        "block_size": block_size,
+        "rule": "by position: first 90% of records train, next 5% validation, last 5% test; loss on responses only",
+        "dropped_records": dropped,
+    }
     for k, ds in datasets.items():
         info[k] = {"records": len(ds), "tokens": ds.tokens(), "response_tokens": ds.response_tokens()}
     return InstructionSplits(datasets["train"], datasets["val"], datasets["test"], info)
 
 
-def response_perplexity(model, dataset: InstructionDataset, *, batch_size: int = 8, max_tokens: int | None = None) -> dict:
+def response_perplexity(
+    model, dataset: InstructionDataset, *, batch_size: int = 8, max_tokens: int | None = None
+) -> dict:
     """Mean cross-entropy over response tokens only (the training objective), as perplexity and accuracy."""
     import math
 
@@ -206,5 +220,9 @@ def response_perplexity(model, dataset: InstructionDataset, *, batch_size: int =
             scored += int(valid.sum())
             if max_tokens and scored >= max_tokens:
                 break
-    return {"perplexity": math.exp(min(nll / max(scored, 1), 700)), "accuracy": correct / max(scored, 1),
-            "tokens_scored": scored, "scope": "response tokens of validation records"}
+    return {
+        "perplexity": math.exp(min(nll / max(scored, 1), 700)),
+        "accuracy": correct / max(scored, 1),
+        "tokens_scored": scored,
+        "scope": "response tokens of validation records",
+    }

@@ -5,7 +5,8 @@ Honesty rules, since these numbers are compared across models: eval mode and
 `torch.inference_mode`, warm-up runs, the median of repeats, the same prompt and the same
 scoring protocol for every model, and the protocol written next to every table. Speed is
 batch-1 HF `generate` with the KV cache: on CPU that is bandwidth-bound, so it shows what fewer
-weight bytes buy; on a GPU it is launch-bound and understates any gain (see DESIGN.md).
+weight bytes buy; on a GPU it is launch-bound and understates any gain (bench/README.md sets
+decode speed beside its bandwidth roofline). The printed table of these numbers is table.py.
 """
 
 from __future__ import annotations
@@ -22,17 +23,23 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from slimlm.errors import SlimlmError
+from slimlm.eval.table import format_table  # noqa: F401  (re-exported: the stages import it from here)
 
 MIB = 2**20
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _keeps_logits(model) -> bool:
+def keeps_logits(model) -> bool:
     """Whether forward() can skip the lm_head for positions we do not score (saves vocab-sized logits)."""
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def max_positions(model) -> int | None:
+    """The model's position limit, when its config states one (prompts are cut to fit it)."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -50,7 +57,9 @@ def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def perplexity(model, ids: torch.LongTensor, *, window=256, stride=256, batch_size=8, text_bytes=None, progress=True) -> dict:
+def perplexity(
+    model, ids: torch.LongTensor, *, window=256, stride=256, batch_size=8, text_bytes=None, progress=True
+) -> dict:
     """Sliding-window perplexity on a 1-D token stream (HF's standard protocol): windows of `window` tokens
     every `stride` tokens; each token is scored once, with up to window-stride tokens of context re-fed but
     not scored (stride == window: plain non-overlapping blocks, each block's first token unscored).
@@ -70,7 +79,7 @@ def perplexity(model, ids: torch.LongTensor, *, window=256, stride=256, batch_si
     if batch_size < 1:
         raise SlimlmError(f"batch_size={batch_size}: use a batch size of at least 1")
     model.eval()
-    device, keep = _device(model), _keeps_logits(model)
+    device, keep = model_device(model), keeps_logits(model)
     wins = _windows(ids.numel(), window, stride)
     batches, cur = [], []  # consecutive windows of equal length share a batch (only the last can be shorter)
     for w in wins:
@@ -85,7 +94,7 @@ def perplexity(model, ids: torch.LongTensor, *, window=256, stride=256, batch_si
             x = torch.stack([ids[b:e] for b, e, _ in batch]).to(device)
             k = max(s for _, _, s in batch)  # predictions for the last k targets sit at positions L-1-k .. L-2
             kwargs = {"logits_to_keep": k + 1} if keep else {}
-            logits = model(input_ids=x, use_cache=False, **kwargs).logits[:, -(k + 1):-1].float()
+            logits = model(input_ids=x, use_cache=False, **kwargs).logits[:, -(k + 1) : -1].float()
             targets = x[:, -k:]
             mask = torch.stack([torch.arange(k, device=device) >= k - s for _, _, s in batch])
             ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
@@ -115,16 +124,20 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def decode_speed(model, *, prompt_ids=None, vocab_size=None, new_tokens=64, repeats=3, warmup=1, prefill_tokens=256) -> dict:
+def decode_speed(
+    model, *, prompt_ids=None, vocab_size=None, new_tokens=64, repeats=3, warmup=1, prefill_tokens=256
+) -> dict:
     """Batch-1 greedy decoding with the KV cache, median tokens/s over `repeats` runs after `warmup` runs.
     Prefill is excluded: decode rate = (new_tokens-1) / (median time of an n-token generate - median time of
     a 1-token generate), since the first new token comes from the prefill. min_new_tokens = max_new_tokens,
     so eos never cuts a run short. Prefill tokens/s: one forward over `prefill_tokens` tokens (the prompt
     tiled). Pass the same `prompt_ids` for every model; without it a seeded random prompt of 32 tokens."""
     if new_tokens < 2 or repeats < 1 or warmup < 0 or prefill_tokens < 1:
-        raise SlimlmError("decode_speed needs new_tokens >= 2, repeats >= 1, warmup >= 0, prefill_tokens >= 1: fix the argument")
+        raise SlimlmError(
+            "decode_speed needs new_tokens >= 2, repeats >= 1, warmup >= 0, prefill_tokens >= 1: fix the argument"
+        )
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     if prompt_ids is None:
         vocab_size = vocab_size or model.config.vocab_size
         prompt_ids = torch.randint(vocab_size, (32,), generator=torch.Generator().manual_seed(0))
@@ -137,11 +150,21 @@ def decode_speed(model, *, prompt_ids=None, vocab_size=None, new_tokens=64, repe
     made = {}
 
     def generate(n):
-        out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, use_cache=True, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=pad,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
         made[n] = out.shape[1] - prompt.shape[1]
 
-    fwd_kwargs = {"logits_to_keep": 1} if _keeps_logits(model) else {}
+    fwd_kwargs = {"logits_to_keep": 1} if keeps_logits(model) else {}
     times = {"one": [], "all": [], "prefill": []}
     with torch.inference_mode():
         for i in range(warmup + repeats):
@@ -152,7 +175,9 @@ def decode_speed(model, *, prompt_ids=None, vocab_size=None, new_tokens=64, repe
                 for key, t in zip(times, (t_one, t_all, t_pre)):
                     times[key].append(t)
     if made[new_tokens] != new_tokens:
-        raise SlimlmError(f"generate made {made[new_tokens]} tokens, not {new_tokens}: check the model's generation_config")
+        raise SlimlmError(
+            f"generate made {made[new_tokens]} tokens, not {new_tokens}: check the model's generation_config"
+        )
     decode_s = max(statistics.median(times["all"]) - statistics.median(times["one"]), 1e-9)
     return {
         "decode_tokens_per_s": (new_tokens - 1) / decode_s,
@@ -179,7 +204,7 @@ def peak_memory(model, run=None, *, interval_s=0.002) -> dict:
     the rise over the RSS before the run is reported too. Kept apart from the speed runs so the sampler
     cannot slow them."""
     run = run or (lambda: decode_speed(model, new_tokens=8, repeats=1, warmup=0))
-    device = _device(model)
+    device = model_device(model)
     out = {"weights_mib": weights_bytes(model) / MIB}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -225,9 +250,11 @@ def _int8_kernel_parameters(model) -> int:
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    return sum(m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
-               for name, m in model.named_modules()
-               if isinstance(m, DynamicInt8Linear) and not (tied and name.endswith("lm_head")))
+    return sum(
+        m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+        for name, m in model.named_modules()
+        if isinstance(m, DynamicInt8Linear) and not (tied and name.endswith("lm_head"))
+    )
 
 
 def model_size(model_dir_or_model, model_dir=None) -> dict:
@@ -242,7 +269,9 @@ def model_size(model_dir_or_model, model_dir=None) -> dict:
         return {"parameters": count, "size_on_disk_mb": None}
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise SlimlmError(f"no *.safetensors files in {model_dir}: point at a model directory saved with save_pretrained")
+        raise SlimlmError(
+            f"no *.safetensors files in {model_dir}: point at a model directory saved with save_pretrained"
+        )
     if count is None:
         from safetensors import safe_open
 
@@ -253,8 +282,19 @@ def model_size(model_dir_or_model, model_dir=None) -> dict:
     return {"parameters": count, "size_on_disk_mb": sum(f.stat().st_size for f in files) / 1e6}
 
 
-def evaluate_model(model, tokenizer, test_ids, *, model_dir=None, text_bytes=None, window=256, stride=256,
-                   new_tokens=64, repeats=3, progress=True) -> dict:
+def evaluate_model(
+    model,
+    tokenizer,
+    test_ids,
+    *,
+    model_dir=None,
+    text_bytes=None,
+    window=256,
+    stride=256,
+    new_tokens=64,
+    repeats=3,
+    progress=True,
+) -> dict:
     """All metrics for one model in one flat, JSON-serialisable dict (model put in eval mode). The speed
     prompt is the start of `test_ids`, so every model evaluated on the same text decodes the same prompt.
     Without text_bytes, the tokenizer (when given) decodes ids[1:] to count their UTF-8 bytes: exact when
@@ -264,50 +304,12 @@ def evaluate_model(model, tokenizer, test_ids, *, model_dir=None, text_bytes=Non
     test_ids = torch.as_tensor(test_ids).reshape(-1)
     if text_bytes is None and tokenizer is not None:
         text_bytes = len(tokenizer.decode(test_ids[1:].tolist()).encode("utf-8"))
-    result = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(_device(model))}
+    result = {"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "device": str(model_device(model))}
     result.update(model_size(model, model_dir))
     result.update(perplexity(model, test_ids, window=window, stride=stride, text_bytes=text_bytes, progress=progress))
     prompt = test_ids[:32]
     result.update(decode_speed(model, prompt_ids=prompt, new_tokens=new_tokens, repeats=repeats))
-    result.update(peak_memory(model, lambda: decode_speed(model, prompt_ids=prompt, new_tokens=new_tokens, repeats=1, warmup=0)))
+    result.update(
+        peak_memory(model, lambda: decode_speed(model, prompt_ids=prompt, new_tokens=new_tokens, repeats=1, warmup=0))
+    )
     return result
-
-
-_ROWS = [  # (label, key, format)
-    ("parameters (M)", "parameters", lambda v: f"{v / 1e6:.2f}"),
-    ("size on disk (MB)", "size_on_disk_mb", lambda v: f"{v:.1f}"),
-    ("perplexity", "perplexity", lambda v: f"{v:.2f}" if v < 1e4 else f"{v:.3g}"),
-    ("bits/byte", "bits_per_byte", lambda v: f"{v:.3f}"),
-    ("next-token accuracy", "accuracy", lambda v: f"{v:.3f}"),
-    ("decode tok/s", "decode_tokens_per_s", lambda v: f"{v:.1f}"),
-    ("prefill tok/s", "prefill_tokens_per_s", lambda v: f"{v:.0f}"),
-    ("memory MiB (weights + decode peak)", "inference_memory_mib", lambda v: f"{v:.0f}"),
-    ("cloze exact match", "cloze_exact_match", lambda v: f"{v:.3f}"),
-    ("ROUGE-1 / 2 / L", "rouge1", None),  # formatted in format_table
-]
-_OPTIONAL = {"cloze_exact_match", "rouge1"}  # downstream rows, shown only when measured (slimlm eval --tasks)
-
-
-def format_table(results: dict[str, dict]) -> str:
-    """Models as columns, metrics as rows, then one line stating the protocol (perplexity depends on it)."""
-    names = list(results)
-    cells = [["metric", *names]]
-    for label, key, fmt in _ROWS:
-        if key in _OPTIONAL and all(r.get(key) is None for r in results.values()):
-            continue
-        if key == "rouge1":  # one row for both ROUGE scores
-            cells.append([label, *(f"{r['rouge1']:.3f} / {r['rouge2']:.3f} / {r['rougeL']:.3f}"
-                                   if r.get("rouge1") is not None else "-"
-                                   for r in results.values())])
-            continue
-        cells.append([label, *(fmt(r[key]) if r.get(key) is not None else "-" for r in results.values())])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    protocol = []
-    for key, label in (("window", "window"), ("stride", "stride"), ("tokens_scored", "tokens scored"), ("threads", "threads")):
-        values = sorted({str(r.get(key, "-")) for r in results.values()})
-        protocol.append(f"{label} {'/'.join(values)}")
-    lines.append("protocol: sliding-window perplexity, " + ", ".join(protocol)
-                 + "; speed: batch-1 greedy generate with KV cache, median of repeats after warm-up")
-    return "\n".join(lines)

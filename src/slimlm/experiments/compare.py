@@ -2,143 +2,35 @@
 never written in advance.
 
 The paper's levels are not comparable with ours (see paper.ACCURACY_CAVEAT), so the sentences speak of
-rankings, shapes and seed spread. How a number is shown (display units, 'mean ± std') lives here too,
-because the sentences, the report's tables and the plots must all show a number the same way.
+rankings, shapes and seed spread (stats.py); numbers are shown as the report's tables show them
+(columns.py), and arms are matched to the paper's points on the swept axis (axis.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 
 import numpy as np
 
 from slimlm.experiments import paper as paper_data
+from slimlm.experiments.axis import arm_x, describe, describe_point, method_of, point_x, same_x
+from slimlm.experiments.columns import cell, display, paper_value, ratio, said
+from slimlm.experiments.stats import dominated, shape, spearman, within_spread
 
-SPREAD_NOTE = ("'within our seed spread' means the two arms' mean ± 1 std intervals overlap; "
-               "with one seed per arm the spread is unknown")
-
-# key, label, scale applied for display, format spec. Raw units stay in report.json.
-Column = namedtuple("Column", "key label scale spec")
-RESULT_COLUMNS = [
-    Column("accuracy", "next-token acc. (%)", 100, ".2f"),
-    Column("perplexity", "perplexity", 1, ".2f"),
-    Column("bits_per_byte", "bits/byte", 1, ".3f"),
-    Column("decode_tokens_per_s", "decode tok/s", 1, ".1f"),
-    Column("size_on_disk_mb", "size (MB)", 1, ".1f"),
-    Column("parameters", "params (M)", 1e-6, ".2f"),
-    Column("inference_memory_mib", "inference memory (MiB)", 1, ".0f"),
-    Column("cloze_exact_match", "cloze exact match", 1, ".3f"),
-    Column("rouge1", "ROUGE-1", 1, ".3f"),
-    Column("rouge2", "ROUGE-2", 1, ".3f"),
-    Column("rougeL", "ROUGE-L", 1, ".3f"),
-]
-TRAINING_COLUMNS = [
-    Column("tokens", "train tokens", 1, ".0f"),
-    Column("train_tokens_per_s", "train tok/s", 1, ".1f"),
-    Column("peak_memory_mib", "peak train memory (MiB)", 1, ".0f"),
-    Column("trainable_parameters", "trainable params (M)", 1e-6, ".3f"),
-    Column("optimizer_state_bytes", "optimizer state (MB)", 1e-6, ".1f"),
-    Column("train_runtime_s", "train runtime (s)", 1, ".0f"),
-    Column("wall_time_s", "train time (s)", 1, ".0f"),
-]
-COLUMNS = {c.key: c for c in RESULT_COLUMNS + TRAINING_COLUMNS}
-UNITS = {"accuracy": "%", "decode_tokens_per_s": " tok/s", "size_on_disk_mb": " MB", "inference_memory_mib": " MiB"}
 # Our metric, the paper's matching key, higher is better, words.
 COMPARED = [
     ("accuracy", "accuracy_pct", True, "next-token accuracy"),
     ("perplexity", "perplexity", False, "perplexity"),
     ("cloze_exact_match", "accuracy_pct", True, "cloze exact match"),
 ]
-SHAPE_WORDS = {"increasing": "rises throughout", "decreasing": "falls throughout", "peak": "rises then falls",
-               "valley": "falls then rises", "mixed": "goes up and down more than once", "flat": "is flat"}
-
-
-# ---------------------------------------------------------------- how numbers are shown
-
-def finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def column(key: str) -> Column:
-    """A metric's column; unknown metrics are shown under their own name, unscaled."""
-    return COLUMNS.get(key, Column(key, key, 1, ".4g"))
-
-
-def display(value, key: str) -> str:
-    """One raw value in its column's display units."""
-    col = column(key)
-    v = value * col.scale
-    return f"{v:.3g}" if key == "perplexity" and v >= 1e4 else format(v, col.spec)
-
-
-def cell(summary: dict | None, key: str) -> str:
-    """'mean ± std' in the column's display units; the mean alone for one seed; '–' when absent."""
-    if not summary:
-        return "–"
-    if summary["std"] is None:
-        return display(summary["mean"], key)
-    return f"{display(summary['mean'], key)} ± {display(summary['std'], key)}"
-
-
-def said(summary: dict | None, key: str) -> str:
-    """A cell with its unit, for sentences."""
-    return cell(summary, key) + UNITS.get(key, "")
-
-
-def paper_value(value, key: str = "") -> str:
-    """The paper's numbers as printed; accuracy gets its % sign in sentences."""
-    return "–" if value is None else f"{value:g}%" if key == "accuracy_pct" else f"{value:g}"
-
-
-def ratio(a: float, b: float, spec: str = ".2f") -> str:
-    """a/b as "1.23×", or "n/a" when b is zero (a metric such as exact match can be 0 on a weak model)."""
-    return f"{a / b:{spec}}×" if b else "n/a (divisor is 0)"
-
-
-# ---------------------------------------------------------------- statistics
-
-def within_spread(a: dict, b: dict) -> bool | None:
-    """Whether mean ± 1 std of two summaries overlap; None when either has one seed (spread unknown)."""
-    if a["std"] is None or b["std"] is None:
-        return None
-    return abs(a["mean"] - b["mean"]) <= a["std"] + b["std"]
-
-
-def shape(values: list[float]) -> str:
-    """The trend of a sequence ordered by the swept parameter: increasing, decreasing, peak, valley, mixed."""
-    signs = [s for s in np.sign(np.diff(values)) if s != 0]
-    if not signs:
-        return "flat"
-    changes = sum(1 for a, b in zip(signs, signs[1:]) if a != b)
-    if changes == 0:
-        return "increasing" if signs[0] > 0 else "decreasing"
-    if changes == 1:
-        return "peak" if signs[0] > 0 else "valley"
-    return "mixed"
-
-
-def _ranks(values: list[float]) -> np.ndarray:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = np.empty(len(values))
-    i = 0
-    while i < len(order):  # ties share their average rank
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(a: list[float], b: list[float]) -> float | None:
-    """Rank correlation: compares orderings only, which is all that different setups let us compare."""
-    if len(a) < 3:
-        return None
-    ra, rb = _ranks(a), _ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
+SHAPE_WORDS = {
+    "increasing": "rises throughout",
+    "decreasing": "falls throughout",
+    "peak": "rises then falls",
+    "valley": "falls then rises",
+    "mixed": "goes up and down more than once",
+    "flat": "is flat",
+}
 
 
 def verdict(same_direction: bool, within: bool | None) -> str:
@@ -147,65 +39,12 @@ def verdict(same_direction: bool, within: bool | None) -> str:
         tail = " (one seed per arm, so our spread is unknown)"
         return ("same direction as the paper" if same_direction else "opposite to the paper") + tail
     if within:
-        return ("same direction as the paper, but within our seed spread" if same_direction
-                else "opposite to the paper, but within our seed spread (inconclusive)")
+        return (
+            "same direction as the paper, but within our seed spread"
+            if same_direction
+            else "opposite to the paper, but within our seed spread (inconclusive)"
+        )
     return "agrees with the paper" if same_direction else "differs from the paper"
-
-
-# ---------------------------------------------------------------- the swept axis, ours and the paper's
-
-def teacher_layers(spec: dict) -> int:
-    return int(spec.get("parameter", {}).get("teacher_layers") or spec.get("protocol", {}).get("teacher_layers") or 1)
-
-
-def method_of(arm: dict) -> str:
-    """'lora' or 'full' from an arm's value or name, so any arm naming works against Figure 3."""
-    text = f"{arm.get('value', '')} {arm.get('name', '')}".lower()
-    return "lora" if "lora" in text else "full" if "full" in text else str(arm.get("value"))
-
-
-def arm_x(arm: dict, spec: dict):
-    """Where an arm sits on the swept axis: τ, relative teacher depth, or the method name."""
-    kind = spec["kind"]
-    if kind == "feature-layer":
-        return float(arm["value"]) / teacher_layers(spec)
-    if kind == "finetune":
-        return method_of(arm)
-    if spec.get("parameter", {}).get("numeric") and finite(arm.get("value")):
-        return float(arm["value"])
-    return arm.get("value")
-
-
-def point_x(point: dict, kind: str):
-    if kind == "temperature":
-        return point["temperature"]
-    if kind == "feature-layer":
-        return point["layer"] / paper_data.FIGURE2["teacher_layers"]
-    return point.get("method")
-
-
-def same_x(a, b, kind: str) -> bool:
-    """Same setting: equal τ, relative depth within half a paper layer, or the same method."""
-    if kind == "feature-layer":
-        return abs(a - b) < 0.5 / paper_data.FIGURE2["teacher_layers"]
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b)
-    return a == b
-
-
-def describe(arm: dict, spec: dict) -> str:
-    """How a sentence names an arm: its label, plus relative depth for layer sweeps."""
-    if spec["kind"] == "feature-layer":
-        return f"layer {arm['value']} of {teacher_layers(spec)} (depth {arm_x(arm, spec):.2f})"
-    return arm["label"]
-
-
-def describe_point(point: dict, kind: str) -> str:
-    if kind == "temperature":
-        return f"τ={point['temperature']:g}"
-    if kind == "feature-layer":
-        return f"layer {point['layer']} of {paper_data.FIGURE2['teacher_layers']} (depth {point_x(point, kind):.2f})"
-    return point.get("method", "?")
 
 
 def comparison_rows(arms: list[dict], spec: dict) -> list[dict]:
@@ -218,16 +57,25 @@ def comparison_rows(arms: list[dict], spec: dict) -> list[dict]:
         match = next((p for p in points if same_x(x, point_x(p, kind), kind)), None)
         if match is not None:
             points.remove(match)
-        rows.append({"x": x, "arm": arm["name"], "label": arm["label"], "paper": match,
-                     "ours": {k: arm["metrics"].get(k) for k in (*(c[0] for c in COMPARED), "decode_tokens_per_s")}})
-    rows += [{"x": point_x(p, kind), "arm": None, "label": describe_point(p, kind), "paper": p, "ours": None}
-             for p in points]
+        rows.append(
+            {
+                "x": x,
+                "arm": arm["name"],
+                "label": arm["label"],
+                "paper": match,
+                "ours": {k: arm["metrics"].get(k) for k in (*(c[0] for c in COMPARED), "decode_tokens_per_s")},
+            }
+        )
+    rows += [
+        {"x": point_x(p, kind), "arm": None, "label": describe_point(p, kind), "paper": p, "ours": None} for p in points
+    ]
     if all(isinstance(r["x"], float) for r in rows):
         rows.sort(key=lambda r: r["x"])
     return rows
 
 
 # ---------------------------------------------------------------- sentences
+
 
 def _with(arms: list[dict], key: str) -> list[dict]:
     return [a for a in arms if key in a["metrics"]]
@@ -247,13 +95,17 @@ def best_sentences(arms, spec, key, pkey, higher, words) -> list[str]:
     interior = len(xs) >= 3 and xs[0] < arm_x(best, spec) < xs[-1]
     pinterior = pxs[0] < point_x(pbest, kind) < pxs[-1]
     same = same_x(arm_x(best, spec), point_x(pbest, kind), kind)
-    text = (f"Best by {words} here: {describe(best, spec)} ({said(best['metrics'][key], key)}); "
-            f"the paper's best by {'accuracy' if pkey == 'accuracy_pct' else words}: {describe_point(pbest, kind)} "
-            f"({paper_value(pbest[pkey], pkey)}). ")
+    text = (
+        f"Best by {words} here: {describe(best, spec)} ({said(best['metrics'][key], key)}); "
+        f"the paper's best by {'accuracy' if pkey == 'accuracy_pct' else words}: {describe_point(pbest, kind)} "
+        f"({paper_value(pbest[pkey], pkey)}). "
+    )
     if same:
         text += "Same setting: agree."
     elif interior and pinterior:
-        text += "Different settings, but both optima are interior (neither end of the swept range): same kind of optimum."
+        text += (
+            "Different settings, but both optima are interior (neither end of the swept range): same kind of optimum."
+        )
     else:
         where = "interior" if interior else "at an end of our range"
         text += f"Differ: ours is {where}, the paper's is {'interior' if pinterior else 'at an end'}."
@@ -262,9 +114,11 @@ def best_sentences(arms, spec, key, pkey, higher, words) -> list[str]:
 
 def _runner_up(best, second, spec, key) -> str:
     """Whether our seeds separate the winner from the runner-up."""
-    state = {None: "one seed per arm, so our seed spread cannot say whether it is distinguishable",
-             True: "within our seed spread, so our seeds do not settle the top rank",
-             False: "beyond our seed spread"}[within_spread(best["metrics"][key], second["metrics"][key])]
+    state = {
+        None: "one seed per arm, so our seed spread cannot say whether it is distinguishable",
+        True: "within our seed spread, so our seeds do not settle the top rank",
+        False: "beyond our seed spread",
+    }[within_spread(best["metrics"][key], second["metrics"][key])]
     return f" Our runner-up {describe(second, spec)} ({said(second['metrics'][key], key)}) is {state}."
 
 
@@ -280,16 +134,24 @@ def shape_sentences(arms, spec, key, pkey, words) -> list[str]:
     if paper_shape is None:
         return []
     axis = spec.get("parameter", {}).get("label", "the swept parameter")
-    out = [f"Shape of {words} against {axis}: ours {SHAPE_WORDS[our_shape]} over {len(ours)} settings; "
-           f"the paper's {SHAPE_WORDS[paper_shape]}"
-           + (" (read from its text)" if source.get("approximate") else "")
-           + (": same shape." if our_shape == paper_shape else ": different shape.")]
-    pairs = [(a["metrics"][key]["mean"], p[pkey]) for a in ours for p in points
-             if same_x(arm_x(a, spec), point_x(p, kind), kind)]
+    out = [
+        f"Shape of {words} against {axis}: ours {SHAPE_WORDS[our_shape]} over {len(ours)} settings; "
+        f"the paper's {SHAPE_WORDS[paper_shape]}"
+        + (" (read from its text)" if source.get("approximate") else "")
+        + (": same shape." if our_shape == paper_shape else ": different shape.")
+    ]
+    pairs = [
+        (a["metrics"][key]["mean"], p[pkey])
+        for a in ours
+        for p in points
+        if same_x(arm_x(a, spec), point_x(p, kind), kind)
+    ]
     rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
     if rho is not None:
-        out.append(f"Rank correlation (Spearman ρ) of {words} with the paper over the {len(pairs)} shared settings: "
-                   f"{rho:+.2f} (+1 = same ordering, -1 = reversed).")
+        out.append(
+            f"Rank correlation (Spearman ρ) of {words} with the paper over the {len(pairs)} shared settings: "
+            f"{rho:+.2f} (+1 = same ordering, -1 = reversed)."
+        )
     return out
 
 
@@ -308,14 +170,18 @@ def sweep_speed_sentence(arms, spec) -> list[str]:
     timed = [p for p in source["points"] if p[key] is not None]
     prange = source.get(f"{key}_range") or [min(p[key] for p in timed), max(p[key] for p in timed)]
     pslow = min(timed, key=lambda p: p[key])
-    text = (f"Decode speed: our arms' means span {lo:.1f}–{hi:.1f} tok/s ({spread:.1f}% of their mean; slowest "
-            f"{describe(slow, spec)}, fastest {describe(fast, spec)}); the paper reports {prange[0]:g}–{prange[1]:g} "
-            f"tok/s, slowest at {describe_point(pslow, kind)}, and reads this as little effect on speed. ")
-    text += {None: "With one seed per arm we cannot tell these differences from noise.",
-             True: "The slowest and fastest arms are within our seed spread: consistent with the paper's "
-                   "'little effect' reading, and no arm is measurably slower.",
-             False: "The slowest and fastest arms differ beyond our seed spread: unlike the paper's "
-                    "'little effect' reading."}[within]
+    text = (
+        f"Decode speed: our arms' means span {lo:.1f}–{hi:.1f} tok/s ({spread:.1f}% of their mean; slowest "
+        f"{describe(slow, spec)}, fastest {describe(fast, spec)}); the paper reports {prange[0]:g}–{prange[1]:g} "
+        f"tok/s, slowest at {describe_point(pslow, kind)}, and reads this as little effect on speed. "
+    )
+    text += {
+        None: "With one seed per arm we cannot tell these differences from noise.",
+        True: "The slowest and fastest arms are within our seed spread: consistent with the paper's "
+        "'little effect' reading, and no arm is measurably slower.",
+        False: "The slowest and fastest arms differ beyond our seed spread: unlike the paper's "
+        "'little effect' reading.",
+    }[within]
     return [text]
 
 
@@ -339,8 +205,10 @@ def finetune_sentences(arms, spec) -> list[str]:
     out = [s for c in compared if (s := _method_sentence(lora, full, *c))]
     params = [x["metrics"].get("parameters") for x in (lora, full)]
     if all(params) and math.isclose(params[0]["mean"], params[1]["mean"], rel_tol=1e-6):
-        out.append(f"Both evaluated models have the same parameter count ({display(params[0]['mean'], 'parameters')} M), "
-                   "so their architecture gives no reason for a speed difference.")
+        out.append(
+            f"Both evaluated models have the same parameter count ({display(params[0]['mean'], 'parameters')} M), "
+            "so their architecture gives no reason for a speed difference."
+        )
     return out + _training_cost_sentence(lora, full)
 
 
@@ -353,29 +221,33 @@ def _method_sentence(lora, full, key, pkey, higher, words) -> str | None:
     ours_win = "lora" if (a["mean"] > b["mean"]) == higher else "full"
     paper_win = "lora" if (paper["lora"][pkey] > paper["full"][pkey]) == higher else "full"
     name, adj = {"lora": "LoRA", "full": "full"}, "faster" if key == "decode_tokens_per_s" else "better"
-    return (f"{words[0].upper() + words[1:]}: LoRA {said(a, key)} vs full {said(b, key)} here "
-            f"(LoRA/full = {ratio(a['mean'], b['mean'])}), {name[ours_win]} {adj}; the paper: LoRA "
-            f"{paper_value(paper['lora'][pkey], pkey)} vs full {paper_value(paper['full'][pkey], pkey)}, "
-            f"{name[paper_win]} {adj} — {verdict(ours_win == paper_win, within_spread(a, b))}.")
+    return (
+        f"{words[0].upper() + words[1:]}: LoRA {said(a, key)} vs full {said(b, key)} here "
+        f"(LoRA/full = {ratio(a['mean'], b['mean'])}), {name[ours_win]} {adj}; the paper: LoRA "
+        f"{paper_value(paper['lora'][pkey], pkey)} vs full {paper_value(paper['full'][pkey], pkey)}, "
+        f"{name[paper_win]} {adj} — {verdict(ours_win == paper_win, within_spread(a, b))}."
+    )
 
 
 def _training_cost_sentence(lora, full) -> list[str]:
     costs = []
-    for key, words in (("trainable_parameters", "trainable parameters"), ("train_tokens_per_s", "training tokens/s"),
-                       ("peak_memory_mib", "peak training memory"), ("optimizer_state_bytes", "optimizer state"),
-                       ("wall_time_s", "training time")):
+    for key, words in (
+        ("trainable_parameters", "trainable parameters"),
+        ("train_tokens_per_s", "training tokens/s"),
+        ("peak_memory_mib", "peak training memory"),
+        ("optimizer_state_bytes", "optimizer state"),
+        ("wall_time_s", "training time"),
+    ):
         a, b = lora["training"].get(key), full["training"].get(key)
         if a and b and b["mean"]:
             costs.append(f"{ratio(a['mean'], b['mean'], '.3g')} the {words}")
     if not costs:
         return []
-    return ["Training cost (the paper gives no numbers, only that LoRA is cheaper): LoRA used "
-            + ", ".join(costs) + " of full fine-tuning."]
-
-
-def dominated(point, others) -> bool:
-    """True when another point is no larger and no worse in perplexity, and better in one of them."""
-    return any(o[0] <= point[0] and o[1] <= point[1] and (o[0] < point[0] or o[1] < point[1]) for o in others)
+    return [
+        "Training cost (the paper gives no numbers, only that LoRA is cheaper): LoRA used "
+        + ", ".join(costs)
+        + " of full fine-tuning."
+    ]
 
 
 def pipeline_sentences(arms, references) -> list[str]:
@@ -384,27 +256,42 @@ def pipeline_sentences(arms, references) -> list[str]:
     frontier_keys = {"size_on_disk_mb", "perplexity"}
     measured = [a for a in arms if frontier_keys <= a["metrics"].keys()]
     out = [_stage_sentence(arm, references.get("teacher", {}).get("metrics", {})) for arm in measured]
-    points = {a["label"]: (a["metrics"]["size_on_disk_mb"]["mean"], a["metrics"]["perplexity"]["mean"]) for a in measured}
-    points.update({n: (r["metrics"]["size_on_disk_mb"], r["metrics"]["perplexity"]) for n, r in references.items()
-                   if frontier_keys <= r["metrics"].keys()})
+    points = {
+        a["label"]: (a["metrics"]["size_on_disk_mb"]["mean"], a["metrics"]["perplexity"]["mean"]) for a in measured
+    }
+    points.update(
+        {
+            n: (r["metrics"]["size_on_disk_mb"], r["metrics"]["perplexity"])
+            for n, r in references.items()
+            if frontier_keys <= r["metrics"].keys()
+        }
+    )
     if len(points) > 1:
         front = [n for n, p in points.items() if not dominated(p, [q for m, q in points.items() if m != n])]
-        out.append("On the size/perplexity frontier (no other model is both smaller and lower in perplexity): "
-                   + ", ".join(front) + ".")
+        out.append(
+            "On the size/perplexity frontier (no other model is both smaller and lower in perplexity): "
+            + ", ".join(front)
+            + "."
+        )
     return out
 
 
 def _stage_sentence(arm, teacher) -> str:
     """One stage's size, perplexity and speed, and what it bought against the teacher."""
     m = arm["metrics"]
-    text = (f"Stage {arm['label']}: {said(m['size_on_disk_mb'], 'size_on_disk_mb')}, "
-            f"perplexity {cell(m['perplexity'], 'perplexity')}")
+    text = (
+        f"Stage {arm['label']}: {said(m['size_on_disk_mb'], 'size_on_disk_mb')}, "
+        f"perplexity {cell(m['perplexity'], 'perplexity')}"
+    )
     if "decode_tokens_per_s" in m:
         text += f", {said(m['decode_tokens_per_s'], 'decode_tokens_per_s')}"
     if teacher.get("size_on_disk_mb") and teacher.get("perplexity"):
-        text += (f"; against the teacher ({teacher['size_on_disk_mb']:.1f} MB, perplexity "
-                 f"{display(teacher['perplexity'], 'perplexity')}): {teacher['size_on_disk_mb'] / m['size_on_disk_mb']['mean']:.2f}× "
-                 f"smaller, perplexity {m['perplexity']['mean'] / teacher['perplexity']:.2f}× the teacher's")
+        smaller = teacher["size_on_disk_mb"] / m["size_on_disk_mb"]["mean"]
+        text += (
+            f"; against the teacher ({teacher['size_on_disk_mb']:.1f} MB, perplexity "
+            f"{display(teacher['perplexity'], 'perplexity')}): {smaller:.2f}× "
+            f"smaller, perplexity {m['perplexity']['mean'] / teacher['perplexity']:.2f}× the teacher's"
+        )
         if teacher.get("decode_tokens_per_s") and "decode_tokens_per_s" in m:
             text += f", {m['decode_tokens_per_s']['mean'] / teacher['decode_tokens_per_s']:.2f}× its decode speed"
     return text + "."
@@ -415,8 +302,12 @@ def paper_comparison(arms, spec, references) -> dict:
     kind = spec["kind"]
     source = paper_data.BY_KIND.get(kind)
     if source is None:
-        return {"source": None, "rows": [], "caveat": paper_data.ACCURACY_CAVEAT,
-                "sentences": [f"The paper has no experiment of kind '{kind}': nothing to compare."]}
+        return {
+            "source": None,
+            "rows": [],
+            "caveat": paper_data.ACCURACY_CAVEAT,
+            "sentences": [f"The paper has no experiment of kind '{kind}': nothing to compare."],
+        }
     if not any(a["metrics"] for a in arms):
         sentences = ["No arm has finished results yet: nothing to compare."]
     elif kind == "pipeline":
@@ -426,6 +317,12 @@ def paper_comparison(arms, spec, references) -> dict:
     else:
         sentences = sweep_sentences(arms, spec)
     notes = [source[k] for k in ("accuracy_note", "note") if k in source]
-    return {"source": source["source"], "approximate": source.get("approximate", False),
-            "claims": source.get("claims", {}), "notes": notes, "caveat": paper_data.ACCURACY_CAVEAT,
-            "rows": comparison_rows(arms, spec) if source["points"] else [], "sentences": sentences}
+    return {
+        "source": source["source"],
+        "approximate": source.get("approximate", False),
+        "claims": source.get("claims", {}),
+        "notes": notes,
+        "caveat": paper_data.ACCURACY_CAVEAT,
+        "rows": comparison_rows(arms, spec) if source["points"] else [],
+        "sentences": sentences,
+    }

@@ -53,8 +53,10 @@ def load_run(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     spec_path = experiment_file(run_dir)
     if not spec_path.is_file():
-        raise SlimlmError(f"{run_dir} is not an experiment folder (no {EXPERIMENT_FILE}); "
-                          "give the --out of `slimlm experiment` or `slimlm pipeline`")
+        raise SlimlmError(
+            f"{run_dir} is not an experiment folder (no {EXPERIMENT_FILE}); "
+            "give the --out of `slimlm experiment` or `slimlm pipeline`"
+        )
     spec = read_json(spec_path)
     results = {}
     for arm in spec["arms"]:

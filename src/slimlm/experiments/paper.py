@@ -1,7 +1,7 @@
 """The paper's reported numbers, as data, so `slimlm report` can draw them beside ours.
 
 Source: Kai, Zhu & Gong, "Efficient Compression of Large Language Models with Distillation and
-Fine-Tuning", section 3.2 "Experimental Results" (PAPER.md beside DESIGN.md). The paper's
+Fine-Tuning", section 3.2 "Experimental Results" (method: section 2). The paper's
 "model accuracy" is never defined (no task is named); it trains on OpenWebText with what its Figure 2
 suggests is a ~12-layer model. slimlm measures next-token accuracy (and cloze exact match where asked)
 on its own corpus, so only shapes and rankings can be compared, never levels.
@@ -78,7 +78,7 @@ PIPELINE = {
     "source": "PAPER.md section 2 (method only)",
     "points": [],
     "note": "The paper reports no numbers for pruning, quantization or the combined pipeline; "
-            "only slimlm's measurements are shown.",
+    "only slimlm's measurements are shown.",
 }
 
 BY_KIND = {"temperature": TABLE1, "feature-layer": FIGURE2, "finetune": FIGURE3, "pipeline": PIPELINE}

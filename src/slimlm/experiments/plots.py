@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimlm.experiments import paper as paper_data
-from slimlm.experiments.compare import TRAINING_COLUMNS, arm_x, column, finite, method_of, point_x, teacher_layers
+from slimlm.experiments.axis import arm_x, method_of, point_x, teacher_layers
+from slimlm.experiments.columns import TRAINING_COLUMNS, column
+from slimlm.experiments.stats import finite
 
 DOWNSTREAM = ("cloze_exact_match", "rouge1", "rouge2", "rougeL")
 # Our metric -> the paper's key for it, where the paper has one.
@@ -23,6 +25,7 @@ def draw_plots(report: dict, spec: dict, folder: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- building blocks
+
 
 def _figure(panels: int, width=4.6, height=3.8):
     from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on savefig
@@ -51,11 +54,18 @@ def _draw_ours(ax, arms, key, x_of):
     means = [a["metrics"][key]["mean"] * scale for a in arms]
     stds = [(a["metrics"][key]["std"] or 0) * scale for a in arms]
     for x, a in zip(xs, arms):
-        ax.scatter([x] * a["metrics"][key]["n"], [v * scale for v in a["metrics"][key]["values"]], color="C0",
-                   alpha=0.25, s=14, zorder=2)
+        ax.scatter(
+            [x] * a["metrics"][key]["n"],
+            [v * scale for v in a["metrics"][key]["values"]],
+            color="C0",
+            alpha=0.25,
+            s=14,
+            zorder=2,
+        )
     if arms:
-        ax.errorbar(xs, means, yerr=stds, fmt="o-", color="C0", capsize=4, label="slimlm (mean ± std over seeds)",
-                    zorder=3)
+        ax.errorbar(
+            xs, means, yerr=stds, fmt="o-", color="C0", capsize=4, label="slimlm (mean ± std over seeds)", zorder=3
+        )
     ax.set_ylabel(column(key).label)
     ax.grid(alpha=0.3)
 
@@ -67,8 +77,16 @@ def _bars(ax, arms, key, block="metrics", offset=0.0, width=0.8):
         s = a[block].get(key)
         if not s:
             continue
-        ax.bar(i + offset, s["mean"] * scale, width, yerr=(s["std"] or 0) * scale, capsize=4, color="C0",
-               alpha=0.8, label="slimlm (mean ± std)" if i == 0 else None)
+        ax.bar(
+            i + offset,
+            s["mean"] * scale,
+            width,
+            yerr=(s["std"] or 0) * scale,
+            capsize=4,
+            color="C0",
+            alpha=0.8,
+            label="slimlm (mean ± std)" if i == 0 else None,
+        )
         ax.scatter([i + offset] * s["n"], [v * scale for v in s["values"]], color="k", alpha=0.3, s=12, zorder=3)
     ax.set_xticks(range(len(arms)), [a["label"] for a in arms])
     ax.set_ylabel(column(key).label)
@@ -105,6 +123,7 @@ def _draw_paper(ax, xs, ys, pkey, label, *, ranges=None):
 
 # ---------------------------------------------------------------- one layout per kind
 
+
 def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
     """One panel per metric against the swept axis, with the paper's points where it has that metric."""
     keys = _panels(arms)
@@ -138,8 +157,10 @@ def plot_temperature(report, spec, folder) -> list[str]:
         ax.set_xlabel(spec["parameter"].get("label", "KD temperature τ") + " (log scale)")
 
     fig, _ = _sweep_figure(arms, "temperature", lambda a: float(a["value"]), "paper Table 1 (right axis)", style, "τ")
-    fig.suptitle("KD temperature sweep: slimlm (left axes) and the paper's Table 1 (right axes, levels not comparable)",
-                 fontsize=10)
+    fig.suptitle(
+        "KD temperature sweep: slimlm (left axes) and the paper's Table 1 (right axes, levels not comparable)",
+        fontsize=10,
+    )
     return [_save(fig, folder, "temperature.png")]
 
 
@@ -149,15 +170,30 @@ def plot_feature_layer(report, spec, folder) -> list[str]:
     def style(ax):
         ax.set_xlabel("relative depth (distilled layer / teacher layers)")
         ax.set_xlim(0, 1.05)
-        top = ax.secondary_xaxis("top", functions=(lambda d: d * layers, lambda l: l / layers))
+        top = ax.secondary_xaxis("top", functions=(lambda depth: depth * layers, lambda layer: layer / layers))
         top.set_xlabel(f"slimlm teacher layer (of {layers})", fontsize=8)
 
-    fig, axes = _sweep_figure(report["arms"], "feature-layer", lambda a: arm_x(a, spec),
-                              "paper Figure 2, approximate (read from its text; right axis)", style, "distilled layer")
-    axes["accuracy"].text(0.02, 0.02, "paper: layers 1 and 12 'lower' (no number given)",
-                          transform=axes["accuracy"].transAxes, fontsize=7, color="C3")
-    fig.suptitle("Feature-distillation layer sweep: slimlm (left axes) and the paper's Figure 2 (right axes; approximate, "
-                 f"its layers 1, 6, 12 of {fig2['teacher_layers']} drawn at relative depth)", fontsize=10)
+    fig, axes = _sweep_figure(
+        report["arms"],
+        "feature-layer",
+        lambda a: arm_x(a, spec),
+        "paper Figure 2, approximate (read from its text; right axis)",
+        style,
+        "distilled layer",
+    )
+    axes["accuracy"].text(
+        0.02,
+        0.02,
+        "paper: layers 1 and 12 'lower' (no number given)",
+        transform=axes["accuracy"].transAxes,
+        fontsize=7,
+        color="C3",
+    )
+    fig.suptitle(
+        "Feature-distillation layer sweep: slimlm (left axes) and the paper's Figure 2 (right axes; approximate, "
+        f"its layers 1, 6, 12 of {fig2['teacher_layers']} drawn at relative depth)",
+        fontsize=10,
+    )
     return [_save(fig, folder, "feature_layer.png")]
 
 
@@ -183,12 +219,21 @@ def _finetune_quality(arms, folder) -> str:
             for i, a in enumerate(arms):
                 p = paper.get(method_of(a))
                 if p:
-                    twin.bar(i + 0.2, p[pkey], 0.4, color="none", edgecolor="C3", hatch="//",
-                             label="paper Figure 3 (right axis)" if i == 0 else None)
+                    twin.bar(
+                        i + 0.2,
+                        p[pkey],
+                        0.4,
+                        color="none",
+                        edgecolor="C3",
+                        hatch="//",
+                        label="paper Figure 3 (right axis)" if i == 0 else None,
+                    )
             _legend_below(ax, twin, -0.1)
         ax.set_title(column(key).label)
-    fig.suptitle("LoRA vs full fine-tuning: slimlm (solid, left axes) and the paper's Figure 3 (hatched, right axes)",
-                 fontsize=10)
+    fig.suptitle(
+        "LoRA vs full fine-tuning: slimlm (solid, left axes) and the paper's Figure 3 (hatched, right axes)",
+        fontsize=10,
+    )
     return _save(fig, folder, "finetune_quality.png")
 
 
@@ -212,16 +257,26 @@ def _frontier_panel(ax, report, ykey):
     xs = [a["metrics"]["size_on_disk_mb"]["mean"] for a in arms]
     ys = [a["metrics"][ykey]["mean"] * scale for a in arms]
     if arms:
-        ax.errorbar(xs, ys, xerr=[a["metrics"]["size_on_disk_mb"]["std"] or 0 for a in arms],
-                    yerr=[(a["metrics"][ykey]["std"] or 0) * scale for a in arms], fmt="o-", color="C0",
-                    capsize=3, label="pipeline stages, in order")
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[a["metrics"]["size_on_disk_mb"]["std"] or 0 for a in arms],
+            yerr=[(a["metrics"][ykey]["std"] or 0) * scale for a in arms],
+            fmt="o-",
+            color="C0",
+            capsize=3,
+            label="pipeline stages, in order",
+        )
     for i, (x, y, a) in enumerate(zip(xs, ys, arms)):
         ax.annotate(f"{i + 1}. {a['label']}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         size, other = _by_seed(a["metrics"]["size_on_disk_mb"]), _by_seed(a["metrics"][ykey])
         seeds = [s for s in size if s in other]
         ax.scatter([size[s] for s in seeds], [other[s] * scale for s in seeds], color="C0", alpha=0.25, s=12)
-    refs = [(n, r["metrics"]["size_on_disk_mb"], r["metrics"][ykey] * scale) for n, r in report["references"].items()
-            if {"size_on_disk_mb", ykey} <= r["metrics"].keys()]
+    refs = [
+        (n, r["metrics"]["size_on_disk_mb"], r["metrics"][ykey] * scale)
+        for n, r in report["references"].items()
+        if {"size_on_disk_mb", ykey} <= r["metrics"].keys()
+    ]
     for i, (name, x, y) in enumerate(refs):
         ax.scatter(x, y, marker="*", s=150, color=f"C{i + 1}", zorder=4, label=f"reference: {name}")
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
@@ -269,5 +324,9 @@ def plot_generic(report, spec, folder) -> list[str]:
     return [_save(fig, folder, "arms.png")]
 
 
-PLOTTERS = {"temperature": plot_temperature, "feature-layer": plot_feature_layer,
-            "finetune": plot_finetune, "pipeline": plot_pipeline}
+PLOTTERS = {
+    "temperature": plot_temperature,
+    "feature-layer": plot_feature_layer,
+    "finetune": plot_finetune,
+    "pipeline": plot_pipeline,
+}

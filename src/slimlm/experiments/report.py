@@ -1,15 +1,15 @@
 """`slimlm report RUN_DIR`: turn an experiment folder (see layout.py) into report.md, report.html,
-report.json and plots/*.png, with the paper's numbers beside ours (compare.py; the figures: plots.py).
+report.json and plots/*.png, with the paper's numbers beside ours (compare.py; the figures: plots.py; the
+markdown and HTML: render.py).
 
 Honesty rules: every number shown is in report.json; std is the sample std over seeds (ddof=1, null
-for one seed); missing arms and seeds are listed, never hidden; the paper's levels are not comparable
-with ours (see paper.ACCURACY_CAVEAT), so the comparison speaks of rankings, shapes and seed spread.
-Agreement sentences are computed from the numbers, never written in advance.
+for one seed; stats.py); missing arms and seeds are listed, never hidden; the paper's levels are not
+comparable with ours (see paper.ACCURACY_CAVEAT), so the comparison speaks of rankings, shapes and seed
+spread. Agreement sentences are computed from the numbers, never written in advance.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -17,78 +17,63 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from slimlm.errors import SlimlmError
-from slimlm.experiments.compare import (RESULT_COLUMNS, SPREAD_NOTE, TRAINING_COLUMNS, cell, display, finite,
-                                        paper_comparison, paper_value)
+from slimlm.experiments.compare import paper_comparison
 from slimlm.experiments.layout import load_run
 from slimlm.experiments.plots import draw_plots
+from slimlm.experiments.render import render_html, render_markdown
+from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
-STD_NOTE = "std is the sample standard deviation over seeds (ddof=1); it is null (shown without ±) when n=1"
-KIND_TITLES = {"temperature": "KD temperature sweep (paper Table 1)",
-               "feature-layer": "feature-distillation layer sweep (paper Figure 2)",
-               "finetune": "LoRA vs full fine-tuning (paper Figure 3)",
-               "pipeline": "the whole compression pipeline"}
+KIND_TITLES = {
+    "temperature": "KD temperature sweep (paper Table 1)",
+    "feature-layer": "feature-distillation layer sweep (paper Figure 2)",
+    "finetune": "LoRA vs full fine-tuning (paper Figure 3)",
+    "pipeline": "the whole compression pipeline",
+}
 
 
 # ---------------------------------------------------------------- numbers
-
-def summarize(pairs: list[tuple[int, float]]) -> dict | None:
-    """mean, sample std (ddof=1; None for n=1), min, max, n and the per-seed values of (seed, value) pairs.
-    Non-finite values cannot be averaged honestly: they are left out and counted."""
-    kept = [(s, float(v)) for s, v in pairs if finite(v)]
-    dropped = len([v for _, v in pairs if v is not None]) - len(kept)
-    if not kept:
-        return None
-    values = np.array([v for _, v in kept])
-    out = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-           "min": float(values.min()), "max": float(values.max()), "n": len(values),
-           "seeds": [s for s, _ in kept], "values": [v for _, v in kept]}
-    if dropped:
-        out["non_finite_dropped"] = dropped
-    return out
-
-
-def _numeric_keys(dicts: list[dict]) -> list[str]:
-    keys = []
-    for d in dicts:
-        keys += [k for k, v in (d or {}).items() if finite(v) and k not in keys]
-    return keys
-
-
-def summarize_block(results: list[dict], block: str) -> dict:
-    """Per-metric summaries over seeds for one block ("metrics" or "training") of an arm's results."""
-    blocks = [r.get(block) or {} for r in results]
-    return {k: s for k in _numeric_keys(blocks)
-            if (s := summarize([(r.get("seed"), b.get(k)) for r, b in zip(results, blocks)]))}
 
 
 def arm_summary(arm: dict, results: list[dict], seeds: list[int]) -> dict:
     """Everything the report says about one arm: which seeds exist, their metric summaries and wall time."""
     found = sorted(r.get("seed") for r in results)
     walls = [(r.get("seed"), r.get("wall_time_s")) for r in results]
-    return {"name": arm["name"], "value": arm.get("value"), "label": arm.get("label", arm["name"]),
-            "settings": arm.get("settings", {}), "seeds": found,
-            "missing_seeds": [s for s in seeds if s not in found],
-            "metrics": summarize_block(results, "metrics"), "training": summarize_block(results, "training"),
-            "wall_time_s": summarize(walls),
-            "total_wall_time_s": float(sum(v for _, v in walls if finite(v)))}
+    return {
+        "name": arm["name"],
+        "value": arm.get("value"),
+        "label": arm.get("label", arm["name"]),
+        "settings": arm.get("settings", {}),
+        "seeds": found,
+        "missing_seeds": [s for s in seeds if s not in found],
+        "metrics": summarize_block(results, "metrics"),
+        "training": summarize_block(results, "training"),
+        "wall_time_s": summarize(walls),
+        "total_wall_time_s": float(sum(v for _, v in walls if finite(v))),
+    }
 
 
 def reference_summary(ref: dict) -> dict:
-    return {"name": ref.get("name"), "model_dir": ref.get("model_dir"),
-            "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
-            "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None}
+    return {
+        "name": ref.get("name"),
+        "model_dir": ref.get("model_dir"),
+        "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
+        "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None,
+    }
 
 
 def timing(arms: list[dict], references: dict) -> dict:
     """Wall time per arm (all its seeds) and for the whole experiment, from the recorded wall_time_s."""
     per_arm = {a["name"]: a["total_wall_time_s"] for a in arms}
     per_ref = {n: r["wall_time_s"] for n, r in references.items() if r["wall_time_s"] is not None}
-    return {"arms_s": per_arm, "references_s": per_ref, "arms_total_s": sum(per_arm.values()),
-            "references_total_s": sum(per_ref.values()), "total_s": sum(per_arm.values()) + sum(per_ref.values())}
+    return {
+        "arms_s": per_arm,
+        "references_s": per_ref,
+        "arms_total_s": sum(per_arm.values()),
+        "references_total_s": sum(per_ref.values()),
+        "total_s": sum(per_arm.values()) + sum(per_ref.values()),
+    }
 
 
 def compute_summary(run: dict) -> list[str]:
@@ -124,16 +109,25 @@ def build_report(run: dict, run_dir: Path) -> dict:
     arms = [arm_summary(a, run["results"].get(a["name"], []), seeds) for a in spec["arms"]]
     references = {n: reference_summary(r) for n, r in run["references"].items()}
     return {
-        "run_dir": str(run_dir), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kind": spec["kind"], "title": KIND_TITLES.get(spec["kind"], spec["kind"]),
-        "command": spec.get("command"), "created": spec.get("created"), "slimlm_version": spec.get("slimlm_version"),
-        "parameter": spec.get("parameter", {}), "seeds": seeds, "protocol": spec.get("protocol", {}),
+        "run_dir": str(run_dir),
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kind": spec["kind"],
+        "title": KIND_TITLES.get(spec["kind"], spec["kind"]),
+        "command": spec.get("command"),
+        "created": spec.get("created"),
+        "slimlm_version": spec.get("slimlm_version"),
+        "parameter": spec.get("parameter", {}),
+        "seeds": seeds,
+        "protocol": spec.get("protocol", {}),
         "downstream_protocol": downstream_protocol(run),
         "compute": compute_summary(run),
-        "std": STD_NOTE, "spread": SPREAD_NOTE,
+        "std": STD_NOTE,
+        "spread": SPREAD_NOTE,
         "arms": arms,
-        "missing": {"arms": [a["name"] for a in arms if not a["seeds"]],
-                    "seeds": {a["name"]: a["missing_seeds"] for a in arms if a["missing_seeds"]}},
+        "missing": {
+            "arms": [a["name"] for a in arms if not a["seeds"]],
+            "seeds": {a["name"]: a["missing_seeds"] for a in arms if a["missing_seeds"]},
+        },
         "references": references,
         "timing": timing(arms, references),
         "paper": paper_comparison(arms, spec, references),
@@ -141,199 +135,8 @@ def build_report(run: dict, run_dir: Path) -> dict:
     }
 
 
-# ---------------------------------------------------------------- markdown / html
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [""]
-
-
-def _seconds(s: float | None) -> str:
-    if s is None:
-        return "–"
-    return f"{s:.0f} s" if s < 120 else f"{s:.0f} s ({s / 60:.1f} min)" if s < 7200 else f"{s:.0f} s ({s / 3600:.2f} h)"
-
-
-def _flat(d: dict, prefix="") -> list[tuple[str, object]]:
-    out = []
-    for k, v in (d or {}).items():
-        out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
-    return out
-
-
-def _short(value) -> str:
-    """Long lists (such as the test documents' names) as their count, first and last items."""
-    if isinstance(value, list) and len(value) > 6:
-        return f"{len(value)} items: {value[0]}, {value[1]} … {value[-1]}"
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-
-def data_lines(info: dict) -> list[str]:
-    """The split rule first, then one line per split (tokens, documents, bytes, names), then anything else."""
-    info = dict(info or {})
-    lines = [f"  - split rule: {info.pop('rule')}"] if "rule" in info else []
-    for key, value in info.items():
-        if isinstance(value, dict):
-            lines.append(f"  - {key}: " + ", ".join(f"{k} {_short(v)}" for k, v in value.items()))
-        else:
-            lines.append(f"  - {key}: {_short(value)}")
-    return lines
-
-
-def _settings(d: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in _flat(d)) or "–"
-
-
-def protocol_section(report) -> list[str]:
-    """What was measured and how: perplexity and speed numbers mean nothing without it."""
-    p = report["protocol"]
-    cache = p.get("teacher_cache")
-    lines = ["## Protocol", "",
-             f"- teacher: `{p.get('teacher', '?')}` ({p.get('teacher_layers', '?')} layers)",
-             f"- data: `{p.get('data', '?')}`"]
-    lines += data_lines(p.get("data_info"))
-    per = "in total over the training stages" if report["kind"] == "pipeline" else "per arm and seed"
-    lines += [f"- training: {_short(p.get('train_tokens', '?'))} train tokens {per}, block size {p.get('block_size', '?')} "
-              "(tokens each arm really trained on: see Training cost)",
-              _evaluation_line(p.get("eval", {})),
-              f"- seeds: {', '.join(map(str, report['seeds'])) or '–'}",
-              f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}",
-              f"- base settings: {_settings(p.get('base_settings', {}))}"]
-    compute = report.get("compute") or []
-    lines += [f"- training precision: {compute[0]}" if len(compute) == 1 else
-              "- training precision: " + ("not recorded" if not compute else "differs between arms: " + "; ".join(compute)),
-              "- measurement precision: fp32 (the same protocol on every machine)"]
-    for task, details in report["downstream_protocol"].items():
-        lines.append(f"- downstream task `{task}`:")
-        lines += [f"  - {k}: {_short(v)}" for k, v in details.items()]
-    lines += [f"- note: {n}" for n in p.get("notes", [])]
-    lines += ["", "### Arms", ""]
-    lines += _table(["arm", report["parameter"].get("label", "value"), "settings"],
-                    [[a["name"], a["label"], _settings(a["settings"])] for a in report["arms"]])
-    return lines
-
-
-def _evaluation_line(ev: dict) -> str:
-    return (f"- evaluation: split `{ev.get('split', '?')}`, {ev.get('tokens', '?')} tokens, sliding window "
-            f"{ev.get('window', '?')} / stride {ev.get('stride', '?')}; speed: batch-1 greedy decoding of "
-            f"{ev.get('decode_new_tokens', '?')} new tokens, median of {ev.get('repeats', '?')} repeats, "
-            f"{ev.get('threads', '?')} threads; tasks: {', '.join(ev.get('tasks') or []) or 'none'}")
-
-
-def results_section(report) -> list[str]:
-    arms = report["arms"]
-    cols = [c for c in RESULT_COLUMNS if any(c.key in a["metrics"] for a in arms)]
-    lines = ["## Results", "", f"Mean ± std over the seeds found (n); {STD_NOTE}.", ""]
-    rows = [[a["name"], a["label"], str(len(a["seeds"]))] + [cell(a["metrics"].get(c.key), c.key) for c in cols]
-            for a in arms]
-    lines += _table(["arm", "setting", "n"] + [c.label for c in cols], rows)
-    lines += _missing_lines(report["missing"])
-    tcols = [c for c in TRAINING_COLUMNS if any(c.key in a["training"] for a in arms)]
-    if tcols:
-        lines += ["### Training cost", ""]
-        lines += _table(["arm", "n"] + [c.label for c in tcols],
-                        [[a["name"], str(len(a["seeds"]))] + [cell(a["training"].get(c.key), c.key) for c in tcols]
-                         for a in arms])
-    return lines
-
-
-def _missing_lines(missing: dict) -> list[str]:
-    """Unfinished arms and seeds, listed so an interrupted run never passes for a complete one."""
-    if not (missing["arms"] or missing["seeds"]):
-        return []
-    return (["**Missing results** (interrupted or unfinished run; rerun the experiment to fill them in):", ""]
-            + [f"- arm `{n}`: no results at all" for n in missing["arms"]]
-            + [f"- arm `{n}`: seed(s) {', '.join(map(str, s))} missing" for n, s in missing["seeds"].items()
-               if n not in missing["arms"]] + [""])
-
-
-def references_section(report) -> list[str]:
-    refs = report["references"]
-    if not refs:
-        return ["## References", "", "No reference models were measured.", ""]
-    cols = [c for c in RESULT_COLUMNS if any(c.key in r["metrics"] for r in refs.values())]
-    rows = [[n, r.get("model_dir") or "–"] + [display(r["metrics"][c.key], c.key) if c.key in r["metrics"] else "–"
-                                              for c in cols] for n, r in refs.items()]
-    return ["## References", "", "Models measured once, with the same protocol, for comparison.", ""] + \
-        _table(["model", "model dir"] + [c.label for c in cols], rows)
-
-
-def timing_section(report) -> list[str]:
-    t = report["timing"]
-    rows = [[a["name"], str(len(a["seeds"])), _seconds(a["total_wall_time_s"]),
-             _seconds(a["wall_time_s"]["mean"] if a["wall_time_s"] else None)] for a in report["arms"]]
-    rows += [[f"reference: {n}", "1", _seconds(s), _seconds(s)] for n, s in t["references_s"].items()]
-    rows.append(["**total**", "", f"**{_seconds(t['total_s'])}**", ""])
-    return ["## Wall time", "", "Recorded wall time of each finished (arm, seed), training and evaluation included.", ""] + \
-        _table(["arm", "seeds", "total", "mean per seed"], rows)
-
-
-def plots_section(report) -> list[str]:
-    lines = ["## Plots", "", "Error bars: ±1 std over seeds; faint dots: individual seeds.", ""]
-    for path in report["plots"]:
-        lines += [f"![{Path(path).stem}]({path})", ""]
-    return lines
-
-
-def paper_section(report) -> list[str]:
-    comp = report["paper"]
-    lines = ["## Paper vs slimlm", "", f"**Read this first.** {comp['caveat']}", ""]
-    if comp.get("source"):
-        lines += [f"Paper source: {comp['source']}." + (" These values are approximate." if comp.get("approximate") else ""), ""]
-    lines += [f"- paper note: {n}" for n in comp.get("notes", [])]
-    lines += [f"- paper claim ({k}): {v}" for k, v in comp.get("claims", {}).items()]
-    lines.append("")
-    if comp["rows"]:
-        lines += _paper_table(comp["rows"], report["kind"])
-    lines += ["### Where we agree and where we differ", "", f"({SPREAD_NOTE}.)", ""]
-    lines += [f"- {s}" for s in comp["sentences"]] + [""]
-    return lines
-
-
-def _paper_table(rows: list[dict], kind: str) -> list[str]:
-    """The paper's numbers and ours per setting; a cloze column only when some arm measured cloze."""
-    has_cloze = any(r["ours"] and r["ours"].get("cloze_exact_match") for r in rows)
-    header = ["setting", "arm", "paper acc. (%)", "ours next-token acc. (%)"] + (["ours cloze EM"] if has_cloze else []) + \
-        ["paper ppl", "ours ppl", "paper tok/s", "ours tok/s"]
-    return _table(header, [_paper_row(r, kind, has_cloze) for r in rows])
-
-
-def _paper_row(r: dict, kind: str, has_cloze: bool) -> list[str]:
-    p, o, x = r["paper"] or {}, r["ours"] or {}, r["x"]
-    setting = (f"τ={x:g}" if kind == "temperature" else f"depth {x:.2f}" if kind == "feature-layer" else str(x))
-    if kind == "feature-layer" and p:
-        setting += f" (paper layer {p['layer']})"
-    row = [setting, r["arm"] or "–", paper_value(p.get("accuracy_pct")), cell(o.get("accuracy"), "accuracy")]
-    row += [cell(o.get("cloze_exact_match"), "cloze_exact_match")] if has_cloze else []
-    return row + [paper_value(p.get("perplexity")), cell(o.get("perplexity"), "perplexity"),
-                  paper_value(p.get("decode_tokens_per_s")), cell(o.get("decode_tokens_per_s"), "decode_tokens_per_s")]
-
-
-def render_markdown(report) -> str:
-    head = [f"# slimlm report: {report['title']}", "",
-            f"Run folder `{report['run_dir']}`, created {report.get('created') or '?'} with slimlm "
-            f"{report.get('slimlm_version') or '?'}; report generated {report['generated']}.", "",
-            "## Command", "", "```", report.get("command") or "(not recorded)", "```", ""]
-    body = (protocol_section(report) + results_section(report) + references_section(report) + timing_section(report)
-            + plots_section(report) + paper_section(report))
-    return "\n".join(head + body) + "\n"
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
-code,pre{background:#f6f6f6;padding:2px 4px}pre{padding:8px;overflow-x:auto}"""
-
-
-def render_html(md_text: str, title: str) -> str:
-    import markdown
-
-    body = markdown.markdown(md_text, extensions=["tables", "fenced_code"])
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
-
-
 # ---------------------------------------------------------------- writing
+
 
 def write_report(run_dir, *, force: bool = False) -> dict:
     """Write report.md, report.html, report.json and plots/*.png into RUN_DIR; return what report.json holds.
@@ -356,8 +159,9 @@ def write_report(run_dir, *, force: bool = False) -> dict:
 
 def _write_files(report: dict, folder: Path) -> None:
     md_text = render_markdown(report)
-    (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
+    (folder / "report.json").write_text(
+        json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     (folder / "report.md").write_text(md_text, encoding="utf-8")
     (folder / "report.html").write_text(render_html(md_text, f"slimlm report: {report['title']}"), encoding="utf-8")
 

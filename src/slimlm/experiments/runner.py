@@ -9,23 +9,29 @@ results file per (arm, seed) atomically, and going on where an interrupted run s
 from __future__ import annotations
 
 import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from slimlm.errors import SlimlmError
-from slimlm.experiments.layout import (arm_dir, experiment_file, read_json, reference_file, result_file)
-from slimlm.output import staging_dir, under_lock, write_json_atomic
+from slimlm.experiments.layout import arm_dir, experiment_file, read_json, reference_file, result_file
+from slimlm.output import slimlm_version, staging_dir, under_lock, write_json_atomic
+from slimlm.settings import check_positive_int, comma_list
+from slimlm.training.distributed import log
 
-EVAL_DEFAULTS = {"split": "test", "window": 256, "stride": 256, "tokens": 8192, "decode_new_tokens": 64,
-                 "repeats": 3, "tasks": ["cloze"], "task_items": None}
-
-
-def _log(message: str) -> None:
-    print(f"slimlm: {message}", file=sys.stderr, flush=True)
+EVAL_DEFAULTS = {
+    "split": "test",
+    "window": 256,
+    "stride": 256,
+    "tokens": 8192,
+    "decode_new_tokens": 64,
+    "repeats": 3,
+    "tasks": ["cloze"],
+    "task_items": None,
+}
+EVAL_FLAGS = {"tokens": "eval_tokens"}  # evaluation settings whose `slimlm experiment` flag has another name
 
 
 def _identity(spec: dict) -> str:
@@ -54,18 +60,22 @@ def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
         shutil.rmtree(run_dir)  # only an experiment folder (or an empty one) is ever deleted
     elif spec_path.exists():
         if _identity(read_json(spec_path)) != _identity(spec):
-            raise SlimlmError(f"{run_dir} holds a different experiment (other settings, arms or seeds); "
-                              "pass --force to replace it or choose another --out")
-        _log(f"continuing {run_dir}: finished arms are skipped")
+            raise SlimlmError(
+                f"{run_dir} holds a different experiment (other settings, arms or seeds); "
+                "pass --force to replace it or choose another --out"
+            )
+        log(f"continuing {run_dir}: finished arms are skipped")
         return run_dir
     elif run_dir.exists() and any(run_dir.iterdir()):
-        raise SlimlmError(f"{run_dir} exists and is not an experiment folder; choose another --out "
-                          "(--force only replaces an experiment folder)")
+        raise SlimlmError(
+            f"{run_dir} exists and is not an experiment folder; choose another --out "
+            "(--force only replaces an experiment folder)"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SlimlmError(f"cannot create {run_dir} ({exc.strerror}); choose a writable --out") from None
-    spec = {**spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slimlm_version": _version()}
+    spec = {**spec, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "slimlm_version": slimlm_version()}
     write_json_atomic(spec_path, spec, force=True)
     return run_dir
 
@@ -78,20 +88,20 @@ def check_eval(evaluation: dict) -> dict:
     if unknown:
         raise SlimlmError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(EVAL_DEFAULTS)}")
     ev = {**EVAL_DEFAULTS, **{k: v for k, v in evaluation.items() if v is not None}}
-    if isinstance(ev["tasks"], str):
-        ev["tasks"] = [] if ev["tasks"].strip().lower() == "none" else \
-            [t.strip() for t in ev["tasks"].split(",") if t.strip()]
+    names = comma_list(ev["tasks"])
+    ev["tasks"] = [] if [t.lower() for t in names] == ["none"] else names
     bad = [t for t in ev["tasks"] if t not in TASKS]
     if bad:
         raise SlimlmError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)} (or none)")
     if ev["split"] not in ("val", "test"):
         raise SlimlmError(f"evaluation split must be 'val' or 'test' (got {ev['split']!r})")
     for key in ("window", "stride", "decode_new_tokens", "repeats"):
-        if not isinstance(ev[key], int) or ev[key] < 1:
-            raise SlimlmError(f"evaluation {key} must be a positive integer (got {ev[key]!r})")
+        check_positive_int(EVAL_FLAGS.get(key, key), ev[key], hint=f"; in a recipe: evaluate.{key}")
     for key in ("tokens", "task_items"):
-        if ev[key] is not None and (not isinstance(ev[key], int) or ev[key] < 2):
-            raise SlimlmError(f"evaluation {key} must be an integer >= 2 or left out (got {ev[key]!r})")
+        if ev[key] is not None:
+            check_positive_int(
+                EVAL_FLAGS.get(key, key), ev[key], minimum=2, hint=f"; in a recipe: evaluate.{key}, or leave it out"
+            )
     if ev["window"] < 2 or ev["stride"] > ev["window"]:
         raise SlimlmError(f"evaluation window must be >= 2 and stride <= window (got {ev['window']}, {ev['stride']})")
     ev["threads"] = torch.get_num_threads()
@@ -110,8 +120,17 @@ def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
     text_bytes = splits.info[ev["split"]]["bytes"]
     if ev["tokens"] is not None and ev["tokens"] < len(ids):
         ids, text_bytes = ids[: ev["tokens"]], None  # bytes then come from decoding the scored prefix
-    metrics = evaluate_model(model, tokenizer, ids, model_dir=model_dir, text_bytes=text_bytes, window=ev["window"],
-                             stride=ev["stride"], new_tokens=ev["decode_new_tokens"], repeats=ev["repeats"])
+    metrics = evaluate_model(
+        model,
+        tokenizer,
+        ids,
+        model_dir=model_dir,
+        text_bytes=text_bytes,
+        window=ev["window"],
+        stride=ev["stride"],
+        new_tokens=ev["decode_new_tokens"],
+        repeats=ev["repeats"],
+    )
     if ev["tasks"]:
         from slimlm.eval.tasks import run_tasks
 
@@ -123,9 +142,9 @@ def measure_reference(run_dir: Path, name: str, model_spec: str | Path, data: st
     """Measure a comparison model (teacher, starting student) once per run folder."""
     path = reference_file(run_dir, name)
     if path.exists():
-        _log(f"reference {name}: already measured, skipped")
+        log(f"reference {name}: already measured, skipped")
         return read_json(path)
-    _log(f"measuring reference {name} ({model_spec})")
+    log(f"measuring reference {name} ({model_spec})")
     start = time.time()
     record = {"name": name, "model_dir": str(model_spec), "metrics": measure(model_spec, data, ev)}
     record["wall_time_s"] = time.time() - start
@@ -133,8 +152,9 @@ def measure_reference(run_dir: Path, name: str, model_spec: str | Path, data: st
     return record
 
 
-def run_arms(run_dir: Path, spec: dict, train: Callable[[dict, int, Path, bool], None], *,
-             data: str, ev: dict) -> list[dict]:
+def run_arms(
+    run_dir: Path, spec: dict, train: Callable[[dict, int, Path, bool], None], *, data: str, ev: dict
+) -> list[dict]:
     """Train and measure every (seed, arm) not finished yet, seed by seed, so one full pass comes first.
 
     `train(arm, seed, out, resume)` writes a model directory at `out` (its slimlm.json says what training
@@ -147,19 +167,25 @@ def run_arms(run_dir: Path, spec: dict, train: Callable[[dict, int, Path, bool],
             path = result_file(run_dir, arm["name"], seed)
             index = len(done) + 1
             if path.exists():
-                _log(f"[{index}/{total}] {arm['name']} seed {seed}: finished earlier, skipped")
+                log(f"[{index}/{total}] {arm['name']} seed {seed}: finished earlier, skipped")
                 done.append(read_json(path))
                 continue
             out = arm_dir(run_dir, arm["name"], seed)
             start = time.time()
             if not (out / "slimlm.json").exists():
-                _log(f"[{index}/{total}] {arm['name']} seed {seed}: training")
+                log(f"[{index}/{total}] {arm['name']} seed {seed}: training")
                 train(arm, seed, out, staging_dir(out).exists())
-            _log(f"[{index}/{total}] {arm['name']} seed {seed}: measuring")
+            log(f"[{index}/{total}] {arm['name']} seed {seed}: measuring")
             metrics = measure(out, data, ev)
-            record = {"arm": arm["name"], "value": arm.get("value"), "seed": seed, "model_dir": str(out),
-                      "metrics": metrics, **_stage_facts(out),
-                      "wall_time_s": time.time() - start}
+            record = {
+                "arm": arm["name"],
+                "value": arm.get("value"),
+                "seed": seed,
+                "model_dir": str(out),
+                "metrics": metrics,
+                **_stage_facts(out),
+                "wall_time_s": time.time() - start,
+            }
             write_json_atomic(path, record, force=True)
             done.append(record)
     return done
@@ -176,16 +202,11 @@ def _stage_facts(model_dir: Path) -> dict:
 def _training_facts(record: dict) -> dict:
     """What the stage recorded about its own training (time, tokens, cost)."""
     training = record.get("training") or {}
-    facts = {k: training.get(k) for k in ("steps", "tokens", "train_runtime_s", "wall_time_s")
-             if training.get(k) is not None}
+    facts = {
+        k: training.get(k) for k in ("steps", "tokens", "train_runtime_s", "wall_time_s") if training.get(k) is not None
+    }
     cost = record.get("cost") or {}
     facts.update({k: v for k, v in cost.items() if isinstance(v, (int, float))})
     if facts.get("tokens") and facts.get("train_runtime_s") and "train_tokens_per_s" not in facts:
         facts["train_tokens_per_s"] = facts["tokens"] / facts["train_runtime_s"]
     return facts
-
-
-def _version() -> str:
-    from slimlm.output import _version as version
-
-    return version()

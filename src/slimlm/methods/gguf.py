@@ -81,10 +81,13 @@ def _write_error(exc: OSError, out_file: Path) -> SlimlmError:
             free = f", {shutil.disk_usage(out_file.parent).free / 1e6:.0f} MB free"
         except OSError:
             free = ""
-        return SlimlmError(f"the disk holding {out_file.parent.resolve()} is full{free}; nothing was written: "
-                           "free space there or choose --out on another disk")
-    return SlimlmError(f"could not write {out_file} ({exc.strerror or exc}); nothing was written: "
-                       "check the folder and try again")
+        return SlimlmError(
+            f"the disk holding {out_file.parent.resolve()} is full{free}; nothing was written: "
+            "free space there or choose --out on another disk"
+        )
+    return SlimlmError(
+        f"could not write {out_file} ({exc.strerror or exc}); nothing was written: check the folder and try again"
+    )
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -96,14 +99,17 @@ def _read_config(model_dir: Path) -> dict:
         raise SlimlmError(f"{model_dir} has no config.json; pass a Hugging Face model directory")
     config = read_config_json(model_dir)
     if config.get("model_type") != "llama":
-        raise SlimlmError(f"GGUF export supports only Llama-architecture models, not "
-                          f"'{config.get('model_type')}'; export a Llama model (e.g. one slimlm distilled)")
+        raise SlimlmError(
+            f"GGUF export supports only Llama-architecture models, not "
+            f"'{config.get('model_type')}'; export a Llama model (e.g. one slimlm distilled)"
+        )
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
     if not isinstance(scaling, dict):
         raise SlimlmError(f"{path}: rope_scaling must be a mapping (got {scaling!r}); fix config.json")
     if scaling.get("rope_type", scaling.get("type", "default")) != "default":
-        raise SlimlmError(f"GGUF export does not handle rope scaling '{scaling.get('rope_type')}'; "
-                          "export a model with plain rope")
+        raise SlimlmError(
+            f"GGUF export does not handle rope scaling '{scaling.get('rope_type')}'; export a model with plain rope"
+        )
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads"):
         _positive_int(config, key, path, required=True)
     for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
@@ -116,8 +122,9 @@ def _positive_int(config: dict, key: str, path: Path, *, required: bool) -> None
     if value is None and not required:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise SlimlmError(f"{path}: {key} must be a positive integer (got {value!r}); fix config.json or save "
-                          "the model again")
+        raise SlimlmError(
+            f"{path}: {key} must be a positive integer (got {value!r}); fix config.json or save the model again"
+        )
 
 
 def _weight_shapes(model_dir: Path) -> dict:
@@ -143,8 +150,9 @@ def _weight_shapes(model_dir: Path) -> dict:
                     if name == "model.embed_tokens.weight":
                         rows = st.get_slice(name).get_shape()[0]
         except Exception as exc:  # safetensors' own error type; the file is damaged either way
-            raise SlimlmError(f"{f} is not a readable safetensors file ({type(exc).__name__}); save or fetch the "
-                              "model again") from None
+            raise SlimlmError(
+                f"{f} is not a readable safetensors file ({type(exc).__name__}); save or fetch the model again"
+            ) from None
     if rows is None:
         raise SlimlmError(f"{model_dir} has no model.embed_tokens.weight; export a standard Llama model")
     return {"vocab_rows": rows, "layers": len(layers)}
@@ -152,12 +160,16 @@ def _weight_shapes(model_dir: Path) -> dict:
 
 def _check_against_weights(config: dict, shape: dict, model_dir: Path) -> None:
     if config["vocab_size"] != shape["vocab_rows"]:
-        raise SlimlmError(f"{model_dir / 'config.json'} says vocab_size {config['vocab_size']} but the embedding "
-                          f"has {shape['vocab_rows']} rows; set vocab_size to {shape['vocab_rows']} or save the "
-                          "model again")
+        raise SlimlmError(
+            f"{model_dir / 'config.json'} says vocab_size {config['vocab_size']} but the embedding "
+            f"has {shape['vocab_rows']} rows; set vocab_size to {shape['vocab_rows']} or save the "
+            "model again"
+        )
     if config["num_hidden_layers"] != shape["layers"]:
-        raise SlimlmError(f"{model_dir / 'config.json'} says num_hidden_layers {config['num_hidden_layers']} but "
-                          f"the weights hold {shape['layers']} layers; fix config.json or save the model again")
+        raise SlimlmError(
+            f"{model_dir / 'config.json'} says num_hidden_layers {config['num_hidden_layers']} but "
+            f"the weights hold {shape['layers']} layers; fix config.json or save the model again"
+        )
 
 
 def _rope_theta(config: dict) -> float:
@@ -188,8 +200,11 @@ def _add_metadata(writer, config: dict, model_dir: Path, type: str) -> None:
     if head_dim != config["hidden_size"] // config["num_attention_heads"]:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[type]
+    file_type = {
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    }[type]
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -203,19 +218,27 @@ def _add_tokenizer(writer, model_dir: Path, config: dict, vocab_rows: int) -> No
         raise SlimlmError(f"{model_dir} has no tokenizer.json; save the model's fast tokenizer with it")
     spec = _json(path)
     bpe = spec.get("model") or {}
-    if not isinstance(bpe, dict) or bpe.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise SlimlmError("GGUF export supports only byte-level BPE tokenizers (GPT-2 style); "
-                          "export a model with such a tokenizer")
+    if (
+        not isinstance(bpe, dict)
+        or bpe.get("type") != "BPE"
+        or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer"))
+    ):
+        raise SlimlmError(
+            "GGUF export supports only byte-level BPE tokenizers (GPT-2 style); export a model with such a tokenizer"
+        )
     try:
         added = {t["id"]: t for t in spec.get("added_tokens", [])}
         by_id = {i: tok for tok, i in bpe["vocab"].items()} | {i: t["content"] for i, t in added.items()}
         bad = [i for i in by_id if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab_rows]
     except (KeyError, TypeError, AttributeError):
-        raise SlimlmError(f"{path} is malformed (its vocab or added_tokens are not id mappings); save the "
-                          "tokenizer again") from None
+        raise SlimlmError(
+            f"{path} is malformed (its vocab or added_tokens are not id mappings); save the tokenizer again"
+        ) from None
     if bad:  # checked before the list below is sized by it
-        raise SlimlmError(f"{path} has token id {bad[0]!r} but the model's embedding has {vocab_rows} rows; "
-                          "this tokenizer does not belong to the model: save the model's own tokenizer with it")
+        raise SlimlmError(
+            f"{path} has token id {bad[0]!r} but the model's embedding has {vocab_rows} rows; "
+            "this tokenizer does not belong to the model: save the model's own tokenizer with it"
+        )
     size = vocab_rows
     tokens, types = [], []
     for i in range(size):
@@ -232,15 +255,19 @@ def _add_tokenizer(writer, model_dir: Path, config: dict, vocab_rows: int) -> No
 
     writer.add_tokenizer_model("gpt2")
     # SmolLM's tokenizer splits digits one by one; llama.cpp calls that pre-tokenizer "smollm".
-    writer.add_tokenizer_pre("smollm" if '"individual_digits": true' in json.dumps(spec.get("pre_tokenizer"))
-                             else "gpt-2")
+    writer.add_tokenizer_pre(
+        "smollm" if '"individual_digits": true' in json.dumps(spec.get("pre_tokenizer")) else "gpt-2"
+    )
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
     tok_config = _json(model_dir / "tokenizer_config.json")
     ids = {t: i for i, t in by_id.items()}
-    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                     ("pad", writer.add_pad_token_id)):
+    for key, add in (
+        ("bos", writer.add_bos_token_id),
+        ("eos", writer.add_eos_token_id),
+        ("pad", writer.add_pad_token_id),
+    ):
         token_id = config.get(f"{key}_token_id")
         token = tok_config.get(f"{key}_token")
         if isinstance(token, dict):
@@ -261,8 +288,9 @@ def _json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        raise SlimlmError(f"{path} is not valid JSON; restore it from the model's source or save the model "
-                          "again") from None
+        raise SlimlmError(
+            f"{path} is not valid JSON; restore it from the model's source or save the model again"
+        ) from None
     if not isinstance(value, dict):
         raise SlimlmError(f"{path} is not a JSON object; restore it from the model's source")
     return value

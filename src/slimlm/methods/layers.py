@@ -1,7 +1,7 @@
 """Build a student from the teacher: keep some of its decoder layers, optionally make it narrower.
 
 Starting from the teacher's own weights is what makes distillation on a small budget work, and
-*which* layers are kept matters by orders of magnitude (DESIGN.md: every other layer of the
+*which* layers are kept matters by orders of magnitude (docs/distillation.md: every other layer of the
 built-in teacher gives perplexity ~1e6, the first 5 + last 10 ~771). So `select_layers` measures
 it: it drops each contiguous run of layers in turn and keeps the run whose removal raises
 calibration perplexity least (the "block" view of layer redundancy, Gromov et al. 2024).
@@ -30,8 +30,10 @@ def decoder_layers(model) -> nn.ModuleList:
     try:
         return model.model.layers
     except AttributeError:
-        raise SlimlmError(f"{type(model).__name__} has no model.layers; slimlm supports decoder-only models "
-                          "laid out like Llama, Qwen, Mistral or Gemma") from None
+        raise SlimlmError(
+            f"{type(model).__name__} has no model.layers; slimlm supports decoder-only models "
+            "laid out like Llama, Qwen, Mistral or Gemma"
+        ) from None
 
 
 def parse_keep_layers(spec: str | list[int], n_layers: int) -> list[int]:
@@ -46,8 +48,9 @@ def parse_keep_layers(spec: str | list[int], n_layers: int) -> list[int]:
             if "-" in item:
                 lo, hi = (int(x) for x in item.split("-"))
                 if lo > hi:  # else range() is empty and the message would be about a missing layer
-                    raise SlimlmError(f"--keep-layers {spec}: the range {item} is reversed; write it low-high, "
-                                      f"{hi}-{lo}")
+                    raise SlimlmError(
+                        f"--keep-layers {spec}: the range {item} is reversed; write it low-high, {hi}-{lo}"
+                    )
                 if hi >= n_layers:  # before range() builds a list as long as a hostile number
                     layers.append(hi)
                     break
@@ -58,8 +61,10 @@ def parse_keep_layers(spec: str | list[int], n_layers: int) -> list[int]:
         raise SlimlmError(f"--keep-layers '{spec}' is not a list of layer indices; write e.g. 0,1,2,20-29") from None
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad or not layers:
-        raise SlimlmError(f"--keep-layers {spec}: layer {bad[0] if bad else '(none)'} is out of range; the teacher "
-                          f"has layers 0..{n_layers - 1}")
+        raise SlimlmError(
+            f"--keep-layers {spec}: layer {bad[0] if bad else '(none)'} is out of range; the teacher "
+            f"has layers 0..{n_layers - 1}"
+        )
     return sorted(set(layers))
 
 
@@ -86,8 +91,10 @@ def build_student(teacher, keep_layers: list[int], config_overrides: dict | None
             raise SlimlmError(f"student config {key}={value!r} must be a positive integer")
         setattr(config, key, value)
     if config.hidden_size % config.num_attention_heads and "head_dim" not in (config_overrides or {}):
-        raise SlimlmError(f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
-                          f"{config.num_attention_heads}; set both so it is")
+        raise SlimlmError(
+            f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
+            f"{config.num_attention_heads}; set both so it is"
+        )
     torch.manual_seed(0)
     student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype)
     source = teacher.state_dict()
@@ -97,7 +104,7 @@ def build_student(teacher, keep_layers: list[int], config_overrides: dict | None
             src_name = name
             for new_prefix, old_prefix in renamed.items():
                 if name.startswith(new_prefix):
-                    src_name = old_prefix + name[len(new_prefix):]
+                    src_name = old_prefix + name[len(new_prefix) :]
                     break
             if src_name not in source:
                 continue
@@ -115,7 +122,7 @@ def calibration_perplexity(model, blocks: torch.Tensor, batch_size: int = 4) -> 
     """Mean-token perplexity of `model` on (n, T) blocks; used to rank candidate students."""
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
-        ids = blocks[start:start + batch_size]
+        ids = blocks[start : start + batch_size]
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
         total, count = total + nll.item(), count + ids[:, 1:].numel()
@@ -141,16 +148,22 @@ def select_layers(teacher, calibration: torch.Tensor, n_keep: int, progress=None
         for start in iterator:
             kept = [i for i in range(n) if not start <= i < start + n_drop]
             teacher.model.layers = nn.ModuleList([layers[i] for i in kept])
-            table.append({"dropped": [start, start + n_drop - 1], "kept": kept,
-                          "perplexity": calibration_perplexity(teacher, calibration)})
+            table.append(
+                {
+                    "dropped": [start, start + n_drop - 1],
+                    "kept": kept,
+                    "perplexity": calibration_perplexity(teacher, calibration),
+                }
+            )
     finally:
         teacher.model.layers = layers
     table.sort(key=lambda row: row["perplexity"])
     return table[0]["kept"], table
 
 
-def student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, student_config=None,
-                         calibration=8, seed=0, precision=None) -> tuple:
+def student_from_teacher(
+    teacher, splits, *, layers=None, keep_layers=None, student_config=None, calibration=8, seed=0, precision=None
+) -> tuple:
     """The student of the `student` stage (and of `distill --layers/--keep-layers`): the kept layers, chosen by
     `select_layers` on a seeded calibration sample unless given, and both models' calibration perplexity."""
     from tqdm.auto import tqdm
@@ -160,20 +173,28 @@ def student_from_teacher(teacher, splits, *, layers=None, keep_layers=None, stud
     info = {}
     if keep_layers is None:
         if not 1 <= layers <= n_teacher:
-            raise SlimlmError(f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}")
+            raise SlimlmError(
+                f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}"
+            )
         with precisions.autocast(precision, teacher.device.type):
             keep, table = select_layers(teacher, calib, layers, progress=tqdm)
-        info["layer_selection"] = {"method": "drop the contiguous run of layers whose removal raises calibration "
-                                             "perplexity least", "calibration_blocks": len(calib),
-                                   "candidates": [{k: r[k] for k in ("dropped", "perplexity")} for r in table]}
+        info["layer_selection"] = {
+            "method": "drop the contiguous run of layers whose removal raises calibration perplexity least",
+            "calibration_blocks": len(calib),
+            "candidates": [{k: r[k] for k in ("dropped", "perplexity")} for r in table],
+        }
         if table:
-            log(f"layer importance: dropping layers {table[0]['dropped'][0]}-{table[0]['dropped'][1]} costs least "
-                f"(calibration perplexity {table[0]['perplexity']:.1f}; worst candidate {table[-1]['perplexity']:.3g})")
+            log(
+                f"layer importance: dropping layers {table[0]['dropped'][0]}-{table[0]['dropped'][1]} costs least "
+                f"(calibration perplexity {table[0]['perplexity']:.1f}; worst candidate {table[-1]['perplexity']:.3g})"
+            )
     else:
         keep = parse_keep_layers(keep_layers, n_teacher)
     student = build_student(teacher, keep, student_config)
     with precisions.autocast(precision, teacher.device.type):
-        info["calibration_perplexity"] = {"teacher": calibration_perplexity(teacher, calib),
-                                          "student": calibration_perplexity(student, calib)}
+        info["calibration_perplexity"] = {
+            "teacher": calibration_perplexity(teacher, calib),
+            "student": calibration_perplexity(student, calib),
+        }
     info["kept_layers"] = keep
     return student, info

@@ -38,8 +38,9 @@ def target_modules(model, requested: str | None) -> list[str]:
     names = [n.strip() for n in requested.split(",") if n.strip()]
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise SlimlmError(f"--target-modules {', '.join(unknown)} not found in the model; available: "
-                          f"{', '.join(available)}")
+        raise SlimlmError(
+            f"--target-modules {', '.join(unknown)} not found in the model; available: {', '.join(available)}"
+        )
     return names
 
 
@@ -48,8 +49,9 @@ def add_lora(model, *, rank: int, lora_alpha: float, dropout: float, targets: li
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config)
 
 
@@ -67,8 +69,9 @@ def trainable_parameters(model) -> dict:
 def optimizer_state_bytes(optimizer) -> int:
     """Bytes held in the optimizer's state tensors (AdamW: two moments per trainable parameter)."""
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
-               for t in state.values() if torch.is_tensor(t))
+    return sum(
+        t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)
+    )
 
 
 class MergedWithAdapter:

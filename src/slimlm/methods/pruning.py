@@ -1,7 +1,7 @@
 """Pruning (paper section 2: remove low-importance weights), unstructured and structured.
 
 Unstructured (magnitude, Wanda) and N:M sparsity zero weights in place: the model keeps its shape,
-so on a CPU it gets no faster (DESIGN.md: sparse matmuls run at 0.3x here) and only compresses
+so on a CPU it gets no faster (docs/compression.md: sparse matmuls run at 0.3x on CPU) and only compresses
 better. Structured pruning physically removes MLP channels or attention key/value groups, writes
 a smaller config, and so really gets smaller and faster.
 
@@ -11,7 +11,6 @@ norm of its activations times the norm of the weights that read them.
 """
 
 from __future__ import annotations
-
 
 import torch
 from torch import nn
@@ -30,8 +29,12 @@ def check_sparsity(sparsity: float) -> None:
 
 def prunable_linears(model) -> dict[str, nn.Linear]:
     """The Linear layers inside decoder layers (embeddings and lm_head are left dense)."""
-    return {f"model.layers.{i}.{name}": module for i, layer in enumerate(decoder_layers(model))
-            for name, module in layer.named_modules() if isinstance(module, nn.Linear)}
+    return {
+        f"model.layers.{i}.{name}": module
+        for i, layer in enumerate(decoder_layers(model))
+        for name, module in layer.named_modules()
+        if isinstance(module, nn.Linear)
+    }
 
 
 @torch.no_grad()
@@ -39,13 +42,15 @@ def input_norms(model, blocks: torch.Tensor, batch_size: int = 4) -> dict[str, t
     """||X_j||_2 over all calibration tokens for every input column j of every prunable Linear."""
     sums, hooks = {}, []
     for name, module in prunable_linears(model).items():
+
         def hook(mod, args, _out, name=name):
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
             sums[name] = sums.get(name, 0) + x.square().sum(0)
+
         hooks.append(module.register_forward_hook(hook))
     try:
         for start in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[start:start + batch_size], use_cache=False)
+            model(input_ids=blocks[start : start + batch_size], use_cache=False)
     finally:
         for h in hooks:
             h.remove()
@@ -67,8 +72,9 @@ def _zero_lowest(weight: torch.Tensor, scores: torch.Tensor, sparsity: float, pe
 
 
 @torch.no_grad()
-def prune_unstructured(model, sparsity: float, method: str = "magnitude", scope: str = "layer",
-                       calibration: torch.Tensor | None = None) -> dict:
+def prune_unstructured(
+    model, sparsity: float, method: str = "magnitude", scope: str = "layer", calibration: torch.Tensor | None = None
+) -> dict:
     """Magnitude (|W|) or Wanda (|W| * ||X||) pruning to exactly the requested sparsity."""
     check_sparsity(sparsity)
     if scope not in ("layer", "global"):
@@ -77,8 +83,9 @@ def prune_unstructured(model, sparsity: float, method: str = "magnitude", scope:
     if method == "wanda" and calibration is None:  # before input_norms, which would fail on None
         raise SlimlmError("--method wanda needs calibration text: pass --calibration DATA")
     norms = input_norms(model, calibration) if method == "wanda" else {}
-    scores = {name: m.weight.abs() * norms[name] if method == "wanda" else m.weight.abs()
-              for name, m in linears.items()}
+    scores = {
+        name: m.weight.abs() * norms[name] if method == "wanda" else m.weight.abs() for name, m in linears.items()
+    }
     if scope == "global" and sparsity > 0:
         flat = torch.cat([s.reshape(-1) for s in scores.values()])
         k = round(sparsity * flat.numel())
@@ -86,9 +93,9 @@ def prune_unstructured(model, sparsity: float, method: str = "magnitude", scope:
         mask = torch.ones_like(flat, dtype=torch.bool)
         mask[threshold_idx] = False
         offset = 0
-        for name, m in linears.items():
+        for m in linears.values():
             n = m.weight.numel()
-            m.weight.mul_(mask[offset:offset + n].view_as(m.weight))
+            m.weight.mul_(mask[offset : offset + n].view_as(m.weight))
             offset += n
     else:
         for name, m in linears.items():
@@ -128,6 +135,7 @@ def sparsity_report(model) -> dict:
 
 # --------------------------------------------------------------------------- structured
 
+
 @torch.no_grad()
 def prune_mlp_channels(model, sparsity: float, calibration: torch.Tensor) -> dict:
     """Remove the same number of MLP channels from every layer, the least important by measurement.
@@ -163,8 +171,9 @@ def prune_kv_groups(model, n_remove: int, calibration: torch.Tensor) -> dict:
     n_kv, n_heads = cfg.num_key_value_heads, cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     if not 0 <= n_remove < n_kv:
-        raise SlimlmError(f"cannot remove {n_remove} key/value groups: the model has {n_kv} per layer; "
-                          f"remove 0..{n_kv - 1}")
+        raise SlimlmError(
+            f"cannot remove {n_remove} key/value groups: the model has {n_kv} per layer; remove 0..{n_kv - 1}"
+        )
     if n_remove == 0:
         return {"num_key_value_heads": [n_kv, n_kv]}
     per_group = n_heads // n_kv

@@ -32,8 +32,10 @@ def check_args(bits: int, granularity: str, group_size: int | None, width: int |
         if not _is_int(group_size) or group_size < 1:
             raise SlimlmError(f"--group-size must be a positive integer with --granularity group (got {group_size!r})")
         if width is not None and width % group_size:
-            raise SlimlmError(f"--group-size {group_size} does not divide the layer width {width}; pick a divisor "
-                              f"such as {max(d for d in (32, 64, 128, 16, 8, 1) if width % d == 0)}")
+            raise SlimlmError(
+                f"--group-size {group_size} does not divide the layer width {width}; pick a divisor "
+                f"such as {max(d for d in (32, 64, 128, 16, 8, 1) if width % d == 0)}"
+            )
 
 
 def _grouped(w: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
@@ -45,12 +47,13 @@ def _grouped(w: torch.Tensor, granularity: str, group_size: int | None) -> torch
     return w.reshape(-1, group_size)
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, granularity: str = "channel", group_size: int | None = None,
-                    symmetric: bool = False) -> dict:
+def quantize_tensor(
+    w: torch.Tensor, bits: int, granularity: str = "channel", group_size: int | None = None, symmetric: bool = False
+) -> dict:
     """Quantize a 2-D weight; returns uint8 codes (unpacked), float32 scale and w_min (one per row group)."""
     check_args(bits, granularity, group_size, w.shape[-1] if w.dim() > 1 else w.numel())
     rows = _grouped(w.detach().float(), granularity, group_size)
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     if symmetric:
         w_max = rows.abs().amax(1, keepdim=True)
         w_min = -w_max
@@ -59,8 +62,15 @@ def quantize_tensor(w: torch.Tensor, bits: int, granularity: str = "channel", gr
     span = w_max - w_min
     scale = torch.where(span > 0, span / levels, torch.ones_like(span))  # a constant row: any scale, code 0
     codes = torch.round((rows - w_min) / scale).clamp_(0, levels).to(torch.uint8)
-    return {"codes": codes.reshape(w.shape), "scale": scale.squeeze(1), "w_min": w_min.squeeze(1), "bits": bits,
-            "granularity": granularity, "group_size": group_size, "shape": tuple(w.shape)}
+    return {
+        "codes": codes.reshape(w.shape),
+        "scale": scale.squeeze(1),
+        "w_min": w_min.squeeze(1),
+        "bits": bits,
+        "granularity": granularity,
+        "group_size": group_size,
+        "shape": tuple(w.shape),
+    }
 
 
 def dequantize_tensor(q: dict, dtype=torch.float32) -> torch.Tensor:
@@ -84,7 +94,7 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     groups = packed.to(torch.int64).view(-1, bits)
     word = (groups << (torch.arange(bits, dtype=torch.int64) * 8)).sum(1)
-    codes = (word.unsqueeze(1) >> (torch.arange(8, dtype=torch.int64) * bits)) & (2 ** bits - 1)
+    codes = (word.unsqueeze(1) >> (torch.arange(8, dtype=torch.int64) * bits)) & (2**bits - 1)
     return codes.reshape(-1)[:numel].to(torch.uint8)
 
 
@@ -106,12 +116,13 @@ def quantizable(model) -> dict[str, torch.nn.Parameter]:
     return out
 
 
-def quantize_model(model, bits: int, granularity: str = "channel", group_size: int | None = None,
-                   symmetric: bool = False) -> dict[str, torch.Tensor]:
+def quantize_model(
+    model, bits: int, granularity: str = "channel", group_size: int | None = None, symmetric: bool = False
+) -> dict[str, torch.Tensor]:
     """Packed tensors for every quantizable weight, plus the other tensors as they are (norms, biases)."""
     targets = quantizable(model)
     check_args(bits, granularity, group_size)
-    for name, weight in targets.items():
+    for weight in targets.values():
         check_args(bits, granularity, group_size, weight.shape[-1])
     tensors = {}
     for name, weight in targets.items():
@@ -132,15 +143,25 @@ def restore_weights(model, tensors: dict[str, torch.Tensor], settings: dict) -> 
     state = {}
     for name, weight in quantizable(model).items():
         codes = unpack(tensors[f"{name}.packed"], bits, weight.numel()).reshape(weight.shape)
-        state[name] = dequantize_tensor({"codes": codes, "scale": tensors[f"{name}.scale"],
-                                         "w_min": tensors[f"{name}.w_min"], "granularity": granularity,
-                                         "group_size": group_size, "shape": tuple(weight.shape)}, weight.dtype)
+        state[name] = dequantize_tensor(
+            {
+                "codes": codes,
+                "scale": tensors[f"{name}.scale"],
+                "w_min": tensors[f"{name}.w_min"],
+                "granularity": granularity,
+                "group_size": group_size,
+                "shape": tuple(weight.shape),
+            },
+            weight.dtype,
+        )
     state.update({k: v for k, v in tensors.items() if not k.endswith((".packed", ".scale", ".w_min"))})
     missing, unexpected = model.load_state_dict(state, strict=False)
     owned = dict(model.named_parameters())  # tied weights appear once
     if unexpected or any(m in owned for m in missing):
-        raise SlimlmError(f"quantized weights do not match the model config ({(unexpected or missing)[:3]}); "
-                          "the directory is corrupt: quantize the model again")
+        raise SlimlmError(
+            f"quantized weights do not match the model config ({(unexpected or missing)[:3]}); "
+            "the directory is corrupt: quantize the model again"
+        )
 
 
 RUNTIMES = ("dequantized", "int8-dynamic")
@@ -168,8 +189,16 @@ def apply_runtime(model, runtime: str):
         return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
-def save_quantized(model, tokenizer, folder, bits: int, granularity: str, group_size: int | None,
-                   symmetric: bool, runtime: str = "dequantized") -> dict:
+def save_quantized(
+    model,
+    tokenizer,
+    folder,
+    bits: int,
+    granularity: str,
+    group_size: int | None,
+    symmetric: bool,
+    runtime: str = "dequantized",
+) -> dict:
     """Write config, tokenizer and packed weights; returns the settings stored in the config."""
     from pathlib import Path
 
@@ -179,8 +208,14 @@ def save_quantized(model, tokenizer, folder, bits: int, granularity: str, group_
     tensors = quantize_model(model, bits, granularity, group_size, symmetric)
     if runtime not in RUNTIMES:
         raise SlimlmError(f"--runtime {runtime!r} is not known; use one of {', '.join(RUNTIMES)}")
-    settings = {"bits": bits, "granularity": granularity, "group_size": group_size, "symmetric": symmetric,
-                "runtime": runtime, "format": "slimlm-minmax-packed-v1"}
+    settings = {
+        "bits": bits,
+        "granularity": granularity,
+        "group_size": group_size,
+        "symmetric": symmetric,
+        "runtime": runtime,
+        "format": "slimlm-minmax-packed-v1",
+    }
     model.config.slimlm_quantization = settings
     model.config.save_pretrained(folder)
     if tokenizer is not None:
@@ -200,8 +235,10 @@ def load_quantized(folder, dtype=torch.float32):
     config = AutoConfig.from_pretrained(folder)
     settings = getattr(config, "slimlm_quantization", None)
     if not settings:
-        raise SlimlmError(f"{folder} has {QUANTIZED_WEIGHTS} but its config.json has no slimlm_quantization "
-                          "settings; quantize the model again")
+        raise SlimlmError(
+            f"{folder} has {QUANTIZED_WEIGHTS} but its config.json has no slimlm_quantization "
+            "settings; quantize the model again"
+        )
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     restore_weights(model, load_file(folder / QUANTIZED_WEIGHTS), settings)
     model.tie_weights()

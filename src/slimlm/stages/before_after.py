@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimlm.errors import SlimlmError
 from slimlm.output import model_card, publish
 from slimlm.training.distributed import log
 
@@ -15,18 +14,22 @@ def measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
     from slimlm.eval.metrics import evaluate_model
 
     test = splits.test[:eval_tokens]
-    return evaluate_model(model, tokenizer, test, model_dir=model_dir, window=window, stride=window,
-                          new_tokens=32, repeats=repeats, progress=False)
+    return evaluate_model(
+        model,
+        tokenizer,
+        test,
+        model_dir=model_dir,
+        window=window,
+        stride=window,
+        new_tokens=32,
+        repeats=repeats,
+        progress=False,
+    )
 
 
-def check_counts(**counts) -> None:
-    for name, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SlimlmError(f"--{name.replace('_', '-')} must be a positive integer (got {value!r})")
-
-
-def publish_before_after(stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after,
-             eval_tokens, window):
+def publish_before_after(
+    stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after, eval_tokens, window
+):
     from slimlm.eval.metrics import format_table
 
     table = format_table({"before": before, "after": after})
@@ -34,14 +37,22 @@ def publish_before_after(stage, out, model, tokenizer, kind, source, source_dir,
     sparsity = detail.get("sparsity_by_kind")
     if sparsity:
         print("sparsity achieved: " + ", ".join(f"{k} {v:.3f}" for k, v in sparsity.items()))
-    record = {"stage": kind, "source": str(source), "source_dir": str(source_dir), "settings": settings,
-              "detail": detail, "data": splits.info,
-              "protocol": {"split": "test", "tokens": eval_tokens, "window": window, "stride": window},
-              "metrics": {"before": before, "after": after}}
+    record = {
+        "stage": kind,
+        "source": str(source),
+        "source_dir": str(source_dir),
+        "settings": settings,
+        "detail": detail,
+        "data": splits.info,
+        "protocol": {"split": "test", "tokens": eval_tokens, "window": window, "stride": window},
+        "metrics": {"before": before, "after": after},
+    }
     card = model_card(f"{source}, {kind}d", record, table)
     if kind == "quantize":
-        card += ("\nThe weights are stored packed (`model.quantized.safetensors`); load with "
-                 "`slimlm.methods.quantization.load_quantized(PATH)` or any `slimlm` command.\n")
+        card += (
+            "\nThe weights are stored packed (`model.quantized.safetensors`); load with "
+            "`slimlm.methods.quantization.load_quantized(PATH)` or any `slimlm` command.\n"
+        )
     publish(stage, Path(out), model, tokenizer, record, card)
     log(f"wrote {out}")
     return Path(out)

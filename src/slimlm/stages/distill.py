@@ -1,4 +1,8 @@
 """Stage `distill`: train a student to match the teacher (paper section 2) and write it.
+
+Reads top to bottom: validate the settings against the models' shapes -> load the teacher, the data and the
+student -> build the loss terms and the teacher's signal (online or cached) -> measure the student -> train
+(training/fit.py) -> measure again -> publish the plain student with slimlm.json.
 """
 
 from __future__ import annotations
@@ -11,21 +15,36 @@ import torch
 from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample, training_blocks
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import student_from_teacher
+from slimlm.methods.layers import parse_keep_layers, student_from_teacher
 from slimlm.output import model_card, publish
-from slimlm.settings import DistillSettings, parse_layer_map
-from slimlm.sources import check_same_tokenizer, layer_count
+from slimlm.settings import DistillSettings, comma_list, parse_layer_map
+from slimlm.sources import check_same_tokenizer, layer_count, model_config
 from slimlm.training import distributed
-from slimlm.training.budget import budget_record, budget_stopped, restore_time_budget
 from slimlm.training.distributed import log
-from slimlm.training.launch import (check_sharding, load_on_every_rank, prepare_data_on_every_rank,
-                                    resume_checkpoint, run_training_stage, settings_from, teacher_zero3, trained_model,
-                                    training_args, training_callbacks)
+from slimlm.training.fit import fit
+from slimlm.training.launch import (
+    check_sharding,
+    load_on_every_rank,
+    prepare_data_on_every_rank,
+    run_training_stage,
+    settings_from,
+    teacher_zero3,
+    training_args,
+    training_callbacks,
+)
 from slimlm.training.validation import validation_perplexity
 
 
-def distill(settings: DistillSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
-            recipe: str | None = None, stop_after: int | None = None, **overrides) -> Path:
+def distill(
+    settings: DistillSettings | None = None,
+    *,
+    out: str,
+    force: bool = False,
+    resume: bool = False,
+    recipe: str | None = None,
+    stop_after: int | None = None,
+    **overrides,
+) -> Path:
     """Stage `distill`: train a student to match the teacher (paper section 2) and write it.
 
     `stop_after` ends training after that many steps (checkpoint kept, nothing published); tests use it
@@ -37,26 +56,25 @@ def distill(settings: DistillSettings | None = None, *, out: str, force: bool = 
 
 
 def _check_shapes(settings: DistillSettings) -> None:
-    """Settings that depend on the models' shapes (layers to keep, layer maps, cached top-k), checked from
-    their config.json alone, so a wrong index is one line now rather than after the teacher has loaded."""
-    from slimlm.sources import model_config
-    from slimlm.methods.layers import parse_keep_layers
-
+    """Settings that depend on the models' shapes (layers to keep, layer maps, cached top-k) or on each other,
+    checked from config.json alone, so a wrong index is one line now rather than after the teacher has loaded."""
     teacher = distributed.main_first(model_config, settings.teacher, trust_remote_code=settings.trust_remote_code)
     n_t = layer_count(teacher)
     if settings.student is not None:
-        student = distributed.main_first(model_config, settings.student,
-                                         trust_remote_code=settings.trust_remote_code)
+        student = distributed.main_first(model_config, settings.student, trust_remote_code=settings.trust_remote_code)
         n_s = layer_count(student)
     elif settings.layers is not None:
         if not 1 <= settings.layers <= n_t:
-            raise SlimlmError(f"--layers {settings.layers} is out of range; the teacher has {n_t} layers, "
-                              f"keep 1..{n_t}")
+            raise SlimlmError(
+                f"--layers {settings.layers} is out of range; the teacher has {n_t} layers, keep 1..{n_t}"
+            )
         n_s = settings.layers
     else:
         n_s = len(parse_keep_layers(settings.keep_layers, n_t))
-    for flag, spec, top_t, top_s in (("--feature-layers", settings.feature_layers, n_t, n_s),
-                                     ("--attention-layers", settings.attention_layers, n_t - 1, n_s - 1)):
+    for flag, spec, top_t, top_s in (
+        ("--feature-layers", settings.feature_layers, n_t, n_s),
+        ("--attention-layers", settings.attention_layers, n_t - 1, n_s - 1),
+    ):
         try:
             parse_layer_map(spec, top_t, top_s)
         except SlimlmError as exc:
@@ -64,129 +82,182 @@ def _check_shapes(settings: DistillSettings) -> None:
     _cache_layers(settings.cache_layers, n_t)
     vocab = teacher.get_text_config().vocab_size
     if settings.teacher_cache and settings.top_k > vocab:
-        raise SlimlmError(f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
-                          f"give at most {vocab} (the default is {DistillSettings.top_k})")
+        raise SlimlmError(
+            f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
+            f"give at most {vocab} (the default is {DistillSettings.top_k})"
+        )
+    if settings.teacher_cache and settings.attention_layers and settings.attention_weight > 0:
+        raise SlimlmError("attention distillation needs the online teacher; drop --teacher-cache")
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
-    from slimlm.losses.kd import make_projection
+    from slimlm.training.trainer import BlockDataset, DistillTrainer
 
+    # ---- load
     start_time = time.time()
     torch.manual_seed(settings.seed)
     precision = precisions.resolve(settings.precision, announce=log)
     teacher, tokenizer, teacher_dir = load_on_every_rank(settings.teacher, settings.trust_remote_code)
     splits = prepare_data_on_every_rank(settings.data, tokenizer, settings.block_size)
     log(splits.summary())
-    student_info = {}
-    if settings.student is not None:
-        student, student_tok, student_dir = load_on_every_rank(settings.student, settings.trust_remote_code)
-        check_same_tokenizer(tokenizer, student_tok)
-        student_info["from"] = str(student_dir)
-    else:
-        made = {}
-
-        def build(layers, keep_layers):
-            made["student"], made["info"] = student_from_teacher(
-                teacher, splits, layers=layers, keep_layers=keep_layers, student_config=settings.student_config,
-                calibration=settings.calibration_blocks, seed=settings.seed, precision=precision)
-            return made["info"]["kept_layers"]
-
-        # rank 0 measures which layers to keep; the others build the same student from its answer
-        kept = distributed.on_main(build, settings.layers, settings.keep_layers)
-        if not made:
-            build(None, ",".join(map(str, kept)))
-        student, student_info = made["student"], made["info"]
-        torch.manual_seed(settings.seed)  # every rank goes on from the same RNG state
+    student, student_info = _student(settings, teacher, tokenizer, splits, precision)
     n_t, n_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     feature_map = parse_layer_map(settings.feature_layers, n_t, n_s)
     attention_map = parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1)
-    if feature_map and settings.feature_weight > 0 and teacher.config.hidden_size != student.config.hidden_size:
-        student.slimlm_projections = torch.nn.ModuleList(
-            [make_projection(student.config.hidden_size, teacher.config.hidden_size) for _ in feature_map])
-    if attention_map:
-        for model in (teacher, student):
-            model.set_attn_implementation("eager")  # attention maps need the eager kernel
-
     world = distributed.world_size()
     steps = settings.steps(world)
     per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
     blocks = training_blocks(splits.train, steps * per_step, settings.seed)
-    from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
-    from slimlm.training.trainer import BlockDataset, DistillTrainer, teacher_feature_std
 
-    calib = calibration_sample(splits.train, settings.calibration_blocks, settings.seed)
-    teacher_std = teacher_feature_std(teacher, calib, [t for t, _ in feature_map], precision)
-    cached = None
-    if settings.teacher_cache and settings.temperature >= 5:
-        log(f"warning: --teacher-cache keeps the teacher's top-{settings.top_k} logits only; at temperature "
-             f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
-             "(perplexity 1e4-1e8 in docs/experiments.md); prefer the online teacher for temperatures >= 5")
-    if settings.teacher_cache:  # rank 0 computes the cache once, on its accelerator if any; the others read it
-        # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
-        device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
-        path = distributed.main_first(
-            teacher_cache, teacher, teacher_dir, blocks, top_k=settings.top_k,
-            hidden_layers=[t for t, _ in feature_map] + _cache_layers(settings.cache_layers, n_t), precision=precision,
-            device=device)
-        teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
-        cached = CachedTeacher(path, [t for t, _ in feature_map])
+    # ---- the loss terms and the teacher's signal
+    terms = _loss_terms(settings, teacher, student, splits, feature_map, attention_map, precision)
+    cached = _teacher_cache(settings, teacher, teacher_dir, blocks, feature_map, precision)
+
+    # ---- measure, train, measure
     val = splits.val[: settings.eval_tokens]
     before = validation_perplexity(student, val, settings.eval_window, precision)
-    log(f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
-         f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
-         f"{f', {world} processes' if world > 1 else ''})")
-
+    log(
+        f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
+        f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
+        f"{f', {world} processes' if world > 1 else ''})"
+    )
     trainer = DistillTrainer(
-        model=student, args=training_args(settings, stage, steps), train_dataset=BlockDataset(blocks, cached),
-        teacher=None if cached else teacher, temperature=settings.temperature, alpha=settings.alpha, kl=settings.kl,
-        chunk_size=settings.chunk_size, feature_map=feature_map, feature_weight=settings.feature_weight,
-        teacher_std=teacher_std, attention_map=attention_map, attention_weight=settings.attention_weight,
-        precision=precision, teacher_zero3=teacher_zero3(settings), callbacks=training_callbacks(settings, stop_after))
+        student,
+        terms=terms,
+        teacher=None if cached else teacher,
+        precision=precision,
+        teacher_zero3=teacher_zero3(settings),
+        args=training_args(settings, stage, steps),
+        train_dataset=BlockDataset(blocks, cached),
+        callbacks=training_callbacks(settings, stop_after),
+    )
     check_sharding(settings, trainer)
-    checkpoint = resume_checkpoint(stage / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        log(f"no checkpoint in {stage}; starting from the beginning")
-    restore_time_budget(trainer, checkpoint)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if stop_after and trainer.state.global_step < steps and not budget_stopped(trainer):
-        log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
+    trained = fit(
+        trainer, stage, steps, resume=resume, stop_after=stop_after, tokens_per_step=per_step * settings.block_size
+    )
+    if trained is None:
         return stage
-    student = trained_model(trainer)  # every rank: gathers the weights when they are sharded
-    sharded = student is None or student is not trainer.accelerator.unwrap_model(trainer.model)
-    if student is not None:
-        if hasattr(student, "slimlm_projections"):
-            del student.slimlm_projections  # training-only; the published model is a plain HF model
-        student.eval()
-    after = None if sharded else validation_perplexity(student, val, settings.eval_window, precision)
+    after = None if trained.sharded else validation_perplexity(trained.model, val, settings.eval_window, precision)
 
-    def finish():  # rank 0 only: the other ranks wait and raise its error if it fails
-        metrics = after or validation_perplexity(student, val, settings.eval_window, precision, shared=False)
-        log(f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
-             f"(before {before['perplexity']:.1f})")
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        record = {"stage": "distill", "teacher": settings.teacher, "teacher_dir": str(teacher_dir),
-                  "settings": settings.to_dict(), "precision": precision.to_dict(), "cpu": precisions.cpu_kind(),
-                  "data": splits.info, "student": student_info,
-                  "layer_map": {"features": feature_map, "attention": attention_map},
-                  "training": {"steps": trainer.state.global_step,
-                               "tokens": trainer.state.global_step * per_step * settings.block_size,
-                               "planned_steps": steps, "planned_tokens": len(blocks) * settings.block_size,
-                               "time_budget": budget_record(trainer, per_step * settings.block_size),
-                               "train_runtime_s": result.metrics.get("train_runtime"),
-                               "wall_time_s": time.time() - start_time, "teacher_cache": bool(cached),
-                               "processes": world, "log": history},
-                  "metrics": {"validation_before": before, "validation_after": metrics}}
-        publish(stage, out, student, tokenizer, record, model_card(f"Student distilled from {settings.teacher}", record))
+    # ---- publish (rank 0 only: the other ranks wait and raise its error if it fails)
+    def finish():
+        metrics = after or validation_perplexity(trained.model, val, settings.eval_window, precision, shared=False)
+        log(
+            f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
+            f"(before {before['perplexity']:.1f})"
+        )
+        record = {
+            "stage": "distill",
+            "teacher": settings.teacher,
+            "teacher_dir": str(teacher_dir),
+            "settings": settings.to_dict(),
+            "precision": precision.to_dict(),
+            "cpu": precisions.cpu_kind(),
+            "data": splits.info,
+            "student": student_info,
+            "layer_map": {"features": feature_map, "attention": attention_map},
+            "training": {
+                "steps": trained.steps,
+                "tokens": trained.steps * per_step * settings.block_size,
+                "planned_steps": steps,
+                "planned_tokens": len(blocks) * settings.block_size,
+                "time_budget": trained.budget,
+                "train_runtime_s": trained.runtime_s,
+                "wall_time_s": time.time() - start_time,
+                "teacher_cache": bool(cached),
+                "processes": world,
+                "log": trained.log,
+            },
+            "metrics": {"validation_before": before, "validation_after": metrics},
+        }
+        card = model_card(f"Student distilled from {settings.teacher}", record)
+        publish(stage, out, trained.model, tokenizer, record, card)
 
     distributed.on_main(finish)
     log(f"wrote {out}")
     return out
 
 
+def _student(settings: DistillSettings, teacher, tokenizer, splits, precision):
+    """(the student to train, what slimlm.json says about it): a given model, or layers of the teacher."""
+    if settings.student is not None:
+        student, student_tok, student_dir = load_on_every_rank(settings.student, settings.trust_remote_code)
+        check_same_tokenizer(tokenizer, student_tok)
+        return student, {"from": str(student_dir)}
+    made = {}
+
+    def build(layers, keep_layers):
+        made["student"], made["info"] = student_from_teacher(
+            teacher,
+            splits,
+            layers=layers,
+            keep_layers=keep_layers,
+            student_config=settings.student_config,
+            calibration=settings.calibration_blocks,
+            seed=settings.seed,
+            precision=precision,
+        )
+        return made["info"]["kept_layers"]
+
+    # rank 0 measures which layers to keep; the others build the same student from its answer
+    kept = distributed.on_main(build, settings.layers, settings.keep_layers)
+    if not made:
+        build(None, ",".join(map(str, kept)))
+    torch.manual_seed(settings.seed)  # every rank goes on from the same RNG state
+    return made["student"], made["info"]
+
+
+def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map, attention_map, precision):
+    """output (CE + KD), then feature and attention when their maps and weights are given (training/terms.py)."""
+    from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
+
+    terms = [OutputTerm(settings.temperature, settings.alpha, settings.kl, settings.chunk_size)]
+    calibration = calibration_sample(splits.train, settings.calibration_blocks, settings.seed)
+    feature = feature_term(teacher, student, feature_map, settings.feature_weight, calibration, precision)
+    if feature is not None:
+        terms.append(feature)
+    if attention_map:
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")  # attention maps need the eager kernel
+        if settings.attention_weight > 0:
+            terms.append(AttentionTerm(attention_map, settings.attention_weight))
+    return terms
+
+
+def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feature_map, precision):
+    """The cached teacher signal for these blocks (rank 0 computes it once, on its accelerator if any; the
+    others read it), or None for the online teacher."""
+    from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
+
+    if not settings.teacher_cache:
+        return None
+    if settings.temperature >= 5:
+        log(
+            f"warning: --teacher-cache keeps the teacher's top-{settings.top_k} logits only; at temperature "
+            f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
+            "(perplexity 1e4-1e8 in docs/experiments.md); prefer the online teacher for temperatures >= 5"
+        )
+    # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
+    device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
+    layers = [t for t, _ in feature_map]
+    path = distributed.main_first(
+        teacher_cache,
+        teacher,
+        teacher_dir,
+        blocks,
+        top_k=settings.top_k,
+        hidden_layers=layers + _cache_layers(settings.cache_layers, teacher.config.num_hidden_layers),
+        precision=precision,
+        device=device,
+    )
+    teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
+    return CachedTeacher(path, layers)
+
+
 def _cache_layers(text: str, n_teacher: int) -> list[int]:
     """--cache-layers "2,8,15": teacher hidden-state indices (0 = embeddings .. n_teacher = last layer)."""
     layers = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in comma_list(text):
         if not part.isdigit() or not 0 <= int(part) <= n_teacher:
             raise SlimlmError(f"--cache-layers {text!r}: {part!r} is not a hidden-state index in 0..{n_teacher}")
         layers.append(int(part))

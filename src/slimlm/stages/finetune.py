@@ -1,5 +1,8 @@
 """Stage `finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss when
 one is given, on plain text or instruction JSONL; writes the merged model and what it cost.
+
+Reads top to bottom: load the model, the data and the teacher -> add LoRA -> measure -> train
+(training/fit.py, peak memory measured around it) -> merge, measure again -> publish with slimlm.json.
 """
 
 from __future__ import annotations
@@ -16,16 +19,31 @@ from slimlm.output import model_card, publish
 from slimlm.settings import FinetuneSettings
 from slimlm.sources import check_same_tokenizer
 from slimlm.training import distributed
-from slimlm.training.budget import budget_record, budget_stopped, restore_time_budget
 from slimlm.training.distributed import log
-from slimlm.training.launch import (check_sharding, load_on_every_rank, prepare_data_on_every_rank,
-                                    resume_checkpoint, run_training_stage, settings_from, teacher_zero3, trained_model,
-                                    training_args, training_callbacks)
+from slimlm.training.fit import fit
+from slimlm.training.launch import (
+    check_sharding,
+    load_on_every_rank,
+    prepare_data_on_every_rank,
+    run_training_stage,
+    settings_from,
+    teacher_zero3,
+    training_args,
+    training_callbacks,
+)
 from slimlm.training.validation import validation_perplexity
 
 
-def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool = False, resume: bool = False,
-             recipe: str | None = None, stop_after: int | None = None, **overrides) -> Path:
+def finetune(
+    settings: FinetuneSettings | None = None,
+    *,
+    out: str,
+    force: bool = False,
+    resume: bool = False,
+    recipe: str | None = None,
+    stop_after: int | None = None,
+    **overrides,
+) -> Path:
     """Stage `finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
     when one is given, on plain text or instruction JSONL; writes the merged model and what it cost.
     `stop_after` works as in `distill` (tests interrupt a run with it and finish it with `resume=True`)."""
@@ -34,12 +52,19 @@ def finetune(settings: FinetuneSettings | None = None, *, out: str, force: bool 
 
 
 def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
-    from slimlm.eval.metrics import peak_memory
-    from slimlm.methods.lora import (MergedWithAdapter, add_lora, optimizer_state_bytes, target_modules,
-                                 trainable_parameters)
     from slimlm.data.instructions import is_instruction_data, prepare_instructions, response_perplexity
+    from slimlm.eval.metrics import peak_memory
+    from slimlm.methods.lora import (
+        MergedWithAdapter,
+        add_lora,
+        optimizer_state_bytes,
+        target_modules,
+        trainable_parameters,
+    )
+    from slimlm.training.terms import OutputTerm
     from slimlm.training.trainer import BlockDataset, DistillTrainer
 
+    # ---- load
     start_time = time.time()
     torch.manual_seed(settings.seed)
     precision = precisions.resolve(settings.precision, announce=log)
@@ -55,7 +80,6 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
     if settings.teacher is not None:
         teacher, teacher_tok, teacher_dir = load_on_every_rank(settings.teacher, settings.trust_remote_code)
         check_same_tokenizer(teacher_tok, tokenizer)
-
     world = distributed.world_size()
     steps = settings.steps(world)
     per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
@@ -73,78 +97,124 @@ def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, 
         if instruct:
             with precisions.autocast(precision, next(m.parameters()).device.type):
                 return response_perplexity(m, splits.val, max_tokens=settings.eval_tokens)
-        return validation_perplexity(m, splits.val[: settings.eval_tokens], settings.eval_window, precision, shared=shared)
+        return validation_perplexity(
+            m, splits.val[: settings.eval_tokens], settings.eval_window, precision, shared=shared
+        )
 
+    # ---- measure, train
     before = validation(model)
     if settings.method == "lora":
-        model = add_lora(model, rank=settings.rank, lora_alpha=settings.lora_alpha, dropout=settings.dropout,
-                         targets=targets, seed=settings.seed)
+        model = add_lora(
+            model,
+            rank=settings.rank,
+            lora_alpha=settings.lora_alpha,
+            dropout=settings.dropout,
+            targets=targets,
+            seed=settings.seed,
+        )
     params = trainable_parameters(model)
-    log(f"{settings.method} fine-tuning: {params['trainable']:,} trainable parameters "
-         f"({params['percent']:.2f}% of {params['total']:,}); validation perplexity {before['perplexity']:.2f}; "
-         f"{steps} steps, {'distillation loss against ' + settings.teacher if teacher else 'cross-entropy'}")
+    log(
+        f"{settings.method} fine-tuning: {params['trainable']:,} trainable parameters "
+        f"({params['percent']:.2f}% of {params['total']:,}); validation perplexity {before['perplexity']:.2f}; "
+        f"{steps} steps, {'distillation loss against ' + settings.teacher if teacher else 'cross-entropy'}"
+    )
+    # without a teacher the output term is plain cross-entropy (alpha = 1)
+    terms = [
+        OutputTerm(
+            settings.temperature, settings.alpha if teacher is not None else 1.0, settings.kl, settings.chunk_size
+        )
+    ]
     trainer = DistillTrainer(
-        model=model, args=training_args(settings, stage, steps), train_dataset=train, teacher=teacher,
-        temperature=settings.temperature, alpha=settings.alpha if teacher is not None else 1.0, kl=settings.kl,
-        chunk_size=settings.chunk_size, precision=precision, teacher_zero3=teacher_zero3(settings),
-        callbacks=training_callbacks(settings, stop_after))
+        model,
+        terms=terms,
+        teacher=teacher,
+        precision=precision,
+        teacher_zero3=teacher_zero3(settings),
+        args=training_args(settings, stage, steps),
+        train_dataset=train,
+        callbacks=training_callbacks(settings, stop_after),
+    )
     check_sharding(settings, trainer)
-    checkpoint = resume_checkpoint(stage / "checkpoints") if resume else None
-    if resume and checkpoint is None:
-        log(f"no checkpoint in {stage}; starting from the beginning")
-    restore_time_budget(trainer, checkpoint)
-    result = {}
-    memory = peak_memory(model, lambda: result.update(
-        run=trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)))
-    if stop_after and trainer.state.global_step < steps and not budget_stopped(trainer):
-        log(f"stopped after step {trainer.state.global_step}; checkpoints in {stage}, finish with --resume")
+    memory = {}
+    trained = fit(
+        trainer,
+        stage,
+        steps,
+        resume=resume,
+        stop_after=stop_after,
+        tokens_per_step=per_step * settings.block_size,
+        around=lambda train_fn: memory.update(peak_memory(model, train_fn)),
+    )
+    if trained is None:
         return stage
-    trained = trained_model(trainer)  # every rank: gathers the weights when they are sharded
-
     planned_tokens = train_tokens
-    if trainer.state.global_step < steps:  # --max-time stopped it: count what was trained
-        seen = trainer.state.global_step * per_step
+    if trained.steps < steps:  # --max-time stopped it: count what was trained
+        seen = trained.steps * per_step
         train_tokens = type(train)(train.examples[:seen]).tokens() if instruct else seen * settings.block_size
-    budget = budget_record(trainer, per_step * settings.block_size)
-    if budget is not None:
-        budget["trained_tokens"] = train_tokens
+    if trained.budget is not None:
+        trained.budget["trained_tokens"] = train_tokens
 
-    def finish():  # rank 0 only (it measures, merges and publishes); the other ranks wait for it
-        nonlocal model
-        runtime = result["run"].metrics.get("train_runtime") or (time.time() - start_time)
-        cost = {"trainable_parameters": params["trainable"], "total_parameters": params["total"],
-                "trainable_percent": params["percent"], "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
-                "peak_memory_mib": memory["peak_memory_mib"],
-                "peak_memory_over_baseline_mib": memory["peak_memory_over_baseline_mib"],
-                "memory_method": memory["memory_method"], "train_tokens": train_tokens,
-                "train_tokens_per_s": train_tokens / runtime if runtime else None}
-        model = trained
-        model.eval()
-        published = model
+    # ---- merge, measure, publish (rank 0 only; the other ranks wait for it)
+    def finish():
+        runtime = trained.runtime_s or (time.time() - start_time)
+        cost = {
+            "trainable_parameters": params["trainable"],
+            "total_parameters": params["total"],
+            "trainable_percent": params["percent"],
+            "optimizer_state_bytes": optimizer_state_bytes(trainer.optimizer),
+            "peak_memory_mib": memory["peak_memory_mib"],
+            "peak_memory_over_baseline_mib": memory["peak_memory_over_baseline_mib"],
+            "memory_method": memory["memory_method"],
+            "train_tokens": train_tokens,
+            "train_tokens_per_s": train_tokens / runtime if runtime else None,
+        }
+        merged = published = trained.model
         if settings.method == "lora":
-            model.save_pretrained(stage / "adapter", safe_serialization=True)
-            model = model.merge_and_unload()
-            published = MergedWithAdapter(model, stage / "adapter")
-        after = validation(model, shared=False)
-        log(f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
-             f"(before {before['perplexity']:.2f}), next-token accuracy {after['accuracy']:.3f} "
-             f"(before {before['accuracy']:.3f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
-             f"peak memory {cost['peak_memory_mib']:.0f} MiB, optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB")
-        history = [h for h in trainer.state.log_history if "loss" in h]
-        record = {"stage": "finetune", "model": settings.model, "model_dir": str(model_dir),
-                  "teacher": settings.teacher, "teacher_dir": str(teacher_dir) if teacher_dir else None,
-                  "settings": settings.to_dict(), "precision": precision.to_dict(), "cpu": precisions.cpu_kind(),
-                  "data": splits.info,
-                  "method": {"name": settings.method, "rank": settings.rank if targets else None,
-                             "lora_alpha": settings.lora_alpha if targets else None, "target_modules": targets,
-                             "loss": "distillation" if teacher is not None else "cross-entropy",
-                             "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
-                             if targets else None},
-                  "training": {"steps": trainer.state.global_step, "tokens": train_tokens, "train_runtime_s": runtime,
-                               "planned_steps": steps, "planned_tokens": planned_tokens, "time_budget": budget,
-                               "wall_time_s": time.time() - start_time, "processes": world,
-                               "log": history},
-                  "cost": cost, "metrics": {"validation_before": before, "validation_after": after}}
+            merged.save_pretrained(stage / "adapter", safe_serialization=True)
+            merged = merged.merge_and_unload()
+            published = MergedWithAdapter(merged, stage / "adapter")
+        after = validation(merged, shared=False)
+        log(
+            f"after {settings.method} fine-tuning: validation perplexity {after['perplexity']:.2f} "
+            f"(before {before['perplexity']:.2f}), next-token accuracy {after['accuracy']:.3f} "
+            f"(before {before['accuracy']:.3f}); {cost['train_tokens_per_s']:.0f} training tokens/s, "
+            f"peak memory {cost['peak_memory_mib']:.0f} MiB, "
+            f"optimizer state {cost['optimizer_state_bytes'] / 2**20:.1f} MiB"
+        )
+        record = {
+            "stage": "finetune",
+            "model": settings.model,
+            "model_dir": str(model_dir),
+            "teacher": settings.teacher,
+            "teacher_dir": str(teacher_dir) if teacher_dir else None,
+            "settings": settings.to_dict(),
+            "precision": precision.to_dict(),
+            "cpu": precisions.cpu_kind(),
+            "data": splits.info,
+            "method": {
+                "name": settings.method,
+                "rank": settings.rank if targets else None,
+                "lora_alpha": settings.lora_alpha if targets else None,
+                "target_modules": targets,
+                "loss": "distillation" if teacher is not None else "cross-entropy",
+                "adapter": "adapter/ (peft format; PeftModel.from_pretrained(base, 'OUT/adapter'))"
+                if targets
+                else None,
+            },
+            "training": {
+                "steps": trained.steps,
+                "tokens": train_tokens,
+                "train_runtime_s": runtime,
+                "planned_steps": steps,
+                "planned_tokens": planned_tokens,
+                "time_budget": trained.budget,
+                "wall_time_s": time.time() - start_time,
+                "processes": world,
+                "log": trained.log,
+            },
+            "cost": cost,
+            "metrics": {"validation_before": before, "validation_after": after},
+        }
         title = f"{settings.model} after {'LoRA' if targets else 'full'} fine-tuning"
         publish(stage, out, published, tokenizer, record, model_card(title, record))
 

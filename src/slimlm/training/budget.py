@@ -36,9 +36,15 @@ class TimeBudget(TrainerCallback, ExportableState):
     with each checkpoint, so a resumed run keeps it. What was planned and what was trained are recorded.
     """
 
-    def __init__(self, seconds: float, probe_steps: int | None = None, spent: float = 0.0,
-                 planned_steps: int | None = None,
-                 fitted_steps: int | None = None, stopped: bool = False):
+    def __init__(
+        self,
+        seconds: float,
+        probe_steps: int | None = None,
+        spent: float = 0.0,
+        planned_steps: int | None = None,
+        fitted_steps: int | None = None,
+        stopped: bool = False,
+    ):
         self.seconds, self.probe_steps = float(seconds), probe_steps
         self.spent = spent  # training seconds before this attempt (a resume adds on)
         self.planned_steps, self.fitted_steps, self.stopped = planned_steps, fitted_steps, stopped
@@ -47,9 +53,17 @@ class TimeBudget(TrainerCallback, ExportableState):
         self.progress = None  # the Trainer's ProgressCallback, so the bar shows the shortened plan
 
     def state(self) -> dict:
-        return {"args": {"seconds": self.seconds, "probe_steps": self.probe_steps, "spent": self._elapsed(self._last),
-                         "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
-                         "stopped": self.stopped}, "attributes": {}}
+        return {
+            "args": {
+                "seconds": self.seconds,
+                "probe_steps": self.probe_steps,
+                "spent": self._elapsed(self._last),
+                "planned_steps": self.planned_steps,
+                "fitted_steps": self.fitted_steps,
+                "stopped": self.stopped,
+            },
+            "attributes": {},
+        }
 
     def _elapsed(self, now: float | None) -> float:
         if self._start is None or now is None:
@@ -82,9 +96,11 @@ class TimeBudget(TrainerCallback, ExportableState):
                 self.fitted_steps = max(fit, state.global_step)
                 _shorten_schedule(lr_scheduler, self.fitted_steps)
                 self._show_plan()
-                distributed.log(f"--max-time {_minutes(self.seconds)}: at {per_step:.1f} s a step, "
-                                f"{self.fitted_steps} of the planned {self.planned_steps} steps fit; "
-                                "the learning-rate schedule now ends there")
+                distributed.log(
+                    f"--max-time {_minutes(self.seconds)}: at {per_step:.1f} s a step, "
+                    f"{self.fitted_steps} of the planned {self.planned_steps} steps fit; "
+                    "the learning-rate schedule now ends there"
+                )
         limit = self.fitted_steps if self.fitted_steps is not None else state.max_steps
         over = self._elapsed(now) >= self.seconds
         if distributed.is_distributed():  # one clock decides for all ranks (a rank stopping alone would hang)
@@ -102,9 +118,15 @@ class TimeBudget(TrainerCallback, ExportableState):
 
     def record(self, state, tokens_per_step: int) -> dict:
         """What the budget did, for slimlm.json."""
-        return {"max_time_s": self.seconds, "planned_steps": self.planned_steps, "fitted_steps": self.fitted_steps,
-                "trained_steps": state.global_step, "trained_tokens": state.global_step * tokens_per_step,
-                "stopped_by_time_budget": bool(self.stopped), "training_seconds": round(self._elapsed(self._last), 1)}
+        return {
+            "max_time_s": self.seconds,
+            "planned_steps": self.planned_steps,
+            "fitted_steps": self.fitted_steps,
+            "trained_steps": state.global_step,
+            "trained_tokens": state.global_step * tokens_per_step,
+            "stopped_by_time_budget": bool(self.stopped),
+            "training_seconds": round(self._elapsed(self._last), 1),
+        }
 
 
 def _minutes(seconds: float) -> str:
@@ -143,8 +165,7 @@ def restore_time_budget(trainer, checkpoint) -> None:
     budget = time_budget(trainer)
     if budget is None:
         return
-    budget.progress = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)),
-                           None)
+    budget.progress = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)), None)
     if checkpoint is None:
         return
     try:
@@ -156,7 +177,7 @@ def restore_time_budget(trainer, checkpoint) -> None:
         setattr(budget, key, saved.get("args", {}).get(key, getattr(budget, key)))
 
 
-def time_budget(trainer) -> "TimeBudget | None":
+def time_budget(trainer) -> TimeBudget | None:
     """The trainer's TimeBudget callback, if --max-time was given."""
     return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TimeBudget)), None)
 
@@ -173,6 +194,8 @@ def budget_record(trainer, tokens_per_step: int) -> dict | None:
         return None
     record = budget.record(trainer.state, tokens_per_step)
     if record["stopped_by_time_budget"]:
-        log(f"--max-time: stopped after {record['trained_steps']} of {record['planned_steps']} planned steps "
-             f"({record['trained_tokens']:,} tokens trained)")
+        log(
+            f"--max-time: stopped after {record['trained_steps']} of {record['planned_steps']} planned steps "
+            f"({record['trained_tokens']:,} tokens trained)"
+        )
     return record

@@ -22,7 +22,6 @@ import torch
 
 from slimlm.errors import SlimlmError
 
-
 # The variables accelerate reads (accelerate.utils.environment.get_cpu_distributed_information): torchrun
 # sets the first of each list; processes started through MPI (`accelerate launch` on CPUs) have only the
 # MPI ones (Open MPI, Intel MPI/MPICH's PMI, MVAPICH2) until accelerate's setup copies them to RANK/WORLD_SIZE.
@@ -98,17 +97,13 @@ def _broadcast_bytes(data: bytes, src: int = 0) -> bytes:
     dist = _dist()
     length = torch.tensor([len(data)], dtype=torch.long)
     dist.broadcast(length, src, group=_group)
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone() if rank() == src else \
-        torch.empty(int(length.item()), dtype=torch.uint8)
+    buffer = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
+        if rank() == src
+        else torch.empty(int(length.item()), dtype=torch.uint8)
+    )
     dist.broadcast(buffer, src, group=_group)
     return buffer.numpy().tobytes()
-
-
-def broadcast_json(value=None, src: int = 0):
-    """Rank `src`'s JSON-serialisable `value` on every rank (JSON bytes in a uint8 tensor: no pickle)."""
-    if not is_distributed():
-        return value
-    return json.loads(_broadcast_bytes(json.dumps(value).encode() if rank() == src else b"", src).decode())
 
 
 def all_sum(values: list[float]) -> list[float]:

@@ -16,6 +16,7 @@ from slimlm.settings import load_recipe
 from slimlm.sources import load_model
 from slimlm.training import distributed
 from slimlm.training.distributed import log
+from slimlm.training.trainable import split_state, student_of
 
 
 def settings_from(settings_type, settings, recipe, overrides: dict):
@@ -30,9 +31,11 @@ def run_training_stage(settings, body, out, *, force: bool, resume: bool, stop_a
 
     Under torchrun/accelerate every rank runs this; rank 0 alone claims, cleans up and publishes."""
     if resume and settings.deepspeed:
-        raise SlimlmError("--resume with --deepspeed would load DeepSpeed's checkpoint files, which it reads with "
-                          "pickle (torch.load weights_only=False); slimlm loads no pickles: use --fsdp for a "
-                          "sharded run that can resume")
+        raise SlimlmError(
+            "--resume with --deepspeed would load DeepSpeed's checkpoint files, which it reads with "
+            "pickle (torch.load weights_only=False); slimlm loads no pickles: use --fsdp for a "
+            "sharded run that can resume"
+        )
     out = Path(out)
     stage = Path(distributed.on_main(lambda: str(claim_output(out, force=force, resume=resume))))
     try:
@@ -53,23 +56,28 @@ def prepare_data_on_every_rank(spec, tokenizer, block_size):
 
 
 def trained_model(trainer):
-    """The trained model as a plain module where rank 0 can evaluate and save it. Every rank calls this:
+    """The trained student as a plain module where rank 0 can evaluate and save it. Every rank calls this:
     under FSDP or DeepSpeed the full weights are gathered (a collective) and loaded into a fresh copy on
-    rank 0 (other ranks get None); under DDP every rank already holds the whole model."""
+    rank 0 (other ranks get None); under DDP every rank already holds the whole model. Loss terms trained
+    with the student (training/trainable.py) stay behind."""
     model = trainer.accelerator.unwrap_model(trainer.model)
+    student = student_of(model)
     if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        return model
+        return student
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if not distributed.is_main_process():
         return None
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_config(model.config)
-    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in state.items()
-                                                 if not k.startswith("slimlm_projections.")}, strict=False)
+    if student is not model:
+        state = split_state(state)[0]
+    plain = AutoModelForCausalLM.from_config(student.config)
+    missing, unexpected = plain.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=False)
     if [k for k in missing if "lm_head" not in k] or unexpected:  # lm_head may be tied to the embeddings
-        raise SlimlmError(f"gathering the sharded model lost weights ({(missing + unexpected)[:3]}); "
-                          "report this with the launch command")
+        raise SlimlmError(
+            f"gathering the sharded model lost weights ({(missing + unexpected)[:3]}); "
+            "report this with the launch command"
+        )
     plain.tie_weights()
     return plain.float()
 
@@ -99,30 +107,53 @@ def training_args(settings, stage: Path, steps: int):
         parallel = {"deepspeed": _deepspeed_configs(settings.deepspeed)[0]}
     try:
         return TrainingArguments(
-            output_dir=str(stage / "checkpoints"), max_steps=steps, per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.grad_accum, learning_rate=settings.learning_rate,
-            weight_decay=settings.weight_decay, warmup_steps=int(settings.warmup_ratio * steps),
-            lr_scheduler_type="cosine", optim=settings.optim, max_grad_norm=settings.max_grad_norm, logging_steps=settings.logging_steps, save_steps=settings.save_steps,
-            save_total_limit=2, save_strategy="steps", seed=settings.seed, data_seed=settings.seed,
-            report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=not distributed.is_main_process(), average_tokens_across_devices=True,
-            train_sampling_strategy="sequential", ddp_find_unused_parameters=False, **parallel)
+            output_dir=str(stage / "checkpoints"),
+            max_steps=steps,
+            per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.grad_accum,
+            learning_rate=settings.learning_rate,
+            weight_decay=settings.weight_decay,
+            warmup_steps=int(settings.warmup_ratio * steps),
+            lr_scheduler_type="cosine",
+            optim=settings.optim,
+            max_grad_norm=settings.max_grad_norm,
+            logging_steps=settings.logging_steps,
+            save_steps=settings.save_steps,
+            save_total_limit=2,
+            save_strategy="steps",
+            seed=settings.seed,
+            data_seed=settings.seed,
+            report_to=[],
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=not distributed.is_main_process(),
+            average_tokens_across_devices=True,
+            train_sampling_strategy="sequential",
+            ddp_find_unused_parameters=False,
+            **parallel,
+        )
     except ImportError as exc:
-        raise SlimlmError(f"{first_line(exc)}; install what it names (e.g. pip install deepspeed) or drop "
-                          "--deepspeed/--fsdp") from None
+        raise SlimlmError(
+            f"{first_line(exc)}; install what it names (e.g. pip install deepspeed) or drop --deepspeed/--fsdp"
+        ) from None
 
 
 def check_sharding(settings, trainer) -> None:
     if settings.fsdp and not trainer.is_fsdp_enabled:
-        log("--fsdp is ignored: accelerate runs FSDP only on accelerators, launched by torchrun or accelerate "
-             "launch; this run is plain data parallel (DDP) or a single process")
+        log(
+            "--fsdp is ignored: accelerate runs FSDP only on accelerators, launched by torchrun or accelerate "
+            "launch; this run is plain data parallel (DDP) or a single process"
+        )
 
 
 def teacher_zero3(settings) -> dict | None:
     zero3 = _deepspeed_configs(settings.deepspeed)[1] if settings.deepspeed else None
     if zero3 is not None:
-        log("DeepSpeed ZeRO-3: the teacher is partitioned over the processes; the student trains under ZeRO-2 "
-             "(docs/multi-gpu.md)")
+        log(
+            "DeepSpeed ZeRO-3: the teacher is partitioned over the processes; the student trains under ZeRO-2 "
+            "(docs/multi-gpu.md)"
+        )
     return zero3
 
 
@@ -140,8 +171,12 @@ def _deepspeed_configs(path: str) -> tuple[dict, dict | None]:
     zero = dict(config.get("zero_optimization") or {})
     if zero.get("stage") != 3:
         return config, None
-    student = {**config, "zero_optimization": {k: v for k, v in zero.items()
-                                               if not k.startswith("stage3") and k not in ("offload_param",)}}
+    student = {
+        **config,
+        "zero_optimization": {
+            k: v for k, v in zero.items() if not k.startswith("stage3") and k not in ("offload_param",)
+        },
+    }
     student["zero_optimization"]["stage"] = 2
     return student, zero
 

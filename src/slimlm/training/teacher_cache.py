@@ -22,16 +22,32 @@ from slimlm.cache import cache_root, fingerprint
 from slimlm.precision import autocast
 
 
-def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: int, hidden_layers: list[int],
-                  precision, batch_size: int = 4, chunk: int = 1024, device=None) -> Path:
+def teacher_cache(
+    teacher,
+    teacher_dir: Path,
+    blocks: torch.Tensor,
+    *,
+    top_k: int,
+    hidden_layers: list[int],
+    precision,
+    batch_size: int = 4,
+    chunk: int = 1024,
+    device=None,
+) -> Path:
     """Return the cache folder for these blocks, running the teacher only for what no earlier run stored.
 
     Logits and each hidden layer live in their own file, so runs that distil from different teacher
     layers over the same blocks (a feature-layer sweep) share one entry: ask for all layers once.
     `device`: where to run the teacher; it is moved there only when something has to be computed.
     """
-    key = fingerprint("teacher-cache-v2", str(Path(teacher_dir).resolve()), _weights_identity(teacher_dir),
-                      fingerprint(blocks.tolist()), top_k, bool(precision and precision.bf16))
+    key = fingerprint(
+        "teacher-cache-v2",
+        str(Path(teacher_dir).resolve()),
+        _weights_identity(teacher_dir),
+        fingerprint(blocks.tolist()),
+        top_k,
+        bool(precision and precision.bf16),
+    )
     entry = cache_root() / "teacher" / key
     need_logits = not (entry / "logits.safetensors").exists()
     missing = [layer for layer in sorted(set(hidden_layers)) if not (entry / f"hidden_{layer}.safetensors").exists()]
@@ -46,13 +62,13 @@ def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: in
     teacher.eval()
     with torch.inference_mode(), autocast(precision, head.device.type):
         for start in tqdm(range(0, len(blocks), batch_size), desc="caching teacher outputs", unit="batch"):
-            ids = blocks[start:start + batch_size].to(head.device)
+            ids = blocks[start : start + batch_size].to(head.device)
             out = teacher(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
             if need_logits:
                 final = out.hidden_states[-1].flatten(0, 1)
                 top_v, top_i = [], []
                 for c in range(0, len(final), chunk):  # never the whole batch's fp32 logits at once
-                    logits = final[c:c + chunk].float() @ head.float().T
+                    logits = final[c : c + chunk].float() @ head.float().T
                     v, i = logits.topk(top_k, dim=-1)
                     top_v.append(v)
                     top_i.append(i.int())
@@ -62,7 +78,9 @@ def teacher_cache(teacher, teacher_dir: Path, blocks: torch.Tensor, *, top_k: in
                 hidden[layer].append(out.hidden_states[layer].to(torch.bfloat16).cpu())
     entry.mkdir(parents=True, exist_ok=True)
     if need_logits:
-        _save_atomic({"topk_values": torch.cat(values), "topk_indices": torch.cat(indices)}, entry / "logits.safetensors")
+        _save_atomic(
+            {"topk_values": torch.cat(values), "topk_indices": torch.cat(indices)}, entry / "logits.safetensors"
+        )
     for layer, h in hidden.items():
         _save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
     return entry
@@ -93,8 +111,10 @@ class CachedTeacher:
             for layer in self.hidden_layers:
                 self._handles[layer] = safe_open(str(self.entry / f"hidden_{layer}.safetensors"), framework="pt")
         h = self._handles
-        item = {"topk_values": h["logits"].get_slice("topk_values")[i],
-                "topk_indices": h["logits"].get_slice("topk_indices")[i]}
+        item = {
+            "topk_values": h["logits"].get_slice("topk_values")[i],
+            "topk_indices": h["logits"].get_slice("topk_indices")[i],
+        }
         for layer in self.hidden_layers:
             item[f"teacher_hidden_{layer}"] = h[layer].get_slice("hidden")[i]
         return item

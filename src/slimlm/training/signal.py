@@ -1,0 +1,131 @@
+"""The teacher's side of the loss for one micro-batch: its signal is online (a forward pass of the frozen
+teacher), cached (top-k logits and hidden states read from training/teacher_cache.py with the batch) or none
+(plain fine-tuning). The loss terms (training/terms.py) read a `Signal` and never ask where it came from.
+
+The online teacher is placed on each rank here: whole on its device (DDP), or sharded like the student under
+FSDP (fully_shard) or DeepSpeed ZeRO-3 (an inference engine), for a teacher larger than one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Signal:
+    """What the teacher says about one micro-batch.
+
+    kd_inputs: the teacher keyword arguments of losses.kd.distill_loss (teacher_hidden + teacher_head, or
+        teacher_topk_values + teacher_topk_indices; empty without a teacher).
+    hidden: teacher hidden states by index (0 = embeddings), for the feature term's layers.
+    attentions: the teacher's attention maps by decoder layer (online teacher only), or None.
+    """
+
+    kind: str  # "online", "cached" or "none"
+    kd_inputs: dict = field(default_factory=dict)
+    hidden: dict = field(default_factory=dict)
+    attentions: tuple | None = None
+
+
+def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, stack: contextlib.ExitStack) -> Signal:
+    """The signal for `inputs`: cached when the batch carries top-k logits, else online when there is a teacher,
+    else none. `layers`: the teacher hidden states the terms read; `attentions`: whether they read its
+    attention maps; `autocast()`: the run's precision context; `stack` holds the gathered teacher head (ZeRO-3)
+    until the caller has computed the loss."""
+    if "topk_values" in inputs:
+        return Signal(
+            "cached",
+            {
+                "teacher_topk_values": inputs["topk_values"].flatten(0, 1),
+                "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long(),
+            },
+            {t: inputs[f"teacher_hidden_{t}"] for t in layers},
+        )
+    if teacher is None:
+        return Signal("none")
+    with torch.no_grad(), autocast():
+        out = teacher(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            output_hidden_states=True,
+            output_attentions=attentions,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    head = stack.enter_context(teacher_head(teacher))
+    return Signal(
+        "online",
+        {"teacher_hidden": out.hidden_states[-1].flatten(0, 1), "teacher_head": head},
+        {t: out.hidden_states[t] for t in layers},
+        out.attentions if attentions else None,
+    )
+
+
+@contextlib.contextmanager
+def teacher_head(teacher):
+    """The teacher's output head, whole, for the chunked KD loss (read only: it has no gradient)."""
+    weight = getattr(teacher, "module", teacher).get_output_embeddings().weight
+    if hasattr(weight, "ds_id"):  # partitioned by ZeRO-3: gather it for the duration of the loss
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
+            yield weight
+    else:
+        yield weight.full_tensor() if hasattr(weight, "full_tensor") else weight  # FSDP2 shards it as a DTensor
+
+
+def place_teacher(teacher, trainer, zero3: dict | None):
+    """The frozen teacher on this rank: whole on its device (DDP), or sharded (FSDP, DeepSpeed ZeRO-3).
+    `zero3`: the user's ZeRO-3 section when DeepSpeed should partition the teacher."""
+    teacher.eval().requires_grad_(False)
+    if trainer.is_deepspeed_enabled and zero3:
+        return deepspeed_teacher(teacher, trainer.accelerator, zero3)
+    if trainer.is_fsdp_enabled:
+        return fsdp_teacher(teacher)
+    return teacher.to(trainer.args.device)
+
+
+def fsdp_teacher(teacher):
+    """Shard the frozen teacher over the ranks with FSDP2 (`fully_shard` per decoder layer, then the root),
+    so a teacher larger than one device still fits; its forward all-gathers one layer at a time. The teacher
+    stays on the host until each `fully_shard` moves its module to the device and keeps this rank's shard,
+    so no device ever holds more than one whole layer of it."""
+    from torch.distributed.fsdp import fully_shard
+
+    layer_types = tuple(
+        {
+            type(m)
+            for m in teacher.modules()
+            if type(m).__name__ in set(getattr(teacher, "_no_split_modules", None) or ())
+        }
+    )
+    for module in list(teacher.modules()):
+        if layer_types and isinstance(module, layer_types):
+            fully_shard(module)
+    fully_shard(teacher)
+    return teacher.eval()
+
+
+def deepspeed_teacher(teacher, accelerator, zero3: dict):
+    """Partition the frozen teacher over the ranks with a ZeRO-3 inference engine (no optimizer), the way TRL
+    prepares its teachers; the student's engine comes from the Trainer. `zero3`: the user's ZeRO section."""
+    import deepspeed
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)  # batch sizes filled in
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    hidden = teacher.config.hidden_size
+    sizes = {
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_param_persistence_threshold": 10 * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+    }
+    zero = {k: v for k, v in zero3.items() if v != "auto" and k != "offload_optimizer"}
+    config["zero_optimization"] = {**sizes, **zero, "stage": 3}
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine

@@ -1,0 +1,148 @@
+"""The loss as a configured list of weighted terms (paper section 2), summed by the trainer:
+
+    L = 1 * output + beta * feature + gamma * attention
+    output    = alpha * CE + (1 - alpha) * tau^2 * D(p_T || p_S)     (eq. L_KD; CE alone without a teacher)
+    feature   = sum_l ||(h_l^T - P_l(h_m(l)^S)) / sigma_l||^2          (eq. L_feature, standardised)
+    attention = sum_l KL(A_l^T || A_m(l)^S)                           (Fig. 1, optional)
+
+CE and KD are one term, "output", weighted by alpha and 1 - alpha inside it: both come out of the same
+fused chunked kernel (losses/kd.py), which never holds a whole batch's logits, so computing them apart would
+make the vocabulary-sized logits twice. Every term reads one `Step` (the student's forward and the teacher's
+`Signal`), returns (value, parts to log), and is an nn.Module: a term with parameters of its own (the feature
+term's projections) is trained with the student (training/trainable.py). The logged part names ("ce", "kd",
+"feature", "attention") are slimlm.json's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimlm import precision as precisions
+from slimlm.losses import IGNORE_INDEX
+from slimlm.losses.attention import attention_loss
+from slimlm.losses.feature import feature_loss, make_projection
+from slimlm.losses.kd import distill_loss
+from slimlm.training.signal import Signal
+
+
+@dataclass
+class Step:
+    """What every term reads for one micro-batch."""
+
+    student: nn.Module  # the plain student (its output head feeds the chunked KD kernel)
+    out: object  # the student's forward output, with hidden states (and attentions when a term asks)
+    signal: Signal
+    labels: torch.Tensor  # (N,) next-token labels, IGNORE_INDEX where nothing is scored
+    num_items: object  # valid tokens of the whole optimizer step (all micro-batches and ranks)
+
+
+class OutputTerm(nn.Module):
+    """alpha * CE + (1 - alpha) * tau^2 * D over the final hidden states (eq. L_KD), from one fused kernel."""
+
+    needs_attentions = False
+    teacher_layers = ()
+
+    def __init__(self, temperature: float, alpha: float, kl: str = "forward", chunk_size: int = 1024):
+        super().__init__()
+        self.weight = 1.0  # alpha and 1 - alpha weigh CE and KD inside the kernel
+        self.temperature, self.alpha, self.kl, self.chunk_size = temperature, alpha, kl, chunk_size
+
+    def forward(self, step: Step):
+        loss, parts = distill_loss(
+            step.out.hidden_states[-1].flatten(0, 1),
+            step.student.get_output_embeddings().weight,
+            step.labels,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            kl=self.kl,
+            chunk_size=self.chunk_size,
+            num_items=step.num_items,
+            **step.signal.kd_inputs,
+        )
+        return loss, {k: v.detach() for k, v in parts.items()}
+
+
+class FeatureTerm(nn.Module):
+    """beta * eq. L_feature over mapped hidden states. Owns what it needs: the projections P_l (trained with
+    the student when widths differ) and the teacher's per-dimension std sigma_l (measured once)."""
+
+    needs_attentions = False
+
+    def __init__(self, layer_map, weight: float, teacher_std, d_student: int, d_teacher: int):
+        super().__init__()
+        self.layer_map, self.weight = list(layer_map), weight
+        self.teacher_layers = tuple(t for t, _ in self.layer_map)
+        self.teacher_std = list(teacher_std) or None  # plain tensors: fixed statistics, not trained or saved
+        self.projections = None
+        if d_student != d_teacher:
+            self.projections = nn.ModuleList([make_projection(d_student, d_teacher) for _ in self.layer_map])
+
+    def forward(self, step: Step):
+        feat = feature_loss(
+            [step.signal.hidden[t].flatten(0, 1) for t, _ in self.layer_map],
+            [step.out.hidden_states[s].flatten(0, 1) for _, s in self.layer_map],
+            projections=list(self.projections) if self.projections is not None else None,
+            teacher_std=self.teacher_std,
+            mask=step.labels.ne(IGNORE_INDEX),
+            num_items=step.num_items,
+        )
+        return feat, {"feature": feat.detach()}
+
+
+class AttentionTerm(nn.Module):
+    """gamma * the attention-map KL of mapped decoder layers (Fig. 1); needs the online teacher."""
+
+    needs_attentions = True
+    teacher_layers = ()
+
+    def __init__(self, layer_map, weight: float):
+        super().__init__()
+        self.layer_map, self.weight = list(layer_map), weight
+
+    def forward(self, step: Step):
+        if step.signal.attentions is None:
+            raise ValueError(
+                f"the attention term needs the online teacher's attention maps; the signal is {step.signal.kind}"
+            )
+        att = attention_loss(
+            [step.signal.attentions[t] for t, _ in self.layer_map],
+            [step.out.attentions[s] for _, s in self.layer_map],
+            mask=step.labels.ne(IGNORE_INDEX),
+            num_items=step.num_items,
+        )
+        return att, {"attention": att.detach()}
+
+
+def weighted_sum(terms, step: Step):
+    """(sum of weight * value over the terms, their logged parts)."""
+    total, parts = None, {}
+    for term in terms:
+        value, term_parts = term(step)
+        total = term.weight * value if total is None else total + term.weight * value
+        parts.update(term_parts)
+    return total, parts
+
+
+def feature_term(teacher, student, layer_map, weight: float, calibration: torch.Tensor, precision):
+    """The feature term for `layer_map`, its statistics measured on `calibration` blocks; None when it is off."""
+    if not layer_map or weight <= 0:
+        return None
+    std = teacher_feature_std(teacher, calibration, [t for t, _ in layer_map], precision)
+    return FeatureTerm(layer_map, weight, std, student.config.hidden_size, teacher.config.hidden_size)
+
+
+def teacher_feature_std(teacher, blocks: torch.Tensor, layers: list[int], precision) -> list[torch.Tensor]:
+    """Per-dimension std of the teacher's hidden states on calibration blocks, one vector per mapped layer.
+
+    A few hidden dimensions of real models are huge (raw MSE ~1e3 against a KL ~1), so the feature loss
+    is taken on standardised dimensions. Computed once, so the loss does not depend on batch composition.
+    """
+    if not layers:
+        return []
+    device = next(teacher.parameters()).device
+    with torch.inference_mode(), precisions.autocast(precision, device.type):
+        out = teacher(input_ids=blocks.to(device), output_hidden_states=True, logits_to_keep=1, use_cache=False)
+    return [out.hidden_states[t].float().flatten(0, 1).std(0).clamp_min(1e-3).cpu() for t in layers]
