@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file
 
 import slimlm
-from slimlm.output import (
+from slimlm.output import discard_if_unstarted
+from slimlm.training.checkpoints import (
     CHECKPOINT_RECORD,
     SAVING_DIR,
     checkpoint_problem,
     commit_checkpoint,
-    discard_if_unstarted,
     last_good_checkpoint,
 )
 

@@ -303,7 +303,7 @@ def test_fsdp2_sharded_teacher_and_student_give_one_process_gradients(tiny_teach
 def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
     """`accelerate launch` on CPUs starts processes through MPI: until accelerate's setup copies them to
     RANK/WORLD_SIZE they have only Open MPI's, PMI's or MVAPICH2's variables (the ones accelerate reads)."""
-    from slimlm.training import distributed
+    from slimlm import distributed
 
     for key in distributed._RANK + distributed._WORLD_SIZE + distributed._LOCAL_RANK:
         monkeypatch.delenv(key, raising=False)
@@ -330,8 +330,8 @@ def test_rank_and_world_size_come_from_mpi_variables_too(monkeypatch):
 def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypatch):
     """A result that is not JSON fails on rank 0 before anything is sent, so the other ranks get that error
     (not "no error" followed by a result that never comes: a 12-hour wait)."""
+    from slimlm import distributed
     from slimlm.errors import SlimlmError
-    from slimlm.training import distributed
 
     sent = []
     monkeypatch.setattr(distributed, "_broadcast_bytes", lambda data, src=0: sent.append(data) or data)
@@ -364,7 +364,7 @@ def test_rank_0_sends_one_message_and_encodes_the_result_before_sending(monkeypa
 
 ENCODE_SCRIPT = r"""
 import os
-from slimlm.training import distributed
+from slimlm import distributed
 from slimlm.errors import SlimlmError
 try:
     distributed.on_main(lambda: object())

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slimlm.errors import SlimlmError
-from slimlm.eval.metrics import decode_speed, evaluate_model, format_table, model_size, peak_memory, perplexity
+from slimlm.eval.metrics import decode_speed, evaluate_model, model_size, peak_memory, perplexity
+from slimlm.eval.table import format_table
 
 V = 97
 

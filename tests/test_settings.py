@@ -392,11 +392,16 @@ def test_flag_spellings_kept():
 def test_choices_are_what_the_methods_implement():
     from slimlm import precision
     from slimlm.methods import gguf, pruning, quantization
-    from slimlm.settings import commands
 
-    assert settings.PRECISIONS == precision.PRECISIONS and commands.PRUNE_METHODS == pruning.METHODS
-    assert commands.QUANT_BITS == quantization.BITS and commands.GRANULARITIES == quantization.GRANULARITIES
-    assert commands.RUNTIMES == quantization.RUNTIMES and commands.GGUF_TYPES == gguf.TYPES
+    parser = build_parser()
+    choices = {a.dest: a.choices for p in _subparsers(parser).values() for a in p._actions if a.choices}
+    assert tuple(choices["precision"]) == precision.PRECISIONS and tuple(choices["type"]) == gguf.TYPES
+    assert tuple(choices["runtime"]) == quantization.RUNTIMES
+    assert tuple(choices["granularity"]) == quantization.GRANULARITIES
+    with pytest.raises(SlimlmError, match=", ".join(map(str, quantization.BITS))):
+        settings.QuantizeSettings(model="m", out="o", bits=7).validate()
+    prune = _subparsers(parser)["prune"]
+    assert tuple(next(a.choices for a in prune._actions if a.dest == "method")) == pruning.METHODS
 
 
 def test_unknown_recipe_key_and_bad_type_are_one_line_errors(capsys, tmp_path):

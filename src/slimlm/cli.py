@@ -108,8 +108,8 @@ def report(run_dir: str, force: bool = False) -> None:
     """`slimlm report`: the report of a run folder, and where it went."""
     from pathlib import Path
 
+    from slimlm.distributed import log
     from slimlm.experiments.report import write_report
-    from slimlm.training.distributed import log
 
     s = ReportSettings.from_dict({"run_dir": run_dir, "force": force}).validate()
     write_report(s.run_dir, force=s.force)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from slimlm.errors import SlimlmError
-from slimlm.eval.table import format_table  # noqa: F401  (re-exported: the stages import it from here)
 
 MIB = 2**20
 

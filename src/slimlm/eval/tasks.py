@@ -24,12 +24,12 @@ __all__ = ["TASKS", "lm_eval_tasks", "parse_tasks", "run_tasks"]
 
 
 def parse_tasks(tasks) -> list[str]:
-    """Task names from a list or a comma-separated string, checked against TASKS, in the order given."""
+    """Task names from a list or a comma-separated string, checked against TASKS, in the order given, once each
+    (the one check of a task list: `slimlm eval --tasks`, experiments' `evaluate.tasks`, run_tasks)."""
     names = comma_list(tasks)
     unknown = [t for t in names if t not in TASKS]
-    if unknown or not names:
-        what = f"unknown downstream task '{unknown[0]}'" if unknown else "no downstream task given"
-        raise SlimlmError(f"{what}; choose from {', '.join(TASKS)}")
+    if unknown:
+        raise SlimlmError(f"unknown task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)}")
     return list(dict.fromkeys(names))
 
 
@@ -41,6 +41,8 @@ def run_tasks(
     (summarization); downstream_protocol says how each set was built and scored. `n` overrides
     every task's item count (default 200 cloze items, 30 summaries); `data` is the cloze corpus."""
     names = parse_tasks(tasks)
+    if not names:
+        raise SlimlmError(f"no downstream task given; choose from {', '.join(TASKS)}")
     if n is not None and n < 1:
         raise SlimlmError(f"n={n}: ask for at least one item per task")
     result, protocol = {}, {}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.training.distributed import log
 
 
 def parse_list(text, kind=float, name="--values") -> list:

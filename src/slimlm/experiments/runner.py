@@ -15,22 +15,12 @@ from pathlib import Path
 
 import torch
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments.layout import arm_dir, experiment_file, read_json, reference_file, result_file
 from slimlm.output import slimlm_version, staging_dir, under_lock, write_json_atomic
-from slimlm.settings import check_positive_int, comma_list
-from slimlm.training.distributed import log
+from slimlm.settings import EVAL_DEFAULTS, check_positive_int, comma_list
 
-EVAL_DEFAULTS = {
-    "split": "test",
-    "window": 256,
-    "stride": 256,
-    "tokens": 8192,
-    "decode_new_tokens": 64,
-    "repeats": 3,
-    "tasks": ["cloze"],
-    "task_items": None,
-}
 EVAL_FLAGS = {"tokens": "eval_tokens"}  # evaluation settings whose `slimlm experiment` flag has another name
 
 
@@ -82,17 +72,14 @@ def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
 
 def check_eval(evaluation: dict) -> dict:
     """The measurement protocol, completed with defaults and checked before any work starts."""
-    from slimlm.eval.tasks import TASKS
+    from slimlm.eval.tasks import parse_tasks
 
     unknown = sorted(set(evaluation) - set(EVAL_DEFAULTS))
     if unknown:
         raise SlimlmError(f"unknown evaluation setting(s) {', '.join(unknown)}; valid: {', '.join(EVAL_DEFAULTS)}")
     ev = {**EVAL_DEFAULTS, **{k: v for k, v in evaluation.items() if v is not None}}
     names = comma_list(ev["tasks"])
-    ev["tasks"] = [] if [t.lower() for t in names] == ["none"] else names
-    bad = [t for t in ev["tasks"] if t not in TASKS]
-    if bad:
-        raise SlimlmError(f"unknown task(s) {', '.join(bad)}; choose from {', '.join(TASKS)} (or none)")
+    ev["tasks"] = [] if [t.lower() for t in names] == ["none"] else parse_tasks(names)
     if ev["split"] not in ("val", "test"):
         raise SlimlmError(f"evaluation split must be 'val' or 'test' (got {ev['split']!r})")
     for key in ("window", "stride", "decode_new_tokens", "repeats"):

@@ -15,18 +15,18 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
-from slimlm.training.distributed import log
 
 
 def experiment(kind: str, *, out: str, force: bool = False, command: str | None = None, **settings) -> Path:
     """Run (or continue) one of the paper's studies into `out`, then write its report.
 
     `settings` are ExperimentSettings' fields (slimlm.settings: values, seeds, teacher, data, max_tokens, ...),
-    with their defaults there. `evaluation` sets the measurement protocol (runner.EVAL_DEFAULTS); `settings`
+    with their defaults there. `evaluation` sets the measurement protocol (settings.EVAL_DEFAULTS); `settings`
     (or a `recipe` file) adds training settings (e.g. {"warmup_ratio": 0.1}) to every distillation and
     fine-tuning run of the experiment. `precision` (auto|fp32|bf16, precision.py) is what every run trains in;
     each arm records what auto decided.

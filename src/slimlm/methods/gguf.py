@@ -4,6 +4,9 @@ We follow llama.cpp's `convert_hf_to_gguf.py` (LlamaModel) so llama.cpp runs the
 metadata, llama.cpp tensor names, q/k rows permuted into llama.cpp's rope layout, and the byte-level
 BPE vocabulary as `tokenizer.ggml.*`. transformers reads the same file back (it undoes the permute),
 which is how the tests check it.
+
+Over 350 lines because it mirrors llama.cpp's converter (metadata, vocabulary, tensors, types) in one
+place, so the two can be read side by side when llama.cpp changes its format.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from torch import nn
 
 from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.training.distributed import log
 
 # Per-layer list attributes that some configs carry and that must follow the kept layers.
 _PER_LAYER_CONFIG_LISTS = ("layer_types",)

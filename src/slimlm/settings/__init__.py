@@ -4,6 +4,7 @@ them from YAML, and all three refuse a bad value with the same one-line message 
 """
 
 from slimlm.settings.commands import (
+    EVAL_DEFAULTS,
     EXPERIMENT_KINDS,
     EvalSettings,
     ExperimentSettings,
@@ -28,6 +29,7 @@ from slimlm.settings.training import (
 from slimlm.settings.values import load_recipe, parse_duration, parse_layer_map
 
 __all__ = [
+    "EVAL_DEFAULTS",
     "EXPERIMENT_KINDS",
     "FINETUNE_METHODS",
     "PRECISIONS",

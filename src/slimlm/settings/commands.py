@@ -11,18 +11,30 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from slimlm.errors import SlimlmError
+
+# the choices are what the methods implement, declared there once
+from slimlm.methods.gguf import TYPES as GGUF_TYPES
+from slimlm.methods.pruning import METHODS as PRUNE_METHODS
+from slimlm.methods.quantization import BITS as QUANT_BITS
+from slimlm.methods.quantization import GRANULARITIES, RUNTIMES
 from slimlm.settings.fields import Settings, finite, number, option
 from slimlm.settings.training import FINETUNE_LEARNING_RATES, PRECISION_HINT, PRECISIONS
 
 TEACHER_HELP = "built-in name, local dir, .gguf file or hub id"
 DATA_HELP = "built-in corpus, local .txt/.jsonl/.parquet file or folder, hub id"
 MODEL_HELP = "model directory, built-in name, .gguf file or hub id"
-PRUNE_METHODS = ("magnitude", "wanda", "nm", "structured")  # methods/pruning.py implements each
-QUANT_BITS = (2, 3, 4, 5, 6, 8)  # methods/quantization.py packs each
-GRANULARITIES = ("tensor", "channel", "group")
-RUNTIMES = ("dequantized", "int8-dynamic")
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
 SWEEP_DISTILL_LEARNING_RATE = 6e-4  # the studies' short runs learn faster than `slimlm distill`'s default
+# the measurement protocol of every experiment arm (experiments/runner.py applies it; `evaluate:` in a recipe)
+EVAL_DEFAULTS = {
+    "split": "test",
+    "window": 256,
+    "stride": 256,
+    "tokens": 8192,
+    "decode_new_tokens": 64,
+    "repeats": 3,
+    "tasks": ["cloze"],
+    "task_items": None,
+}
 EXPERIMENT_KINDS = {
     "temperature": "KD temperature sweep (paper Table 1)",
     "feature-layer": "which teacher layer to distil features from (paper Figure 2)",
@@ -270,13 +282,17 @@ class ExperimentSettings(Settings):
         None, "extra training settings applied to every run (what --recipe holds)", cli=False
     )
     precision: str = _precision("training of every arm (measurement stays fp32)")
-    eval_tokens: int | None = option(None, "test tokens scored, from the start of the split (default 8192)")
-    repeats: int | None = option(None, "decode-speed repeats (default 3)")
-    tasks: str | list | None = option(None, "downstream checks per model: cloze,summarization or none (default cloze)")
+    eval_tokens: int | None = option(
+        None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})"
+    )
+    repeats: int | None = option(None, f"decode-speed repeats (default {EVAL_DEFAULTS['repeats']})")
+    tasks: str | list | None = option(
+        None, f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})"
+    )
     task_items: int | None = option(None, "items per downstream task (default: each task's own)")
     evaluation: dict | None = option(
         None,
-        "the measurement protocol (experiments/runner.py EVAL_DEFAULTS); the flags above override its keys",
+        "the measurement protocol (EVAL_DEFAULTS above); the flags above override its keys",
         cli=False,
     )
     out: str | None = _out("run folder; rerun the same command to finish missing arms")

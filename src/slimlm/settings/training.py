@@ -14,10 +14,10 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.losses import KL_KINDS
+from slimlm.precision import PRECISIONS  # precision.py decides what auto means on the machine
 from slimlm.settings.fields import Settings, finite, number, option
 from slimlm.settings.values import parse_duration
 
-PRECISIONS = ("auto", "fp32", "bf16")  # precision.py decides what auto means on the machine
 PRECISION_HINT = "; auto uses bf16 only where the hardware runs it natively"
 FINETUNE_METHODS = ("lora", "full")
 FINETUNE_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}  # the default of each method: few weights move further

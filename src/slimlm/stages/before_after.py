@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slimlm.distributed import log
 from slimlm.output import model_card, publish
-from slimlm.training.distributed import log
 
 
 def measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
@@ -30,7 +30,7 @@ def measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
 def publish_before_after(
     stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after, eval_tokens, window
 ):
-    from slimlm.eval.metrics import format_table
+    from slimlm.eval.table import format_table
 
     table = format_table({"before": before, "after": after})
     print(table)

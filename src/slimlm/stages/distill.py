@@ -12,15 +12,15 @@ from pathlib import Path
 
 import torch
 
+from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample, training_blocks
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.methods.layers import parse_keep_layers, student_from_teacher
 from slimlm.output import model_card, publish
 from slimlm.settings import DistillSettings, comma_list, parse_layer_map
 from slimlm.sources import check_same_tokenizer, layer_count, model_config
-from slimlm.training import distributed
-from slimlm.training.distributed import log
 from slimlm.training.fit import fit
 from slimlm.training.launch import (
     check_sharding,

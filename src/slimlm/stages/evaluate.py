@@ -8,11 +8,11 @@ import torch
 
 from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.output import write_json_atomic
 from slimlm.settings import EvalSettings, comma_list
 from slimlm.sources import check_same_tokenizer, load_model
-from slimlm.training.distributed import log
 
 
 def evaluate(
@@ -27,13 +27,11 @@ def evaluate(
     if bf16 is not None:
         settings["precision"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
-    from slimlm.eval.metrics import evaluate_model, format_table
-    from slimlm.eval.tasks import TASKS, lm_eval_tasks, run_tasks
+    from slimlm.eval.metrics import evaluate_model
+    from slimlm.eval.table import format_table
+    from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
 
-    tasks, harness = comma_list(s.tasks), comma_list(s.lm_eval)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise SlimlmError(f"unknown task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)}")
+    tasks, harness = parse_tasks(s.tasks), comma_list(s.lm_eval)
     if harness:
         import importlib.util
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from slimlm.distributed import log
 from slimlm.settings import FetchSettings
-from slimlm.training.distributed import log
 
 
 def fetch(teacher: str = FetchSettings.teacher, data: str = FetchSettings.data) -> dict:

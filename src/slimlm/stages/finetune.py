@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
+from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.data.corpus import training_blocks
+from slimlm.distributed import log
 from slimlm.output import model_card, publish
 from slimlm.settings import FinetuneSettings
 from slimlm.sources import check_same_tokenizer
-from slimlm.training import distributed
-from slimlm.training.distributed import log
 from slimlm.training.fit import fit
 from slimlm.training.launch import (
     check_sharding,

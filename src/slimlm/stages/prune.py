@@ -9,13 +9,13 @@ import torch
 
 from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.methods import pruning
 from slimlm.output import claimed
 from slimlm.settings import PruneSettings
 from slimlm.sources import load_model, model_config
 from slimlm.stages.before_after import measure, publish_before_after
-from slimlm.training.distributed import log
 
 
 def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:

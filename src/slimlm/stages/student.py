@@ -7,12 +7,12 @@ from pathlib import Path
 
 from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.methods.layers import parse_keep_layers, student_from_teacher
 from slimlm.output import claimed, model_card, publish
 from slimlm.settings import StudentSettings
 from slimlm.sources import layer_count, load_model, model_config
-from slimlm.training.distributed import log
 
 
 def make_student(*, out: str, force: bool = False, **settings) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from slimlm.training import distributed
-from slimlm.training.distributed import log
+from slimlm import distributed
+from slimlm.distributed import log
 
 
 class StopAfterSteps(TrainerCallback):

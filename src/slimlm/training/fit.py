@@ -8,8 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
+from slimlm.distributed import log
 from slimlm.training.budget import budget_record, budget_stopped, restore_time_budget
-from slimlm.training.distributed import log
 from slimlm.training.launch import resume_checkpoint, trained_model
 from slimlm.training.trainable import student_of
 

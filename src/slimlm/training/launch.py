@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
+from slimlm import distributed
 from slimlm.data.corpus import prepare_data
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError, first_line
-from slimlm.output import claim_output, discard_if_unstarted, last_good_checkpoint
+from slimlm.output import claim_output, discard_if_unstarted
 from slimlm.settings import load_recipe
 from slimlm.sources import load_model
-from slimlm.training import distributed
-from slimlm.training.distributed import log
+from slimlm.training.checkpoints import last_good_checkpoint
 from slimlm.training.trainable import split_state, student_of
 
 

@@ -10,7 +10,7 @@ Under `torchrun`/`accelerate launch` the Trainer runs DDP (or FSDP/DeepSpeed whe
 loaded on every rank, frozen, in eval mode, and sharded like the student under FSDP or ZeRO-3. The token
 count is summed over ranks (`average_tokens_across_devices`), so N ranks with batch b give the same
 loss and gradients as one process with batch N*b. Checkpoints are written atomically (see
-`output.commit_checkpoint`).
+`training/checkpoints.py`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from torch.utils.data import Dataset
 from transformers import Trainer
 from transformers.trainer_utils import rotate_checkpoints
 
+from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.errors import SlimlmError
 from slimlm.losses import IGNORE_INDEX
-from slimlm.output import SAVING_DIR, commit_checkpoint
 from slimlm.settings import SHARDED_STATE_DICT_REFUSED
-from slimlm.training import distributed
+from slimlm.training.checkpoints import SAVING_DIR, commit_checkpoint
 from slimlm.training.signal import place_teacher, teacher_signal
 from slimlm.training.terms import Step, weighted_sum
 from slimlm.training.trainable import TERMS_FILE, StudentWithTerms, split_state, student_of, trainable

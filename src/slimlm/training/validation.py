@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from slimlm import distributed
 from slimlm import precision as precisions
-from slimlm.training import distributed
 
 
 def validation_perplexity(model, tokens: torch.Tensor, window: int, precision, *, shared: bool = True) -> dict:
