@@ -298,6 +298,35 @@ def test_feature_projections_are_trained_checkpointed_and_resumed_with_the_stude
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_a_checkpoint_without_the_terms_file_is_refused_with_the_fix(tiny_teacher, text_dir):
+    """A checkpoint written before the feature term owned its projections has no loss_terms.safetensors: resuming
+    it would silently re-initialise them, so it is refused in one line that says what to do."""
+    import json
+
+    from slimlm.errors import SlimlmError
+    from slimlm.training.checkpoints import CHECKPOINT_RECORD
+    from slimlm.training.trainable import TERMS_FILE
+
+    common = dict(
+        teacher=str(tiny_teacher),
+        keep_layers="0,3",
+        student_config={"hidden_size": 16},
+        data=str(text_dir),
+        max_steps=4,
+        save_steps=2,
+        feature_layers="4:2",
+        feature_weight=1.0,
+        **FAST,
+    )
+    checkpoint = slimlm.distill(out="old", stop_after=2, **common) / "checkpoints" / "checkpoint-2"
+    (checkpoint / TERMS_FILE).unlink()  # as an older slimlm wrote it: a verified record without the file
+    record = json.loads((checkpoint / CHECKPOINT_RECORD).read_text())
+    del record["files"][TERMS_FILE]
+    (checkpoint / CHECKPOINT_RECORD).write_text(json.dumps(record))
+    with pytest.raises(SlimlmError, match="older slimlm: rerun with --force"):
+        slimlm.distill(out="old", resume=True, **common)
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_teacher, text_dir, tmp_path):
     from transformers import TrainerCallback, TrainingArguments
 

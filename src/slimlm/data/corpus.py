@@ -296,9 +296,10 @@ def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
     return Splits(train, streams["val"], streams["test"], info)
 
 
-def calibration_sample(train: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A fixed, seeded sample of training blocks for layer selection and feature statistics."""
-    g = torch.Generator().manual_seed(10_000 + seed)
+def calibration_sample(train: torch.Tensor, n: int, seed: int, *, stream: int = 10_000) -> torch.Tensor:
+    """A fixed, seeded sample of training blocks for layer selection, feature statistics and pruning; `stream`
+    keeps each use's sample its own (pruning draws from 20_000 + seed, so its blocks are not the student's)."""
+    g = torch.Generator().manual_seed(stream + seed)
     return train[torch.randperm(len(train), generator=g)[: min(n, len(train))]]
 
 

@@ -29,18 +29,10 @@ def parse_list(text, kind=float, name="--values") -> list:
 
 def layer_count(model_spec) -> int:
     """Decoder layers of a model, from its config alone (no weights loaded)."""
-    from transformers import AutoConfig
+    from slimlm.sources import layer_count as config_layers
+    from slimlm.sources import model_config
 
-    from slimlm.sources import resolve_model
-
-    path = resolve_model(model_spec)
-    try:
-        return AutoConfig.from_pretrained(path).num_hidden_layers
-    except (OSError, ValueError, AttributeError) as exc:
-        raise SlimlmError(
-            f"cannot read the layer count of {model_spec} ({type(exc).__name__}); "
-            "give a model directory with a config.json"
-        ) from None
+    return config_layers(model_config(model_spec))
 
 
 def data_info(teacher, data, block_size) -> dict:

@@ -20,7 +20,7 @@ ACCURACY_CAVEAT = (
 # Section 3.2, Table 1: "Comparative experiment of knowledge distillation effect under different temperature
 # parameters". Exact numbers from the table.
 TABLE1 = {
-    "source": "PAPER.md section 3.2, Table 1 (exact numbers from the table)",
+    "source": "the paper, section 3.2, Table 1 (exact numbers from the table)",
     "approximate": False,
     "points": [
         {"temperature": 0.5, "accuracy_pct": 82.3, "perplexity": 18.5, "decode_tokens_per_s": 45.0},
@@ -39,7 +39,7 @@ TABLE1 = {
 # Performance"). The figure's data are not printed: every value is approximate, read from the paper's text.
 # The paper distils from layers 1, 6 and 12 of (we infer) a 12-layer teacher.
 FIGURE2 = {
-    "source": "PAPER.md section 3.2, text on Figure 2 (approximate, read from the paper's text; no table given)",
+    "source": "the paper, section 3.2, text on Figure 2 (approximate, read from the paper's text; no table given)",
     "approximate": True,
     "teacher_layers": 12,
     "points": [
@@ -60,7 +60,7 @@ FIGURE2 = {
 # Section 3.2, text describing Figure 3 ("Comparison of LoRA and Full Fine-tuning on Model Performance").
 # Numbers as printed in the text.
 FIGURE3 = {
-    "source": "PAPER.md section 3.2, text on Figure 3 (numbers as printed in the text)",
+    "source": "the paper, section 3.2, text on Figure 3 (numbers as printed in the text)",
     "approximate": False,
     "points": [
         {"method": "full", "accuracy_pct": 88.5, "perplexity": 14.1, "decode_tokens_per_s": 37.0},
@@ -75,7 +75,7 @@ FIGURE3 = {
 # The paper proposes pruning and quantization after distillation and fine-tuning (section 2) but reports
 # no numbers for them or for the combined pipeline.
 PIPELINE = {
-    "source": "PAPER.md section 2 (method only)",
+    "source": "the paper, section 2 (method only)",
     "points": [],
     "note": "The paper reports no numbers for pruning, quantization or the combined pipeline; "
     "only slimlm's measurements are shown.",

@@ -138,6 +138,16 @@ def build_report(run: dict, run_dir: Path) -> dict:
 # ---------------------------------------------------------------- writing
 
 
+def report(run_dir: str, force: bool = False) -> None:
+    """The `slimlm report RUN_DIR` command: validate its settings, write the report, say where."""
+    from slimlm.distributed import log
+    from slimlm.settings import ReportSettings
+
+    s = ReportSettings.from_dict({"run_dir": run_dir, "force": force}).validate()
+    write_report(s.run_dir, force=s.force)
+    log(f"wrote {Path(s.run_dir) / 'report.md'} and report.html")
+
+
 def write_report(run_dir, *, force: bool = False) -> dict:
     """Write report.md, report.html, report.json and plots/*.png into RUN_DIR; return what report.json holds.
     Built in a temporary folder inside RUN_DIR and renamed into place, so a crash never leaves half a report."""

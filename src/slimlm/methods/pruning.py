@@ -211,7 +211,3 @@ def _slice_linear(lin: nn.Linear, out_idx=None, in_idx=None) -> nn.Linear:
     if bias is not None:
         new.bias.copy_(bias)
     return new
-
-
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())

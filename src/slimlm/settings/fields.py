@@ -32,8 +32,8 @@ def option(default=None, help: str = "", **meta):
     positional=True, choices=(...), minimum=N (an integer >= N), non_negative=True (a finite number >= 0),
     hint="; ..." (appended to the field's range error), layer_list=True (a YAML list becomes "0,1,2"),
     nargs/const/metavar (argparse), aliases={"--no-bf16": "fp32"} (flags that store a constant),
-    exclusive="group" (mutually exclusive flags), kinds=(...) (experiment kinds that take the flag),
-    per_kind={kind: (flag, help)} (a flag spelled and explained per experiment kind).
+    one_of="group" (flags of which exactly one is required), kinds=(...) (experiment kinds that take the
+    flag), per_kind={kind: (flag, help, default)} (a flag spelled, explained and defaulted per experiment kind).
     """
     return field(default=default, metadata={"help": help, **meta})
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
 from slimlm import precision as precisions
-from slimlm.data.corpus import prepare_data
+from slimlm.data.corpus import calibration_sample, prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.methods import pruning
@@ -16,11 +14,6 @@ from slimlm.output import claimed
 from slimlm.settings import PruneSettings
 from slimlm.sources import load_model, model_config
 from slimlm.stages.before_after import measure, publish_before_after
-
-
-def _calibration(splits, n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(20_000 + seed)
-    return splits.train[torch.randperm(len(splits.train), generator=g)[:n]]
 
 
 def check_prune_model(config, *, method: str, nm: tuple[int, int], kv_groups_removed: int) -> None:
@@ -67,7 +60,7 @@ def prune(model: str, *, out: str, force: bool = False, **settings) -> Path:
         decided = precisions.resolve(s.precision, "cpu", announce=log)  # calibration runs on the CPU
         source, tokenizer, source_dir = load_model(s.model, trust_remote_code=s.trust_remote_code)
         splits = prepare_data(s.data, tokenizer, s.block_size)
-        calib = _calibration(splits, s.calibration_blocks)
+        calib = calibration_sample(splits.train, s.calibration_blocks, 0, stream=20_000)
         before = measure(source, tokenizer, splits, source_dir, s.eval_tokens, s.block_size, s.repeats)
         pruned = copy.deepcopy(source)
         with precisions.autocast(decided):

@@ -85,11 +85,17 @@ class FeatureTerm(nn.Module):
             [step.signal.hidden[t].flatten(0, 1) for t, _ in self.layer_map],
             [step.out.hidden_states[s].flatten(0, 1) for _, s in self.layer_map],
             projections=list(self.projections) if self.projections is not None else None,
-            teacher_std=self.teacher_std,
+            teacher_std=self._teacher_std_on(step.labels.device),
             mask=step.labels.ne(IGNORE_INDEX),
             num_items=step.num_items,
         )
         return feat, {"feature": feat.detach()}
+
+    def _teacher_std_on(self, device):
+        """The statistics on the training device, moved once (not per micro-batch)."""
+        if self.teacher_std and self.teacher_std[0].device != device:
+            self.teacher_std = [s.to(device) for s in self.teacher_std]
+        return self.teacher_std
 
 
 class AttentionTerm(nn.Module):

@@ -153,8 +153,14 @@ class DistillTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if model is None and isinstance(self.model, StudentWithTerms):  # not sharded: the files _save wrote
+            terms_file = os.path.join(resume_from_checkpoint, TERMS_FILE)
+            if not os.path.isfile(terms_file):  # written by slimlm before the terms owned their parameters
+                raise SlimlmError(
+                    f"{resume_from_checkpoint} has no {TERMS_FILE} (the feature projections), so it cannot resume "
+                    "this run; it was written by an older slimlm: rerun with --force instead of --resume"
+                )
             super()._load_from_checkpoint(resume_from_checkpoint, model=self.model.student)
-            self.model.terms.load_state_dict(load_file(os.path.join(resume_from_checkpoint, TERMS_FILE)))
+            self.model.terms.load_state_dict(load_file(terms_file))
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)  # FSDP: its own whole-module checkpoint
 
@@ -185,7 +191,7 @@ class DistillTrainer(Trainer):
 
 
 def check_fsdp_state_dict_type(plugin) -> None:
-    """Refuse FSDP's SHARDED_STATE_DICT however it was chosen. settings.py refuses it in slimlm's own
+    """Refuse FSDP's SHARDED_STATE_DICT however it was chosen. settings/training.py refuses it in slimlm's own
     fsdp_config; this catches accelerate's plugin, which `accelerate launch --use_fsdp` configures from its
     own flags and config file, and which defaults to SHARDED_STATE_DICT under FSDP2 (--fsdp_version 2)."""
     if "SHARDED" in str(getattr(plugin, "state_dict_type", "")):
