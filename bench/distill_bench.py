@@ -8,7 +8,8 @@ tied embeddings) and a 15-layer student of the same widths. Arms, same shapes, s
   naive-kd         teacher full logits + student full logits + naive_distill_loss, backward, step
                    (naive_distill_loss and distill_loss_checkpointed: tests/reference_losses.py)
   slimlm-online    teacher/student final hidden states + distill_loss (chunked, online teacher)
-  slimlm-cached    student hidden states + distill_loss against cached top-k teacher logits
+  slimlm-cached    student hidden states + distill_loss against cached top-k teacher logits (--cache-mode topk)
+  slimlm-sampled   student hidden states + distill_loss against cached teacher draws (--cache-mode sample)
   slimlm-ckpt      as slimlm-online, but the per-chunk loss under torch.utils.checkpoint (recompute in backward)
 
 Each arm runs in a fresh subprocess, so the memory numbers of one arm cannot leak into another's.
@@ -35,10 +36,11 @@ import threading
 import time
 from pathlib import Path
 
-ARMS = ("teacher-fwd", "ce", "naive-kd", "slimlm-online", "slimlm-cached", "slimlm-ckpt")
+ARMS = ("teacher-fwd", "ce", "naive-kd", "slimlm-online", "slimlm-cached", "slimlm-sampled", "slimlm-ckpt")
 TARGETS = {  # name: (ratio description, limit)
     "online": ("slimlm online KD step / (teacher fwd + CE step)", 1.15),
-    "cached": ("slimlm cached KD step / CE step", 1.30),
+    "cached": ("slimlm top-k cached KD step / CE step", 1.30),
+    "sampled": ("slimlm sampled-cache KD step / CE step", 1.00),
     "memory": ("slimlm online KD step peak / naive KD step peak", 0.50),
 }
 
@@ -190,6 +192,23 @@ def run_arm(args):
         )
         del teacher, h, parts
         teacher = None
+    if arm == "slimlm-sampled":  # the default cache: draws from the teacher at tau, computed outside the timed region
+        from slimlm.training.teacher_cache import chunk_signal, default_draws
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        with torch.no_grad(), amp:
+            h = teacher.model(input_ids=ids).last_hidden_state.flatten(0, 1)
+            head, draws = teacher.lm_head.weight, default_draws(teacher.config.vocab_size)
+            parts = [
+                chunk_signal(h[i : i + 1024], head, "sample", args.temperature, draws, 0, gen)
+                for i in range(0, h.shape[0], 1024)
+            ]
+        cached = {
+            "teacher_entropy": torch.cat([e for e, _ in parts]).squeeze(1).float(),
+            "teacher_samples": torch.cat([s for _, s in parts]).long(),
+        }
+        del teacher, h, parts
+        teacher = None
 
     def step():
         if arm == "teacher-fwd":
@@ -210,6 +229,8 @@ def run_arm(args):
                 with torch.no_grad(), amp:
                     t_hidden = teacher.model(input_ids=ids).last_hidden_state.flatten(0, 1)
                 teacher_kw = dict(teacher_hidden=t_hidden, teacher_head=teacher.lm_head.weight)
+            elif isinstance(cached, dict):
+                teacher_kw = cached
             else:
                 teacher_kw = dict(teacher_topk_values=cached[0], teacher_topk_indices=cached[1])
             fn = distill_loss_checkpointed if arm == "slimlm-ckpt" else distill_loss
@@ -292,11 +313,11 @@ def main(argv=None):
             flush=True,
         )
     print()
-    print(format_table(results, tokens))
+    print(format_table(results, tokens, args.topk))
     return 0
 
 
-def format_table(results, tokens):
+def format_table(results, tokens, topk=64):
     gib = 1024**3
     method = next(iter(results.values()))["mem_method"] if results else "?"
     lines = ["| arm | median step (s) | tokens/s | peak mem (GiB) | step peak (GiB) |", "|---|---:|---:|---:|---:|"]
@@ -319,6 +340,8 @@ def format_table(results, tokens):
         checks.append(("online", med["slimlm-online"] / (med["teacher-fwd"] + med["ce"])))
     if {"ce", "slimlm-cached"} <= med.keys():
         checks.append(("cached", med["slimlm-cached"] / med["ce"]))
+    if {"ce", "slimlm-sampled"} <= med.keys():
+        checks.append(("sampled", med["slimlm-sampled"] / med["ce"]))
     if {"naive-kd", "slimlm-online"} <= results.keys():
         checks.append(("memory", results["slimlm-online"]["step_peak"] / results["naive-kd"]["step_peak"]))
     for name, value in checks:
@@ -333,6 +356,13 @@ def format_table(results, tokens):
         extra.append(
             "slimlm cached / naive KD step peak: "
             f"{results['slimlm-cached']['step_peak'] / results['naive-kd']['step_peak']:.2f}"
+        )
+    if {"slimlm-cached", "slimlm-sampled"} & results.keys():
+        from slimlm.training.teacher_cache import bytes_per_position
+
+        extra.append(
+            f"teacher cache bytes per position: sampled {bytes_per_position('sample', 49152)}, "
+            f"top-{topk} {bytes_per_position('topk', 49152, top_k=topk)}"
         )
     lines += extra
     return "\n".join(lines)

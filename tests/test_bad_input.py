@@ -525,7 +525,10 @@ def test_full_cache_disk_costs_only_the_reuse(capsys, monkeypatch, tmp_path, tin
         (["--keep-layers", "0,3", "--attention-layers", "1:5", "--attention-weight", "1"], ["--attention-layers"]),
         (["--keep-layers", "0-9"], ["--keep-layers", "out of range"]),
         (["--layers", "9"], ["--layers 9", "1..4"]),
-        (["--keep-layers", "0,3", "--teacher-cache", "--top-k", "1000000000"], ["--top-k 1000000000", "vocabulary"]),
+        (
+            ["--keep-layers", "0,3", "--teacher-cache", "--cache-mode", "topk", "--top-k", "1000000000"],
+            ["--top-k 1000000000", "vocabulary"],
+        ),
     ],
 )
 def test_distill_shape_checks_need_no_weights(capsys, monkeypatch, tiny_teacher, text_dir, extra, words):

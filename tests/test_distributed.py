@@ -420,12 +420,12 @@ def test_teacher_cache_moves_the_teacher_to_the_device_only_when_it_computes(tin
     moves, real_to = [], teacher.to
     teacher.to = lambda *a, **k: moves.append(a) or real_to(*a, **k)
     blocks = torch.randint(0, teacher.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-    kwargs = dict(top_k=4, precision=None, device="cpu")
+    kwargs = dict(precision=None, device="cpu")
     entry = teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[], **kwargs)
-    assert moves == [("cpu",)] and (entry / "logits.safetensors").exists()
+    assert moves == [("cpu",)] and (entry / "samples.safetensors").exists()
     assert teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[], **kwargs) == entry
     assert moves == [("cpu",)]  # complete: not moved
     teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], **kwargs)  # a missing layer: moved
     assert moves == [("cpu",)] * 2 and (entry / "hidden_2.safetensors").exists()
-    teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], top_k=4, precision=None)  # no device: never
+    teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], precision=None)  # no device: never
     assert moves == [("cpu",)] * 2

@@ -67,6 +67,7 @@ EXPERIMENT = [
     (["--temperature", "1"], "temperature", 1.0),
     (["--alpha", "0.2"], "alpha", 0.2),
     (["--top-k", "16"], "top_k", 16),
+    (["--cache-mode", "topk"], "cache_mode", "topk"),
     (["--recipe", "x.yaml"], "recipe", "x.yaml"),
     (["--precision", "fp32"], "precision", "fp32"),
     (["--eval-tokens", "512"], "eval_tokens", 512),
@@ -105,6 +106,8 @@ FLAGS = {
         (["--attention-weight", "1"], "attention_weight", 1.0),
         (["--teacher-cache"], "teacher_cache", True),
         (["--top-k", "16"], "top_k", 16),
+        (["--cache-mode", "topk"], "cache_mode", "topk"),
+        (["--cache-draws", "12"], "cache_draws", 12),
     ],
     ("finetune",): [
         *TRAINING,
@@ -176,6 +179,11 @@ FLAGS = {
     ],
     ("pipeline",): [(["r.yaml"], "recipe", "r.yaml"), (["--out", "o"], "out", "o"), (["--force"], "force", True)],
     ("report",): [(["run"], "run_dir", "run"), (["--force"], "force", True)],
+    ("cache",): [
+        (["remove"], "action", "remove"),
+        (["list", "ab", "cd"], "keys", ["ab", "cd"]),
+        (["--all"], "all", True),
+    ],
 }
 # what each command needs besides the flag under test
 REQUIRED = {
@@ -189,6 +197,7 @@ REQUIRED = {
     "experiment": ["--out", "o"],
     "pipeline": ["r.yaml", "--out", "o"],
     "report": ["run"],
+    "cache": [],
 }
 
 
@@ -205,6 +214,7 @@ TYPED = {
     "experiment": {"kind", "out"},
     "pipeline": {"recipe", "out"},
     "report": {"run_dir"},
+    "cache": set(),
 }
 
 

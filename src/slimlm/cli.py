@@ -18,6 +18,7 @@ from dataclasses import fields
 from slimlm.errors import SlimlmError, first_line
 from slimlm.settings import (
     EXPERIMENT_KINDS,
+    CacheSettings,
     DistillSettings,
     EvalSettings,
     ExperimentSettings,
@@ -76,6 +77,11 @@ COMMANDS = {
         "distil -> fine-tune -> prune -> quantize from a recipe, every stage measured",
         (PipelineSettings,),
         "slimlm.experiments.pipeline:pipeline",
+    ),
+    "cache": (
+        "list the teacher cache's entries and their size, or remove some",
+        (CacheSettings,),
+        "slimlm.stages.cache:cache",
     ),
     "report": (
         "write report.md, report.html and plots for an experiment or pipeline folder",

@@ -59,6 +59,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         "temperature": s.temperature,
         "alpha": s.alpha,
         "teacher_cache": True,
+        "cache_mode": s.cache_mode,
         "top_k": s.top_k,
         "learning_rate": s.distill_learning_rate(),
         "eval_tokens": 4096,
@@ -137,7 +138,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "block_size": s.block_size,
             "base_settings": _portable(base, run_dir),
             "eval": ev,
-            "teacher_cache": {"top_k": s.top_k} if kind != "finetune" else None,
+            "teacher_cache": _cache_protocol(s) if kind != "finetune" else None,
             "notes": _notes(kind, s.student, s.model, s.student_layers, s.max_tokens),
         },
         "command": s.command,
@@ -195,6 +196,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
         "feature_layers",
         "cache_layers",
         "teacher_cache",
+        "cache_mode",
         "max_tokens",
         "batch_size",
         "block_size",
@@ -286,3 +288,13 @@ def _notes(kind, student, model, student_layers, max_tokens) -> list[str]:
             "renormalised over the teacher's top-k, plus hidden states) and shared by every arm"
         )
     return notes
+
+
+def _cache_protocol(s) -> dict:
+    """The teacher cache as the report's protocol states it (training/teacher_cache.py)."""
+    if s.cache_mode == "topk":
+        return {"mode": "topk (biased: the teacher renormalised over its top-k)", "top_k": s.top_k}
+    return {
+        "mode": "sample (unbiased: token ids drawn from the teacher at each arm's temperature)",
+        "draws": "as many as fit 64 bytes a position",
+    }

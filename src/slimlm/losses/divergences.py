@@ -79,4 +79,21 @@ def topk_forward_kl(S, teacher, tau, lse_s, buf):
     return kd, g.scatter_add_(1, indices, pt.neg_())
 
 
+def sampled_forward_kl(S, teacher, tau, lse_s, buf):
+    """KL(p_T || p_S) estimated from n tokens drawn from p_T^tau with replacement (random-sampling KD, Anshumann
+    et al., ACL 2025): with ids x_1..x_n and the teacher's entropy H(p_T^tau), both cached,
+
+        KL ~= (1/n) sum_j -log p_S^tau(x_j) - H(p_T^tau),      g = p_S^tau - (1/n) sum_j onehot(x_j).
+
+    E[(1/n) sum_j onehot(x_j)] = p_T^tau, so the estimate of the loss and of its gradient are unbiased: the
+    expected step is the full-vocabulary KD step (tests/test_teacher_cache.py checks this by Monte Carlo). Unlike
+    top-k renormalisation, no teacher mass is dropped: a tail token is drawn as often as the teacher says."""
+    ids, entropy = teacher
+    m, vs = S.shape
+    log_ps = S.gather(1, ids).div_(tau).sub_(lse_s)
+    kd = (-log_ps.mean(1, keepdim=True) - entropy).sum()
+    g = torch.div(S, tau, out=buf.scratch(m, vs)).sub_(lse_s).exp_()
+    return kd, g.scatter_add_(1, ids, torch.full(ids.shape, -1.0 / ids.shape[1], dtype=g.dtype, device=g.device))
+
+
 DIVERGENCES = {"forward": forward_kl, "reverse": reverse_kl, "jsd": jsd}  # keys: losses.KL_KINDS

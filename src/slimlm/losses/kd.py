@@ -22,7 +22,7 @@ import math
 import torch
 
 from slimlm.losses import IGNORE_INDEX, KL_KINDS
-from slimlm.losses.divergences import DIVERGENCES, topk_forward_kl
+from slimlm.losses.divergences import DIVERGENCES, sampled_forward_kl, topk_forward_kl
 from slimlm.losses.reduce import acc_dtype, denominator
 
 
@@ -35,6 +35,8 @@ def distill_loss(
     teacher_head=None,
     teacher_topk_values=None,
     teacher_topk_indices=None,
+    teacher_samples=None,
+    teacher_entropy=None,
     temperature=2.0,
     alpha=0.5,
     kl="forward",
@@ -49,7 +51,9 @@ def distill_loss(
     Teacher, one of:
       online: teacher_hidden (N, d_t) + teacher_head (V_t, d_t); the divergence runs over the full vocabulary.
       cached: teacher_topk_values (N, k) raw logits (any float dtype) + teacher_topk_indices (N, k) int; the
-              forward KL then runs over the teacher's top-k support (divergences.topk_forward_kl).
+              forward KL then runs over the teacher's top-k support (divergences.topk_forward_kl); biased.
+      sampled: teacher_samples (N, n) token ids drawn from p_T^tau + teacher_entropy (N,) H(p_T^tau); an unbiased
+              estimate of the forward KL and its gradient (divergences.sampled_forward_kl).
       none:   only with alpha = 1 (plain chunked cross-entropy).
     kl: "forward" KL(T||S) (the paper's), "reverse" KL(S||T), "jsd" generalized Jensen-Shannon with beta 0.5;
         reverse and jsd need the online teacher (they need p_T on the whole vocabulary).
@@ -66,6 +70,7 @@ def distill_loss(
     Bad arguments raise ValueError or TypeError.
     """
     tau, alpha, chunk_size = _check_kd_args(temperature, alpha, kl, chunk_size)
+    sampled = teacher_samples is not None or teacher_entropy is not None
     mode = _teacher_mode(
         student_hidden,
         student_head,
@@ -74,9 +79,13 @@ def distill_loss(
         teacher_head,
         teacher_topk_values,
         teacher_topk_indices,
-        alpha,
+        1.0 if sampled else alpha,  # a sampled teacher is a teacher: not "CE only"
         kl,
     )
+    if sampled:
+        mode = _sampled_mode(student_hidden, student_head, teacher_samples, teacher_entropy, mode, kl)
+        # the sampled teacher travels in the top-k slots of the autograd function: (entropy, ids)
+        teacher_topk_values, teacher_topk_indices = teacher_entropy, teacher_samples
     loss_sum, ce_sum, kd_sum = _FusedLinearDistill.apply(
         student_hidden,
         student_head,
@@ -113,7 +122,7 @@ class _FusedLinearDistill(torch.autograd.Function):
         rows = labels.ne(IGNORE_INDEX).nonzero().squeeze(1)  # valid tokens only: masked rows cost nothing
         n, vs = rows.numel(), w.shape[0]
         v = min(vs, tw.shape[0]) if mode == "online" else vs
-        divergence = DIVERGENCES[kl] if mode == "online" else topk_forward_kl
+        divergence = {"online": DIVERGENCES[kl], "topk": topk_forward_kl, "sampled": sampled_forward_kl}.get(mode)
         ce_sum = torch.zeros((), dtype=acc, device=dev)
         kd_sum = torch.zeros((), dtype=acc, device=dev)
         grad_h = torch.zeros(h.shape, dtype=acc, device=dev) if need_h else None
@@ -134,6 +143,8 @@ class _FusedLinearDistill(torch.autograd.Function):
                     teacher = buf.logits(th.index_select(0, idx).to(mm_dtype), twm, buf.T[:m])
                 elif mode == "topk":
                     teacher = (tv.index_select(0, idx).to(acc), ti.index_select(0, idx).long())
+                elif mode == "sampled":
+                    teacher = (ti.index_select(0, idx).long(), tv.index_select(0, idx).to(acc).unsqueeze(1))
                 ce, kd, G = _chunk_loss_and_grad(S, y, teacher, divergence, tau, alpha, v, buf)
                 ce_sum += ce
                 kd_sum += kd
@@ -280,6 +291,27 @@ def _teacher_mode(h, w, labels, th, tw, tv, ti, alpha, kl):
             "or alpha=1 for plain cross-entropy"
         )
     return "ce"
+
+
+def _sampled_mode(h, w, ids, entropy, mode, kl):
+    """ "sampled" when the teacher is given as drawn token ids and its entropy, which are checked here."""
+    if mode != "ce" or ids is None or entropy is None:
+        raise TypeError(
+            "the sampled teacher needs both teacher_samples and teacher_entropy, and no other teacher arguments"
+        )
+    if ids.dim() != 2 or ids.shape[0] != h.shape[0] or ids.shape[1] < 1 or entropy.shape != (h.shape[0],):
+        raise ValueError(
+            f"teacher_samples {tuple(ids.shape)} and teacher_entropy {tuple(entropy.shape)} must be (N, n) and "
+            f"(N,) with N = {h.shape[0]}"
+        )
+    if kl != "forward":
+        raise ValueError(f"kl={kl!r} needs the teacher's full distribution; a sampled teacher supports 'forward'")
+    if ids.numel() and int(ids.long().max()) >= w.shape[0]:
+        raise ValueError(
+            f"sampled teacher token {int(ids.long().max())} is outside the student vocabulary ({w.shape[0]}): "
+            "the samples come from a different tokenizer"
+        )
+    return "sampled"
 
 
 def matmul_dtype(h, w):

@@ -1,23 +1,28 @@
-"""Every command's settings, declared once (settings/commands.py, settings/training.py): the CLI generates
+"""Every command's settings, declared once (settings/commands.py, settings/training.py,
+settings/studies.py): the CLI generates
 its flags from them (settings/flags.py), the stage functions build them from keyword arguments, recipes fill
 them from YAML, and all three refuse a bad value with the same one-line message before any model loads.
 """
 
 from slimlm.settings.commands import (
-    EVAL_DEFAULTS,
-    EXPERIMENT_KINDS,
+    CacheSettings,
     EvalSettings,
-    ExperimentSettings,
     ExportSettings,
     FetchSettings,
-    PipelineSettings,
     PruneSettings,
     QuantizeSettings,
-    ReportSettings,
     StudentSettings,
 )
 from slimlm.settings.fields import Settings, as_layer_list, check_positive_int, comma_list, option
+from slimlm.settings.studies import (
+    EVAL_DEFAULTS,
+    EXPERIMENT_KINDS,
+    ExperimentSettings,
+    PipelineSettings,
+    ReportSettings,
+)
 from slimlm.settings.training import (
+    CACHE_MODES,
     FINETUNE_METHODS,
     PRECISIONS,
     SHARDED_STATE_DICT_REFUSED,
@@ -29,6 +34,8 @@ from slimlm.settings.training import (
 from slimlm.settings.values import load_recipe, parse_duration, parse_layer_map
 
 __all__ = [
+    "CacheSettings",
+    "CACHE_MODES",
     "EVAL_DEFAULTS",
     "EXPERIMENT_KINDS",
     "FINETUNE_METHODS",

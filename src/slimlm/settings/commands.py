@@ -8,7 +8,6 @@ flag, a Python keyword and a recipe key are one name with one default and one ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from slimlm.errors import SlimlmError
 
@@ -17,44 +16,27 @@ from slimlm.methods.gguf import TYPES as GGUF_TYPES
 from slimlm.methods.pruning import METHODS as PRUNE_METHODS
 from slimlm.methods.quantization import BITS as QUANT_BITS
 from slimlm.methods.quantization import GRANULARITIES, RUNTIMES
-from slimlm.settings.fields import Settings, finite, number, option
-from slimlm.settings.training import FINETUNE_LEARNING_RATES, PRECISION_HINT, PRECISIONS
+from slimlm.settings.fields import Settings, finite, option
+from slimlm.settings.training import PRECISION_HINT, PRECISIONS
 
 TEACHER_HELP = "built-in name, local dir, .gguf file or hub id"
 DATA_HELP = "built-in corpus, local .txt/.jsonl/.parquet file or folder, hub id"
 MODEL_HELP = "model directory, built-in name, .gguf file or hub id"
-SWEEP_DISTILL_LEARNING_RATE = 6e-4  # the studies' short runs learn faster than `slimlm distill`'s default
-# the measurement protocol of every experiment arm (experiments/runner.py applies it; `evaluate:` in a recipe)
-EVAL_DEFAULTS = {
-    "split": "test",
-    "window": 256,
-    "stride": 256,
-    "tokens": 8192,
-    "decode_new_tokens": 64,
-    "repeats": 3,
-    "tasks": ["cloze"],
-    "task_items": None,
-}
-EXPERIMENT_KINDS = {
-    "temperature": "KD temperature sweep (paper Table 1)",
-    "feature-layer": "which teacher layer to distil features from (paper Figure 2)",
-    "finetune": "LoRA vs full fine-tuning of a distilled student (paper Figure 3)",
-}
 
 
-def _out(help_text: str = "output directory (refused if it exists, unless --force)", required: bool = True):
+def out_option(help_text: str = "output directory (refused if it exists, unless --force)", required: bool = True):
     return option(None, help_text, required=required)
 
 
-def _force(help_text: str = "replace an existing output"):
+def force_option(help_text: str = "replace an existing output"):
     return option(False, help_text)
 
 
-def _trust():
+def trust_option():
     return option(False, "allow model code from the hub (off by default)")
 
 
-def _precision(what: str):
+def precision_option(what: str):
     return option(
         "auto",
         f"precision of the {what}: auto uses bf16 autocast only where the hardware runs it "
@@ -86,11 +68,11 @@ class StudentSettings(Settings):
     block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2)
     calibration_blocks: int = option(8, "blocks that measure each layer's importance", minimum=1)
     seed: int = option(0, "seed of the calibration sample and of new parameters")
-    precision: str = _precision("layer selection and measurement")
+    precision: str = precision_option("layer selection and measurement")
     evaluate_test: bool = option(True, "measure the student's starting test perplexity", cli=False)
-    out: str | None = _out()
-    force: bool = _force()
-    trust_remote_code: bool = _trust()
+    out: str | None = out_option()
+    force: bool = force_option()
+    trust_remote_code: bool = trust_option()
 
     def check(self) -> None:
         if (self.layers is None) == (self.keep_layers is None):
@@ -124,10 +106,12 @@ class PruneSettings(Settings):
     block_size: int = option(256, "tokens per calibration block and evaluation window", cli=False, minimum=2)
     eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1)
     repeats: int = option(3, "decode-speed repeats of the before/after table", cli=False, minimum=1)
-    precision: str = _precision("calibration passes and --recover-tokens training (the table is measured in fp32)")
-    out: str | None = _out()
-    force: bool = _force()
-    trust_remote_code: bool = _trust()
+    precision: str = precision_option(
+        "calibration passes and --recover-tokens training (the table is measured in fp32)"
+    )
+    out: str | None = out_option()
+    force: bool = force_option()
+    trust_remote_code: bool = trust_option()
 
     def check(self) -> None:
         if not (finite(self.sparsity) and 0 <= self.sparsity < 1):
@@ -174,9 +158,9 @@ class QuantizeSettings(Settings):
     block_size: int = option(256, "tokens per evaluation window", cli=False, minimum=2)
     eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1)
     repeats: int = option(3, "decode-speed repeats of the before/after table", cli=False, minimum=1)
-    out: str | None = _out()
-    force: bool = _force()
-    trust_remote_code: bool = _trust()
+    out: str | None = out_option()
+    force: bool = force_option()
+    trust_remote_code: bool = trust_option()
 
     def check(self) -> None:
         if self.granularity == "group" and (self.group_size is None or self.group_size < 1):
@@ -192,8 +176,8 @@ class ExportSettings(Settings):
     model: str = option("", MODEL_HELP, positional=True)
     format: str = option("gguf", "file format", choices=("gguf",))
     type: str = option("f16", "GGUF tensor type", choices=GGUF_TYPES)
-    out: str | None = _out("output .gguf file (refused if it exists, unless --force)")
-    force: bool = _force()
+    out: str | None = out_option("output .gguf file (refused if it exists, unless --force)")
+    force: bool = force_option()
 
 
 @dataclass
@@ -222,9 +206,9 @@ class EvalSettings(Settings):
     lm_eval: str = option(
         "", "also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)", metavar="TASKS"
     )
-    out: str | None = _out("JSON file of the results (refused if it exists, unless --force)", required=False)
-    force: bool = _force()
-    trust_remote_code: bool = _trust()
+    out: str | None = out_option("JSON file of the results (refused if it exists, unless --force)", required=False)
+    force: bool = force_option()
+    trust_remote_code: bool = trust_option()
 
     def check(self) -> None:
         if not self.models:
@@ -236,99 +220,23 @@ class EvalSettings(Settings):
 
 
 @dataclass
-class ExperimentSettings(Settings):
-    """`slimlm experiment KIND`: one of the paper's studies (section 3.2) over several seeds.
+class CacheSettings(Settings):
+    """`slimlm cache list|remove`: the teacher cache's entries, their size, and deleting them."""
 
-    The swept values are one field, spelled per kind on the command line (`--values`, `--layers`,
-    `--methods`); `model`, `rank` and `feature_weight` are flags only of the kinds that use them."""
-
-    VALUES: ClassVar[dict] = {
-        "temperature": ("--values", "temperatures", [0.5, 1.0, 2.0, 5.0, 10.0]),
-        "feature-layer": (
-            "--layers",
-            "teacher layers, 1..N (default: the paper's relative depths 1/12, 1/4, 1/2, 3/4, 1)",
-            None,
-        ),
-        "finetune": ("--methods", "methods", ["lora", "full"]),
-    }
-
-    kind: str = option(
-        "temperature", "which study", choices=tuple(EXPERIMENT_KINDS), subcommand=True, flag="experiment KIND"
+    action: str = option(
+        "list",
+        "list (the default) the teacher cache entries, or remove some",
+        positional=True,
+        choices=("list", "remove"),
+        nargs="?",
     )
-    values: str | list | None = option(None, "the swept values, comma-separated", per_kind=VALUES)
-    seeds: str | list = option("0,1,2", "seeds per arm")
-    teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP)
-    student: str | None = option(None, "starting student directory (default: built from the teacher)")
-    student_layers: int = option(14, "layers of the student built from the teacher", minimum=1)
-    model: str | None = option(
-        None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",)
+    keys: list | None = option(
+        None, "remove: entry keys (or unique prefixes) as `list` shows them", positional=True, nargs="*"
     )
-    rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",))
-    max_tokens: int = option(20480, "training tokens per arm", minimum=1)
-    learning_rate: float | None = option(
-        None,
-        f"default {number(SWEEP_DISTILL_LEARNING_RATE)} for distillation; fine-tuning: "
-        f"{number(FINETUNE_LEARNING_RATES['lora'])} LoRA, {number(FINETUNE_LEARNING_RATES['full'])} full",
-    )
-    batch_size: int = option(4, "blocks per optimizer step", minimum=1)
-    block_size: int = option(256, "tokens per training block", cli=False, minimum=1)
-    temperature: float = option(2.0, "KD temperature of the arms that do not sweep it")
-    alpha: float = option(0.5, "weight of the hard-label CE in the KD loss")
-    feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",))
-    top_k: int = option(128, "teacher logits kept per token in the cache", minimum=1)
-    recipe: str | None = option(None, "YAML of extra training settings applied to every run (e.g. warmup_ratio)")
-    settings: dict | None = option(
-        None, "extra training settings applied to every run (what --recipe holds)", cli=False
-    )
-    precision: str = _precision("training of every arm (measurement stays fp32)")
-    eval_tokens: int | None = option(
-        None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})"
-    )
-    repeats: int | None = option(None, f"decode-speed repeats (default {EVAL_DEFAULTS['repeats']})")
-    tasks: str | list | None = option(
-        None, f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})"
-    )
-    task_items: int | None = option(None, "items per downstream task (default: each task's own)")
-    evaluation: dict | None = option(
-        None,
-        "the measurement protocol (EVAL_DEFAULTS above); the flags above override its keys",
-        cli=False,
-    )
-    out: str | None = _out("run folder; rerun the same command to finish missing arms")
-    force: bool = _force("delete the run folder and start over")
-    command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
+    all: bool = option(False, "remove: every teacher cache entry")
 
-    def distill_learning_rate(self) -> float:
-        return self.learning_rate or SWEEP_DISTILL_LEARNING_RATE
-
-    def default_values(self):
-        return self.VALUES[self.kind][2]
-
-    def protocol(self) -> dict:
-        """The measurement protocol: `evaluation`, with the flags that were given on top."""
-        flags = {
-            "tokens": self.eval_tokens,
-            "repeats": self.repeats,
-            "tasks": self.tasks,
-            "task_items": self.task_items,
-        }
-        return {**(self.evaluation or {}), **{k: v for k, v in flags.items() if v is not None}}
-
-
-@dataclass
-class PipelineSettings(Settings):
-    """`slimlm pipeline RECIPE`: distil -> fine-tune -> prune -> quantize from one recipe, every stage measured."""
-
-    recipe: str = option("", "YAML recipe (examples in recipes/)", positional=True)
-    out: str | None = _out("run folder; rerun the same command to finish missing stages")
-    force: bool = _force("delete the run folder and start over")
-    command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
-
-
-@dataclass
-class ReportSettings(Settings):
-    """`slimlm report RUN_DIR`: report.md, report.html and plots of a finished (or partial) run folder."""
-
-    run_dir: str = option("", "an experiment or pipeline folder", positional=True)
-    force: bool = _force("replace an existing report")
+    def check(self) -> None:
+        if self.action == "remove" and not (self.keys or self.all):
+            raise SlimlmError("slimlm cache remove needs entry keys (see slimlm cache list) or --all")
+        if self.action == "list" and (self.keys or self.all):
+            raise SlimlmError("slimlm cache list takes no keys; to delete entries use slimlm cache remove KEY")

@@ -67,7 +67,11 @@ def add_settings(parser: argparse.ArgumentParser, *settings_types, kind: str | N
             if "per_kind" in meta:
                 flag, help_text, default = meta["per_kind"][kind]
             if meta.get("positional"):
-                parser.add_argument(f.name, nargs=meta.get("nargs"), help=help_text)
+                # not typed: None ("?") or absent ("*"), so the field's default applies
+                extra = {"?": {"default": None}, "*": {"default": argparse.SUPPRESS}}.get(meta.get("nargs"), {})
+                parser.add_argument(
+                    f.name, nargs=meta.get("nargs"), help=help_text, choices=meta.get("choices"), **extra
+                )
                 continue
             target = parser
             if meta.get("one_of"):  # one of these flags is required, and only one

@@ -20,6 +20,7 @@ from slimlm.settings.values import parse_duration
 
 PRECISION_HINT = "; auto uses bf16 only where the hardware runs it natively"
 FINETUNE_METHODS = ("lora", "full")
+CACHE_MODES = ("sample", "topk")  # training/teacher_cache.py: sampled draws (unbiased) or top-k logits (biased)
 FINETUNE_LEARNING_RATES = {"lora": 5e-4, "full": 5e-5}  # the default of each method: few weights move further
 FSDP_OPTIONS = ("full_shard", "shard_grad_op", "hybrid_shard", "hybrid_shard_zero2", "no_shard", "offload", "auto_wrap")
 # refused for slimlm's own fsdp_config here, and for accelerate's FSDP plugin in training/trainer.py
@@ -156,8 +157,21 @@ class DistillSettings(TrainingSettings):
     feature_weight: float = option(0.0, "beta, weight of the feature loss", non_negative=True)
     attention_layers: str = option("", "attention-map KD, decoder layers teacher:student, e.g. 20:10")
     attention_weight: float = option(0.0, "weight of the attention-map loss", non_negative=True)
-    teacher_cache: bool = option(False, "compute teacher top-k logits and hidden states once, reuse them in later runs")
-    top_k: int = option(64, "teacher logits kept per token in the teacher cache", minimum=1)
+    teacher_cache: bool = option(
+        False, "run the teacher once over the training blocks and reuse its outputs in this and later runs"
+    )
+    cache_mode: str = option(
+        "sample",
+        "what the teacher cache keeps: sample = token ids drawn from the teacher at --temperature (an unbiased "
+        "estimate of the KD loss, 64 bytes a position); topk = the top-k logits (biased: drops the tail)",
+        choices=CACHE_MODES,
+    )
+    cache_draws: int | None = option(
+        None,
+        "sample mode: draws per position (default: as many as fit 64 bytes, 31 for vocabularies <= 65,536)",
+        minimum=1,
+    )
+    top_k: int = option(64, "topk mode: teacher logits kept per token", minimum=1)
     cache_layers: str = option(
         "",
         "extra teacher hidden-state indices to cache, e.g. 2,8,15: runs that distil "
@@ -174,7 +188,7 @@ class DistillSettings(TrainingSettings):
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(
                 f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
-                "(the cache keeps only top-k logits) or use --kl forward"
+                "(the cache keeps samples or top-k logits, enough for the forward KL only) or use --kl forward"
             )
         if sum(x is not None for x in (self.student, self.layers, self.keep_layers)) != 1:
             raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")

@@ -81,7 +81,7 @@ def _check_shapes(settings: DistillSettings) -> None:
             raise SlimlmError(f"{flag}: {exc}") from None
     _cache_layers(settings.cache_layers, n_t)
     vocab = teacher.get_text_config().vocab_size
-    if settings.teacher_cache and settings.top_k > vocab:
+    if settings.teacher_cache and settings.cache_mode == "topk" and settings.top_k > vocab:
         raise SlimlmError(
             f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
             f"give at most {vocab} (the default is {DistillSettings.top_k})"
@@ -165,6 +165,7 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
                 "train_runtime_s": trained.runtime_s,
                 "wall_time_s": time.time() - start_time,
                 "teacher_cache": bool(cached),
+                "teacher_cache_storage": cached.storage() if cached else None,
                 "processes": world,
                 "log": trained.log,
             },
@@ -231,11 +232,11 @@ def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feat
 
     if not settings.teacher_cache:
         return None
-    if settings.temperature >= 5:
+    if settings.cache_mode == "topk" and settings.temperature >= 5:
         log(
-            f"warning: --teacher-cache keeps the teacher's top-{settings.top_k} logits only; at temperature "
+            f"warning: --cache-mode topk keeps the teacher's top-{settings.top_k} logits only; at temperature "
             f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
-            "(perplexity 1e4-1e8 in docs/experiments.md); prefer the online teacher for temperatures >= 5"
+            "(perplexity 1e4-1e8 in docs/experiments.md); the default --cache-mode sample has no such bias"
         )
     # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
     device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
@@ -245,6 +246,9 @@ def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feat
         teacher,
         teacher_dir,
         blocks,
+        mode=settings.cache_mode,
+        temperature=settings.temperature,
+        draws=settings.cache_draws,
         top_k=settings.top_k,
         hidden_layers=layers + _cache_layers(settings.cache_layers, teacher.config.num_hidden_layers),
         precision=precision,

@@ -1,6 +1,7 @@
 """The teacher's side of the loss for one micro-batch: its signal is online (a forward pass of the frozen
-teacher), cached (top-k logits and hidden states read from training/teacher_cache.py with the batch) or none
-(plain fine-tuning). The loss terms (training/terms.py) read a `Signal` and never ask where it came from.
+teacher), cached (sampled ids or top-k logits, and hidden states, read from training/teacher_cache.py with
+the batch) or none (plain fine-tuning). The loss terms (training/terms.py) read a `Signal` and never ask
+where it came from.
 
 The online teacher is placed on each rank here: whole on its device (DDP), or sharded like the student under
 FSDP (fully_shard) or DeepSpeed ZeRO-3 (an inference engine), for a teacher larger than one device.
@@ -20,7 +21,7 @@ class Signal:
     """What the teacher says about one micro-batch.
 
     kd_inputs: the teacher keyword arguments of losses.kd.distill_loss (teacher_hidden + teacher_head, or
-        teacher_topk_values + teacher_topk_indices; empty without a teacher).
+        teacher_samples + teacher_entropy, or teacher_topk_values + teacher_topk_indices; empty without one).
     hidden: teacher hidden states by index (0 = embeddings), for the feature term's layers.
     attentions: the teacher's attention maps by decoder layer (online teacher only), or None.
     """
@@ -32,10 +33,19 @@ class Signal:
 
 
 def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, stack: contextlib.ExitStack) -> Signal:
-    """The signal for `inputs`: cached when the batch carries top-k logits, else online when there is a teacher,
-    else none. `layers`: the teacher hidden states the terms read; `attentions`: whether they read its
-    attention maps; `autocast()`: the run's precision context; `stack` holds the gathered teacher head (ZeRO-3)
+    """The signal for `inputs`: cached when the batch carries sampled ids or top-k logits, else online when there
+    is a teacher, else none. `layers`: the teacher hidden states the terms read; `attentions`: whether they read
+    its attention maps; `autocast()`: the run's precision context; `stack` holds the gathered teacher head (ZeRO-3)
     until the caller has computed the loss."""
+    if "sample_ids" in inputs:  # random-sampling KD: draws from p_T^tau and its entropy (teacher_cache.py)
+        return Signal(
+            "cached",
+            {
+                "teacher_samples": inputs["sample_ids"].flatten(0, 1).long(),
+                "teacher_entropy": inputs["teacher_entropy"].flatten(0, 1).float(),
+            },
+            {t: inputs[f"teacher_hidden_{t}"] for t in layers},
+        )
     if "topk_values" in inputs:
         return Signal(
             "cached",

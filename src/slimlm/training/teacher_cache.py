@@ -1,16 +1,27 @@
 """Teacher outputs computed once per (teacher, training blocks) and reused by later runs.
 
-On a CPU the teacher's forward pass is a large share of every distillation step, and a sweep
-(temperatures, layers, seeds) runs the same teacher over the same blocks again and again. The
-cache keeps what the loss needs: the top-k logits of every position (the KD term then runs over
-the teacher's top-k support, renormalised) and the hidden states of the teacher layers in the
-feature map. Stored as safetensors and read a block at a time.
+On a CPU the teacher's forward pass is a large share of every distillation step, and a sweep (seeds,
+layers, epochs) runs the same teacher over the same blocks again and again. The cache keeps what the loss
+needs, in one of two modes:
+
+- `sample` (the default): n token ids drawn per position from the teacher's distribution at the run's
+  temperature, with replacement, plus that distribution's entropy (random-sampling KD, Anshumann et al.,
+  ACL 2025). The loss built on them (losses/divergences.sampled_forward_kl) is an unbiased estimate of the
+  full-vocabulary forward KL and of its gradient. The draws depend on the temperature, so each temperature
+  has its own entry; n is chosen to fit 64 bytes a position (31 uint16 ids + an fp16 entropy).
+- `topk`: the k largest logits and their ids; the loss renormalises the teacher over those k tokens, which
+  drops its tail mass. That is biased (docs/distillation.md measures it) and kept only when asked for.
+
+Hidden states of the teacher layers in the feature map are stored beside either. Stored as safetensors,
+written atomically, read a block at a time; `slimlm cache list|remove` shows and deletes entries.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import sys
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +30,33 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from slimlm.cache import cache_root, fingerprint
+from slimlm.distributed import log
 from slimlm.precision import autocast
+from slimlm.settings import CACHE_MODES
+
+BYTES_PER_POSITION = 64  # the sampled mode's default budget: draws fill it after the fp16 entropy
+META = "meta.json"
+
+
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """The narrowest integer type that holds every token id (uint16 for vocabularies up to 65,536)."""
+    return torch.uint16 if vocab_size <= 2**16 else torch.int32
+
+
+def default_draws(vocab_size: int) -> int:
+    """Draws per position that fit BYTES_PER_POSITION beside the 2-byte entropy: 31 uint16 ids, or 15 int32."""
+    return (BYTES_PER_POSITION - 2) // id_dtype(vocab_size).itemsize
+
+
+def bytes_per_position(mode: str, vocab_size: int, *, draws: int | None = None, top_k: int = 64) -> int:
+    """What one position of the cache costs on disk (teacher hidden states not counted)."""
+    if mode == "sample":
+        return (draws or default_draws(vocab_size)) * id_dtype(vocab_size).itemsize + 2
+    return top_k * (4 + 4)  # fp32 logit + int32 id
+
+
+def teacher_root() -> Path:
+    return cache_root() / "teacher"
 
 
 def teacher_cache(
@@ -27,7 +64,10 @@ def teacher_cache(
     teacher_dir: Path,
     blocks: torch.Tensor,
     *,
-    top_k: int,
+    mode: str = "sample",
+    temperature: float = 2.0,
+    draws: int | None = None,
+    top_k: int = 64,
     hidden_layers: list[int],
     precision,
     batch_size: int = 4,
@@ -36,54 +76,144 @@ def teacher_cache(
 ) -> Path:
     """Return the cache folder for these blocks, running the teacher only for what no earlier run stored.
 
-    Logits and each hidden layer live in their own file, so runs that distil from different teacher
+    The teacher signal and each hidden layer live in their own file, so runs that distil from different teacher
     layers over the same blocks (a feature-layer sweep) share one entry: ask for all layers once.
     `device`: where to run the teacher; it is moved there only when something has to be computed.
     """
+    if mode not in CACHE_MODES:
+        raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
+    head = teacher.get_output_embeddings().weight
+    vocab = head.shape[0]
+    draws = draws or default_draws(vocab)
+    signal = (
+        {"mode": mode, "temperature": temperature, "draws": draws}
+        if mode == "sample"
+        else {"mode": mode, "top_k": top_k}
+    )
     key = fingerprint(
-        "teacher-cache-v2",
+        "teacher-cache-v3",
         str(Path(teacher_dir).resolve()),
         _weights_identity(teacher_dir),
         fingerprint(blocks.tolist()),
-        top_k,
+        signal,
         bool(precision and precision.bf16),
     )
-    entry = cache_root() / "teacher" / key
-    need_logits = not (entry / "logits.safetensors").exists()
+    entry = teacher_root() / key
+    signal_file = entry / ("samples.safetensors" if mode == "sample" else "logits.safetensors")
+    need_signal = not signal_file.exists()
     missing = [layer for layer in sorted(set(hidden_layers)) if not (entry / f"hidden_{layer}.safetensors").exists()]
-    if not need_logits and not missing:
-        print(f"slimlm: reusing cached teacher outputs {entry}", file=sys.stderr)
+    per_position = bytes_per_position(mode, vocab, draws=draws, top_k=top_k)
+    if not need_signal and not missing:
+        log(f"reusing cached teacher outputs {entry}")
+        _touch(entry)
         return entry
     if device is not None:
         teacher.to(device)
-    head = teacher.get_output_embeddings().weight
-    values, indices = [], []
+        head = teacher.get_output_embeddings().weight
+    gen = torch.Generator(device=head.device).manual_seed(int(key[:12], 16))  # the same draws on every rebuild
+    first, second = [], []
     hidden = {layer: [] for layer in missing}
     teacher.eval()
     with torch.inference_mode(), autocast(precision, head.device.type):
         for start in tqdm(range(0, len(blocks), batch_size), desc="caching teacher outputs", unit="batch"):
             ids = blocks[start : start + batch_size].to(head.device)
             out = teacher(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-            if need_logits:
+            if need_signal:
                 final = out.hidden_states[-1].flatten(0, 1)
-                top_v, top_i = [], []
-                for c in range(0, len(final), chunk):  # never the whole batch's fp32 logits at once
-                    logits = final[c : c + chunk].float() @ head.float().T
-                    v, i = logits.topk(top_k, dim=-1)
-                    top_v.append(v)
-                    top_i.append(i.int())
-                values.append(torch.cat(top_v).view(*ids.shape, top_k).cpu())
-                indices.append(torch.cat(top_i).view(*ids.shape, top_k).cpu())
+                parts = [
+                    chunk_signal(final[c : c + chunk], head, mode, temperature, draws, top_k, gen)
+                    for c in range(0, len(final), chunk)
+                ]  # never the whole batch's fp32 logits at once
+                first.append(torch.cat([a for a, _ in parts]).view(*ids.shape, -1).cpu())
+                second.append(torch.cat([b for _, b in parts]).view(*ids.shape, -1).cpu())
             for layer in missing:
                 hidden[layer].append(out.hidden_states[layer].to(torch.bfloat16).cpu())
     entry.mkdir(parents=True, exist_ok=True)
-    if need_logits:
-        _save_atomic(
-            {"topk_values": torch.cat(values), "topk_indices": torch.cat(indices)}, entry / "logits.safetensors"
+    if need_signal:
+        if mode == "sample":
+            tensors = {
+                "teacher_entropy": torch.cat(first).squeeze(-1).half(),
+                "sample_ids": torch.cat(second).to(id_dtype(vocab)),
+            }
+        else:
+            tensors = {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
+        _save_atomic(tensors, signal_file)
+        positions = blocks.numel()
+        log(
+            f"teacher cache ({mode}"
+            + (f", {draws} draws per position at temperature {temperature:g}" if mode == "sample" else f", top-{top_k}")
+            + f"): {per_position} bytes a position, {per_position * positions / 2**20:.1f} MiB for {positions:,} "
+            f"positions -> {entry}"
         )
     for layer, h in hidden.items():
         _save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
+    _write_meta(entry, teacher_dir, signal, per_position, blocks)
     return entry
+
+
+def chunk_signal(final, head, mode, temperature, draws, top_k, gen):
+    """One chunk's teacher signal: (entropy (m, 1), draws (m, n)) or (top-k values (m, k), ids (m, k))."""
+    logits = final.float() @ head.float().T
+    if mode == "topk":
+        values, ids = logits.topk(top_k, dim=-1)
+        return values, ids.int()
+    log_p = torch.log_softmax(logits / temperature, dim=-1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1, keepdim=True)
+    return entropy, torch.multinomial(p, draws, replacement=True, generator=gen).int()
+
+
+def _write_meta(entry: Path, teacher_dir, signal: dict, per_position: int, blocks: torch.Tensor) -> None:
+    """What `slimlm cache list` shows about an entry (written last: an entry without it is listed as partial)."""
+    meta = {
+        "teacher": str(teacher_dir),
+        **signal,
+        "bytes_per_position": per_position,
+        "positions": int(blocks.numel()),
+        "hidden_layers": sorted(int(p.stem.split("_")[1]) for p in entry.glob("hidden_*.safetensors")),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = entry / f".{META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, entry / META)
+
+
+def _touch(entry: Path) -> None:
+    """Mark an entry used now, so `slimlm cache list` can say which entries nobody has read for a while."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
+def list_entries() -> list[dict]:
+    """Every teacher cache entry: its key, what it holds (meta.json), its size on disk and when it was last used."""
+    root = teacher_root()
+    entries = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        try:
+            meta = json.loads((entry / META).read_text())
+        except (OSError, ValueError):
+            meta = {"mode": "partial or from an older slimlm"}
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        entries.append({"key": entry.name, **meta, "bytes": size, "last_used": entry.stat().st_mtime})
+    return entries
+
+
+def remove_entries(keys: list[str]) -> int:
+    """Delete these entries (whole keys, or unique prefixes); returns the bytes freed."""
+    known = {e["key"]: e for e in list_entries()}
+    freed = 0
+    for key in keys:
+        matches = [k for k in known if k.startswith(key)]
+        if len(matches) != 1:
+            what = "no entry" if not matches else f"{len(matches)} entries"
+            raise ValueError(f"{what} in {teacher_root()} match {key!r}; `slimlm cache list` shows the keys")
+        shutil.rmtree(teacher_root() / matches[0])
+        freed += known.pop(matches[0])["bytes"]
+    return freed
 
 
 def _save_atomic(tensors: dict, path: Path) -> None:
@@ -107,17 +237,27 @@ class CachedTeacher:
 
     def __getitem__(self, i: int) -> dict:
         if self._handles is None:
-            self._handles = {"logits": safe_open(str(self.entry / "logits.safetensors"), framework="pt")}
+            sampled = (self.entry / "samples.safetensors").exists()
+            name = "samples.safetensors" if sampled else "logits.safetensors"
+            self._handles = {"signal": safe_open(str(self.entry / name), framework="pt")}
             for layer in self.hidden_layers:
                 self._handles[layer] = safe_open(str(self.entry / f"hidden_{layer}.safetensors"), framework="pt")
         h = self._handles
-        item = {
-            "topk_values": h["logits"].get_slice("topk_values")[i],
-            "topk_indices": h["logits"].get_slice("topk_indices")[i],
-        }
+        item = {key: h["signal"].get_slice(key)[i] for key in h["signal"].keys()}
+        if "sample_ids" in item:  # uint16 on disk; collation and indexing want a common integer type
+            item["sample_ids"] = item["sample_ids"].to(torch.int32)
         for layer in self.hidden_layers:
             item[f"teacher_hidden_{layer}"] = h[layer].get_slice("hidden")[i]
         return item
+
+    def storage(self) -> dict:
+        """What slimlm.json records about the cache: its entry, mode and bytes per position (meta.json)."""
+        try:
+            meta = json.loads((self.entry / META).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        keep = ("mode", "temperature", "draws", "top_k", "bytes_per_position", "positions")
+        return {"entry": str(self.entry), **{k: meta[k] for k in keep if k in meta}}
 
     def __getstate__(self):  # dataloader workers open their own handles
         return {**self.__dict__, "_handles": None}

@@ -1,0 +1,134 @@
+"""Settings of the paper's studies: `slimlm experiment` (the three sweeps of section 3.2), `slimlm pipeline`
+and `slimlm report`, with the measurement protocol every arm shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from slimlm.settings.commands import DATA_HELP, TEACHER_HELP, force_option, out_option, precision_option
+from slimlm.settings.fields import Settings, number, option
+from slimlm.settings.training import CACHE_MODES, FINETUNE_LEARNING_RATES
+
+SWEEP_DISTILL_LEARNING_RATE = 6e-4  # the studies' short runs learn faster than `slimlm distill`'s default
+# the measurement protocol of every experiment arm (experiments/runner.py applies it; `evaluate:` in a recipe)
+EVAL_DEFAULTS = {
+    "split": "test",
+    "window": 256,
+    "stride": 256,
+    "tokens": 8192,
+    "decode_new_tokens": 64,
+    "repeats": 3,
+    "tasks": ["cloze"],
+    "task_items": None,
+}
+EXPERIMENT_KINDS = {
+    "temperature": "KD temperature sweep (paper Table 1)",
+    "feature-layer": "which teacher layer to distil features from (paper Figure 2)",
+    "finetune": "LoRA vs full fine-tuning of a distilled student (paper Figure 3)",
+}
+
+
+@dataclass
+class ExperimentSettings(Settings):
+    """`slimlm experiment KIND`: one of the paper's studies (section 3.2) over several seeds.
+
+    The swept values are one field, spelled per kind on the command line (`--values`, `--layers`,
+    `--methods`); `model`, `rank` and `feature_weight` are flags only of the kinds that use them."""
+
+    VALUES: ClassVar[dict] = {
+        "temperature": ("--values", "temperatures", [0.5, 1.0, 2.0, 5.0, 10.0]),
+        "feature-layer": (
+            "--layers",
+            "teacher layers, 1..N (default: the paper's relative depths 1/12, 1/4, 1/2, 3/4, 1)",
+            None,
+        ),
+        "finetune": ("--methods", "methods", ["lora", "full"]),
+    }
+
+    kind: str = option(
+        "temperature", "which study", choices=tuple(EXPERIMENT_KINDS), subcommand=True, flag="experiment KIND"
+    )
+    values: str | list | None = option(None, "the swept values, comma-separated", per_kind=VALUES)
+    seeds: str | list = option("0,1,2", "seeds per arm")
+    teacher: str = option("smollm2-135m", TEACHER_HELP)
+    data: str = option("sotu", DATA_HELP)
+    student: str | None = option(None, "starting student directory (default: built from the teacher)")
+    student_layers: int = option(14, "layers of the student built from the teacher", minimum=1)
+    model: str | None = option(
+        None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",)
+    )
+    rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",))
+    max_tokens: int = option(20480, "training tokens per arm", minimum=1)
+    learning_rate: float | None = option(
+        None,
+        f"default {number(SWEEP_DISTILL_LEARNING_RATE)} for distillation; fine-tuning: "
+        f"{number(FINETUNE_LEARNING_RATES['lora'])} LoRA, {number(FINETUNE_LEARNING_RATES['full'])} full",
+    )
+    batch_size: int = option(4, "blocks per optimizer step", minimum=1)
+    block_size: int = option(256, "tokens per training block", cli=False, minimum=1)
+    temperature: float = option(2.0, "KD temperature of the arms that do not sweep it")
+    alpha: float = option(0.5, "weight of the hard-label CE in the KD loss")
+    feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",))
+    cache_mode: str = option(
+        "sample",
+        "teacher cache of the distillation arms: sample (unbiased draws, one entry per temperature) or topk "
+        "(biased top-k logits)",
+        choices=CACHE_MODES,
+    )
+    top_k: int = option(128, "--cache-mode topk: teacher logits kept per token", minimum=1)
+    recipe: str | None = option(None, "YAML of extra training settings applied to every run (e.g. warmup_ratio)")
+    settings: dict | None = option(
+        None, "extra training settings applied to every run (what --recipe holds)", cli=False
+    )
+    precision: str = precision_option("training of every arm (measurement stays fp32)")
+    eval_tokens: int | None = option(
+        None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})"
+    )
+    repeats: int | None = option(None, f"decode-speed repeats (default {EVAL_DEFAULTS['repeats']})")
+    tasks: str | list | None = option(
+        None, f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})"
+    )
+    task_items: int | None = option(None, "items per downstream task (default: each task's own)")
+    evaluation: dict | None = option(
+        None,
+        "the measurement protocol (EVAL_DEFAULTS above); the flags above override its keys",
+        cli=False,
+    )
+    out: str | None = out_option("run folder; rerun the same command to finish missing arms")
+    force: bool = force_option("delete the run folder and start over")
+    command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
+
+    def distill_learning_rate(self) -> float:
+        return self.learning_rate or SWEEP_DISTILL_LEARNING_RATE
+
+    def default_values(self):
+        return self.VALUES[self.kind][2]
+
+    def protocol(self) -> dict:
+        """The measurement protocol: `evaluation`, with the flags that were given on top."""
+        flags = {
+            "tokens": self.eval_tokens,
+            "repeats": self.repeats,
+            "tasks": self.tasks,
+            "task_items": self.task_items,
+        }
+        return {**(self.evaluation or {}), **{k: v for k, v in flags.items() if v is not None}}
+
+
+@dataclass
+class PipelineSettings(Settings):
+    """`slimlm pipeline RECIPE`: distil -> fine-tune -> prune -> quantize from one recipe, every stage measured."""
+
+    recipe: str = option("", "YAML recipe (examples in recipes/)", positional=True)
+    out: str | None = out_option("run folder; rerun the same command to finish missing stages")
+    force: bool = force_option("delete the run folder and start over")
+    command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
+
+
+@dataclass
+class ReportSettings(Settings):
+    """`slimlm report RUN_DIR`: report.md, report.html and plots of a finished (or partial) run folder."""
+
+    run_dir: str = option("", "an experiment or pipeline folder", positional=True)
+    force: bool = force_option("replace an existing report")
