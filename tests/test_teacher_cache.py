@@ -209,3 +209,45 @@ def test_sampled_kernel_equals_the_plain_formula(chunk, alpha):
     torch.testing.assert_close(parts["kd"], kd / n)
     torch.testing.assert_close(got[0], h.grad)
     torch.testing.assert_close(got[1], w.grad)
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--cache-draws", "0"], ["--cache-draws", "positive integer"]),
+    ],
+)
+def test_bad_cache_settings_are_one_line_errors(capsys, tiny_teacher, text_dir, argv, words):
+    from test_errors import assert_one_line_error
+
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        tiny_teacher,
+        "--data",
+        text_dir,
+        "--keep-layers",
+        "0,3",
+        "--teacher-cache",
+        "--out",
+        "out",
+        *argv,
+    )
+    assert_one_line_error(code, err, *words)
+
+
+@pytest.mark.parametrize(
+    "values,word", [({"cache_mode": "everything"}, "--cache-mode"), ({"cache_draws": "many"}, "cache_draws")]
+)
+def test_bad_cache_settings_in_the_api_or_a_recipe(values, word):
+    from slimlm.errors import SlimlmError
+    from slimlm.settings import DistillSettings
+
+    with pytest.raises(SlimlmError, match=word):
+        DistillSettings.from_dict({"keep_layers": "0", "teacher_cache": True, **values}).validate()
+
+
+def test_cache_list_refuses_keys(capsys):
+    code, err = run_cli(capsys, "cache", "list", "abc")
+    assert code == 2 and "slimlm cache remove KEY" in err[-1]
