@@ -120,7 +120,13 @@ def test_cache_stores_draws_from_the_teacher_at_the_run_temperature(tiny_teacher
     cold = teacher_cache(teacher, tiny_teacher, blocks, temperature=1e-3, hidden_layers=[], precision=None)
     assert cold != entry  # one entry per temperature
     ids = load_file(str(cold / "samples.safetensors"))["sample_ids"].long()
-    assert torch.equal(ids, logits.argmax(-1, keepdim=True).expand_as(ids))
+    # where the teacher's top two logits are 0.05 apart, a draw at tau=1e-3 picks the runner-up with
+    # probability below e^-50: every draw there must be the argmax. Near-ties are left out, because the cache's
+    # own head matmul may round them differently from the model's forward.
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[..., 0] - top2[..., 1]) > 0.05
+    assert clear.sum() > clear.numel() // 2
+    assert torch.equal(ids[clear], logits.argmax(-1, keepdim=True).expand_as(ids)[clear])
 
 
 def test_distill_with_the_default_cache_records_its_storage_and_topk_stays_by_name(
@@ -142,7 +148,11 @@ def test_distill_with_the_default_cache_records_its_storage_and_topk_stays_by_na
     training = json.loads((out / "slimlm.json").read_text())["training"]
     storage = training["teacher_cache_storage"]
     assert training["teacher_cache"] and storage["mode"] == "sample" and storage["bytes_per_position"] <= 64
-    assert training["log"][-1]["kd"] > 0 and "64 bytes a position" in capsys.readouterr().err
+    # the logged kd is a Monte Carlo estimate of KL (mean of -log q over draws, minus H(p_T)): it may dip below 0
+    # near a student this close to its teacher, so check it is computed (finite, non-zero), not its sign
+    kd = [row["kd"] for row in training["log"] if "kd" in row]
+    assert kd and all(math.isfinite(v) for v in kd) and any(v != 0 for v in kd)
+    assert "64 bytes a position" in capsys.readouterr().err
     slimlm.distill(out="again", **common)
     assert "reusing cached teacher outputs" in capsys.readouterr().err  # same blocks, same tau: one entry
     out = slimlm.distill(out="topk", cache_mode="topk", top_k=8, **common)
