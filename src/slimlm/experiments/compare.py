@@ -15,6 +15,7 @@ import numpy as np
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, describe, describe_point, method_of, point_x, same_x
 from slimlm.experiments.columns import cell, display, paper_value, ratio, said
+from slimlm.experiments.control import control_sentences, is_control, swept
 from slimlm.experiments.stats import dominated, shape, spearman, within_spread
 
 # Our metric, the paper's matching key, higher is better, words.
@@ -54,7 +55,8 @@ def comparison_rows(arms: list[dict], spec: dict) -> list[dict]:
     rows = []
     for arm in arms:
         x = arm_x(arm, spec)
-        match = next((p for p in points if same_x(x, point_x(p, kind), kind)), None)
+        # a control arm (control.py) sits beside the sweep: never matched with the paper's point at its setting
+        match = None if is_control(arm) else next((p for p in points if same_x(x, point_x(p, kind), kind)), None)
         if match is not None:
             points.remove(match)
         rows.append(
@@ -62,6 +64,7 @@ def comparison_rows(arms: list[dict], spec: dict) -> list[dict]:
                 "x": x,
                 "arm": arm["name"],
                 "label": arm["label"],
+                **({"control": arm["control"]} if is_control(arm) else {}),
                 "paper": match,
                 "ours": {k: arm["metrics"].get(k) for k in (*(c[0] for c in COMPARED), "decode_tokens_per_s")},
             }
@@ -186,11 +189,12 @@ def sweep_speed_sentence(arms, spec) -> list[str]:
 
 
 def sweep_sentences(arms, spec) -> list[str]:
-    out = []
+    """The swept arms against the paper; control arms only against the swept arm at their setting."""
+    out, points = [], swept(arms)
     for key, pkey, higher, words in COMPARED:
-        out += best_sentences(arms, spec, key, pkey, higher, words)
-        out += shape_sentences(arms, spec, key, pkey, words)
-    return out + sweep_speed_sentence(arms, spec)
+        out += best_sentences(points, spec, key, pkey, higher, words)
+        out += shape_sentences(points, spec, key, pkey, words)
+    return out + sweep_speed_sentence(points, spec) + control_sentences(arms, spec)
 
 
 def finetune_sentences(arms, spec) -> list[str]:

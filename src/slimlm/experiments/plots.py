@@ -12,6 +12,7 @@ from pathlib import Path
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, method_of, point_x, teacher_layers
 from slimlm.experiments.columns import TRAINING_COLUMNS, column
+from slimlm.experiments.control import ONLINE_LEGEND, controls, swept
 from slimlm.experiments.stats import finite
 
 DOWNSTREAM = ("cloze_exact_match", "rouge1", "rouge2", "rougeL")
@@ -46,7 +47,7 @@ def _panels(arms) -> list[str]:
     return keys + [k for k in DOWNSTREAM if any(k in a["metrics"] for a in arms)]
 
 
-def _draw_ours(ax, arms, key, x_of):
+def _draw_ours(ax, arms, key, x_of, fmt="o-", color="C0", label="slimlm (mean ± std over seeds)"):
     """Mean with ±1 std error bars, each seed a faint dot: the reader sees the noise the means hide."""
     arms = [a for a in arms if key in a["metrics"]]
     scale = column(key).scale
@@ -57,15 +58,13 @@ def _draw_ours(ax, arms, key, x_of):
         ax.scatter(
             [x] * a["metrics"][key]["n"],
             [v * scale for v in a["metrics"][key]["values"]],
-            color="C0",
+            color=color,
             alpha=0.25,
             s=14,
             zorder=2,
         )
     if arms:
-        ax.errorbar(
-            xs, means, yerr=stds, fmt="o-", color="C0", capsize=4, label="slimlm (mean ± std over seeds)", zorder=3
-        )
+        ax.errorbar(xs, means, yerr=stds, fmt=fmt, color=color, capsize=4, label=label, zorder=3)
     ax.set_ylabel(column(key).label)
     ax.grid(alpha=0.3)
 
@@ -125,13 +124,15 @@ def _draw_paper(ax, xs, ys, pkey, label, *, ranges=None):
 
 
 def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
-    """One panel per metric against the swept axis, with the paper's points where it has that metric."""
-    keys = _panels(arms)
+    """One panel per metric against the swept axis, with the paper's points where it has that metric; control
+    arms (control.py) as their own unjoined markers, just right of their setting so they hide no swept point."""
+    keys, points, extra = _panels(arms), swept(arms), controls(arms)
     fig, axes = _figure(len(keys))
     source = paper_data.BY_KIND[kind]
     pxs = [point_x(p, kind) for p in source["points"]]
     for ax, key in zip(axes, keys):
-        _draw_ours(ax, arms, key, x_of)
+        _draw_ours(ax, points, key, x_of)
+        _draw_ours(ax, extra, key, lambda a: x_of(a) * 1.08, fmt="D", color="C2", label=ONLINE_LEGEND)
         style_axis(ax)
         ours = [v for a in arms for v in ((a["metrics"].get(key) or {}).get("values") or [])]
         _log_if_wide(ax, [], ours)  # one diverged arm (perplexity 1e8) must not flatten the others to a line

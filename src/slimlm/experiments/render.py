@@ -9,6 +9,7 @@ import html
 from pathlib import Path
 
 from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, paper_value
+from slimlm.experiments.control import cache_lines, controls
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
 
 
@@ -70,9 +71,12 @@ def protocol_section(report) -> list[str]:
         "(tokens each arm really trained on: see Training cost)",
         _evaluation_line(p.get("eval", {})),
         f"- seeds: {', '.join(map(str, report['seeds'])) or '–'}",
-        f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}",
-        f"- base settings: {_settings(p.get('base_settings', {}))}",
     ]
+    if controls(report["arms"]):
+        lines += cache_lines(report["arms"], cache, _settings)  # which arms read the cache, which ran online
+    else:
+        lines.append(f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}")
+    lines.append(f"- base settings: {_settings(p.get('base_settings', {}))}")
     compute = report.get("compute") or []
     lines += [
         f"- training precision: {compute[0]}"
@@ -213,6 +217,8 @@ def _paper_table(rows: list[dict], kind: str) -> list[str]:
 def _paper_row(r: dict, kind: str, has_cloze: bool) -> list[str]:
     p, o, x = r["paper"] or {}, r["ours"] or {}, r["x"]
     setting = f"τ={x:g}" if kind == "temperature" else f"depth {x:.2f}" if kind == "feature-layer" else str(x)
+    if r.get("control"):
+        setting += f" ({r['control']}, control: not matched with the paper)"
     if kind == "feature-layer" and p:
         setting += f" (paper layer {p['layer']})"
     row = [setting, r["arm"] or "–", paper_value(p.get("accuracy_pct")), cell(o.get("accuracy"), "accuracy")]

@@ -45,6 +45,7 @@ def arm_summary(arm: dict, results: list[dict], seeds: list[int]) -> dict:
         "value": arm.get("value"),
         "label": arm.get("label", arm["name"]),
         "settings": arm.get("settings", {}),
+        **({"control": arm["control"]} if arm.get("control") else {}),  # beside the sweep, not on it (control.py)
         "seeds": found,
         "missing_seeds": [s for s in seeds if s not in found],
         "metrics": summarize_block(results, "metrics"),

@@ -7,7 +7,9 @@
 
 All arms of a seed train on the same blocks from the same starting student with the same budget;
 teacher outputs (top-k logits and every hidden layer the sweep needs) are computed once per seed
-and reused by every arm through the teacher cache. Only the swept setting differs.
+and reused by every arm through the teacher cache. Only the swept setting differs. The temperature study's
+`--online-control` adds one control arm beside the sweep, at `--temperature` with the teacher run online
+(control.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
+from slimlm.experiments.control import online_arm
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
 
 
@@ -72,6 +75,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         values = parse_list(values, float)
         parameter = {"name": "temperature", "label": "KD temperature τ", "numeric": True}
         arms = [{"name": f"t{v:g}", "value": v, "label": f"τ={v:g}", "settings": {"temperature": v}} for v in values]
+        arms += [online_arm(s.temperature)] if s.online_control else []  # the control: no cache, same τ
         base = distill_base
     elif kind == "feature-layer":
         values = parse_list(values if values is not None else _default_layers(teacher_layers), int, "--layers")
@@ -139,7 +143,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "base_settings": _portable(base, run_dir),
             "eval": ev,
             "teacher_cache": _cache_protocol(s) if kind != "finetune" else None,
-            "notes": _notes(kind, s.student, s.model, s.student_layers, s.max_tokens),
+            "notes": _notes(kind, s.student, s.model, s.student_layers, s.max_tokens, s.online_control)
+            + (_online_notes(arms[-1], s.cache_mode) if s.online_control else []),
         },
         "command": s.command,
     }
@@ -265,7 +270,7 @@ def _default_layers(teacher_layers: int) -> list[int]:
     return sorted({max(1, round(f * teacher_layers)) for f in picks})
 
 
-def _notes(kind, student, model, student_layers, max_tokens) -> list[str]:
+def _notes(kind, student, model, student_layers, max_tokens, online_control=False) -> list[str]:
     notes = [
         f"every arm trains on the same {max_tokens:,} tokens per seed (seed sets the block order and init "
         "of new parameters); only the swept setting differs",
@@ -284,10 +289,21 @@ def _notes(kind, student, model, student_layers, max_tokens) -> list[str]:
         )
     else:
         notes.append(
-            f"arms start from {start}; teacher outputs are cached once per seed (top-k logits "
-            "renormalised over the teacher's top-k, plus hidden states) and shared by every arm"
+            f"arms start from {start}; teacher outputs are cached once per seed and temperature (the teacher cache "
+            "above) and shared by every swept arm"
+            + ("; the control arm runs the teacher online" if online_control else "")
         )
     return notes
+
+
+def _online_notes(arm: dict, cache_mode: str) -> list[str]:
+    """What the control arm is for (said only when it runs, so a folder without it keeps its identity)."""
+    return [
+        f"control arm {arm['name']}: τ={arm['value']:g} with the teacher run online every step (no teacher cache); "
+        f"every swept arm reads the teacher cache (--cache-mode {cache_mode}), so the control shows whether the "
+        f"cache changes the result at τ={arm['value']:g}. It is not a point of the sweep: not on the τ line, not "
+        "matched with the paper"
+    ]
 
 
 def _cache_protocol(s) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from slimlm.errors import SlimlmError
 from slimlm.settings.commands import DATA_HELP, TEACHER_HELP, force_option, out_option, precision_option
 from slimlm.settings.fields import Settings, number, option
 from slimlm.settings.training import CACHE_MODES, FINETUNE_LEARNING_RATES
@@ -34,7 +35,8 @@ class ExperimentSettings(Settings):
     """`slimlm experiment KIND`: one of the paper's studies (section 3.2) over several seeds.
 
     The swept values are one field, spelled per kind on the command line (`--values`, `--layers`,
-    `--methods`); `model`, `rank` and `feature_weight` are flags only of the kinds that use them."""
+    `--methods`); `model`, `rank`, `feature_weight` and `online_control` are flags only of the kinds that
+    use them."""
 
     VALUES: ClassVar[dict] = {
         "temperature": ("--values", "temperatures", [0.5, 1.0, 2.0, 5.0, 10.0]),
@@ -77,6 +79,12 @@ class ExperimentSettings(Settings):
         choices=CACHE_MODES,
     )
     top_k: int = option(128, "--cache-mode topk: teacher logits kept per token", minimum=1)
+    online_control: bool = option(
+        False,
+        "add a control arm at --temperature that runs the teacher online (no teacher cache) beside the cached "
+        "arms, to show whether the cache changes the result",
+        kinds=("temperature",),
+    )
     recipe: str | None = option(None, "YAML of extra training settings applied to every run (e.g. warmup_ratio)")
     settings: dict | None = option(
         None, "extra training settings applied to every run (what --recipe holds)", cli=False
@@ -98,6 +106,12 @@ class ExperimentSettings(Settings):
     out: str | None = out_option("run folder; rerun the same command to finish missing arms")
     force: bool = force_option("delete the run folder and start over")
     command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
+
+    def check(self) -> None:
+        if self.online_control and self.kind != "temperature":
+            raise SlimlmError(
+                f"--online-control is an option of `slimlm experiment temperature` only (got kind {self.kind}); drop it"
+            )
 
     def distill_learning_rate(self) -> float:
         return self.learning_rate or SWEEP_DISTILL_LEARNING_RATE
