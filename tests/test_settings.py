@@ -86,6 +86,8 @@ FLAGS = {
         (["--data", "d"], "data", "d"),
         (["--layers", "3"], "layers", 3),
         (["--keep-layers", "0-4,20-29"], "keep_layers", "0-4,20-29"),
+        (["--target-params", "0.55"], "target_params", 0.55),
+        (["--axes", "width"], "axes", "width"),
         (["--student-config", '{"intermediate_size": 64}'], "student_config", {"intermediate_size": 64}),
         (["--block-size", "32"], "block_size", 32),
         (["--calibration-blocks", "2"], "calibration_blocks", 2),
@@ -165,7 +167,11 @@ FLAGS = {
         (["--lm-eval", "hellaswag"], "lm_eval", "hellaswag"),
         *COMMON,
     ],
-    ("experiment", "temperature"): [(["--values", "0.5,2"], "values", "0.5,2"), *EXPERIMENT],
+    ("experiment", "temperature"): [
+        (["--values", "0.5,2"], "values", "0.5,2"),
+        (["--online-control"], "online_control", True),
+        *EXPERIMENT,
+    ],
     ("experiment", "feature-layer"): [
         (["--layers", "1,4"], "values", "1,4"),
         (["--feature-weight", "0.5"], "feature_weight", 0.5),
@@ -224,7 +230,7 @@ def _argv(words, argv) -> list[str]:
     required = list(REQUIRED.get(words[0], []))
     positional = [] if required[:1] in ([], ["--layers"], ["--out"]) else required[:1]
     flags = required[len(positional) :]
-    if words[0] == "student" and argv[0] in ("--layers", "--keep-layers"):
+    if words[0] == "student" and argv[0] in ("--layers", "--keep-layers", "--target-params"):
         flags = flags[2:]  # one of the pair, not both
     if argv[0] == "--out":
         flags = [w for i, w in enumerate(flags) if w != "--out" and flags[i - 1 : i] != ["--out"]]
@@ -392,8 +398,12 @@ def test_flag_spellings_kept():
     parser = build_parser()
     assert parser.parse_args(["distill", "--fsdp", "--out", "o"]).fsdp == "full_shard auto_wrap"
     assert parser.parse_args(["distill", "--teacher-cache", "--out", "o"]).teacher_cache is True
-    for argv in (["student", "--out", "o"], ["student", "--layers", "2", "--keep-layers", "0", "--out", "o"]):
-        with pytest.raises(SystemExit):  # exactly one of --layers / --keep-layers
+    for argv in (
+        ["student", "--out", "o"],
+        ["student", "--layers", "2", "--keep-layers", "0", "--out", "o"],
+        ["student", "--layers", "2", "--target-params", "0.5", "--out", "o"],
+    ):
+        with pytest.raises(SystemExit):  # exactly one of --layers / --keep-layers / --target-params
             parser.parse_args(argv)
     with pytest.raises(SystemExit):  # --values is temperature's spelling only
         parser.parse_args(["experiment", "finetune", "--values", "1", "--out", "o"])

@@ -1,4 +1,4 @@
-"""Build a student from the teacher: keep some of its decoder layers, optionally make it narrower.
+"""Depth: a student that keeps some of the teacher's decoder layers, chosen by measurement.
 
 Starting from the teacher's own weights is what makes distillation on a small budget work, and
 *which* layers are kept matters by orders of magnitude (docs/distillation.md: every other layer of the
@@ -15,15 +15,10 @@ import math
 import torch
 from torch import nn
 
-from slimlm import precision as precisions
-from slimlm.data.corpus import calibration_sample
-from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 
 # Per-layer list attributes that some configs carry and that must follow the kept layers.
 _PER_LAYER_CONFIG_LISTS = ("layer_types",)
-# Config fields a user may change to make the student narrower.
-WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def decoder_layers(model) -> nn.ModuleList:
@@ -68,12 +63,8 @@ def parse_keep_layers(spec: str | list[int], n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def build_student(teacher, keep_layers: list[int], config_overrides: dict | None = None):
-    """A new model with the teacher's layers `keep_layers`; weights copied where shapes allow.
-
-    With `config_overrides` (e.g. a smaller hidden_size/intermediate_size) the student is narrower and
-    each weight is initialised from the leading slice of the teacher's (a cheap, structure-preserving start).
-    """
+def build_student(teacher, keep_layers: list[int]):
+    """A new model with the teacher's layers `keep_layers` and their weights (narrower: methods/width.py)."""
     from transformers import AutoModelForCausalLM
 
     n_teacher = len(decoder_layers(teacher))
@@ -84,17 +75,6 @@ def build_student(teacher, keep_layers: list[int], config_overrides: dict | None
         values = getattr(config, name, None)
         if isinstance(values, list) and len(values) == n_teacher:
             setattr(config, name, [values[i] for i in keep_layers])
-    for key, value in (config_overrides or {}).items():
-        if key not in WIDTH_FIELDS:
-            raise SlimlmError(f"student config key '{key}' cannot be changed; allowed: {', '.join(WIDTH_FIELDS)}")
-        if not isinstance(value, int) or value < 1:
-            raise SlimlmError(f"student config {key}={value!r} must be a positive integer")
-        setattr(config, key, value)
-    if config.hidden_size % config.num_attention_heads and "head_dim" not in (config_overrides or {}):
-        raise SlimlmError(
-            f"hidden_size {config.hidden_size} is not divisible by num_attention_heads "
-            f"{config.num_attention_heads}; set both so it is"
-        )
     torch.manual_seed(0)
     student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype)
     source = teacher.state_dict()
@@ -108,11 +88,7 @@ def build_student(teacher, keep_layers: list[int], config_overrides: dict | None
                     break
             if src_name not in source:
                 continue
-            src = source[src_name]
-            if src.shape == param.shape:
-                param.copy_(src)
-            elif src.dim() == param.dim() and all(s >= p for s, p in zip(src.shape, param.shape)):
-                param.copy_(src[tuple(slice(0, p) for p in param.shape)])
+            param.copy_(source[src_name])
     student.config.slimlm_kept_layers = keep_layers
     return student
 
@@ -159,42 +135,3 @@ def select_layers(teacher, calibration: torch.Tensor, n_keep: int, progress=None
         teacher.model.layers = layers
     table.sort(key=lambda row: row["perplexity"])
     return table[0]["kept"], table
-
-
-def student_from_teacher(
-    teacher, splits, *, layers=None, keep_layers=None, student_config=None, calibration=8, seed=0, precision=None
-) -> tuple:
-    """The student of the `student` stage (and of `distill --layers/--keep-layers`): the kept layers, chosen by
-    `select_layers` on a seeded calibration sample unless given, and both models' calibration perplexity."""
-    from tqdm.auto import tqdm
-
-    n_teacher = len(decoder_layers(teacher))
-    calib = calibration_sample(splits.train, calibration, seed)
-    info = {}
-    if keep_layers is None:
-        if not 1 <= layers <= n_teacher:
-            raise SlimlmError(
-                f"--layers {layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}"
-            )
-        with precisions.autocast(precision, teacher.device.type):
-            keep, table = select_layers(teacher, calib, layers, progress=tqdm)
-        info["layer_selection"] = {
-            "method": "drop the contiguous run of layers whose removal raises calibration perplexity least",
-            "calibration_blocks": len(calib),
-            "candidates": [{k: r[k] for k in ("dropped", "perplexity")} for r in table],
-        }
-        if table:
-            log(
-                f"layer importance: dropping layers {table[0]['dropped'][0]}-{table[0]['dropped'][1]} costs least "
-                f"(calibration perplexity {table[0]['perplexity']:.1f}; worst candidate {table[-1]['perplexity']:.3g})"
-            )
-    else:
-        keep = parse_keep_layers(keep_layers, n_teacher)
-    student = build_student(teacher, keep, student_config)
-    with precisions.autocast(precision, teacher.device.type):
-        info["calibration_perplexity"] = {
-            "teacher": calibration_perplexity(teacher, calib),
-            "student": calibration_perplexity(student, calib),
-        }
-    info["kept_layers"] = keep
-    return student, info

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from slimlm.errors import SlimlmError
 
 # the choices are what the methods implement, declared there once
+from slimlm.methods.budget import AXES, check_target
 from slimlm.methods.gguf import TYPES as GGUF_TYPES
 from slimlm.methods.pruning import METHODS as PRUNE_METHODS
 from slimlm.methods.quantization import BITS as QUANT_BITS
@@ -64,9 +65,22 @@ class StudentSettings(Settings):
     keep_layers: str | None = option(
         None, "keep exactly these teacher layers, e.g. 0-4,20-29", layer_list=True, one_of="layers"
     )
-    student_config: dict | None = option(None, "narrower widths: JSON or a .json/.yaml file")
+    target_params: float | None = option(
+        None,
+        "a fraction of the teacher's parameters, e.g. 0.55: try the shapes of that size along --axes and keep the "
+        "one closest to the teacher (KL on calibration blocks)",
+        one_of="layers",
+    )
+    axes: str = option(
+        "both",
+        "--target-params: cut layers (depth), channels and heads by activation importance (width), or try both",
+        choices=AXES,
+    )
+    student_config: dict | None = option(
+        None, "narrower widths, kept by activation importance: JSON or a .json/.yaml file"
+    )
     block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2)
-    calibration_blocks: int = option(8, "blocks that measure each layer's importance", minimum=1)
+    calibration_blocks: int = option(8, "blocks that measure layer, channel and head importance", minimum=1)
     seed: int = option(0, "seed of the calibration sample and of new parameters")
     precision: str = precision_option("layer selection and measurement")
     evaluate_test: bool = option(True, "measure the student's starting test perplexity", cli=False)
@@ -75,8 +89,14 @@ class StudentSettings(Settings):
     trust_remote_code: bool = trust_option()
 
     def check(self) -> None:
-        if (self.layers is None) == (self.keep_layers is None):
-            raise SlimlmError("give exactly one of --layers N or --keep-layers LIST")
+        if sum(v is not None for v in (self.layers, self.keep_layers, self.target_params)) != 1:
+            raise SlimlmError("give exactly one of --layers N, --keep-layers LIST or --target-params FRACTION")
+        if self.target_params is not None:
+            check_target(self.target_params)
+            if self.student_config:
+                raise SlimlmError(
+                    "--target-params chooses the widths itself; drop --student-config, or use it with --layers"
+                )
 
 
 @dataclass

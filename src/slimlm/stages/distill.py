@@ -17,7 +17,9 @@ from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample, training_blocks
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import parse_keep_layers, student_from_teacher
+from slimlm.methods.layers import parse_keep_layers
+from slimlm.methods.student import student_from_teacher
+from slimlm.methods.width import check_widths
 from slimlm.output import model_card, publish
 from slimlm.settings import DistillSettings, comma_list, parse_layer_map
 from slimlm.sources import check_same_tokenizer, layer_count, model_config
@@ -71,6 +73,8 @@ def _check_shapes(settings: DistillSettings) -> None:
         n_s = settings.layers
     else:
         n_s = len(parse_keep_layers(settings.keep_layers, n_t))
+    if settings.student is None and settings.student_config:
+        check_widths(teacher, settings.student_config)
     for flag, spec, top_t, top_s in (
         ("--feature-layers", settings.feature_layers, n_t, n_s),
         ("--attention-layers", settings.attention_layers, n_t - 1, n_s - 1),

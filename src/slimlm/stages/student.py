@@ -9,7 +9,9 @@ from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import parse_keep_layers, student_from_teacher
+from slimlm.methods.layers import parse_keep_layers
+from slimlm.methods.student import student_from_teacher
+from slimlm.methods.width import check_widths
 from slimlm.output import claimed, model_card, publish
 from slimlm.settings import StudentSettings
 from slimlm.sources import layer_count, load_model, model_config
@@ -19,10 +21,14 @@ def make_student(*, out: str, force: bool = False, **settings) -> Path:
     """Stage `student`: build a student from the teacher and write it, with its starting perplexity.
 
     `settings` are StudentSettings' fields (slimlm.settings: teacher, data, layers or keep_layers,
-    student_config, block_size, calibration_blocks, seed, precision, ...), with their defaults there;
+    target_params and axes, student_config, block_size, calibration_blocks, seed, precision, ...), with their
+    defaults there;
     `precision` (auto|fp32|bf16) is what layer selection and the measurements compute in (precision.py)."""
     s = StudentSettings.from_dict({**settings, "out": out, "force": force}).validate()
-    n_teacher = layer_count(model_config(s.teacher, trust_remote_code=s.trust_remote_code))  # before any weights
+    config = model_config(s.teacher, trust_remote_code=s.trust_remote_code)  # checked before any weights load
+    n_teacher = layer_count(config)
+    if s.student_config:
+        check_widths(config, s.student_config)
     if s.layers is not None and s.layers > n_teacher:
         raise SlimlmError(
             f"--layers {s.layers} is out of range; the teacher has {n_teacher} layers, keep 1..{n_teacher}"
@@ -45,6 +51,8 @@ def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
         layers=s.layers,
         keep_layers=s.keep_layers,
         student_config=s.student_config,
+        target_params=s.target_params,
+        axes=s.axes,
         calibration=s.calibration_blocks,
         seed=s.seed,
         precision=precision,
@@ -70,6 +78,8 @@ def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
             "layers": s.layers,
             "keep_layers": s.keep_layers,
             "student_config": s.student_config,
+            "target_params": s.target_params,
+            "axes": s.axes if s.target_params is not None else None,
             "block_size": s.block_size,
             "seed": s.seed,
         },
