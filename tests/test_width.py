@@ -216,3 +216,14 @@ def test_student_config_narrows_by_importance(tiny_teacher, text_dir, tmp_path):
 def test_bad_shape_requests_are_one_line_errors(capsys, tiny_teacher, text_dir, flags, words):
     code, err = run_cli(capsys, "student", "--teacher", tiny_teacher, "--data", text_dir, *flags, "--out", "o")
     assert_one_line_error(code, err, *words)
+
+
+def test_the_kl_proxy_is_the_same_with_the_teachers_outputs_kept():
+    from slimlm.methods.layers import build_student
+    from slimlm.methods.student import _teacher_log_probs, kl_to_teacher
+
+    teacher, ids = _model("llama"), _blocks(6)
+    student = build_student(teacher, [0, 3])
+    kept = kl_to_teacher(teacher, student, ids, reference=_teacher_log_probs(teacher, ids))
+    assert kept > 0 and kept == pytest.approx(kl_to_teacher(teacher, student, ids), rel=1e-6)
+    assert kl_to_teacher(teacher, teacher, ids) == pytest.approx(0, abs=1e-6)

@@ -95,6 +95,7 @@ def _search(teacher, calib, target, axes, progress) -> tuple:
     shapes = candidate_shapes(teacher.config, target, axes)
     teacher_shape = shape_of(teacher.config)
     importance = measure_importance(teacher, calib) if any(_is_narrower(s, teacher_shape) for s in shapes) else None
+    reference = _teacher_log_probs(teacher, calib)
     kept_for, selections = {}, {}
     best, rows = None, []
     for shape in progress(shapes, desc="trying student shapes"):
@@ -106,7 +107,7 @@ def _search(teacher, calib, target, axes, progress) -> tuple:
         if _is_narrower(shape, teacher_shape):
             widths = {k: shape[k] for k in teacher_shape if k != "layers" and shape[k] != teacher_shape[k]}
             student = prune_width(student, for_layers(importance, kept_for[n]), widths)
-        kl = kl_to_teacher(teacher, student, calib)
+        kl = kl_to_teacher(teacher, student, calib, reference=reference)
         rows.append({**shape, "kl": kl})
         if best is None or kl < best[1]["kl"]:
             best = (student, rows[-1])
@@ -139,13 +140,31 @@ def _is_narrower(shape: dict, teacher_shape: dict) -> bool:
     return any(shape[k] != teacher_shape[k] for k in teacher_shape if k != "layers")
 
 
+_REFERENCE_BYTES = 2**30  # keep the teacher's calibration log-probs in memory up to 1 GiB, else recompute
+
+
 @torch.inference_mode()
-def kl_to_teacher(teacher, student, blocks: torch.Tensor, batch_size: int = 4) -> float:
-    """Mean per-token KL(p_teacher || p_student) at temperature 1 on (n, T) blocks."""
+def _teacher_log_probs(teacher, blocks: torch.Tensor, batch_size: int = 4) -> list | None:
+    """The teacher's log-probabilities per calibration batch, computed once for every candidate (or None)."""
+    if blocks.numel() * teacher.config.get_text_config().vocab_size * 4 > _REFERENCE_BYTES:
+        return None
+    return [
+        torch.log_softmax(teacher(input_ids=blocks[i : i + batch_size], use_cache=False).logits.float(), dim=-1)
+        for i in range(0, len(blocks), batch_size)
+    ]
+
+
+@torch.inference_mode()
+def kl_to_teacher(teacher, student, blocks: torch.Tensor, batch_size: int = 4, reference: list | None = None) -> float:
+    """Mean per-token KL(p_teacher || p_student) at temperature 1 on (n, T) blocks (`reference`: the teacher's
+    log-probabilities per batch, from _teacher_log_probs)."""
     total, count = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
+    for n, start in enumerate(range(0, len(blocks), batch_size)):
         ids = blocks[start : start + batch_size]
-        log_p = torch.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+        if reference is not None:
+            log_p = reference[n]
+        else:
+            log_p = torch.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         log_q = torch.log_softmax(student(input_ids=ids, use_cache=False).logits.float(), dim=-1)
         total += float((log_p.exp() * (log_p - log_q)).sum())
         count += ids.numel()
