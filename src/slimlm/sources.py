@@ -93,6 +93,20 @@ def builtin_model(name: str) -> Path:
     return convert_gguf(gguf_path, dest=dest)
 
 
+def gguf_tokenizer(gguf_path: str | os.PathLike):
+    """The tokenizer a GGUF file carries (what llama.cpp tokenizes with), as a transformers tokenizer."""
+    from transformers import AutoTokenizer
+
+    gguf_path = Path(gguf_path).resolve()
+    try:
+        return AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    except Exception as exc:
+        raise SlimlmError(
+            f"could not read the tokenizer of GGUF file {gguf_path} ({type(exc).__name__}: {first_line(exc)}); "
+            "the file may be truncated: write or download it again"
+        ) from None
+
+
 def convert_gguf(gguf_path: Path, dest: Path | None = None) -> Path:
     """Dequantize a GGUF model into a plain float32 safetensors directory in the cache (once)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

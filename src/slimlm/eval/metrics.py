@@ -41,7 +41,7 @@ def max_positions(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
-def _windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, scored) per window, HF's loop: score only tokens not scored by an earlier window.
     A window's first token has no context inside it, so it is never scored there."""
     out, prev_end = [], 0
@@ -79,7 +79,7 @@ def perplexity(
         raise SlimlmError(f"batch_size={batch_size}: use a batch size of at least 1")
     model.eval()
     device, keep = model_device(model), keeps_logits(model)
-    wins = _windows(ids.numel(), window, stride)
+    wins = windows(ids.numel(), window, stride)
     batches, cur = [], []  # consecutive windows of equal length share a batch (only the last can be shorter)
     for w in wins:
         if cur and (len(cur) == batch_size or w[1] - w[0] != cur[0][1] - cur[0][0]):

@@ -17,7 +17,7 @@ from slimlm.methods.gguf import TYPES as GGUF_TYPES
 from slimlm.methods.pruning import METHODS as PRUNE_METHODS
 from slimlm.methods.quantization import BITS as QUANT_BITS
 from slimlm.methods.quantization import GRANULARITIES, RUNTIMES
-from slimlm.settings.fields import Settings, finite, option
+from slimlm.settings.fields import Settings, comma_list, finite, option
 from slimlm.settings.training import PRECISION_HINT, PRECISIONS
 
 TEACHER_HELP = "built-in name, local dir, .gguf file or hub id"
@@ -221,6 +221,12 @@ class EvalSettings(Settings):
         hint=PRECISION_HINT,
         aliases={"--bf16": "bf16"},
     )
+    runtime: str = option(
+        "transformers",
+        "what runs the models: transformers (every format), or llama.cpp (.gguf files under llama-cpp-python, "
+        "the same windows and prompts)",
+        choices=("transformers", "llama.cpp"),
+    )
     tasks: str | list = option("", "downstream checks, offline: cloze,summarization (docs/downstream.md)")
     task_items: int | None = option(None, "items per downstream task (default: each task's own)", minimum=1)
     lm_eval: str = option(
@@ -233,6 +239,11 @@ class EvalSettings(Settings):
     def check(self) -> None:
         if not self.models:
             raise SlimlmError("give at least one model to evaluate")
+        if self.runtime == "llama.cpp" and (comma_list(self.tasks) or comma_list(self.lm_eval)):
+            raise SlimlmError(
+                "--tasks and --lm-eval run under transformers; drop them, or measure the .gguf without "
+                "--runtime llama.cpp"
+            )
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise SlimlmError(
                 f"--window must be >= 2 and --stride in [1, window] (got window {self.window}, stride {self.stride})"

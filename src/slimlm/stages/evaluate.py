@@ -12,7 +12,7 @@ from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.output import write_json_atomic
 from slimlm.settings import EvalSettings, comma_list
-from slimlm.sources import check_same_tokenizer, load_model
+from slimlm.sources import check_same_tokenizer, gguf_tokenizer, load_model
 
 
 def evaluate(
@@ -39,12 +39,35 @@ def evaluate(
             raise SlimlmError(
                 "--lm-eval needs lm-evaluation-harness: pip install 'lm-eval[hf]' (and a network for the task data)"
             )
+    if s.runtime == "llama.cpp":
+        from slimlm.eval import llama_cpp
+
+        llama_cpp.check_runtime([str(m) for m in s.models])
     if s.out and Path(s.out).exists() and not s.force:
         raise SlimlmError(f"{s.out} already exists; pass --force to replace it or choose another --out")
     data, window, stride, new_tokens, repeats = s.data, s.window, s.stride, s.new_tokens, s.repeats
     decision = precisions.resolve(s.precision, announce=log)
-    results, data_info, tokenizer0 = {}, None, None
+    results, data_info, tokenizer0, splits = {}, None, None, None
     for spec in s.models:
+        if s.runtime == "llama.cpp":
+            tokenizer = gguf_tokenizer(spec)
+            if tokenizer0 is None:
+                tokenizer0, splits = tokenizer, prepare_data(data, tokenizer, window)
+                data_info = splits.info
+                log(splits.summary())
+            else:
+                check_same_tokenizer(tokenizer0, tokenizer)
+            log(f"evaluating {spec} under llama.cpp")
+            results[str(spec)] = llama_cpp.measure_gguf(
+                spec,
+                splits.test,
+                window=window,
+                stride=stride or window,
+                text_bytes=data_info["test"]["bytes"],
+                new_tokens=new_tokens,
+                repeats=repeats,
+            )
+            continue
         model, tokenizer, model_dir = load_model(spec, trust_remote_code=s.trust_remote_code)
         if tokenizer0 is None:
             tokenizer0 = tokenizer
@@ -81,7 +104,8 @@ def evaluate(
             "stride": stride or window,
             "decode_new_tokens": new_tokens,
             "repeats": repeats,
-            "dtype": "bfloat16" if decision.bf16 else "float32",
+            "runtime": s.runtime,
+            "dtype": "GGUF types" if s.runtime == "llama.cpp" else "bfloat16" if decision.bf16 else "float32",
             "precision": decision.to_dict(),
             "cpu": precisions.cpu_kind(),
             "threads": torch.get_num_threads(),

@@ -1,0 +1,129 @@
+"""Measure a GGUF file under llama.cpp with the protocol `slimlm eval` uses under transformers.
+
+Quantizing the teacher with llama.cpp (q8_0, q4_0) is the first thing a user can do to ship a smaller model,
+so a student has to beat it on the same ruler: the same token ids (the test split, tokenized by the model's
+own tokenizer), the same sliding windows (each token scored once, metrics.windows), the same greedy batch-1
+decode from the same 32-token prompt. llama.cpp runs the file's own tensor types, on `threads` CPU threads;
+llama-cpp-python is optional (`pip install llama-cpp-python`, compiled on install), so it is imported here only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from slimlm.errors import SlimlmError
+from slimlm.eval.metrics import windows
+
+PREFILL_TOKENS = 256
+INSTALL_HINT = "pip install llama-cpp-python (it compiles llama.cpp, a few minutes)"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def check_runtime(specs: list[str]) -> None:
+    """Before anything loads: llama-cpp-python is installed and every model is a .gguf file."""
+    if not available():
+        raise SlimlmError(f"--runtime llama.cpp needs llama-cpp-python: {INSTALL_HINT}")
+    for spec in specs:
+        path = Path(spec)
+        if path.suffix.lower() != ".gguf" or not path.is_file():
+            raise SlimlmError(
+                f"--runtime llama.cpp measures .gguf files; {spec} is not one (write one with "
+                "`slimlm export MODEL --type q8_0 --out model.gguf`)"
+            )
+
+
+def _load(path: Path, context: int, threads: int):
+    from llama_cpp import Llama
+
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=context,
+            n_batch=context,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise SlimlmError(f"llama.cpp cannot load {path} ({exc}); is it a complete GGUF file?") from None
+
+
+def measure_gguf(
+    path: str | Path,
+    ids: torch.Tensor,
+    *,
+    window: int = 256,
+    stride: int = 256,
+    text_bytes: int | None = None,
+    new_tokens: int = 64,
+    repeats: int = 3,
+    progress: bool = True,
+) -> dict:
+    """Perplexity, next-token accuracy, bits/byte, decode and prefill tokens/s, parameters and file size of
+    one GGUF file under llama.cpp (the keys of metrics.evaluate_model, plus `runtime`)."""
+    path = Path(path)
+    ids = torch.as_tensor(ids).reshape(-1).tolist()
+    threads = torch.get_num_threads()
+    llm = _load(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads)
+    nll, correct, scored = 0.0, 0, 0
+    for begin, end, k in tqdm(windows(len(ids), window, stride), desc="perplexity (llama.cpp)", disable=not progress):
+        llm.reset()
+        llm.eval(ids[begin:end])
+        logits = np.asarray(llm.scores[end - begin - 1 - k : end - begin - 1], dtype=np.float64)
+        targets = np.asarray(ids[end - k : end])
+        log_z = logits.max(1) + np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
+        nll += float((log_z - logits[np.arange(k), targets]).sum())
+        correct += int((logits.argmax(1) == targets).sum())
+        scored += k
+    prompt = ids[:32]  # as metrics.decode_speed: the same prompt, tiled to 256 tokens for prefill
+    tiled = (prompt * -(-PREFILL_TOKENS // len(prompt)))[:PREFILL_TOKENS]
+    decode, prefill = [], []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tiled)
+        prefill.append(len(tiled) / (time.perf_counter() - start))
+        llm.reset()
+        llm.eval(prompt)
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])  # the first new token comes from the prefill
+        start = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        decode.append((new_tokens - 1) / (time.perf_counter() - start))
+    import llama_cpp
+
+    parameters = int(llama_cpp.llama_model_n_params(llm.model))
+    mean = nll / scored
+    return {
+        "runtime": "llama.cpp",
+        "dtype": "gguf",
+        "device": "cpu",
+        "parameters": parameters,
+        "size_on_disk_mb": os.path.getsize(path) / 1e6,
+        "perplexity": math.exp(mean),
+        "nll": mean,
+        "tokens_scored": scored,
+        "accuracy": correct / scored,
+        "bits_per_byte": nll / math.log(2) / text_bytes if text_bytes else None,
+        "window": window,
+        "stride": stride,
+        "decode_tokens_per_s": statistics.median(decode[1:]),
+        "prefill_tokens_per_s": statistics.median(prefill[1:]),
+        "decode_new_tokens": new_tokens,
+        "prefill_tokens": PREFILL_TOKENS,
+        "repeats": repeats,
+        "threads": threads,
+    }
