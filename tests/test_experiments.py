@@ -32,6 +32,7 @@ TINY = dict(
         "task_items": 6,
     },
     settings={"bf16": False, "eval_tokens": 256, "eval_window": 32, "calibration_blocks": 2, "logging_steps": 1},
+    baselines="none",  # the quantized baselines are built and checked once, in test_student_shape.py and the pipeline
 )
 
 
@@ -202,6 +203,12 @@ stages:
     sizes = [run["results"][s][0]["metrics"]["size_on_disk_mb"] for s in ("3-prune", "4-quantize")]
     assert sizes[1] < sizes[0]  # 8-bit packed codes are smaller than the fp32 pruned model
     assert (out / "report.html").exists()
+    # the teacher's quantized copies (--baselines quantized, the default) beside the stages, as references
+    assert set(run["references"]) == {"teacher", "teacher-int8", "teacher-int4"}
+    sizes = {n: r["metrics"]["size_on_disk_mb"] for n, r in run["references"].items()}
+    assert sizes["teacher-int4"] < sizes["teacher-int8"] < sizes["teacher"]
+    markdown = (out / "report.md").read_text()
+    assert "| teacher-int8 |" in markdown and "`slimlm quantize TEACHER --bits 4 --granularity group" in markdown
 
 
 @pytest.mark.parametrize(

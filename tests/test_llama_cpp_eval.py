@@ -6,10 +6,10 @@ refusals run everywhere."""
 from __future__ import annotations
 
 import pytest
+from tests.test_errors import assert_one_line_error, run_cli
 
 import slimlm
 from slimlm.eval.llama_cpp import available
-from tests.test_errors import assert_one_line_error, run_cli
 
 
 def test_a_model_directory_is_refused_under_llama_cpp(capsys, tiny_teacher, text_dir):

@@ -55,12 +55,10 @@ COMMON = [
     (["--force"], "force", True),
     (["--trust-remote-code"], "trust_remote_code", True),
 ]
-EXPERIMENT = [
+EXPERIMENT = [  # flags every experiment kind has
     (["--seeds", "0,1"], "seeds", "0,1"),
     (["--teacher", "t"], "teacher", "t"),
     (["--data", "d"], "data", "d"),
-    (["--student", "s"], "student", "s"),
-    (["--student-layers", "6"], "student_layers", 6),
     (["--max-tokens", "100"], "max_tokens", 100),
     (["--learning-rate", "0.01"], "learning_rate", 0.01),
     (["--batch-size", "2"], "batch_size", 2),
@@ -70,12 +68,17 @@ EXPERIMENT = [
     (["--cache-mode", "topk"], "cache_mode", "topk"),
     (["--recipe", "x.yaml"], "recipe", "x.yaml"),
     (["--precision", "fp32"], "precision", "fp32"),
+    (["--baselines", "none"], "baselines", "none"),
     (["--eval-tokens", "512"], "eval_tokens", 512),
     (["--repeats", "1"], "repeats", 1),
     (["--tasks", "none"], "tasks", "none"),
     (["--task-items", "6"], "task_items", 6),
     (["--out", "o"], "out", "o"),
     (["--force"], "force", True),
+]
+STARTING_STUDENT = [  # the kinds whose arms share one starting student
+    (["--student", "s"], "student", "s"),
+    (["--student-layers", "6"], "student_layers", 6),
 ]
 
 # every option of every command: (argv, field, the value the settings get); a new flag needs a row here
@@ -162,6 +165,7 @@ FLAGS = {
         (["--repeats", "1"], "repeats", 1),
         (["--precision", "auto"], "precision", "auto"),
         (["--bf16"], "precision", "bf16"),
+        (["--runtime", "llama.cpp"], "runtime", "llama.cpp"),
         (["--tasks", "cloze"], "tasks", "cloze"),
         (["--task-items", "6"], "task_items", 6),
         (["--lm-eval", "hellaswag"], "lm_eval", "hellaswag"),
@@ -170,20 +174,33 @@ FLAGS = {
     ("experiment", "temperature"): [
         (["--values", "0.5,2"], "values", "0.5,2"),
         (["--online-control"], "online_control", True),
+        *STARTING_STUDENT,
         *EXPERIMENT,
     ],
     ("experiment", "feature-layer"): [
         (["--layers", "1,4"], "values", "1,4"),
         (["--feature-weight", "0.5"], "feature_weight", 0.5),
+        *STARTING_STUDENT,
         *EXPERIMENT,
     ],
     ("experiment", "finetune"): [
         (["--methods", "lora"], "values", "lora"),
         (["--model", "m"], "model", "m"),
         (["--rank", "4"], "rank", 4),
+        *STARTING_STUDENT,
         *EXPERIMENT,
     ],
-    ("pipeline",): [(["r.yaml"], "recipe", "r.yaml"), (["--out", "o"], "out", "o"), (["--force"], "force", True)],
+    ("experiment", "student-shape"): [
+        (["--axes", "depth,width"], "values", "depth,width"),
+        (["--target-params", "0.6"], "target_params", 0.6),
+        *EXPERIMENT,
+    ],
+    ("pipeline",): [
+        (["r.yaml"], "recipe", "r.yaml"),
+        (["--baselines", "none"], "baselines", "none"),
+        (["--out", "o"], "out", "o"),
+        (["--force"], "force", True),
+    ],
     ("report",): [(["run"], "run_dir", "run"), (["--force"], "force", True)],
     ("cache",): [
         (["remove"], "action", "remove"),
@@ -416,7 +433,15 @@ def test_choices_are_what_the_methods_implement():
     parser = build_parser()
     choices = {a.dest: a.choices for p in _subparsers(parser).values() for a in p._actions if a.choices}
     assert tuple(choices["precision"]) == precision.PRECISIONS and tuple(choices["type"]) == gguf.TYPES
-    assert tuple(choices["runtime"]) == quantization.RUNTIMES
+    runtime = {
+        name: next(a.choices for a in p._actions if a.dest == "runtime")
+        for name, p in _subparsers(parser).items()
+        if any(a.dest == "runtime" for a in p._actions)
+    }
+    assert tuple(runtime["quantize"]) == quantization.RUNTIMES and tuple(runtime["eval"]) == (
+        "transformers",
+        "llama.cpp",
+    )
     assert tuple(choices["granularity"]) == quantization.GRANULARITIES
     with pytest.raises(SlimlmError, match=", ".join(map(str, quantization.BITS))):
         settings.QuantizeSettings(model="m", out="o", bits=7).validate()

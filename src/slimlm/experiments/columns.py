@@ -32,8 +32,17 @@ TRAINING_COLUMNS = [
     Column("train_runtime_s", "train runtime (s)", 1, ".0f"),
     Column("wall_time_s", "train time (s)", 1, ".0f"),
 ]
-COLUMNS = {c.key: c for c in RESULT_COLUMNS + TRAINING_COLUMNS}
-UNITS = {"accuracy": "%", "decode_tokens_per_s": " tok/s", "size_on_disk_mb": " MB", "inference_memory_mib": " MiB"}
+# shown only where a table asks for them (the frontier table, frontier.py), not in every results table
+EXTRA_COLUMNS = [Column("prefill_tokens_per_s", "prefill tok/s", 1, ".0f")]
+COLUMNS = {c.key: c for c in RESULT_COLUMNS + TRAINING_COLUMNS + EXTRA_COLUMNS}
+UNITS = {
+    "accuracy": "%",
+    "decode_tokens_per_s": " tok/s",
+    "prefill_tokens_per_s": " tok/s",
+    "size_on_disk_mb": " MB",
+    "inference_memory_mib": " MiB",
+    "parameters": "M parameters",
+}
 
 
 def column(key: str) -> Column:

@@ -16,6 +16,7 @@ from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, describe, describe_point, method_of, point_x, same_x
 from slimlm.experiments.columns import cell, display, paper_value, ratio, said
 from slimlm.experiments.control import control_sentences, is_control, swept
+from slimlm.experiments.frontier import no_counterpart
 from slimlm.experiments.stats import dominated, shape, spearman, within_spread
 
 # Our metric, the paper's matching key, higher is better, words.
@@ -304,6 +305,8 @@ def _stage_sentence(arm, teacher) -> str:
 def paper_comparison(arms, spec, references) -> dict:
     """The paper's numbers beside ours and the generated sentences for the report's last section."""
     kind = spec["kind"]
+    if kind in paper_data.NO_COUNTERPART:  # a study of slimlm's own: said so, nothing compared
+        return no_counterpart(kind, arms, references)
     source = paper_data.BY_KIND.get(kind)
     if source is None:
         return {

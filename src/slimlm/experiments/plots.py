@@ -1,5 +1,6 @@
 """The report's PNG plots: ours as mean ± 1 std with every seed as a faint dot, the paper's numbers on a
-twin axis (its levels are not comparable with ours, only its shape), one figure layout per kind.
+twin axis (its levels are not comparable with ours, only its shape), one figure layout per kind (the
+student-shape frontier, which has no paper counterpart: frontier_plot.py; the building blocks: figures.py).
 
 matplotlib is imported inside the functions and only its object API is used (no pyplot), so importing
 the report costs nothing and leaves no global state behind.
@@ -13,6 +14,11 @@ from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, method_of, point_x, teacher_layers
 from slimlm.experiments.columns import TRAINING_COLUMNS, column
 from slimlm.experiments.control import ONLINE_LEGEND, controls, swept
+from slimlm.experiments.figures import draw_references
+from slimlm.experiments.figures import figure as _figure
+from slimlm.experiments.figures import log_if_wide as _log_if_wide
+from slimlm.experiments.figures import save as _save
+from slimlm.experiments.frontier_plot import plot_student_shape
 from slimlm.experiments.stats import finite
 
 DOWNSTREAM = ("cloze_exact_match", "rouge1", "rouge2", "rougeL")
@@ -26,19 +32,6 @@ def draw_plots(report: dict, spec: dict, folder: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- building blocks
-
-
-def _figure(panels: int, width=4.6, height=3.8):
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on savefig
-
-    fig = Figure(figsize=(width * panels, height), layout="constrained")
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-
-
-def _save(fig, folder: Path, name: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / name, dpi=110)
-    return f"plots/{name}"
 
 
 def _panels(arms) -> list[str]:
@@ -273,30 +266,12 @@ def _frontier_panel(ax, report, ykey):
         size, other = _by_seed(a["metrics"]["size_on_disk_mb"]), _by_seed(a["metrics"][ykey])
         seeds = [s for s in size if s in other]
         ax.scatter([size[s] for s in seeds], [other[s] * scale for s in seeds], color="C0", alpha=0.25, s=12)
-    refs = [
-        (n, r["metrics"]["size_on_disk_mb"], r["metrics"][ykey] * scale)
-        for n, r in report["references"].items()
-        if {"size_on_disk_mb", ykey} <= r["metrics"].keys()
-    ]
-    for i, (name, x, y) in enumerate(refs):
-        ax.scatter(x, y, marker="*", s=150, color=f"C{i + 1}", zorder=4, label=f"reference: {name}")
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
-    _log_if_wide(ax, xs + [x for _, x, _ in refs], ys + [y for *_, y in refs])
+    refs = draw_references(ax, report["references"], "size_on_disk_mb", ykey)  # baselines: markers of their own
+    _log_if_wide(ax, xs + [x for x, _ in refs], ys + [y for _, y in refs])
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel(column(ykey).label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-
-
-def _log_if_wide(ax, xs, ys) -> None:
-    """Log axes only where values span more than 20×, with plain numbers as tick labels."""
-    from matplotlib.ticker import FuncFormatter
-
-    for values, set_scale, axis in ((xs, ax.set_xscale, ax.xaxis), (ys, ax.set_yscale, ax.yaxis)):
-        if values and min(values) > 0 and max(values) / min(values) > 20:
-            set_scale("log")
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 
 
 def plot_pipeline(report, spec, folder) -> list[str]:
@@ -330,4 +305,5 @@ PLOTTERS = {
     "feature-layer": plot_feature_layer,
     "finetune": plot_finetune,
     "pipeline": plot_pipeline,
+    "student-shape": plot_student_shape,
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, paper_value
 from slimlm.experiments.control import cache_lines, controls
+from slimlm.experiments.frontier import baseline_lines, frontier_section
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
 
 
@@ -77,6 +78,7 @@ def protocol_section(report) -> list[str]:
     else:
         lines.append(f"- teacher cache: {_settings(cache) if cache else 'none (teacher run live every step)'}")
     lines.append(f"- base settings: {_settings(p.get('base_settings', {}))}")
+    lines += baseline_lines(report["references"])  # the teacher's quantized copies, where measured
     compute = report.get("compute") or []
     lines += [
         f"- training precision: {compute[0]}"
@@ -187,6 +189,14 @@ def plots_section(report) -> list[str]:
 
 def paper_section(report) -> list[str]:
     comp = report["paper"]
+    if comp.get("counterpart") is False:  # a study the paper does not have: say so, compare nothing
+        lines = ["## Paper vs slimlm", "", f"**No paper counterpart.** {comp['caveat']}", ""]
+        return (
+            lines
+            + ["### What this run shows", "", f"({SPREAD_NOTE}.)", ""]
+            + [f"- {s}" for s in comp["sentences"]]
+            + [""]
+        )
     lines = ["## Paper vs slimlm", "", f"**Read this first.** {comp['caveat']}", ""]
     if comp.get("source"):
         lines += [
@@ -248,6 +258,7 @@ def render_markdown(report) -> str:
     body = (
         protocol_section(report)
         + results_section(report)
+        + (frontier_section(report) if report.get("frontier") else [])
         + references_section(report)
         + timing_section(report)
         + plots_section(report)

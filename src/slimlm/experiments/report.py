@@ -5,7 +5,8 @@ markdown and HTML: render.py).
 Honesty rules: every number shown is in report.json; std is the sample std over seeds (ddof=1, null
 for one seed; stats.py); missing arms and seeds are listed, never hidden; the paper's levels are not
 comparable with ours (see paper.ACCURACY_CAVEAT), so the comparison speaks of rankings, shapes and seed
-spread. Agreement sentences are computed from the numbers, never written in advance.
+spread. Agreement sentences are computed from the numbers, never written in advance. A study the paper does not
+have (paper.NO_COUNTERPART: student-shape) says so and gets its frontier table instead (frontier.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.compare import paper_comparison
+from slimlm.experiments.frontier import frontier_rows
 from slimlm.experiments.layout import load_run
 from slimlm.experiments.plots import draw_plots
 from slimlm.experiments.render import render_html, render_markdown
@@ -30,7 +32,9 @@ KIND_TITLES = {
     "feature-layer": "feature-distillation layer sweep (paper Figure 2)",
     "finetune": "LoRA vs full fine-tuning (paper Figure 3)",
     "pipeline": "the whole compression pipeline",
+    "student-shape": "student shape at a parameter budget: depth, width or both (no paper counterpart)",
 }
+FRONTIER_KINDS = ("student-shape",)  # kinds whose report has the frontier table (frontier.py)
 
 
 # ---------------------------------------------------------------- numbers
@@ -56,9 +60,11 @@ def arm_summary(arm: dict, results: list[dict], seeds: list[int]) -> dict:
 
 
 def reference_summary(ref: dict) -> dict:
+    """A reference's numbers, with what it is where its record says (a baseline's build, a student's shape)."""
     return {
         "name": ref.get("name"),
         "model_dir": ref.get("model_dir"),
+        **{k: ref[k] for k in ("baseline", "student") if ref.get(k)},
         "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
         "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None,
     }
@@ -131,6 +137,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         },
         "references": references,
         "timing": timing(arms, references),
+        **({"frontier": frontier_rows(arms, references, spec)} if spec["kind"] in FRONTIER_KINDS else {}),
         "paper": paper_comparison(arms, spec, references),
         "plots": [],
     }

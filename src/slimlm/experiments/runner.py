@@ -125,15 +125,18 @@ def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
     return metrics
 
 
-def measure_reference(run_dir: Path, name: str, model_spec: str | Path, data: str, ev: dict) -> dict:
-    """Measure a comparison model (teacher, starting student) once per run folder."""
+def measure_reference(
+    run_dir: Path, name: str, model_spec: str | Path, data: str, ev: dict, about: dict | None = None
+) -> dict:
+    """Measure a comparison model (teacher, starting student, baseline) once per run folder; `about` adds what
+    the report says of it (a baseline's build, a starting student's shape) to its record."""
     path = reference_file(run_dir, name)
     if path.exists():
         log(f"reference {name}: already measured, skipped")
         return read_json(path)
     log(f"measuring reference {name} ({model_spec})")
     start = time.time()
-    record = {"name": name, "model_dir": str(model_spec), "metrics": measure(model_spec, data, ev)}
+    record = {"name": name, "model_dir": str(model_spec), **(about or {}), "metrics": measure(model_spec, data, ev)}
     record["wall_time_s"] = time.time() - start
     write_json_atomic(path, record, force=True)
     return record

@@ -1,15 +1,18 @@
-"""The paper's three studies (section 3.2) as sweeps over one setting, every arm run for every seed.
+"""The paper's three studies (section 3.2), and the student-shape frontier, as sweeps over one setting, every
+arm run for every seed.
 
 - temperature   (Table 1): distil with tau in {0.5, 1, 2, 5, 10}
 - feature-layer (Figure 2): distil features from one teacher layer, mapped to the student layer at
                  the same relative depth
 - finetune      (Figure 3): LoRA vs full fine-tuning of the same distilled student
+- student-shape (no paper counterpart): distil students cut in depth, width or both at one parameter
+                 budget, each from its own starting student (shapes.py)
 
 All arms of a seed train on the same blocks from the same starting student with the same budget;
 teacher outputs (top-k logits and every hidden layer the sweep needs) are computed once per seed
 and reused by every arm through the teacher cache. Only the swept setting differs. The temperature study's
 `--online-control` adds one control arm beside the sweep, at `--temperature` with the teacher run online
-(control.py).
+(control.py). Every kind also measures the teacher's quantized copies as baselines (baselines.py).
 """
 
 from __future__ import annotations
@@ -20,19 +23,23 @@ from pathlib import Path
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
+from slimlm.experiments.baselines import quantized_baselines
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.control import online_arm
+from slimlm.experiments.layout import in_run
+from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
 
 
 def experiment(kind: str, *, out: str, force: bool = False, command: str | None = None, **settings) -> Path:
-    """Run (or continue) one of the paper's studies into `out`, then write its report.
+    """Run (or continue) one of the studies (`kind`: settings.EXPERIMENT_KINDS) into `out`, then write its report.
 
     `settings` are ExperimentSettings' fields (slimlm.settings: values, seeds, teacher, data, max_tokens, ...),
     with their defaults there. `evaluation` sets the measurement protocol (settings.EVAL_DEFAULTS); `settings`
     (or a `recipe` file) adds training settings (e.g. {"warmup_ratio": 0.1}) to every distillation and
     fine-tuning run of the experiment. `precision` (auto|fp32|bf16, precision.py) is what every run trains in;
-    each arm records what auto decided.
+    each arm records what auto decided. `baselines` ("quantized" or "none") adds the teacher's 8- and 4-bit
+    copies as references (baselines.py).
     """
     from slimlm.precision import from_legacy
 
@@ -50,13 +57,14 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     seeds = parse_list(s.seeds, int, "--seeds")
     ev = runner.check_eval(s.protocol())
     teacher_layers = layer_count(s.teacher)
+    max_tokens = s.tokens_per_arm()
     run_dir = Path(s.out)
     start_dir = Path(s.student) if s.student else run_dir / "student-init"
     distill_base = {
         "teacher": s.teacher,
         "data": s.data,
         "student": str(start_dir),
-        "max_tokens": s.max_tokens,
+        "max_tokens": max_tokens,
         "batch_size": s.batch_size,
         "block_size": s.block_size,
         "temperature": s.temperature,
@@ -101,6 +109,10 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             for v in values
         ]
         base = {**distill_base, "cache_layers": ",".join(str(v) for v in values)}
+    elif kind == "student-shape":
+        parameter, arms = shape_arms(values, s.target_params, s.teacher)
+        base = {k: v for k, v in distill_base.items() if k != "student"}  # each arm names its own student
+        values = [a["value"] for a in arms]
     else:
         values = parse_list(values, str, "--methods")
         bad = [v for v in values if v not in ("lora", "full")]
@@ -119,7 +131,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         base = {
             "model": str(s.model) if s.model else str(run_dir / "base"),
             "data": s.data,
-            "max_tokens": s.max_tokens,
+            "max_tokens": max_tokens,
             "batch_size": s.batch_size,
             "block_size": s.block_size,
             "learning_rate": s.learning_rate,
@@ -138,19 +150,25 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "teacher_layers": teacher_layers,
             "data": s.data,
             "data_info": data_info(s.teacher, s.data, s.block_size),
-            "train_tokens": s.max_tokens,
+            "train_tokens": max_tokens,
             "block_size": s.block_size,
             "base_settings": _portable(base, run_dir),
             "eval": ev,
             "teacher_cache": _cache_protocol(s) if kind != "finetune" else None,
-            "notes": _notes(kind, s.student, s.model, s.student_layers, s.max_tokens, s.online_control)
+            "notes": shape_notes(s.target_params, max_tokens, values)
+            if kind == "student-shape"
+            else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control)
             + (_online_notes(arms[-1], s.cache_mode) if s.online_control else []),
         },
         "command": s.command,
     }
     run_dir = runner.open_run(run_dir, spec, force=s.force)
     runner.measure_reference(run_dir, "teacher", s.teacher, s.data, ev)
-    needs_start = kind != "finetune" or not s.model  # fine-tuning a given model needs no starting student
+    quantized_baselines(run_dir, s.teacher, s.data, ev, s.baselines)
+    if kind == "student-shape":
+        starting_students(run_dir, arms, s, ev, precision)  # each arm's own, in place of student-init
+    # fine-tuning a given model needs no starting student; the student-shape arms have their own
+    needs_start = kind != "student-shape" and (kind != "finetune" or not s.model)
     if needs_start and not s.student:
         _starting_student(s.teacher, s.data, start_dir, s.student_layers, s.block_size, precision)
     if needs_start:
@@ -164,7 +182,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         runner.measure_reference(run_dir, "base", base["model"], s.data, ev)
         train = _arm(finetune, base)
     else:
-        train = _arm(distill, base)
+        train = _arm(distill, base, run_dir)
     runner.run_arms(run_dir, spec, train, data=s.data, ev=ev)
     return finish(run_dir)
 
@@ -225,11 +243,13 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in settings.items() if k in d_keys}, {k: v for k, v in settings.items() if k in f_keys})
 
 
-def _arm(stage, base: dict):
-    """train(arm, seed, out, resume) for the runner: the stage (distill or finetune) with the arm's settings."""
+def _arm(stage, base: dict, run_dir: Path | None = None):
+    """train(arm, seed, out, resume) for the runner: the stage (distill or finetune) with the arm's settings
+    (a "{run}/..." path among them read inside `run_dir`)."""
 
     def train(arm, seed, out, resume):
-        stage(out=str(out), resume=resume, **{**base, **arm["settings"], "seed": seed})
+        settings = {k: in_run(v, run_dir) for k, v in arm["settings"].items()}
+        stage(out=str(out), resume=resume, **{**base, **settings, "seed": seed})
 
     return train
 

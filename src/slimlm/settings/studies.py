@@ -1,5 +1,5 @@
-"""Settings of the paper's studies: `slimlm experiment` (the three sweeps of section 3.2), `slimlm pipeline`
-and `slimlm report`, with the measurement protocol every arm shares."""
+"""Settings of the studies: `slimlm experiment` (the three sweeps of the paper's section 3.2 and the
+student-shape frontier), `slimlm pipeline` and `slimlm report`, with the measurement protocol every arm shares."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from slimlm.errors import SlimlmError
+from slimlm.methods.budget import check_target
 from slimlm.settings.commands import DATA_HELP, TEACHER_HELP, force_option, out_option, precision_option
 from slimlm.settings.fields import Settings, number, option
 from slimlm.settings.training import CACHE_MODES, FINETUNE_LEARNING_RATES
@@ -27,16 +28,31 @@ EXPERIMENT_KINDS = {
     "temperature": "KD temperature sweep (paper Table 1)",
     "feature-layer": "which teacher layer to distil features from (paper Figure 2)",
     "finetune": "LoRA vs full fine-tuning of a distilled student (paper Figure 3)",
+    "student-shape": "students at one share of the teacher's parameters, cut in depth, width or both, distilled "
+    "and measured as a size/speed/perplexity frontier (no paper counterpart)",
 }
+# the teacher's quantized copies measured beside every study (experiments/baselines.py)
+BASELINES = ("quantized", "none")
+SHAPE_KINDS = ("student-shape",)  # kinds whose arms each build their own student (no --student, --student-layers)
+
+
+def baselines_option():
+    return option(
+        "quantized",
+        "baselines measured beside the arms: the teacher after `slimlm quantize --bits 8` (per channel) and "
+        "`--bits 4` (groups of 32), built once per run folder; none skips them",
+        choices=BASELINES,
+    )
 
 
 @dataclass
 class ExperimentSettings(Settings):
-    """`slimlm experiment KIND`: one of the paper's studies (section 3.2) over several seeds.
+    """`slimlm experiment KIND`: one of the paper's studies (section 3.2), or slimlm's student-shape frontier,
+    over several seeds.
 
     The swept values are one field, spelled per kind on the command line (`--values`, `--layers`,
-    `--methods`); `model`, `rank`, `feature_weight` and `online_control` are flags only of the kinds that
-    use them."""
+    `--methods`, `--axes`); `model`, `rank`, `feature_weight`, `online_control` and `target_params` are flags
+    only of the kinds that use them; `max_tokens` has its default per kind (MAX_TOKENS)."""
 
     VALUES: ClassVar[dict] = {
         "temperature": ("--values", "temperatures", [0.5, 1.0, 2.0, 5.0, 10.0]),
@@ -46,7 +62,17 @@ class ExperimentSettings(Settings):
             None,
         ),
         "finetune": ("--methods", "methods", ["lora", "full"]),
+        "student-shape": (
+            "--axes",
+            "axes the students are cut along: depth, width and/or both",
+            ["depth", "width", "both"],
+        ),
     }
+    MAX_TOKENS: ClassVar[dict] = {
+        kind: ("--max-tokens", "training tokens per arm", 200_000 if kind in SHAPE_KINDS else 20480)
+        for kind in EXPERIMENT_KINDS
+    }
+    OWN_STUDENT: ClassVar[tuple] = tuple(k for k in EXPERIMENT_KINDS if k not in SHAPE_KINDS)
 
     kind: str = option(
         "temperature", "which study", choices=tuple(EXPERIMENT_KINDS), subcommand=True, flag="experiment KIND"
@@ -55,13 +81,20 @@ class ExperimentSettings(Settings):
     seeds: str | list = option("0,1,2", "seeds per arm")
     teacher: str = option("smollm2-135m", TEACHER_HELP)
     data: str = option("sotu", DATA_HELP)
-    student: str | None = option(None, "starting student directory (default: built from the teacher)")
-    student_layers: int = option(14, "layers of the student built from the teacher", minimum=1)
+    student: str | None = option(
+        None, "starting student directory (default: built from the teacher)", kinds=OWN_STUDENT
+    )
+    student_layers: int = option(14, "layers of the student built from the teacher", minimum=1, kinds=OWN_STUDENT)
+    target_params: float = option(
+        0.55,
+        "share of the teacher's parameters every arm's student keeps (`slimlm student --target-params`)",
+        kinds=SHAPE_KINDS,
+    )
     model: str | None = option(
         None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",)
     )
     rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",))
-    max_tokens: int = option(20480, "training tokens per arm", minimum=1)
+    max_tokens: int | None = option(None, "training tokens per arm", minimum=1, per_kind=MAX_TOKENS)
     learning_rate: float | None = option(
         None,
         f"default {number(SWEEP_DISTILL_LEARNING_RATE)} for distillation; fine-tuning: "
@@ -90,6 +123,7 @@ class ExperimentSettings(Settings):
         None, "extra training settings applied to every run (what --recipe holds)", cli=False
     )
     precision: str = precision_option("training of every arm (measurement stays fp32)")
+    baselines: str = baselines_option()
     eval_tokens: int | None = option(
         None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})"
     )
@@ -112,6 +146,17 @@ class ExperimentSettings(Settings):
             raise SlimlmError(
                 f"--online-control is an option of `slimlm experiment temperature` only (got kind {self.kind}); drop it"
             )
+        if self.kind in SHAPE_KINDS:
+            check_target(self.target_params)
+            if self.student:
+                raise SlimlmError(
+                    f"--student: `slimlm experiment {self.kind}` builds each arm's own student at --target-params; "
+                    "drop --student"
+                )
+
+    def tokens_per_arm(self) -> int:
+        """--max-tokens, or the kind's default (MAX_TOKENS)."""
+        return self.max_tokens if self.max_tokens is not None else self.MAX_TOKENS[self.kind][2]
 
     def distill_learning_rate(self) -> float:
         return self.learning_rate or SWEEP_DISTILL_LEARNING_RATE
@@ -135,6 +180,7 @@ class PipelineSettings(Settings):
     """`slimlm pipeline RECIPE`: distil -> fine-tune -> prune -> quantize from one recipe, every stage measured."""
 
     recipe: str = option("", "YAML recipe (examples in recipes/)", positional=True)
+    baselines: str = baselines_option()
     out: str | None = out_option("run folder; rerun the same command to finish missing stages")
     force: bool = force_option("delete the run folder and start over")
     command: str | None = option(None, "the command line, recorded in experiment.json", cli=False)
