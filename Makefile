@@ -43,7 +43,7 @@ test: setup lint
 	$(BIN)/slimlm fetch
 	$(BIN)/python -m pytest -q
 
-# The paper's studies and the pipeline with their defaults (3 seeds each; hours on a 2-core CPU).
+# The paper's studies, the student-shape frontier and the pipeline with their defaults (3 seeds each; hours on a 2-core CPU).
 # Rerunning continues where an interrupted run stopped. Reports: $(EXP_OUT)/*/report.html
 experiments: setup
 	$(BIN)/slimlm fetch
@@ -51,6 +51,7 @@ experiments: setup
 	$(BIN)/slimlm pipeline recipes/pipeline.yaml --out $(EXP_OUT)/pipeline
 	$(BIN)/slimlm experiment finetune --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
 	$(BIN)/slimlm experiment feature-layer --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
+	$(BIN)/slimlm experiment student-shape --out $(EXP_OUT)/student-shape
 
 bench: setup
 	$(BIN)/python bench/distill_bench.py

@@ -226,7 +226,7 @@ def test_other_reports_show_the_baselines_as_references(tmp_path, kind, monkeypa
     markdown = (run / "report.md").read_text()
     assert report["references"]["teacher-int8"]["baseline"]["bits"] == 8
     assert "| teacher-int8 |" in markdown and "| teacher-int4 |" in markdown  # reference rows
-    assert "- baselines (the teacher quantized by `slimlm quantize`" in markdown
+    assert "- baselines (the teacher quantized, built once" in markdown
     assert markdown.index("teacher-int8: `slimlm") < markdown.index("teacher-int4: `slimlm")  # most bits first
     assert "frontier" not in report  # the frontier table is the student-shape study's
     if kind == "pipeline":  # the frontier plot draws them as markers of their own, not the teacher's star

@@ -9,7 +9,9 @@ costs far more perplexity at 4 bits), or per channel where 32 does not divide ev
 dequantized to fp32 (`--runtime dequantized`, the default): they save disk, not compute, so they decode at the
 teacher's speed. The reference record's `baseline` block says how each was built, which is what the reports
 show; the baselines are not part of the experiment's identity, so a folder started before they existed
-continues and gains them, and `--baselines none` on a rerun just leaves them out.
+continues and gains them, and `--baselines none` on a rerun just leaves them out. Where llama-cpp-python is
+installed, the teacher's GGUF q8_0 and q4_0 exports are measured under llama.cpp too (same ids, windows and
+prompt: eval/llama_cpp.py); they are where a quantized teacher really runs faster on a CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from slimlm.experiments import runner
 from slimlm.experiments.layout import baseline_dir, reference_file
 
 GROUP_SIZE = 32
+GGUF = (("q8_0", 8), ("q4_0", 4))  # llama.cpp's own 8- and 4-bit block formats
 QUANTIZED = (
     {"name": "teacher-int8", "bits": 8, "granularity": "channel"},
     {"name": "teacher-int4", "bits": 4, "granularity": "group"},
@@ -74,5 +77,36 @@ def quantized_baselines(run_dir: Path, teacher, data: str, ev: dict, mode: str) 
             "command": f"slimlm quantize TEACHER {describe(settings)}",
         }
         runner.measure_reference(run_dir, name, out, data, ev, about={"baseline": about})
+        names.append(name)
+    return names + _gguf_baselines(run_dir, teacher, data, ev)
+
+
+def _gguf_baselines(run_dir: Path, teacher, data: str, ev: dict) -> list[str]:
+    """The teacher exported to GGUF q8_0 and q4_0 and measured under llama.cpp, where llama-cpp-python is
+    installed (the first thing a user would try); said and skipped where it is not."""
+    from slimlm.eval.llama_cpp import INSTALL_HINT, available
+
+    if not available():
+        log(f"llama.cpp baselines skipped: llama-cpp-python is not installed ({INSTALL_HINT})")
+        return []
+    from slimlm.stages.export import export
+
+    names = []
+    for kind, bits in GGUF:
+        name = f"teacher-{kind}-llama.cpp"
+        path = baseline_dir(run_dir, name) / f"teacher-{kind}.gguf"
+        if not reference_file(run_dir, name).exists() and not path.exists():
+            log(f"building baseline {name}: the teacher after slimlm export --type {kind}, into {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export(str(teacher), out=str(path), type=kind, force=True)
+        about = {
+            "of": "teacher",
+            "method": "slimlm export (GGUF), run under llama.cpp",
+            "bits": bits,
+            "type": kind,
+            "runtime": "llama.cpp (llama-cpp-python), the file's own tensor types",
+            "command": f"slimlm export TEACHER --type {kind}; slimlm eval FILE --runtime llama.cpp",
+        }
+        runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
         names.append(name)
     return names

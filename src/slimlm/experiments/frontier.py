@@ -136,11 +136,14 @@ def baseline_lines(references: dict) -> list[str]:
     if not found:
         return []
     lines = [
-        "- baselines (the teacher quantized by `slimlm quantize`, built once under baselines/ and measured like the "
-        "teacher): " + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
+        "- baselines (the teacher quantized, built once under baselines/ and measured like the teacher): "
+        + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
     ]
-    runtime = next((b["runtime"] for b in found.values() if b.get("runtime")), None)
-    return lines + ([f"  - runtime: {runtime}"] if runtime else [])
+    runtimes = {}
+    for n, b in found.items():
+        if b.get("runtime"):
+            runtimes.setdefault(b["runtime"], []).append(n)
+    return lines + [f"  - runtime of {', '.join(ns)}: {rt}" for rt, ns in runtimes.items()]
 
 
 # ---------------------------------------------------------------- sentences

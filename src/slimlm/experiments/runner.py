@@ -95,12 +95,31 @@ def check_eval(evaluation: dict) -> dict:
     return ev
 
 
-def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
-    """Every metric of one model under the run's protocol: the same text, window and prompts for all."""
+def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transformers") -> dict:
+    """Every metric of one model under the run's protocol: the same text, window and prompts for all
+    (`runtime="llama.cpp"`: a .gguf file under llama.cpp, eval/llama_cpp.py; no downstream tasks there)."""
     from slimlm.data.corpus import prepare_data
     from slimlm.eval.metrics import evaluate_model
     from slimlm.sources import load_model
 
+    if runtime == "llama.cpp":
+        from slimlm.eval.llama_cpp import measure_gguf
+        from slimlm.sources import gguf_tokenizer
+
+        splits = prepare_data(data, gguf_tokenizer(model_spec), ev["window"])
+        ids = getattr(splits, ev["split"])
+        text_bytes = splits.info[ev["split"]]["bytes"]
+        if ev["tokens"] is not None and ev["tokens"] < len(ids):
+            ids, text_bytes = ids[: ev["tokens"]], None
+        return measure_gguf(
+            model_spec,
+            ids,
+            window=ev["window"],
+            stride=ev["stride"],
+            text_bytes=text_bytes,
+            new_tokens=ev["decode_new_tokens"],
+            repeats=ev["repeats"],
+        )
     model, tokenizer, model_dir = load_model(model_spec)
     splits = prepare_data(data, tokenizer, ev["window"])
     ids = getattr(splits, ev["split"])
@@ -126,7 +145,13 @@ def measure(model_spec: str | Path, data: str, ev: dict) -> dict:
 
 
 def measure_reference(
-    run_dir: Path, name: str, model_spec: str | Path, data: str, ev: dict, about: dict | None = None
+    run_dir: Path,
+    name: str,
+    model_spec: str | Path,
+    data: str,
+    ev: dict,
+    about: dict | None = None,
+    runtime: str = "transformers",
 ) -> dict:
     """Measure a comparison model (teacher, starting student, baseline) once per run folder; `about` adds what
     the report says of it (a baseline's build, a starting student's shape) to its record."""
@@ -136,7 +161,8 @@ def measure_reference(
         return read_json(path)
     log(f"measuring reference {name} ({model_spec})")
     start = time.time()
-    record = {"name": name, "model_dir": str(model_spec), **(about or {}), "metrics": measure(model_spec, data, ev)}
+    metrics = measure(model_spec, data, ev, runtime)
+    record = {"name": name, "model_dir": str(model_spec), **(about or {}), "metrics": metrics}
     record["wall_time_s"] = time.time() - start
     write_json_atomic(path, record, force=True)
     return record
