@@ -116,13 +116,26 @@ def test_cli_export_and_bad_type(tiny_teacher, capsys):
 @pytest.mark.parametrize("type,tolerance", [("f16", 1e-2), ("q8_0", 5e-2)])
 def test_llama_cpp_runs_the_export(tiny_teacher, source, tmp_path, type, tolerance):
     """llama.cpp itself (llama-cpp-python; skipped when it is not installed) gives the source's logits."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    pytest.importorskip("llama_cpp")
     path = export_gguf(tiny_teacher, tmp_path / f"m-{type}.gguf", type)
     model, tokenizer = source
     ids = tokenizer("The Congress of the United States", add_special_tokens=False)["input_ids"]
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False)
-    llm.eval(ids)
-    ours = torch.tensor(llm.scores[: len(ids)])
+    script = (  # in a child process: a crash inside llama.cpp must not take the test run with it
+        "import sys, numpy, llama_cpp\n"
+        f"llm = llama_cpp.Llama(model_path={str(path)!r}, n_ctx=64, logits_all=True, verbose=False)\n"
+        f"llm.eval({ids!r})\n"
+        f"numpy.save({str(tmp_path / 'scores.npy')!r}, llm.scores[: {len(ids)}])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if run.returncode < 0:  # killed by a signal: seen with llama-cpp-python 0.3.36, q8_0, on an AMX CPU
+        pytest.xfail(f"llama.cpp itself crashed (signal {-run.returncode}) on this {type} file")
+    assert run.returncode == 0, run.stderr
+    ours = torch.from_numpy(np.load(tmp_path / "scores.npy"))
     with torch.no_grad():
         reference = model(input_ids=torch.tensor([ids])).logits[0]
     assert (ours - reference).abs().max() < tolerance

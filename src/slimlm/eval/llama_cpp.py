@@ -73,10 +73,29 @@ def measure_gguf(
     progress: bool = True,
 ) -> dict:
     """Perplexity, next-token accuracy, bits/byte, decode and prefill tokens/s, parameters and file size of
-    one GGUF file under llama.cpp (the keys of metrics.evaluate_model, plus `runtime`)."""
+    one GGUF file under llama.cpp (the keys of metrics.evaluate_model, plus `runtime`).
+
+    llama.cpp runs in a child process: native code that crashes (seen here: llama-cpp-python 0.3.36 segfaults
+    on batched q8_0 matmuls on an AMX CPU) becomes a one-line error instead of killing a long study."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    args = (str(path), torch.as_tensor(ids).reshape(-1).tolist(), window, stride, text_bytes, new_tokens, repeats)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(_measure, *args, progress, torch.get_num_threads()).result()
+        except BrokenProcessPool:
+            raise SlimlmError(
+                f"llama.cpp crashed measuring {path} (its process died); try another GGUF type (f16), or rebuild "
+                "llama-cpp-python (e.g. CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall llama-cpp-python)"
+            ) from None
+
+
+def _measure(path, ids, window, stride, text_bytes, new_tokens, repeats, progress, threads) -> dict:
+    """measure_gguf's work, in the child process."""
     path = Path(path)
-    ids = torch.as_tensor(ids).reshape(-1).tolist()
-    threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     llm = _load(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads)
     nll, correct, scored = 0.0, 0, 0
     for begin, end, k in tqdm(windows(len(ids), window, stride), desc="perplexity (llama.cpp)", disable=not progress):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimlm.distributed import log
+from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
 from slimlm.experiments.layout import baseline_dir, reference_file
 
@@ -107,6 +108,10 @@ def _gguf_baselines(run_dir: Path, teacher, data: str, ev: dict) -> list[str]:
             "runtime": "llama.cpp (llama-cpp-python), the file's own tensor types",
             "command": f"slimlm export TEACHER --type {kind}; slimlm eval FILE --runtime llama.cpp",
         }
-        runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
+        try:
+            runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
+        except SlimlmError as exc:  # a llama.cpp crash costs this baseline, never the study
+            log(f"baseline {name} skipped: {exc}")
+            continue
         names.append(name)
     return names
