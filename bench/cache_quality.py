@@ -107,11 +107,25 @@ def table(results: dict, args) -> str:
     for (tau, name), rows in sorted(groups.items()):
         ppl = [r["test_perplexity"] for r in rows]
         acc = [r["test_accuracy"] for r in rows]
-        spread = lambda v: f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else ""
+        spread = lambda v, digits=2: f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else ""
         lines.append(
             f"| {tau:g} | {name} | {len(rows)} | {statistics.mean(ppl):.2f}{spread(ppl)} | "
-            f"{statistics.mean(acc):.4f}{spread(acc)} |"
+            f"{statistics.mean(acc):.4f}{spread(acc, 4)} |"
         )
+    lines += [
+        "",
+        "Paired by seed (the same blocks in the same order): test perplexity of each cached arm / the online arm "
+        "of the same tau and seed.",
+        "",
+        "| tau | teacher signal | per seed | mean |",
+        "|---:|---|---|---:|",
+    ]
+    online = {(r["tau"], r["seed"]): r["test_perplexity"] for r in results.values() if r["teacher"] == "online"}
+    for (tau, name), rows in sorted(groups.items()):
+        ratios = [r["test_perplexity"] / online[tau, r["seed"]] for r in rows if (tau, r["seed"]) in online]
+        if name != "online" and ratios:
+            each = ", ".join(f"{x:.3g}" for x in ratios)
+            lines.append(f"| {tau:g} | {name} | {each} | {statistics.mean(ratios):.3g} |")
     return "\n".join(lines) + "\n"
 
 
