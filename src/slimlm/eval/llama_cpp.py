@@ -10,7 +10,6 @@ llama-cpp-python is optional (`pip install llama-cpp-python`, compiled on instal
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import statistics
 import time
@@ -21,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from slimlm.errors import SlimlmError
-from slimlm.eval.metrics import windows
+from slimlm.eval.metrics import perplexity_result, windows
 
 PREFILL_TOKENS = 256
 INSTALL_HINT = "pip install llama-cpp-python (it compiles llama.cpp, a few minutes)"
@@ -125,20 +124,13 @@ def _measure(path, ids, window, stride, text_bytes, new_tokens, repeats, progres
     import llama_cpp
 
     parameters = int(llama_cpp.llama_model_n_params(llm.model))
-    mean = nll / scored
     return {
         "runtime": "llama.cpp",
         "dtype": "gguf",
         "device": "cpu",
         "parameters": parameters,
         "size_on_disk_mb": os.path.getsize(path) / 1e6,
-        "perplexity": math.exp(mean),
-        "nll": mean,
-        "tokens_scored": scored,
-        "accuracy": correct / scored,
-        "bits_per_byte": nll / math.log(2) / text_bytes if text_bytes else None,
-        "window": window,
-        "stride": stride,
+        **perplexity_result(nll, correct, scored, text_bytes, window, stride),
         "decode_tokens_per_s": statistics.median(decode[1:]),
         "prefill_tokens_per_s": statistics.median(prefill[1:]),
         "decode_new_tokens": new_tokens,

@@ -101,6 +101,12 @@ def perplexity(
             correct += (logits.argmax(-1) == targets)[mask].sum().item()
             scored += int(mask.sum())
             del logits, ce
+    return perplexity_result(nll, correct, scored, text_bytes, window, stride)
+
+
+def perplexity_result(nll: float, correct: int, scored: int, text_bytes, window: int, stride: int) -> dict:
+    """The perplexity metrics from summed NLL (nats), correct top-1 predictions and tokens scored; one place,
+    so every runtime (transformers here, llama.cpp in llama_cpp.py) reports the same keys the same way."""
     mean = nll / scored
     return {
         "perplexity": math.exp(mean),
