@@ -73,7 +73,7 @@ class StudentSettings(Settings):
     )
     axes: str = option(
         "both",
-        "--target-params: cut layers (depth), channels and heads by activation importance (width), or try both",
+        "--target-params: cut layers (depth), hidden and MLP channels by activation importance (width), or try both",
         choices=AXES,
     )
     student_config: dict | None = option(
