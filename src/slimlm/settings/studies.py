@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from slimlm.data.builtins import GENERAL_CORPUS
 from slimlm.errors import SlimlmError
 from slimlm.methods.budget import check_target
 from slimlm.settings.commands import DATA_HELP, TEACHER_HELP, force_option, out_option, precision_option
@@ -23,6 +24,8 @@ EVAL_DEFAULTS = {
     "repeats": 3,
     "tasks": ["cloze"],
     "task_items": None,
+    "general_data": GENERAL_CORPUS,  # general-domain text scored beside the split (eval/general.py); or "none"
+    "general_tokens": 16384,
 }
 EXPERIMENT_KINDS = {
     "temperature": "KD temperature sweep (paper Table 1)",
@@ -132,6 +135,11 @@ class ExperimentSettings(Settings):
         None, f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})"
     )
     task_items: int | None = option(None, "items per downstream task (default: each task's own)")
+    general_data: str | None = option(
+        None,
+        "general-domain text every model is also scored on, to show what it lost outside its training text: "
+        f"built-in wikipedia, any --data value, or none (default {EVAL_DEFAULTS['general_data']})",
+    )
     evaluation: dict | None = option(
         None,
         "the measurement protocol (EVAL_DEFAULTS above); the flags above override its keys",
@@ -171,6 +179,7 @@ class ExperimentSettings(Settings):
             "repeats": self.repeats,
             "tasks": self.tasks,
             "task_items": self.task_items,
+            "general_data": self.general_data,
         }
         return {**(self.evaluation or {}), **{k: v for k, v in flags.items() if v is not None}}
 

@@ -21,17 +21,22 @@ def evaluate(
     """Stage `eval`: the same metrics for every model on the same test split, side by side; with `tasks`,
     the offline downstream checks too (slimlm.eval.tasks), and with `lm_eval`, lm-evaluation-harness tasks.
 
-    `settings` are EvalSettings' fields (slimlm.settings: data, window, stride, new_tokens, repeats,
-    precision, tasks, task_items, lm_eval), with their defaults there. `precision` defaults to fp32 here
+    `settings` are EvalSettings' fields (slimlm.settings: data, general_data, general_tokens, window, stride,
+    new_tokens, repeats, precision, tasks, task_items, lm_eval), with their defaults there; general text
+    (eval/general.py) is scored beside the in-domain split unless general_data is "none". `precision` defaults to fp32 here
     (EvalSettings says why); `bf16=True` is the old spelling of precision="bf16"."""
     if bf16 is not None:
         settings["precision"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
+    from slimlm.eval.general import general_metrics
     from slimlm.eval.metrics import evaluate_model
     from slimlm.eval.table import format_table
     from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
 
     tasks, harness = parse_tasks(s.tasks), comma_list(s.lm_eval)
+    general = s.general_data.lower() != "none" and s.runtime == "transformers"
+    if s.general_data.lower() != "none" and not general:
+        log("general text is scored under transformers only; the .gguf files get the in-domain split alone")
     if harness:
         import importlib.util
 
@@ -90,6 +95,11 @@ def evaluate(
             new_tokens=new_tokens,
             repeats=repeats,
         )
+        if general:
+            log(f"scoring {spec} on general text ({s.general_data})")
+            results[str(spec)].update(
+                general_metrics(model, tokenizer, s.general_data, window=window, tokens=s.general_tokens)
+            )
         if tasks:
             results[str(spec)].update(run_tasks(model, tokenizer, tasks, data=data, n=s.task_items))
         if harness:
@@ -111,6 +121,7 @@ def evaluate(
             "threads": torch.get_num_threads(),
             "tasks": tasks,
             "lm_eval": harness,
+            "general": next((r["general_protocol"] for r in results.values() if "general_protocol" in r), None),
         },
         "results": results,
         "table": table,

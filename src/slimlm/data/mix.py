@@ -1,0 +1,90 @@
+"""Several corpora as one: `--data sotu,wikipedia` (equal shares) or `--data sotu:3,wikipedia:1`.
+
+A student trained on one narrow corpus specialises to it; mixing in general text is how a user keeps
+what the teacher knew elsewhere. Each part is split and cached on its own (corpus.py), so its test text
+stays its own; the mix's training blocks hold each part in proportion to its weight, as many as fit
+without repeating a block of any part, chosen by a fixed draw, so every run of the same mix trains on the
+same blocks. The mix's validation and test streams are the parts' streams, one after the other.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from slimlm.errors import SlimlmError
+
+
+def is_mix(spec) -> bool:
+    """A comma-separated list of corpora (a path that exists is never read as one)."""
+    return "," in str(spec) and not Path(str(spec)).expanduser().exists()
+
+
+def parse_mix(spec: str) -> list[tuple[str, float]]:
+    """[(corpus, share)] with shares summing to 1; `name:weight` sets a part's weight (default 1)."""
+    parts = []
+    for item in (p.strip() for p in str(spec).split(",")):
+        if not item:
+            raise SlimlmError(f"--data {spec}: an empty corpus name between commas; write e.g. sotu,wikipedia")
+        name, sep, weight = item.rpartition(":") if ":" in item else (item, "", "1")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise SlimlmError(f"--data {spec}: weight of {name or item} must be a positive number (got {weight!r})")
+        parts.append((name.strip(), value))
+    names = [n for n, _ in parts]
+    if len(set(names)) != len(names):
+        raise SlimlmError(f"--data {spec} names a corpus twice; give each corpus once, with its weight")
+    total = sum(w for _, w in parts)
+    return [(n, w / total) for n, w in parts]
+
+
+def mix_splits(spec: str, tokenizer, block_size: int, prepare):
+    """The mixed Splits of `spec`; `prepare(name, tokenizer, block_size)` gives one part's Splits."""
+    from slimlm.data.corpus import Splits
+
+    parts = parse_mix(spec)
+    splits = {name: prepare(name, tokenizer, block_size) for name, _ in parts}
+    # as many blocks as fit with no part's block used twice: part i holds share_i of them
+    total = min(len(splits[name].train) / share for name, share in parts)
+    chosen, counts = [], {}
+    for index, (name, share) in enumerate(parts):
+        train = splits[name].train
+        k = max(1, math.floor(total * share))
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(index))
+        chosen.append(train[order[:k]])
+        counts[name] = k
+    train = torch.cat(chosen)
+    val = torch.cat([splits[n].val for n, _ in parts])
+    test = torch.cat([splits[n].test for n, _ in parts])
+    label = "+".join(f"{n}:{share:.2g}" for n, share in parts)
+    info = {
+        "corpus": label,
+        "rule": "mix of "
+        + ", ".join(f"{n} ({share:.0%} of the training blocks; split {splits[n].info['rule']})" for n, share in parts)
+        + "; validation and test: each part's, in this order",
+        "block_size": block_size,
+        "train": {
+            "tokens": int(train.numel()),
+            "blocks": len(train),
+            "documents": sum(splits[n].info["train"]["documents"] for n, _ in parts),
+            "bytes": sum(
+                round(splits[n].info["train"]["bytes"] * counts[n] / len(splits[n].train)) for n, _ in parts
+            ),
+            "blocks_per_part": counts,
+        },
+        **{
+            name: {
+                "tokens": sum(len(getattr(splits[n], name)) for n, _ in parts),
+                "documents": sum(splits[n].info[name]["documents"] for n, _ in parts),
+                "bytes": sum(splits[n].info[name]["bytes"] for n, _ in parts),
+            }
+            for name in ("val", "test")
+        },
+        "parts": {n: {"share": share, **splits[n].info} for n, share in parts},
+    }
+    return Splits(train, val, test, info)
