@@ -68,14 +68,22 @@ def test_sweep_runs_every_arm_and_seed_and_writes_the_report(temperature_run):
                 "size_on_disk_mb",
                 "inference_memory_mib",
                 "cloze_exact_match",
+                "general_perplexity",
+                "general_accuracy",
             ):
                 assert r["metrics"][key] is not None, key
+            assert r["metrics"]["general_data"] == "wikipedia"
             record = json.loads((temperature_run / "arms" / f"{arm}-seed{r['seed']}" / "slimlm.json").read_text())
             assert record["settings"]["temperature"] == r["value"] and record["settings"]["seed"] == r["seed"]
             assert record["training"]["teacher_cache"]
     assert set(run["references"]) == {"teacher", "student-init"}
     report = (temperature_run / "report.md").read_text()
     assert "t0.5" in report or "τ=0.5" in report
+    assert "### Kept of the teacher" in report and "general ppl ÷ teacher" in report
+    ratios = json.loads((temperature_run / "report.json").read_text())["teacher_ratios"]
+    teacher = run["references"]["teacher"]["metrics"]["general_perplexity"]
+    mean = sum(r["metrics"]["general_perplexity"] for r in run["results"]["t2"]) / 2
+    assert ratios["t2"]["general_perplexity"] == pytest.approx(mean / teacher)
     plots = json.loads((temperature_run / "report.json").read_text())["plots"]
     assert plots and all((temperature_run / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert (temperature_run / "report.html").read_text().count("<img") >= len(plots)
@@ -147,6 +155,61 @@ def test_interrupted_experiment_runs_only_missing_arms(temperature_run, tiny_tea
     err = capsys.readouterr().err
     assert err.count("finished earlier, skipped") == 3 and err.count(": training") == 1
     assert missing.exists() and all(p.stat().st_mtime_ns == t for p, t in before.items())
+
+
+def test_a_run_begun_before_general_text_continues_and_measures_it_once(
+    temperature_run, tiny_teacher, text_dir, tmp_path, capsys
+):
+    """A run folder written before slimlm scored general text is continued, not refused: the finished
+    models are scored on it once and nothing else is measured again."""
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(temperature_run, out)
+    spec_path = out / "experiment.json"
+    spec = json.loads(spec_path.read_text())
+    for key in ("general_data", "general_tokens"):
+        del spec["protocol"]["eval"][key]
+    spec_path.write_text(json.dumps(spec))
+    old = result_file(out, "t2", 0)
+    record = json.loads(old.read_text())
+    record["model_dir"] = str(out / "arms" / "t2-seed0")
+    kept = record["metrics"].pop("general_perplexity")
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("general_")}
+    old.write_text(json.dumps(record))
+    others = {p: t for p, t in _mtimes(out).items() if p != old}
+    capsys.readouterr()
+    experiment("temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY)
+    err = capsys.readouterr().err
+    assert "adding general_data, general_tokens" in err and err.count("measuring general text") == 1
+    assert json.loads(old.read_text())["metrics"]["general_perplexity"] == pytest.approx(kept, rel=1e-4)
+    assert all(p.stat().st_mtime_ns == t for p, t in others.items())
+    assert json.loads(spec_path.read_text())["protocol"]["eval"]["general_data"] == "wikipedia"
+
+
+def test_data_mix_trains_each_arm_on_its_text_and_scores_all_in_domain_and_general(tiny_teacher, text_dir, capsys):
+    mix = f"{text_dir}+wikipedia"
+    out = experiment(
+        "data-mix",
+        out="mix",
+        values=[str(text_dir), mix],
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        **{**TINY, "seeds": [0]},
+    )
+    run = load_run(out)
+    arms = run["spec"]["arms"]
+    assert [a["settings"]["data"] for a in arms] == [str(text_dir), f"{text_dir},wikipedia"]
+    assert all("/" not in a["name"] for a in arms)
+    for arm in arms:
+        (record,) = run["results"][arm["name"]]
+        trained = json.loads((out / "arms" / f"{arm['name']}-seed0" / "slimlm.json").read_text())
+        assert trained["settings"]["data"] == arm["settings"]["data"] and not trained["training"]["teacher_cache"]
+        assert record["metrics"]["general_data"] == "wikipedia" and record["metrics"]["perplexity"] > 0
+    mixed = json.loads((out / "arms" / f"{arms[1]['name']}-seed0" / "slimlm.json").read_text())
+    assert set(mixed["data"]["train"]["blocks_per_part"]) == {str(text_dir), "wikipedia"}
+    report = (out / "report.md").read_text()
+    assert "No paper counterpart" in report and "general-text perplexity" in report
 
 
 def test_a_different_experiment_in_the_same_folder_is_refused(temperature_run, tiny_teacher, text_dir):

@@ -73,6 +73,7 @@ EXPERIMENT = [  # flags every experiment kind has
     (["--repeats", "1"], "repeats", 1),
     (["--tasks", "none"], "tasks", "none"),
     (["--task-items", "6"], "task_items", 6),
+    (["--general-data", "none"], "general_data", "none"),
     (["--out", "o"], "out", "o"),
     (["--force"], "force", True),
 ]
@@ -83,7 +84,11 @@ STARTING_STUDENT = [  # the kinds whose arms share one starting student
 
 # every option of every command: (argv, field, the value the settings get); a new flag needs a row here
 FLAGS = {
-    ("fetch",): [(["--teacher", "t"], "teacher", "t"), (["--data", "d"], "data", "d")],
+    ("fetch",): [
+        (["--teacher", "t"], "teacher", "t"),
+        (["--data", "d"], "data", "d"),
+        (["--general-data", "none"], "general_data", "none"),
+    ],
     ("student",): [
         (["--teacher", "t"], "teacher", "t"),
         (["--data", "d"], "data", "d"),
@@ -159,6 +164,8 @@ FLAGS = {
     ("eval",): [
         (["a", "b"], "models", ["a", "b"]),
         (["--data", "d"], "data", "d"),
+        (["--general-data", "d2"], "general_data", "d2"),
+        (["--general-tokens", "512"], "general_tokens", 512),
         (["--window", "32"], "window", 32),
         (["--stride", "16"], "stride", 16),
         (["--new-tokens", "4"], "new_tokens", 4),
@@ -187,6 +194,11 @@ FLAGS = {
         (["--methods", "lora"], "values", "lora"),
         (["--model", "m"], "model", "m"),
         (["--rank", "4"], "rank", 4),
+        *STARTING_STUDENT,
+        *EXPERIMENT,
+    ],
+    ("experiment", "data-mix"): [
+        (["--corpora", "sotu,sotu+wikipedia"], "values", "sotu,sotu+wikipedia"),
         *STARTING_STUDENT,
         *EXPERIMENT,
     ],

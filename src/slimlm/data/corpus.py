@@ -25,6 +25,7 @@ from slimlm.errors import SlimlmError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
+
 @dataclass
 class Document:
     name: str

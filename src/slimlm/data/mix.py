@@ -72,9 +72,7 @@ def mix_splits(spec: str, tokenizer, block_size: int, prepare):
             "tokens": int(train.numel()),
             "blocks": len(train),
             "documents": sum(splits[n].info["train"]["documents"] for n, _ in parts),
-            "bytes": sum(
-                round(splits[n].info["train"]["bytes"] * counts[n] / len(splits[n].train)) for n, _ in parts
-            ),
+            "bytes": sum(round(splits[n].info["train"]["bytes"] * counts[n] / len(splits[n].train)) for n, _ in parts),
             "blocks_per_part": counts,
         },
         **{

@@ -33,7 +33,6 @@ def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | N
     """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
     non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
     from slimlm.data.corpus import prepare_data
-
     from slimlm.errors import SlimlmError
 
     try:

@@ -45,7 +45,10 @@ def format_table(results: dict[str, dict]) -> str:
         first = results[names[0]].get(key)
         if key in _RATIOS and len(names) > 1 and first:
             cells.append(
-                [f"  ÷ {names[0]}", *(f"{r[key] / first:.2f}x" if r.get(key) is not None else "-" for r in results.values())]
+                [
+                    f"  ÷ {names[0]}",
+                    *(f"{r[key] / first:.2f}x" if r.get(key) is not None else "-" for r in results.values()),
+                ]
             )
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = [

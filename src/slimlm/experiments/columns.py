@@ -14,6 +14,8 @@ RESULT_COLUMNS = [
     Column("accuracy", "next-token acc. (%)", 100, ".2f"),
     Column("perplexity", "perplexity", 1, ".2f"),
     Column("bits_per_byte", "bits/byte", 1, ".3f"),
+    Column("general_perplexity", "general ppl", 1, ".2f"),
+    Column("general_accuracy", "general acc. (%)", 100, ".2f"),
     Column("decode_tokens_per_s", "decode tok/s", 1, ".1f"),
     Column("size_on_disk_mb", "size (MB)", 1, ".1f"),
     Column("parameters", "params (M)", 1e-6, ".2f"),
@@ -37,6 +39,7 @@ EXTRA_COLUMNS = [Column("prefill_tokens_per_s", "prefill tok/s", 1, ".0f")]
 COLUMNS = {c.key: c for c in RESULT_COLUMNS + TRAINING_COLUMNS + EXTRA_COLUMNS}
 UNITS = {
     "accuracy": "%",
+    "general_accuracy": "%",
     "decode_tokens_per_s": " tok/s",
     "prefill_tokens_per_s": " tok/s",
     "size_on_disk_mb": " MB",
@@ -54,7 +57,7 @@ def display(value, key: str) -> str:
     """One raw value in its column's display units."""
     col = column(key)
     v = value * col.scale
-    return f"{v:.3g}" if key == "perplexity" and v >= 1e4 else format(v, col.spec)
+    return f"{v:.3g}" if key.endswith("perplexity") and v >= 1e4 else format(v, col.spec)
 
 
 def cell(summary: dict | None, key: str) -> str:

@@ -16,6 +16,7 @@ from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, describe, describe_point, method_of, point_x, same_x
 from slimlm.experiments.columns import cell, display, paper_value, ratio, said
 from slimlm.experiments.control import control_sentences, is_control, swept
+from slimlm.experiments.datamix import data_sentences
 from slimlm.experiments.frontier import no_counterpart
 from slimlm.experiments.stats import dominated, shape, spearman, within_spread
 
@@ -306,7 +307,8 @@ def paper_comparison(arms, spec, references) -> dict:
     """The paper's numbers beside ours and the generated sentences for the report's last section."""
     kind = spec["kind"]
     if kind in paper_data.NO_COUNTERPART:  # a study of slimlm's own: said so, nothing compared
-        return no_counterpart(kind, arms, references)
+        found = no_counterpart(kind, arms, references)
+        return {**found, "sentences": data_sentences(arms, references)} if kind == "data-mix" else found
     source = paper_data.BY_KIND.get(kind)
     if source is None:
         return {

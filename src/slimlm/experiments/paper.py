@@ -85,6 +85,8 @@ BY_KIND = {"temperature": TABLE1, "feature-layer": FIGURE2, "finetune": FIGURE3,
 
 # Studies slimlm runs that the paper does not: their reports say so, and compare nothing with the paper.
 NO_COUNTERPART = {
+    "data-mix": "The paper distils on general web text (OpenWebText) only and reports no comparison of training "
+    "texts, so nothing in this report is compared with it.",
     "student-shape": "The paper has no study of the student's shape: it reports no comparison of cutting the "
     "teacher in depth or in width at a parameter budget, nor of quantizing the teacher instead, so nothing in this "
     "report is compared with it. The closest published comparison is Minitron's (arXiv 2408.11796, section 4: "

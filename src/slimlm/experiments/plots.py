@@ -36,7 +36,8 @@ def draw_plots(report: dict, spec: dict, folder: Path) -> list[str]:
 
 def _panels(arms) -> list[str]:
     """Accuracy, perplexity, speed, and downstream scores when any arm has them."""
-    keys = ["accuracy", "perplexity", "decode_tokens_per_s"]
+    general = [k for k in ("general_accuracy", "general_perplexity") if any(k in a["metrics"] for a in arms)]
+    keys = ["accuracy", "perplexity", *general, "decode_tokens_per_s"]
     return keys + [k for k in DOWNSTREAM if any(k in a["metrics"] for a in arms)]
 
 

@@ -105,6 +105,12 @@ def _evaluation_line(ev: dict) -> str:
         f"{ev.get('window', '?')} / stride {ev.get('stride', '?')}; speed: batch-1 greedy decoding of "
         f"{ev.get('decode_new_tokens', '?')} new tokens, median of {ev.get('repeats', '?')} repeats, "
         f"{ev.get('threads', '?')} threads; tasks: {', '.join(ev.get('tasks') or []) or 'none'}"
+        + (
+            f"; general text: `{ev['general_data']}` test split, {ev.get('general_tokens', '?')} tokens in windows "
+            "spread evenly over it"
+            if str(ev.get("general_data", "none")).lower() != "none"
+            else ""
+        )
     )
 
 
@@ -118,6 +124,7 @@ def results_section(report) -> list[str]:
     ]
     lines += _table(["arm", "setting", "n"] + [c.label for c in cols], rows)
     lines += _missing_lines(report["missing"])
+    lines += kept_section(report)
     tcols = [c for c in TRAINING_COLUMNS if any(c.key in a["training"] for a in arms)]
     if tcols:
         lines += ["### Training cost", ""]
@@ -126,6 +133,34 @@ def results_section(report) -> list[str]:
             [[a["name"], str(len(a["seeds"]))] + [cell(a["training"].get(c.key), c.key) for c in tcols] for a in arms],
         )
     return lines
+
+
+def kept_section(report) -> list[str]:
+    """Arm ÷ teacher, in domain and on general text, so a gain on the training text that costs the rest shows."""
+    ratios = report.get("teacher_ratios") or {}
+    keys = [
+        k
+        for k in ("perplexity", "accuracy", "general_perplexity", "general_accuracy")
+        if any(k in r for r in ratios.values())
+    ]
+    if not keys:
+        return []
+    labels = {
+        "perplexity": "perplexity ÷ teacher",
+        "accuracy": "accuracy ÷ teacher",
+        "general_perplexity": "general ppl ÷ teacher",
+        "general_accuracy": "general acc. ÷ teacher",
+    }
+    rows = [[name] + [f"{r[k]:.2f}×" if k in r else "–" for k in keys] for name, r in ratios.items()]
+    general = (report["protocol"].get("eval") or {}).get("general_data")
+    return [
+        "### Kept of the teacher",
+        "",
+        "Mean over seeds ÷ the teacher's, on the in-domain test split and on general text"
+        + (f" (`{general}`)" if general else "")
+        + ": perplexity above 1× and accuracy below 1× are what the student lost.",
+        "",
+    ] + _table(["arm"] + [labels[k] for k in keys], rows)
 
 
 def _missing_lines(missing: dict) -> list[str]:

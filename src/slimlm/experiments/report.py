@@ -33,6 +33,7 @@ KIND_TITLES = {
     "finetune": "LoRA vs full fine-tuning (paper Figure 3)",
     "pipeline": "the whole compression pipeline",
     "student-shape": "student shape at a parameter budget: depth, width or both (no paper counterpart)",
+    "data-mix": "training text: in-domain, general or a mix, scored on both (no paper counterpart)",
 }
 FRONTIER_KINDS = ("student-shape",)  # kinds whose report has the frontier table (frontier.py)
 
@@ -68,6 +69,25 @@ def reference_summary(ref: dict) -> dict:
         "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
         "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None,
     }
+
+
+KEPT_METRICS = ("perplexity", "accuracy", "general_perplexity", "general_accuracy")
+
+
+def teacher_ratios(arms: list[dict], references: dict) -> dict:
+    """Each arm's mean over seeds divided by the teacher's, in domain and on general text: how much of the
+    teacher a student kept where it was trained and elsewhere (eval/general.py)."""
+    teacher = (references.get("teacher") or {}).get("metrics") or {}
+    ratios = {}
+    for arm in arms:
+        row = {
+            key: arm["metrics"][key]["mean"] / teacher[key]
+            for key in KEPT_METRICS
+            if teacher.get(key) and (arm["metrics"].get(key) or {}).get("mean") is not None
+        }
+        if row:
+            ratios[arm["name"]] = row
+    return ratios
 
 
 def timing(arms: list[dict], references: dict) -> dict:
@@ -137,6 +157,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         },
         "references": references,
         "timing": timing(arms, references),
+        "teacher_ratios": teacher_ratios(arms, references),
         **({"frontier": frontier_rows(arms, references, spec)} if spec["kind"] in FRONTIER_KINDS else {}),
         "paper": paper_comparison(arms, spec, references),
         "plots": [],

@@ -7,6 +7,8 @@ arm run for every seed.
 - finetune      (Figure 3): LoRA vs full fine-tuning of the same distilled student
 - student-shape (no paper counterpart): distil students cut in depth, width or both at one parameter
                  budget, each from its own starting student (shapes.py)
+- data-mix      (no paper counterpart): distil on the in-domain corpus, on general text or on a mix,
+                 each scored in domain and on general text (datamix.py)
 
 All arms of a seed train on the same blocks from the same starting student with the same budget;
 teacher outputs (top-k logits and every hidden layer the sweep needs) are computed once per seed
@@ -26,6 +28,7 @@ from slimlm.experiments import runner
 from slimlm.experiments.baselines import quantized_baselines
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.control import online_arm
+from slimlm.experiments.datamix import data_arms, data_notes
 from slimlm.experiments.layout import in_run
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
@@ -109,6 +112,9 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             for v in values
         ]
         base = {**distill_base, "cache_layers": ",".join(str(v) for v in values)}
+    elif kind == "data-mix":  # online teacher, as in the demo whose default data this study chooses
+        parameter, arms = data_arms(values)
+        base = {**distill_base, "teacher_cache": False}
     elif kind == "student-shape":
         parameter, arms = shape_arms(values, s.target_params, s.teacher)
         base = {k: v for k, v in distill_base.items() if k != "student"}  # each arm names its own student
@@ -154,7 +160,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "block_size": s.block_size,
             "base_settings": _portable(base, run_dir),
             "eval": ev,
-            "teacher_cache": _cache_protocol(s) if kind != "finetune" else None,
+            "teacher_cache": _cache_protocol(s) if kind not in ("finetune", "data-mix") else None,
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control)
@@ -307,6 +313,8 @@ def _notes(kind, student, model, student_layers, max_tokens, online_control=Fals
                 "training split"
             )
         )
+    elif kind == "data-mix":
+        return data_notes(start, max_tokens)
     else:
         notes.append(
             f"arms start from {start}; teacher outputs are cached once per seed and temperature (the teacher cache "

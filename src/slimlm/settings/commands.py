@@ -34,6 +34,8 @@ def general_data_option():
         "general-domain text every evaluation also scores beside --data's test split, to show what a student "
         "lost outside its training text: built-in wikipedia, any --data value, or none",
     )
+
+
 MODEL_HELP = "model directory, built-in name, .gguf file or hub id"
 
 

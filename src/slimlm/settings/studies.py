@@ -33,7 +33,10 @@ EXPERIMENT_KINDS = {
     "finetune": "LoRA vs full fine-tuning of a distilled student (paper Figure 3)",
     "student-shape": "students at one share of the teacher's parameters, cut in depth, width or both, distilled "
     "and measured as a size/speed/perplexity frontier (no paper counterpart)",
+    "data-mix": "the same student trained on the in-domain corpus, on general text, or on a mix, each scored in "
+    "domain and on general text (no paper counterpart)",
 }
+DEMO_BUDGET_KINDS = ("student-shape", "data-mix")  # kinds that train the demo's 200k tokens per arm by default
 # the teacher's quantized copies measured beside every study (experiments/baselines.py)
 BASELINES = ("quantized", "none")
 SHAPE_KINDS = ("student-shape",)  # kinds whose arms each build their own student (no --student, --student-layers)
@@ -70,9 +73,14 @@ class ExperimentSettings(Settings):
             "axes the students are cut along: depth, width and/or both",
             ["depth", "width", "both"],
         ),
+        "data-mix": (
+            "--corpora",
+            "training text of each arm: a corpus, or a mix joined by + (sotu+wikipedia, sotu:3+wikipedia:1)",
+            ["sotu", "wikipedia", "sotu+wikipedia"],
+        ),
     }
     MAX_TOKENS: ClassVar[dict] = {
-        kind: ("--max-tokens", "training tokens per arm", 200_000 if kind in SHAPE_KINDS else 20480)
+        kind: ("--max-tokens", "training tokens per arm", 200_000 if kind in DEMO_BUDGET_KINDS else 20480)
         for kind in EXPERIMENT_KINDS
     }
     OWN_STUDENT: ClassVar[tuple] = tuple(k for k in EXPERIMENT_KINDS if k not in SHAPE_KINDS)

@@ -23,8 +23,8 @@ def evaluate(
 
     `settings` are EvalSettings' fields (slimlm.settings: data, general_data, general_tokens, window, stride,
     new_tokens, repeats, precision, tasks, task_items, lm_eval), with their defaults there; general text
-    (eval/general.py) is scored beside the in-domain split unless general_data is "none". `precision` defaults to fp32 here
-    (EvalSettings says why); `bf16=True` is the old spelling of precision="bf16"."""
+    (eval/general.py) is scored beside the in-domain split unless general_data is "none". `precision`
+    defaults to fp32 here (EvalSettings says why); `bf16=True` is the old spelling of precision="bf16"."""
     if bf16 is not None:
         settings["precision"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
