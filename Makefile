@@ -43,7 +43,8 @@ test: setup lint
 	$(BIN)/slimlm fetch
 	$(BIN)/python -m pytest -q
 
-# The paper's studies, the student-shape frontier and the pipeline with their defaults (3 seeds each; hours on a 2-core CPU).
+# The paper's studies, the student-shape frontier, the data-mix study and the pipeline with their defaults (2-3 seeds
+# each; hours on a 2-core CPU).
 # Rerunning continues where an interrupted run stopped. Reports: $(EXP_OUT)/*/report.html
 experiments: setup
 	$(BIN)/slimlm fetch
@@ -52,6 +53,7 @@ experiments: setup
 	$(BIN)/slimlm experiment finetune --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
 	$(BIN)/slimlm experiment feature-layer --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
 	$(BIN)/slimlm experiment student-shape --out $(EXP_OUT)/student-shape
+	$(BIN)/slimlm experiment data-mix --seeds 0,1 --out $(EXP_OUT)/data-mix
 
 bench: setup
 	$(BIN)/python bench/distill_bench.py

@@ -17,7 +17,7 @@ def fetch(
     settings = FetchSettings.from_dict({"teacher": teacher, "data": data, "general_data": general_data}).validate()
     model_dir = resolve_model(settings.teacher)
     names = [n for n, _ in parse_mix(settings.data)] if is_mix(settings.data) else [settings.data]
-    if settings.general_data != "none" and settings.general_data not in names:
+    if settings.general_data.lower() != "none" and settings.general_data not in names:
         names.append(settings.general_data)  # every evaluation reports it (eval/general.py)
     documents = {name: len(load_corpus(name).documents) for name in names}
     said = "; ".join(f"corpus {n}: {d} documents" for n, d in documents.items())
