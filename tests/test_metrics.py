@@ -97,6 +97,20 @@ def test_decode_speed_decodes_exactly_new_tokens_even_past_eos():
     )
 
 
+def test_decode_speed_never_divides_by_noise(monkeypatch):
+    """A 1-token run as slow as the n-token run (a busy machine) once gave 7e9 tokens/s: now the rate falls
+    back to new_tokens / n-token time, prefill included, and says so."""
+    from slimlm.eval import metrics
+
+    clock = iter([0.30, 0.29, 0.1] * 4)  # (1-token, n-token, prefill) seconds per repeat: n-token not slower
+    monkeypatch.setattr(metrics, "_timed", lambda fn, device: (fn(), next(clock))[1])
+    r = decode_speed(tiny(), vocab_size=V, new_tokens=4, repeats=3, warmup=1, prefill_tokens=8)
+    assert r["decode_tokens_per_s"] == pytest.approx(4 / 0.29) and "prefill" in r["decode_note"]
+    clock = iter([0.10, 0.40, 0.1] * 4)
+    r = decode_speed(tiny(), vocab_size=V, new_tokens=4, repeats=3, warmup=1, prefill_tokens=8)
+    assert r["decode_tokens_per_s"] == pytest.approx(3 / 0.30) and "decode_note" not in r
+
+
 def test_peak_memory_reports_method_and_weights():
     model = tiny()
     r = peak_memory(model, lambda: decode_speed(model, new_tokens=3, repeats=1, warmup=0, prefill_tokens=8))

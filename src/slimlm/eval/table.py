@@ -72,4 +72,9 @@ def format_table(results: dict[str, dict]) -> str:
     )
     if general:
         lines.append(f"general text: {general}")
+    noisy = [name for name, r in results.items() if r.get("decode_note")]
+    if noisy:
+        lines.append(
+            f"decode tok/s of {', '.join(noisy)}: {results[noisy[0]]['decode_note']} (rerun on an idle machine)"
+        )
     return "\n".join(lines)
