@@ -135,9 +135,10 @@ def decode_speed(
     """Batch-1 greedy decoding with the KV cache, median tokens/s over `repeats` runs after `warmup` runs.
     Prefill is excluded: decode rate = (new_tokens-1) / (median time of an n-token generate - median time of
     a 1-token generate), since the first new token comes from the prefill. min_new_tokens = max_new_tokens,
-    so eos never cuts a run short. When the two medians are too close to tell apart (a busy machine, a few new
-    tokens), the rate is new_tokens / (n-token time), prefill included, and `decode_note` says so. Prefill tokens/s: one forward over `prefill_tokens` tokens (the prompt
-    tiled). Pass the same `prompt_ids` for every model; without it a seeded random prompt of 32 tokens."""
+    so eos never cuts a run short. When the two medians are too close to tell apart (a busy machine, a few
+    new tokens), the rate is new_tokens / (n-token time), prefill included, and `decode_note` says so.
+    Prefill tokens/s: one forward over `prefill_tokens` tokens (the prompt tiled). Pass the same `prompt_ids`
+    for every model; without it a seeded random prompt of 32 tokens."""
     if new_tokens < 2 or repeats < 1 or warmup < 0 or prefill_tokens < 1:
         raise SlimlmError(
             "decode_speed needs new_tokens >= 2, repeats >= 1, warmup >= 0, prefill_tokens >= 1: fix the argument"
