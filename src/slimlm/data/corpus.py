@@ -20,7 +20,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from slimlm.cache import atomic_dir, cache_root, fingerprint
-from slimlm.data.builtins import BUILTIN_CORPORA, SOTU_TEST_FROM, SOTU_VAL_FROM, WIKI_SPLIT_RULE, builtin_documents
+from slimlm.data.builtins import (
+    BUILTIN_CORPORA,
+    SOTU_TEST_FROM,
+    SOTU_VAL_FROM,
+    WIKI_SPLIT_RULE,
+    builtin_documents,
+    wiki_cleaning,
+)
 from slimlm.errors import SlimlmError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -143,7 +150,7 @@ def _builtin_corpus(name: str) -> Corpus:
     docs = [Document(*fields) for fields in builtin_documents(name)]
     if name == "sotu":
         return Corpus(name, docs, [b.package, b.version], SOTU_VAL_FROM, SOTU_TEST_FROM)
-    return Corpus(name, docs, [b.package, b.version, "v1"], rule=WIKI_SPLIT_RULE)
+    return Corpus(name, docs, [b.package, b.version, wiki_cleaning()], rule=WIKI_SPLIT_RULE)
 
 
 def _hub_corpus(dataset_id: str) -> Corpus:

@@ -4,7 +4,7 @@ A student trained on one narrow corpus specialises to it; mixing in general text
 what the teacher knew elsewhere. Each part is split and cached on its own (corpus.py), so its test text
 stays its own; the mix's training blocks hold each part in proportion to its weight, as many as fit
 without repeating a block of any part, chosen by a fixed draw, so every run of the same mix trains on the
-same blocks. The mix's validation and test streams are the parts' streams, one after the other.
+same blocks. The mix's validation and test streams are the parts' own, interleaved piece by piece.
 """
 
 from __future__ import annotations
@@ -22,25 +22,45 @@ def is_mix(spec) -> bool:
     return "," in str(spec) and not Path(str(spec)).expanduser().exists()
 
 
+def corpus_names(spec) -> list[str]:
+    """The corpora `spec` names: its parts for a mix, else itself."""
+    return [n for n, _ in parse_mix(spec)] if is_mix(spec) else [str(spec)]
+
+
 def parse_mix(spec: str) -> list[tuple[str, float]]:
     """[(corpus, share)] with shares summing to 1; `name:weight` sets a part's weight (default 1)."""
     parts = []
     for item in (p.strip() for p in str(spec).split(",")):
         if not item:
             raise SlimlmError(f"--data {spec}: an empty corpus name between commas; write e.g. sotu,wikipedia")
-        name, sep, weight = item.rpartition(":") if ":" in item else (item, "", "1")
-        try:
-            value = float(weight)
-        except ValueError:
-            value = float("nan")
+        name, _, weight = item.rpartition(":")
+        if not name or Path(item).expanduser().exists() or not _is_number(weight):
+            name, weight = item, "1"  # a path may hold a colon: only a number after the last one is a weight
+        value = float(weight)
         if not math.isfinite(value) or value <= 0:
-            raise SlimlmError(f"--data {spec}: weight of {name or item} must be a positive number (got {weight!r})")
+            raise SlimlmError(f"--data {spec}: weight of {name} must be a positive number (got {weight!r})")
         parts.append((name.strip(), value))
     names = [n for n, _ in parts]
     if len(set(names)) != len(names):
         raise SlimlmError(f"--data {spec} names a corpus twice; give each corpus once, with its weight")
     total = sum(w for _, w in parts)
     return [(n, w / total) for n, w in parts]
+
+
+def _interleave(streams: list[torch.Tensor], piece: int) -> torch.Tensor:
+    """The streams in turn, `piece` tokens at a time, so any prefix (in-training validation reads the first
+    few thousand tokens) holds every part, not only the first."""
+    chunks = [list(s.split(piece)) for s in streams]
+    out = [c[i] for i in range(max(map(len, chunks))) for c in chunks if i < len(c)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def mix_splits(spec: str, tokenizer, block_size: int, prepare):
@@ -54,19 +74,22 @@ def mix_splits(spec: str, tokenizer, block_size: int, prepare):
     chosen, counts = [], {}
     for index, (name, share) in enumerate(parts):
         train = splits[name].train
-        k = max(1, math.floor(total * share))
+        k = min(len(train), max(1, round(total * share)))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(index))
         chosen.append(train[order[:k]])
         counts[name] = k
     train = torch.cat(chosen)
-    val = torch.cat([splits[n].val for n, _ in parts])
-    test = torch.cat([splits[n].test for n, _ in parts])
+    val = _interleave([splits[n].val for n, _ in parts], block_size)
+    test = _interleave([splits[n].test for n, _ in parts], block_size)
+    taken = sum(counts.values())
     label = "+".join(f"{n}:{share:.2g}" for n, share in parts)
     info = {
         "corpus": label,
         "rule": "mix of "
-        + ", ".join(f"{n} ({share:.0%} of the training blocks; split {splits[n].info['rule']})" for n, share in parts)
-        + "; validation and test: each part's, in this order",
+        + ", ".join(
+            f"{n} ({counts[n] / taken:.0%} of the training blocks; split {splits[n].info['rule']})" for n, _ in parts
+        )
+        + f"; validation and test: the parts' own, interleaved in pieces of {block_size} tokens",
         "block_size": block_size,
         "train": {
             "tokens": int(train.numel()),

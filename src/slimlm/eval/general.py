@@ -29,6 +29,22 @@ def spread_windows(ids: torch.Tensor, tokens: int | None, window: int) -> torch.
     return torch.cat([ids[s : s + window] for s in starts])
 
 
+def check_general(data: str) -> None:
+    """Load (and fetch, once) the general text before any model is measured, so a missing package or a
+    wrong name fails now, in one line, rather than after the first model's evaluation."""
+    from slimlm.data.corpus import load_corpus
+    from slimlm.data.mix import corpus_names
+    from slimlm.errors import SlimlmError
+
+    if str(data).lower() == "none":
+        return
+    try:
+        for name in corpus_names(data):
+            load_corpus(name)
+    except SlimlmError as exc:
+        raise SlimlmError(f"general text {data!r} (--general-data): {exc}; or pass --general-data none") from None
+
+
 def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True) -> dict:
     """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
     non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
@@ -38,7 +54,7 @@ def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | N
     try:
         splits = prepare_data(data, tokenizer, window)
     except SlimlmError as exc:
-        raise SlimlmError(f"general text {data!r} (--general-data): {exc}") from None
+        raise SlimlmError(f"general text {data!r} (--general-data): {exc}; or pass --general-data none") from None
     ids = spread_windows(splits.test, tokens, window)
     text_bytes = len(tokenizer.decode(ids.tolist()).encode("utf-8")) if tokenizer is not None else None
     result = perplexity(model, ids, window=window, stride=window, text_bytes=text_bytes, progress=progress)

@@ -13,7 +13,16 @@ import re
 
 from slimlm.errors import SlimlmError
 
-DEFAULT_ARMS = ["sotu", "wikipedia", "sotu+wikipedia"]
+
+def default_corpora(data: str, ev: dict) -> list[str]:
+    """--data alone, the general text alone, and the two mixed in equal shares."""
+    from slimlm.data.builtins import GENERAL_CORPUS
+
+    general = ev.get("general_data")
+    general = GENERAL_CORPUS if str(general).lower() == "none" else general
+    if data == general:
+        raise SlimlmError(f"--data and the general text are both {data}: pass another --data, or --corpora")
+    return [data, general, f"{data}+{general}"]
 
 
 def data_arms(values) -> tuple[dict, list[dict]]:
@@ -21,8 +30,8 @@ def data_arms(values) -> tuple[dict, list[dict]]:
     names = [str(v).strip() for v in (values.split(",") if isinstance(values, str) else values)]
     if not names or any(not n for n in names):
         raise SlimlmError(f"--corpora {values!r}: give corpora or mixes, e.g. sotu,wikipedia,sotu+wikipedia")
-    if len(set(names)) != len(names):
-        raise SlimlmError(f"--corpora {values!r} names an arm twice; give each once")
+    if len({_slug(n) for n in names}) != len(names):
+        raise SlimlmError(f"--corpora {values!r} names an arm twice (or two that share a folder name); give each once")
     parameter = {"name": "data", "label": "training text", "numeric": False}
     arms = [
         {
@@ -48,7 +57,7 @@ def data_notes(start: str, max_tokens: int) -> list[str]:
 
 def _slug(name: str) -> str:
     """An arm name that is also a folder name: a path's separators and a weight's colon become dashes."""
-    return re.sub(r"[^A-Za-z0-9.+_-]+", "-", name).strip("-")[-60:] or "data"
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "-", name).strip("-.")[-60:].lstrip("-.") or "data"
 
 
 def data_sentences(arms: list[dict], references: dict) -> list[str]:

@@ -114,6 +114,9 @@ def check_eval(evaluation: dict) -> dict:
             )
     if ev["window"] < 2 or ev["stride"] > ev["window"]:
         raise SlimlmError(f"evaluation window must be >= 2 and stride <= window (got {ev['window']}, {ev['stride']})")
+    from slimlm.eval.general import check_general
+
+    check_general(ev["general_data"])
     ev["threads"] = torch.get_num_threads()
     return ev
 
@@ -177,20 +180,21 @@ def _general(model, tokenizer, ev: dict) -> dict:
     return general_metrics(model, tokenizer, ev["general_data"], window=ev["window"], tokens=ev["general_tokens"])
 
 
-def add_general(path: Path, record: dict, ev: dict) -> dict:
-    """A finished record measured before general text was scored gets it now, once, from its model dir."""
+def add_general(path: Path, record: dict, ev: dict, model_spec) -> dict:
+    """A finished record measured before general text was scored gets it now, once, from `model_spec` (the
+    arm's folder in this run folder, or the reference as named: a built-in name, a folder, a hub id)."""
     metrics = record.get("metrics") or {}
     wanted = str(ev.get("general_data", "none")).lower() != "none"
-    model_dir = record.get("model_dir")
-    if not wanted or "general_perplexity" in metrics or not model_dir or str(model_dir).endswith(".gguf"):
-        return record
-    if not Path(model_dir).exists():
-        log(f"{path.name}: {model_dir} is gone, so its general-text metrics stay missing")
+    if not wanted or "general_perplexity" in metrics or str(model_spec).endswith(".gguf"):
         return record
     from slimlm.sources import load_model
 
+    try:
+        model, tokenizer, _ = load_model(model_spec)
+    except SlimlmError as exc:
+        log(f"{path.name}: {model_spec} cannot be loaded ({exc}), so its general-text metrics stay missing")
+        return record
     log(f"{path.name}: measuring general text ({ev['general_data']}) once for a result measured before it")
-    model, tokenizer, _ = load_model(model_dir)
     record = {**record, "metrics": {**metrics, **_general(model, tokenizer, ev)}}
     write_json_atomic(path, record, force=True)
     return record
@@ -210,7 +214,7 @@ def measure_reference(
     path = reference_file(run_dir, name)
     if path.exists():
         log(f"reference {name}: already measured, skipped")
-        return add_general(path, read_json(path), ev) if runtime == "transformers" else read_json(path)
+        return add_general(path, read_json(path), ev, model_spec) if runtime == "transformers" else read_json(path)
     log(f"measuring reference {name} ({model_spec})")
     start = time.time()
     metrics = measure(model_spec, data, ev, runtime)
@@ -236,7 +240,7 @@ def run_arms(
             index = len(done) + 1
             if path.exists():
                 log(f"[{index}/{total}] {arm['name']} seed {seed}: finished earlier, skipped")
-                done.append(add_general(path, read_json(path), ev))
+                done.append(add_general(path, read_json(path), ev, arm_dir(run_dir, arm["name"], seed)))
                 continue
             out = arm_dir(run_dir, arm["name"], seed)
             start = time.time()

@@ -28,7 +28,7 @@ from slimlm.experiments import runner
 from slimlm.experiments.baselines import quantized_baselines
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.control import online_arm
-from slimlm.experiments.datamix import data_arms, data_notes
+from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
@@ -113,7 +113,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         ]
         base = {**distill_base, "cache_layers": ",".join(str(v) for v in values)}
     elif kind == "data-mix":  # online teacher, as in the demo whose default data this study chooses
-        parameter, arms = data_arms(values)
+        parameter, arms = data_arms(s.values if s.values is not None else default_corpora(s.data, ev))
         base = {**distill_base, "teacher_cache": False}
     elif kind == "student-shape":
         parameter, arms = shape_arms(values, s.target_params, s.teacher)

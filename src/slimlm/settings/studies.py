@@ -75,8 +75,9 @@ class ExperimentSettings(Settings):
         ),
         "data-mix": (
             "--corpora",
-            "training text of each arm: a corpus, or a mix joined by + (sotu+wikipedia, sotu:3+wikipedia:1)",
-            ["sotu", "wikipedia", "sotu+wikipedia"],
+            "training text of each arm: a corpus, or a mix joined by + (sotu+wikipedia, sotu:3+wikipedia:1); "
+            "default: --data, the general text, and the two mixed",
+            None,
         ),
     }
     MAX_TOKENS: ClassVar[dict] = {

@@ -28,7 +28,7 @@ def evaluate(
     if bf16 is not None:
         settings["precision"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
-    from slimlm.eval.general import general_metrics
+    from slimlm.eval.general import check_general, general_metrics
     from slimlm.eval.metrics import evaluate_model
     from slimlm.eval.table import format_table
     from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
@@ -50,6 +50,8 @@ def evaluate(
         llama_cpp.check_runtime([str(m) for m in s.models])
     if s.out and Path(s.out).exists() and not s.force:
         raise SlimlmError(f"{s.out} already exists; pass --force to replace it or choose another --out")
+    if general:
+        check_general(s.general_data)
     data, window, stride, new_tokens, repeats = s.data, s.window, s.stride, s.new_tokens, s.repeats
     decision = precisions.resolve(s.precision, announce=log)
     results, data_info, tokenizer0, splits = {}, None, None, None

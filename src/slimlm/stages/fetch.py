@@ -11,14 +11,14 @@ def fetch(
 ) -> dict:
     """Download and convert the built-in (or given) teacher, corpus and general-text set into the cache."""
     from slimlm.data.corpus import load_corpus
-    from slimlm.data.mix import is_mix, parse_mix
+    from slimlm.data.mix import corpus_names
     from slimlm.sources import resolve_model
 
     settings = FetchSettings.from_dict({"teacher": teacher, "data": data, "general_data": general_data}).validate()
     model_dir = resolve_model(settings.teacher)
-    names = [n for n, _ in parse_mix(settings.data)] if is_mix(settings.data) else [settings.data]
-    if settings.general_data.lower() != "none" and settings.general_data not in names:
-        names.append(settings.general_data)  # every evaluation reports it (eval/general.py)
+    names = corpus_names(settings.data)
+    if settings.general_data.lower() != "none":  # every evaluation reports it (eval/general.py)
+        names += [n for n in corpus_names(settings.general_data) if n not in names]
     documents = {name: len(load_corpus(name).documents) for name in names}
     said = "; ".join(f"corpus {n}: {d} documents" for n, d in documents.items())
     log(f"teacher {settings.teacher} -> {model_dir}; {said}")
