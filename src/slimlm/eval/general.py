@@ -2,7 +2,7 @@
 
 A student distilled on one narrow corpus keeps the teacher's quality there and loses it elsewhere; only a
 second, general text set shows that (the demo student on State of the Union speeches: 2.0x the teacher's
-perplexity in domain, 3.8x on Wikipedia prose). Every evaluation scores the test split of the built-in
+perplexity in domain, 4.3x on Wikipedia prose). Every evaluation scores the test split of the built-in
 general corpus (data/builtins.GENERAL_CORPUS) the same way and reports it under `general_*` keys.
 
 The general test split holds whole articles, sorted by title; so that a token budget covers many topics
