@@ -196,3 +196,9 @@ def test_data_mix_arms_default_to_data_and_general_and_refuse_clashing_names():
     assert all(not a["name"].startswith((".", "-")) and "/" not in a["name"] for a in arms)
     with pytest.raises(SlimlmError, match="twice"):
         data_arms("a:1+b,a-1+b")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-5"])
+def test_bad_general_tokens_is_one_line_error(tiny_teacher, text_dir, capsys, value):
+    code, err = run_cli(capsys, "eval", tiny_teacher, "--data", text_dir, "--general-tokens", value)
+    assert_one_line_error(code, err, "--general-tokens")
