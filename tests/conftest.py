@@ -75,6 +75,22 @@ def tiny_teacher(tiny_tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def metaspace_tokenizer(speeches):
+    """A Llama-like tokenizer: SentencePiece-style spaces (▁) and byte fallback for unseen characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence(  # Llama's tokenizer.json decoder
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(speeches, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "</s>", *bytes_]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
 def text_dir(speeches, tmp_path_factory):
     """Real text as .txt files, the way a user passes --data."""
     folder = tmp_path_factory.mktemp("text")

@@ -16,22 +16,6 @@ from slimlm.losses.uld import shared_kl, uld
 TEXT = "Hello  wörld: the naïve café costs 3€ 😀 — Fellow-Citizens of the Senate!"
 
 
-@pytest.fixture(scope="module")
-def metaspace_tokenizer(speeches):
-    """A Llama-like tokenizer: SentencePiece-style spaces (▁) and byte fallback for unseen characters."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Sequence(  # Llama's tokenizer.json decoder
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
-    tok.train_from_iterator(speeches, trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "</s>", *bytes_]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
-
-
 def test_aligned_boundaries_are_where_both_have_read_the_same_text(tiny_tokenizer, metaspace_tokenizer):
     s_ids, t_ids, a = align_text(tiny_tokenizer, metaspace_tokenizer, TEXT)
     assert 0 < len(a.chars) <= min(len(s_ids), len(t_ids)) and a.chars[-1] == len(TEXT)

@@ -118,6 +118,7 @@ FLAGS = {
         (["--top-k", "16"], "top_k", 16),
         (["--cache-mode", "topk"], "cache_mode", "topk"),
         (["--cache-draws", "12"], "cache_draws", 12),
+        (["--cross-tokenizer", "uld"], "cross_tokenizer", "uld"),
     ],
     ("finetune",): [
         *TRAINING,

@@ -15,8 +15,10 @@ text in both (`shared_vocabulary`) can be compared one to one, the rest only as 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
+from slimlm.cache import atomic_dir, cache_root, fingerprint
 from slimlm.errors import SlimlmError
 
 
@@ -94,6 +96,27 @@ def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> tuple[list[int], 
     s_text, t_text = _texts(student_tokenizer), _texts(teacher_tokenizer)
     common = sorted(set(s_text) & set(t_text), key=lambda text: s_text[text])
     return [s_text[text] for text in common], [t_text[text] for text in common]
+
+
+def shared_vocabulary_cached(student_tokenizer, teacher_tokenizer) -> tuple[list[int], list[int]]:
+    """`shared_vocabulary`, mapped once per pair of tokenizers and kept in the cache (decoding a 262k-entry
+    vocabulary id by id takes a while)."""
+    key = fingerprint("shared-vocabulary-v1", _identity(student_tokenizer), _identity(teacher_tokenizer))
+    folder = cache_root() / "shared-vocabulary" / key
+    if not (folder / "ids.json").is_file():
+        student_ids, teacher_ids = shared_vocabulary(student_tokenizer, teacher_tokenizer)
+        with atomic_dir(folder) as tmp:
+            (tmp / "ids.json").write_text(json.dumps({"student": student_ids, "teacher": teacher_ids}))
+    ids = json.loads((folder / "ids.json").read_text())
+    return ids["student"], ids["teacher"]
+
+
+def _identity(tokenizer) -> str:
+    """What decides how a tokenizer decodes: its whole tokenizer.json (vocabulary, decoder, normalizer) and its
+    special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return fingerprint(body, sorted(tokenizer.all_special_ids))
 
 
 def _texts(tokenizer) -> dict[str, int]:

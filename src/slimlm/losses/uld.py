@@ -13,12 +13,22 @@
 Both reduce over positions by the mean, and take positions in chunks so that memory holds one chunk of
 sorted probabilities at a time, whatever the teacher's vocabulary (a 262k-entry vocabulary is the case to
 plan for).
+
+`cross_tokenizer_kd` is what training uses: the same two terms from the models' final hidden states and
+output heads, one chunk of positions at a time, with the gradient with respect to the student's logits
+taken in closed form inside the chunk (as losses/kd.py does), so neither model's vocabulary-sized logits
+outlive their chunk and the backward pass recomputes nothing.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from slimlm.losses.kd import matmul_dtype
+from slimlm.losses.reduce import acc_dtype
+
+CROSS_TOKENIZER_MODES = ("aligned", "uld")
 
 
 def uld(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0, chunk: int = 256):
@@ -75,3 +85,122 @@ def _check(student_logits, teacher_logits, temperature, chunk) -> None:
         )
     if not temperature > 0 or chunk < 1:
         raise ValueError(f"temperature must be > 0 and chunk >= 1 (got {temperature}, {chunk})")
+
+
+def cross_tokenizer_kd(
+    student_hidden: torch.Tensor,
+    student_head: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head: torch.Tensor,
+    *,
+    shared: tuple[torch.Tensor, torch.Tensor] | None = None,
+    temperature: float = 1.0,
+    chunk: int | None = None,
+    teacher_softcap: float | None = None,
+    student_softcap: float | None = None,
+):
+    """Sums over aligned positions of the cross-tokenizer KD: tau^2 * shared_kl (when `shared` = (student ids,
+    teacher ids) is given: --cross-tokenizer aligned) + uld (always); returns (kd_sum, shared_kl_sum, uld_sum),
+    the last two detached. student_hidden (N, d_s) and teacher_hidden (N, d_t): final hidden states at the
+    aligned positions, row k of each reading the same text; heads (V, d). `*_softcap`: a model's final logit
+    soft-capping (Gemma 2), applied as the model applies it. Gradients reach the student's hidden states and
+    head only. `chunk` positions at a time (default: about 2^25 teacher logits, 128 rows for a 262k vocabulary).
+    """
+    if student_hidden.shape[0] != teacher_hidden.shape[0]:
+        raise ValueError(
+            f"{student_hidden.shape[0]} student and {teacher_hidden.shape[0]} teacher rows: pass aligned rows"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0 (got {temperature})")
+    if shared is not None and (shared[0].shape != shared[1].shape or shared[0].numel() == 0):
+        raise ValueError("the shared vocabulary is empty or its two id lists differ in length")
+    chunk = chunk or max(16, 2**25 // teacher_head.shape[0])
+    return _CrossTokenizerKD.apply(
+        student_hidden,
+        student_head,
+        teacher_hidden,
+        teacher_head,
+        shared,
+        float(temperature),
+        chunk,
+        teacher_softcap,
+        student_softcap,
+    )
+
+
+class _CrossTokenizerKD(torch.autograd.Function):
+    """Chunked heads + ULD + shared-vocabulary KL; the gradient with respect to the student's logits is
+    closed-form, pushed through the student's head at once (dh = G W, dW += G^T h), the logits dropped."""
+
+    @staticmethod
+    def forward(ctx, h, w, th, tw, shared, tau, chunk, t_cap, s_cap):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        mm = matmul_dtype(h, w)
+        acc = acc_dtype(mm)
+        dev = h.device
+        kl_sum = torch.zeros((), dtype=acc, device=dev)
+        uld_sum = torch.zeros((), dtype=acc, device=dev)
+        grad_h = torch.zeros(h.shape, dtype=acc, device=dev) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=acc, device=dev) if need_w else None
+        s_ids, t_ids = (shared[0].to(dev), shared[1].to(dev)) if shared is not None else (None, None)
+        with torch.autocast(dev.type, enabled=False):
+            wm, twm = w.to(mm), tw.to(matmul_dtype(th, tw))
+            for start in range(0, h.shape[0], chunk):
+                hc = h[start : start + chunk].to(mm)
+                zs = _capped((hc @ wm.t()).to(acc), s_cap)
+                zt = _capped((th[start : start + chunk].to(twm.dtype) @ twm.t()).to(acc), t_cap)
+                uld_c, g = _uld_and_grad(zs, zt, tau)
+                uld_sum += uld_c
+                if s_ids is not None:
+                    kl_c, g_kl = _shared_kl_and_grad(zs, zt, s_ids, t_ids, tau)
+                    kl_sum += kl_c
+                    g.index_add_(1, s_ids, g_kl * (tau * tau))
+                if s_cap:  # d cap*tanh(x/cap) / dx = 1 - tanh^2
+                    g = g * (1 - (zs / s_cap) ** 2)
+                if need_h:
+                    grad_h[start : start + chunk] = (g.to(mm) @ wm).to(acc)
+                if need_w:
+                    grad_w.add_(g.to(mm).t() @ hc)
+        kd_sum = kl_sum * (tau * tau) + uld_sum
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.input_dtypes = (h.dtype, w.dtype)
+        ctx.mark_non_differentiable(kl_sum, uld_sum)
+        return kd_sum, kl_sum, uld_sum
+
+    @staticmethod
+    def backward(ctx, grad_kd, _grad_kl, _grad_uld):
+        grad_h, grad_w = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.input_dtypes
+        gh = (grad_h * grad_kd).to(h_dtype) if grad_h is not None else None
+        gw = (grad_w * grad_kd).to(w_dtype) if grad_w is not None else None
+        return gh, gw, None, None, None, None, None, None, None
+
+
+def _capped(z: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return torch.tanh(z / cap) * cap if cap else z
+
+
+def _uld_and_grad(zs: torch.Tensor, zt: torch.Tensor, tau: float):
+    """sum over rows of sum_i |sort(p_s)_i - sort(p_t)_i| (shorter vector zero-padded), and its gradient with
+    respect to the student's logits: d/dp_s is the sign of each sorted difference, put back in vocabulary
+    order, then through the softmax (p * (g - <g, p>) / tau)."""
+    ps = torch.softmax(zs / tau, dim=-1)
+    s_sorted, order = ps.sort(dim=-1, descending=True)
+    t_sorted = torch.softmax(zt / tau, dim=-1).sort(dim=-1, descending=True).values
+    vs, vt = s_sorted.shape[1], t_sorted.shape[1]
+    k = min(vs, vt)
+    diff = s_sorted[:, :k] - t_sorted[:, :k]
+    value = diff.abs().sum() + s_sorted[:, k:].sum() + t_sorted[:, k:].sum()  # the padded tail: |x - 0|
+    sign = torch.ones_like(s_sorted)
+    sign[:, :k] = torch.sign(diff)
+    g_p = torch.empty_like(ps).scatter_(1, order, sign)
+    return value, ps * (g_p - (g_p * ps).sum(-1, keepdim=True)) / tau
+
+
+def _shared_kl_and_grad(zs, zt, s_ids, t_ids, tau: float):
+    """sum over rows of KL(q_t || q_s), q each model's distribution renormalised over the shared entries, and
+    its gradient with respect to the student's shared logits: (q_s - q_t) / tau."""
+    log_qs = torch.log_softmax(zs.index_select(1, s_ids) / tau, dim=-1)
+    log_qt = torch.log_softmax(zt.index_select(1, t_ids) / tau, dim=-1)
+    qt = log_qt.exp()
+    return (qt * (log_qt - log_qs)).sum(), (log_qs.exp() - qt) / tau

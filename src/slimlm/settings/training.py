@@ -14,6 +14,7 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.losses import KL_KINDS
+from slimlm.losses.uld import CROSS_TOKENIZER_MODES
 from slimlm.precision import PRECISIONS  # precision.py decides what auto means on the machine
 from slimlm.settings.fields import Settings, finite, number, option
 from slimlm.settings.values import parse_duration
@@ -181,6 +182,13 @@ class DistillSettings(TrainingSettings):
     )
     calibration_blocks: int = option(
         8, "blocks used for layer selection and feature-loss statistics", cli=False, minimum=1
+    )
+    cross_tokenizer: str = option(
+        "auto",
+        "a --student with another tokenizer: aligned = KL on the tokens both vocabularies share + ULD on the "
+        "sorted distributions, at positions aligned by text; uld = ULD only; auto = aligned when the "
+        "tokenizers differ, the usual token-by-token loss when they are the same",
+        choices=("auto", *CROSS_TOKENIZER_MODES),
     )
 
     def check(self) -> None:

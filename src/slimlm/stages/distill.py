@@ -23,6 +23,12 @@ from slimlm.methods.width import check_widths
 from slimlm.output import model_card, publish
 from slimlm.settings import DistillSettings, comma_list, parse_layer_map
 from slimlm.sources import check_same_tokenizer, layer_count, model_config
+from slimlm.training.cross_tokenizer import (
+    collate_aligned,
+    cross_tokenizer_mode,
+    cross_tokenizer_setup,
+    held_out_divergence,
+)
 from slimlm.training.fit import fit
 from slimlm.training.launch import (
     check_sharding,
@@ -102,9 +108,13 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     torch.manual_seed(settings.seed)
     precision = precisions.resolve(settings.precision, announce=log)
     teacher, tokenizer, teacher_dir = load_on_every_rank(settings.teacher, settings.trust_remote_code)
-    splits = prepare_data_on_every_rank(settings.data, tokenizer, settings.block_size)
+    given = None if settings.student is None else load_on_every_rank(settings.student, settings.trust_remote_code)
+    student_tokenizer = tokenizer if given is None else given[1]
+    cross = cross_tokenizer_mode(settings, tokenizer, student_tokenizer)
+    # the student trains on its own tokens; with a shared tokenizer they are the teacher's
+    splits = prepare_data_on_every_rank(settings.data, student_tokenizer if cross else tokenizer, settings.block_size)
     log(splits.summary())
-    student, student_info = _student(settings, teacher, tokenizer, splits, precision)
+    student, student_info = _student(settings, teacher, tokenizer, splits, precision, given, cross)
     n_t, n_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     feature_map = parse_layer_map(settings.feature_layers, n_t, n_s)
     attention_map = parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1)
@@ -114,12 +124,29 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     blocks = training_blocks(splits.train, steps * per_step, settings.seed)
 
     # ---- the loss terms and the teacher's signal
-    terms = _loss_terms(settings, teacher, student, splits, feature_map, attention_map, precision)
-    cached = _teacher_cache(settings, teacher, teacher_dir, blocks, feature_map, precision)
+    if cross:
+        terms, dataset, cross_info = cross_tokenizer_setup(
+            settings, cross, teacher, student, blocks, tokenizer, student_tokenizer
+        )
+        cached = None
+    else:
+        terms = _loss_terms(settings, teacher, student, splits, feature_map, attention_map, precision)
+        cached = _teacher_cache(settings, teacher, teacher_dir, blocks, feature_map, precision)
+        dataset, cross_info = BlockDataset(blocks, cached), None
 
     # ---- measure, train, measure
     val = splits.val[: settings.eval_tokens]
     before = validation_perplexity(student, val, settings.eval_window, precision)
+    held_out = None
+    if cross:  # the loss's own divergence on validation text, before and after (per aligned position)
+
+        def held_out(model):
+            return held_out_divergence(
+                model, teacher, terms[0], val, settings.block_size, (student_tokenizer, tokenizer), precision
+            )
+
+        before["cross_tokenizer"] = held_out(student)
+        log(f"student before distillation: cross-tokenizer divergence on validation text {before['cross_tokenizer']}")
     log(
         f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
         f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
@@ -132,7 +159,8 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         precision=precision,
         teacher_zero3=teacher_zero3(settings),
         args=training_args(settings, stage, steps),
-        train_dataset=BlockDataset(blocks, cached),
+        train_dataset=dataset,
+        data_collator=collate_aligned if cross else None,
         callbacks=training_callbacks(settings, stop_after),
     )
     check_sharding(settings, trainer)
@@ -146,6 +174,9 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     # ---- publish (rank 0 only: the other ranks wait and raise its error if it fails)
     def finish():
         metrics = after or validation_perplexity(trained.model, val, settings.eval_window, precision, shared=False)
+        if held_out is not None and not trained.sharded:
+            metrics["cross_tokenizer"] = held_out(trained.model)
+            log(f"student after distillation: cross-tokenizer divergence {metrics['cross_tokenizer']}")
         log(
             f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
             f"(before {before['perplexity']:.1f})"
@@ -160,6 +191,7 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
             "data": splits.info,
             "student": student_info,
             "layer_map": {"features": feature_map, "attention": attention_map},
+            "cross_tokenizer": cross_info,
             "training": {
                 "steps": trained.steps,
                 "tokens": trained.steps * per_step * settings.block_size,
@@ -176,18 +208,20 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
             "metrics": {"validation_before": before, "validation_after": metrics},
         }
         card = model_card(f"Student distilled from {settings.teacher}", record)
-        publish(stage, out, trained.model, tokenizer, record, card)
+        publish(stage, out, trained.model, student_tokenizer, record, card)
 
     distributed.on_main(finish)
     log(f"wrote {out}")
     return out
 
 
-def _student(settings: DistillSettings, teacher, tokenizer, splits, precision):
-    """(the student to train, what slimlm.json says about it): a given model, or layers of the teacher."""
-    if settings.student is not None:
-        student, student_tok, student_dir = load_on_every_rank(settings.student, settings.trust_remote_code)
-        check_same_tokenizer(tokenizer, student_tok)
+def _student(settings: DistillSettings, teacher, tokenizer, splits, precision, given, cross):
+    """(the student to train, what slimlm.json says about it): the given model (`given`: loaded), or layers
+    of the teacher."""
+    if given is not None:
+        student, student_tok, student_dir = given
+        if not cross:
+            check_same_tokenizer(tokenizer, student_tok)
         return student, {"from": str(student_dir)}
     made = {}
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from slimlm.data.aligned_blocks import flat_positions
+
 
 @dataclass
 class Signal:
@@ -24,12 +26,16 @@ class Signal:
         teacher_samples + teacher_entropy, or teacher_topk_values + teacher_topk_indices; empty without one).
     hidden: teacher hidden states by index (0 = embeddings), for the feature term's layers.
     attentions: the teacher's attention maps by decoder layer (online teacher only), or None.
+    cross: with a teacher of another tokenizer (data/aligned_blocks.py): its final hidden states at the
+        aligned positions ("teacher_hidden", (N, d_t)), its head ("teacher_head") and the flat indices of
+        the student's aligned positions ("student_rows", (N,)); empty otherwise.
     """
 
     kind: str  # "online", "cached" or "none"
     kd_inputs: dict = field(default_factory=dict)
     hidden: dict = field(default_factory=dict)
     attentions: tuple | None = None
+    cross: dict = field(default_factory=dict)
 
 
 def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, stack: contextlib.ExitStack) -> Signal:
@@ -57,6 +63,8 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
         )
     if teacher is None:
         return Signal("none")
+    if "teacher_input_ids" in inputs:  # a teacher with its own tokenizer: its ids, and where they align
+        return _cross_tokenizer_signal(teacher, inputs, autocast, stack)
     with torch.no_grad(), autocast():
         out = teacher(
             input_ids=inputs["input_ids"],
@@ -73,6 +81,25 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
         {t: out.hidden_states[t] for t in layers},
         out.attentions if attentions else None,
     )
+
+
+def _cross_tokenizer_signal(teacher, inputs: dict, autocast, stack: contextlib.ExitStack) -> Signal:
+    """The online teacher on its own tokenization of the batch's text; only its final hidden states at the
+    aligned positions are kept (the loss makes their logits a chunk at a time)."""
+    ids = inputs["teacher_input_ids"]
+    with torch.no_grad(), autocast():
+        out = teacher(
+            input_ids=ids,
+            attention_mask=inputs["teacher_attention_mask"],
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    rows = flat_positions(inputs["teacher_positions"], ids.shape[1])
+    hidden = out.hidden_states[-1].flatten(0, 1).index_select(0, rows)
+    student_rows = flat_positions(inputs["student_positions"], inputs["input_ids"].shape[1])
+    head = stack.enter_context(teacher_head(teacher))
+    return Signal("online", cross={"teacher_hidden": hidden, "teacher_head": head, "student_rows": student_rows})
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ from slimlm.losses import IGNORE_INDEX
 from slimlm.losses.attention import attention_loss
 from slimlm.losses.feature import feature_loss, make_projection
 from slimlm.losses.kd import distill_loss
+from slimlm.losses.reduce import denominator
+from slimlm.losses.uld import cross_tokenizer_kd
 from slimlm.training.signal import Signal
 
 
@@ -63,6 +65,50 @@ class OutputTerm(nn.Module):
             **step.signal.kd_inputs,
         )
         return loss, {k: v.detach() for k, v in parts.items()}
+
+
+class CrossTokenizerTerm(nn.Module):
+    """alpha * CE + (1 - alpha) * KD for a teacher with another tokenizer (`--cross-tokenizer`): CE on the
+    student's own tokens (the fused kernel, no teacher), KD at the positions where both models have read the
+    same text (data/aligned_blocks.py): tau^2 * KL over the vocabulary entries both share plus ULD over the
+    sorted distributions (`aligned`), or ULD alone (`uld`, `shared` None); losses/uld.py. KD is a sum over
+    aligned positions divided by the step's student tokens, like every term."""
+
+    needs_attentions = False
+    teacher_layers = ()
+
+    def __init__(self, temperature, alpha, shared=None, chunk_size=1024, teacher_softcap=None, student_softcap=None):
+        super().__init__()
+        self.weight = 1.0
+        self.temperature, self.alpha, self.chunk_size = temperature, alpha, chunk_size
+        self.shared = shared  # plain tensors (student ids, teacher ids): fixed, not trained or saved
+        self.teacher_softcap, self.student_softcap = teacher_softcap, student_softcap
+
+    def forward(self, step: Step):
+        cross = step.signal.cross
+        if not cross:
+            raise ValueError(
+                f"the cross-tokenizer term needs the teacher on its own tokens; the signal is {step.signal.kind}"
+            )
+        hidden = step.out.hidden_states[-1].flatten(0, 1)
+        head = step.student.get_output_embeddings().weight
+        ce, _ = distill_loss(hidden, head, step.labels, alpha=1.0, chunk_size=self.chunk_size, num_items=step.num_items)
+        kd_sum, kl_sum, uld_sum = cross_tokenizer_kd(
+            hidden.index_select(0, cross["student_rows"]),
+            head,
+            cross["teacher_hidden"],
+            cross["teacher_head"],
+            shared=self.shared,
+            temperature=self.temperature,
+            teacher_softcap=self.teacher_softcap,
+            student_softcap=self.student_softcap,
+        )
+        n = denominator(step.num_items, step.labels)
+        kd = kd_sum / n
+        parts = {"ce": ce.detach(), "kd": kd.detach(), "uld": (uld_sum / n).detach()}
+        if self.shared is not None:
+            parts["shared_kl"] = (kl_sum / n).detach()
+        return self.alpha * ce + (1 - self.alpha) * kd, parts
 
 
 class FeatureTerm(nn.Module):
