@@ -158,6 +158,12 @@ def test_distill_with_the_default_cache_records_its_storage_and_topk_stays_by_na
     out = slimlm.distill(out="topk", cache_mode="topk", top_k=8, **common)
     storage = json.loads((out / "slimlm.json").read_text())["training"]["teacher_cache_storage"]
     assert (storage["mode"], storage["top_k"], storage["bytes_per_position"]) == ("topk", 8, 64)
+    assert "--cache-draws 127" not in capsys.readouterr().err
+    # at a high temperature the default draws are noisy (docs/results/cache-quality): the run says what to pass
+    slimlm.distill(out="hot", temperature=10.0, **common)
+    assert "pass --cache-draws 127" in capsys.readouterr().err
+    slimlm.distill(out="hot-127", temperature=10.0, cache_draws=127, **common)
+    assert "--cache-draws 127" not in capsys.readouterr().err
 
 
 def test_cache_list_and_remove(tiny_teacher, text_dir, capsys, tmp_path, monkeypatch):

@@ -276,6 +276,13 @@ def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feat
             f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
             "(perplexity 1e4-1e8 in docs/experiments.md); the default --cache-mode sample has no such bias"
         )
+    if settings.cache_mode == "sample" and settings.cache_draws is None and settings.temperature >= 5:
+        log(
+            f"warning: at temperature {settings.temperature:g} the default draws a position (31 for a vocabulary "
+            "up to 65,536) are noisy (variance about tau^2 / draws): at tau 10 they left students 12-14% behind "
+            "the online teacher, 127 draws 3-4% (docs/results/cache-quality); pass --cache-draws 127 (256 bytes "
+            "a position)"
+        )
     # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
     device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
     layers = [t for t, _ in feature_map]
