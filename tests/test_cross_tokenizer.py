@@ -17,7 +17,7 @@ from slimlm.data.aligned_blocks import AlignedBlocks, aligned_block, alignment_s
 from slimlm.errors import SlimlmError
 from slimlm.losses.uld import cross_tokenizer_kd, shared_kl, uld
 
-FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1)
+FAST = dict(block_size=32, batch_size=4, learning_rate=3e-3, bf16=False, logging_steps=1, eval_tokens=2048)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_uld_mode_needs_no_shared_vocabulary_and_same_tokenizer_runs_are_unchang
     "extra, message",
     [
         ({"feature_layers": "2:1", "feature_weight": 1.0}, "--feature-layers"),
-        ({"teacher_cache": True}, "--teacher-cache"),
+        ({"teacher_cache": True, "cache_mode": "topk"}, "--cache-mode"),
         ({"kl": "reverse"}, "forward KL"),
     ],
 )
@@ -182,3 +182,22 @@ def test_what_cannot_combine_with_another_tokenizer_is_refused(tiny_teacher, cro
             **{**FAST, **extra},
         )
     assert "\n" not in str(info.value)
+
+
+def test_the_cached_teacher_gives_the_online_loss_and_is_reused(
+    tiny_teacher, cross_student, text_dir, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
+    common = dict(teacher=str(tiny_teacher), student=str(cross_student), data=str(text_dir), max_steps=3, **FAST)
+    online = json.loads((slimlm.distill(out="online", **common) / "slimlm.json").read_text())
+    cached = json.loads((slimlm.distill(out="cached", teacher_cache=True, **common) / "slimlm.json").read_text())
+    storage = cached["training"]["teacher_cache_storage"]
+    assert storage["mode"] == "cross-tokenizer" and storage["bytes_per_position"] == 2 * 32  # bf16 hidden states
+    assert "teacher cache (cross-tokenizer" in capsys.readouterr().err
+    for a, b in zip(online["training"]["log"][:3], cached["training"]["log"][:3]):  # bf16 rows: close, not equal
+        assert b["kd"] == pytest.approx(a["kd"], rel=2e-2) and b["ce"] == pytest.approx(a["ce"], rel=1e-3)
+    slimlm.distill(out="again", teacher_cache=True, **common)
+    assert "reusing cached teacher outputs" in capsys.readouterr().err
+    from slimlm.training.teacher_cache import list_entries
+
+    assert [e["mode"] for e in list_entries()] == ["cross-tokenizer"]

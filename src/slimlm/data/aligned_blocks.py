@@ -90,28 +90,46 @@ def _leading_special(tokenizer) -> list[int]:
 
 class AlignedBlocks(Dataset):
     """Student token blocks as cross-tokenizer examples, made when read (tokenizing is cheap next to a
-    teacher forward)."""
+    teacher forward). `cached[i]`: the teacher's cached final hidden states at block i's aligned positions
+    (training/cross_cache.py), added as "teacher_hidden_aligned"."""
 
-    def __init__(self, blocks: torch.Tensor, student_tokenizer, teacher_tokenizer):
+    def __init__(self, blocks: torch.Tensor, student_tokenizer, teacher_tokenizer, cached=None):
         self.blocks, self.student_tokenizer, self.teacher_tokenizer = blocks, student_tokenizer, teacher_tokenizer
+        self.cached = cached
 
     def __len__(self):
         return len(self.blocks)
 
     def __getitem__(self, i):
-        return aligned_block(
+        item = aligned_block(
             self.blocks[i].tolist(), self.student_tokenizer, self.teacher_tokenizer, self.blocks.shape[1]
         )
+        if self.cached is not None:
+            hidden = self.cached[i]
+            if len(hidden) != len(item["student_positions"]):
+                raise SlimlmError(
+                    f"the teacher cache holds {len(hidden)} aligned positions for block {i}, the tokenizers give "
+                    f"{len(item['student_positions'])}: the cache was made by other tokenizers; remove it "
+                    "(`slimlm cache list`, `slimlm cache remove KEY`) and run again"
+                )
+            item["teacher_hidden_aligned"] = hidden
+        return item
 
 
 def collate_aligned(items: list[dict]) -> dict:
     """A batch of aligned examples: fixed-size student tensors stacked; the teacher's ids padded to the batch's
-    longest (with its attention mask), the aligned positions padded with -1."""
+    longest (with its attention mask), the aligned positions padded with -1 (cached teacher rows with zeros)."""
     batch = {k: torch.stack([it[k] for it in items]) for k in ("input_ids", "attention_mask", "labels", "shift_labels")}
     batch["teacher_input_ids"] = _pad([it["teacher_input_ids"] for it in items], 0)
     batch["teacher_attention_mask"] = _pad([torch.ones_like(it["teacher_input_ids"]) for it in items], 0)
     batch["student_positions"] = _pad([it["student_positions"] for it in items], -1)
     batch["teacher_positions"] = _pad([it["teacher_positions"] for it in items], -1)
+    if "teacher_hidden_aligned" in items[0]:  # cached teacher rows, padded like the positions
+        rows = [it["teacher_hidden_aligned"] for it in items]
+        padded = rows[0].new_zeros(len(rows), batch["student_positions"].shape[1], rows[0].shape[1])
+        for b, r in enumerate(rows):
+            padded[b, : len(r)] = r
+        batch["teacher_hidden_aligned"] = padded
     return batch
 
 

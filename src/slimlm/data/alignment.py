@@ -101,7 +101,9 @@ def shared_vocabulary(student_tokenizer, teacher_tokenizer) -> tuple[list[int], 
 def shared_vocabulary_cached(student_tokenizer, teacher_tokenizer) -> tuple[list[int], list[int]]:
     """`shared_vocabulary`, mapped once per pair of tokenizers and kept in the cache (decoding a 262k-entry
     vocabulary id by id takes a while)."""
-    key = fingerprint("shared-vocabulary-v1", _identity(student_tokenizer), _identity(teacher_tokenizer))
+    key = fingerprint(
+        "shared-vocabulary-v1", tokenizer_identity(student_tokenizer), tokenizer_identity(teacher_tokenizer)
+    )
     folder = cache_root() / "shared-vocabulary" / key
     if not (folder / "ids.json").is_file():
         student_ids, teacher_ids = shared_vocabulary(student_tokenizer, teacher_tokenizer)
@@ -111,7 +113,7 @@ def shared_vocabulary_cached(student_tokenizer, teacher_tokenizer) -> tuple[list
     return ids["student"], ids["teacher"]
 
 
-def _identity(tokenizer) -> str:
+def tokenizer_identity(tokenizer) -> str:
     """What decides how a tokenizer decodes: its whole tokenizer.json (vocabulary, decoder, normalizer) and its
     special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -125,10 +125,9 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
 
     # ---- the loss terms and the teacher's signal
     if cross:
-        terms, dataset, cross_info = cross_tokenizer_setup(
-            settings, cross, teacher, student, blocks, tokenizer, student_tokenizer
+        terms, dataset, cross_info, cached = cross_tokenizer_setup(
+            settings, cross, teacher, teacher_dir, student, blocks, tokenizer, student_tokenizer, precision
         )
-        cached = None
     else:
         terms = _loss_terms(settings, teacher, student, splits, feature_map, attention_map, precision)
         cached = _teacher_cache(settings, teacher, teacher_dir, blocks, feature_map, precision)

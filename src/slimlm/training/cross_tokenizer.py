@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.data.aligned_blocks import AlignedBlocks, alignment_summary, collate_aligned, flat_positions
 from slimlm.data.alignment import shared_vocabulary_cached, token_ends
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.losses.uld import cross_tokenizer_kd
+from slimlm.training.cross_cache import CrossCachedTeacher, cross_teacher_cache
 from slimlm.training.terms import CrossTokenizerTerm
 
 __all__ = ["collate_aligned", "cross_tokenizer_mode", "cross_tokenizer_setup", "held_out_divergence"]
@@ -39,9 +41,10 @@ def cross_tokenizer_mode(settings, teacher_tokenizer, student_tokenizer) -> str 
             f"{where}, so their positions differ and --feature-layers / --attention-layers cannot pair them; "
             "drop those flags (the cross-tokenizer loss compares output distributions only)"
         )
-    if settings.teacher_cache:
+    if settings.teacher_cache and (settings.cache_mode != "sample" or settings.cache_draws is not None):
         raise SlimlmError(
-            f"{where}: the teacher cache does not yet hold what the cross-tokenizer loss needs; drop --teacher-cache"
+            f"{where}: its teacher cache keeps the teacher's final hidden states (exact, no draws or top-k), so "
+            "--cache-mode and --cache-draws do not apply; drop them"
         )
     if settings.kl != "forward":
         raise SlimlmError(f"{where}: the cross-tokenizer loss uses the forward KL only; drop --kl {settings.kl}")
@@ -53,9 +56,12 @@ def cross_tokenizer_mode(settings, teacher_tokenizer, student_tokenizer) -> str 
     return mode
 
 
-def cross_tokenizer_setup(settings, mode: str, teacher, student, blocks, teacher_tokenizer, student_tokenizer):
-    """(loss terms, training dataset, slimlm.json record) of a cross-tokenizer run; the alignment and the
-    shared vocabulary are printed."""
+def cross_tokenizer_setup(
+    settings, mode: str, teacher, teacher_dir, student, blocks, teacher_tokenizer, student_tokenizer, precision
+):
+    """(loss terms, training dataset, slimlm.json record, the teacher cache or None) of a cross-tokenizer run;
+    the alignment and the shared vocabulary are printed. With --teacher-cache the teacher runs once over the
+    blocks now (rank 0; the others read what it wrote) and the term holds its output head."""
     dataset = AlignedBlocks(blocks, student_tokenizer, teacher_tokenizer)
     alignment = alignment_summary(dataset)
     log(
@@ -87,6 +93,15 @@ def cross_tokenizer_setup(settings, mode: str, teacher, student, blocks, teacher
             f"({len(pairs) / len(student_tokenizer):.0%} of the student's {len(student_tokenizer):,}, "
             f"{len(pairs) / len(teacher_tokenizer):.0%} of the teacher's {len(teacher_tokenizer):,})"
         )
+    cached = None
+    if settings.teacher_cache:
+        device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
+        entry = distributed.main_first(
+            cross_teacher_cache, teacher, teacher_dir, dataset, precision=precision, device=device
+        )
+        teacher.to("cpu")  # the run reads the cache; only the head is used, from the term
+        cached = CrossCachedTeacher(entry)
+        dataset = AlignedBlocks(blocks, student_tokenizer, teacher_tokenizer, cached)
     term = CrossTokenizerTerm(
         settings.temperature,
         settings.alpha,
@@ -94,8 +109,9 @@ def cross_tokenizer_setup(settings, mode: str, teacher, student, blocks, teacher
         settings.chunk_size,
         teacher_softcap=_softcap(teacher),
         student_softcap=_softcap(student),
+        teacher_head=teacher.get_output_embeddings().weight.detach() if cached else None,
     )
-    return [term], dataset, info
+    return [term], dataset, info, cached
 
 
 def _softcap(model) -> float | None:

@@ -27,8 +27,8 @@ class Signal:
     hidden: teacher hidden states by index (0 = embeddings), for the feature term's layers.
     attentions: the teacher's attention maps by decoder layer (online teacher only), or None.
     cross: with a teacher of another tokenizer (data/aligned_blocks.py): its final hidden states at the
-        aligned positions ("teacher_hidden", (N, d_t)), its head ("teacher_head") and the flat indices of
-        the student's aligned positions ("student_rows", (N,)); empty otherwise.
+        aligned positions ("teacher_hidden", (N, d_t)), its head ("teacher_head"; None when cached: the term
+        holds it) and the flat indices of the student's aligned positions ("student_rows", (N,)); else empty.
     """
 
     kind: str  # "online", "cached" or "none"
@@ -60,6 +60,16 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
                 "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long(),
             },
             {t: inputs[f"teacher_hidden_{t}"] for t in layers},
+        )
+    if "teacher_hidden_aligned" in inputs:  # another tokenizer's teacher, cached (training/cross_cache.py)
+        positions = inputs["student_positions"]
+        return Signal(
+            "cached",
+            cross={
+                "teacher_hidden": inputs["teacher_hidden_aligned"][positions.ge(0)],
+                "teacher_head": None,  # the term holds the teacher's head
+                "student_rows": flat_positions(positions, inputs["input_ids"].shape[1]),
+            },
         )
     if teacher is None:
         return Signal("none")

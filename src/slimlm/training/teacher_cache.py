@@ -93,7 +93,7 @@ def teacher_cache(
     key = fingerprint(
         "teacher-cache-v3",
         str(Path(teacher_dir).resolve()),
-        _weights_identity(teacher_dir),
+        weights_identity(teacher_dir),
         fingerprint(blocks.tolist()),
         signal,
         bool(precision and precision.bf16),
@@ -137,7 +137,7 @@ def teacher_cache(
             }
         else:
             tensors = {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
-        _save_atomic(tensors, signal_file)
+        save_atomic(tensors, signal_file)
         positions = blocks.numel()
         log(
             f"teacher cache ({mode}"
@@ -146,8 +146,8 @@ def teacher_cache(
             f"positions -> {entry}"
         )
     for layer, h in hidden.items():
-        _save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
-    _write_meta(entry, teacher_dir, signal, per_position, blocks)
+        save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
+    write_meta(entry, teacher_dir, signal, per_position, positions=int(blocks.numel()))
     return entry
 
 
@@ -163,13 +163,13 @@ def chunk_signal(final, head, mode, temperature, draws, top_k, gen):
     return entropy, torch.multinomial(p, draws, replacement=True, generator=gen).int()
 
 
-def _write_meta(entry: Path, teacher_dir, signal: dict, per_position: int, blocks: torch.Tensor) -> None:
+def write_meta(entry: Path, teacher_dir, signal: dict, per_position: int, *, positions: int) -> None:
     """What `slimlm cache list` shows about an entry (written last: an entry without it is listed as partial)."""
     meta = {
         "teacher": str(teacher_dir),
         **signal,
         "bytes_per_position": per_position,
-        "positions": int(blocks.numel()),
+        "positions": positions,
         "hidden_layers": sorted(int(p.stem.split("_")[1]) for p in entry.glob("hidden_*.safetensors")),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -216,14 +216,14 @@ def remove_entries(keys: list[str]) -> int:
     return freed
 
 
-def _save_atomic(tensors: dict, path: Path) -> None:
+def save_atomic(tensors: dict, path: Path) -> None:
     """Write next to `path` and rename, so a killed run never leaves a truncated cache file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
     os.replace(tmp, path)
 
 
-def _weights_identity(model_dir: Path) -> list:
+def weights_identity(model_dir: Path) -> list:
     return sorted([p.name, p.stat().st_size, p.stat().st_mtime] for p in Path(model_dir).glob("*.safetensors"))
 
 

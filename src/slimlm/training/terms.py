@@ -77,12 +77,22 @@ class CrossTokenizerTerm(nn.Module):
     needs_attentions = False
     teacher_layers = ()
 
-    def __init__(self, temperature, alpha, shared=None, chunk_size=1024, teacher_softcap=None, student_softcap=None):
+    def __init__(
+        self,
+        temperature,
+        alpha,
+        shared=None,
+        chunk_size=1024,
+        teacher_softcap=None,
+        student_softcap=None,
+        teacher_head=None,
+    ):
         super().__init__()
         self.weight = 1.0
         self.temperature, self.alpha, self.chunk_size = temperature, alpha, chunk_size
         self.shared = shared  # plain tensors (student ids, teacher ids): fixed, not trained or saved
         self.teacher_softcap, self.student_softcap = teacher_softcap, student_softcap
+        self.teacher_head = teacher_head  # with a cached teacher: its output head (plain tensor, not saved)
 
     def forward(self, step: Step):
         cross = step.signal.cross
@@ -97,7 +107,7 @@ class CrossTokenizerTerm(nn.Module):
             hidden.index_select(0, cross["student_rows"]),
             head,
             cross["teacher_hidden"],
-            cross["teacher_head"],
+            cross["teacher_head"] if cross["teacher_head"] is not None else self._teacher_head_on(head.device),
             shared=self.shared,
             temperature=self.temperature,
             teacher_softcap=self.teacher_softcap,
@@ -109,6 +119,14 @@ class CrossTokenizerTerm(nn.Module):
         if self.shared is not None:
             parts["shared_kl"] = (kl_sum / n).detach()
         return self.alpha * ce + (1 - self.alpha) * kd, parts
+
+    def _teacher_head_on(self, device):
+        """The cached run's teacher head on the training device, moved once."""
+        if self.teacher_head is None:
+            raise ValueError("a cached cross-tokenizer signal needs the term to hold the teacher's output head")
+        if self.teacher_head.device != device:
+            self.teacher_head = self.teacher_head.to(device)
+        return self.teacher_head
 
 
 class FeatureTerm(nn.Module):
