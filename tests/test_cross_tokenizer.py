@@ -201,3 +201,24 @@ def test_the_cached_teacher_gives_the_online_loss_and_is_reused(
     from slimlm.training.teacher_cache import list_entries
 
     assert [e["mode"] for e in list_entries()] == ["cross-tokenizer"]
+
+
+def test_uld_over_the_top_entries_is_a_tight_lower_bound_with_the_right_gradient():
+    torch.manual_seed(3)
+    h = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(60, 8, dtype=torch.float64, requires_grad=True)
+    th, tw = torch.randn(9, 6, dtype=torch.float64), torch.randn(90, 6, dtype=torch.float64)
+    kd, _, _ = cross_tokenizer_kd(h, w, th, tw, uld_top=10)
+    kd.backward()
+    # reference, by autograd: the top 10 sorted entries one by one, the rest by their total mass
+    ps, pt = torch.softmax(h @ w.T, -1), torch.softmax(th @ tw.T, -1)
+    s_top, t_top = ps.topk(10, -1).values, pt.topk(10, -1).values
+    reference = (s_top - t_top).abs().sum() + ((1 - s_top.sum(-1)) - (1 - t_top.sum(-1))).abs().sum()
+    grads = torch.autograd.grad(reference, (h, w))
+    assert kd.item() == pytest.approx(reference.item(), rel=1e-9)
+    torch.testing.assert_close(h.grad, grads[0])
+    torch.testing.assert_close(w.grad, grads[1])
+    exact = 9 * uld(h @ w.T, th @ tw.T).item()
+    smaller_tails = torch.minimum(1 - s_top.sum(-1), 1 - t_top.sum(-1)).sum().item()
+    assert exact - 2 * smaller_tails - 1e-6 <= kd.item() <= exact + 1e-6
+    assert cross_tokenizer_kd(h, w, th, tw, uld_top=90)[0].item() == pytest.approx(exact, rel=1e-5)
