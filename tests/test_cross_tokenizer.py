@@ -9,10 +9,10 @@ import json
 
 import pytest
 import torch
-from tests.conftest import save_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import slimlm
+from conftest import save_tiny_model
 from slimlm.data.aligned_blocks import AlignedBlocks, aligned_block, alignment_summary, collate_aligned
 from slimlm.errors import SlimlmError
 from slimlm.losses.uld import cross_tokenizer_kd, shared_kl, uld
@@ -30,7 +30,7 @@ def cross_student(metaspace_tokenizer, tmp_path_factory):
 def peaky_teacher(tiny_tokenizer, tmp_path_factory):
     """A random teacher whose next-token distributions are far from uniform (large initial weights), so a
     freshly initialised student starts far from it on every term of the loss."""
-    from tests.conftest import tiny_config
+    from conftest import tiny_config
 
     torch.manual_seed(0)
     config = tiny_config(len(tiny_tokenizer))

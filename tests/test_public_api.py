@@ -63,3 +63,15 @@ def test_readme_python_example_runs_as_written(tmp_path, tiny_tokenizer):
         "runs/exp/pipeline/report.md",
     ):
         assert (work / produced).is_file(), produced
+
+
+def test_a_model_passed_where_the_settings_go_is_a_one_line_error():
+    import pytest
+
+    import slimlm
+    from slimlm.errors import SlimlmError
+
+    for stage in (slimlm.finetune, slimlm.distill):
+        with pytest.raises(SlimlmError, match="pass everything else by keyword") as info:
+            stage("runs/some-model", out="x")
+        assert "\n" not in str(info.value)

@@ -22,6 +22,11 @@ from slimlm.training.trainable import split_state, student_of
 
 def settings_from(settings_type, settings, recipe, overrides: dict):
     """The stage's settings: a given dataclass, or recipe + flags (flags win); validated before anything loads."""
+    if settings is not None and not isinstance(settings, settings_type):
+        raise SlimlmError(
+            f"the first argument is a {settings_type.__name__}, got {type(settings).__name__} {settings!r}; "
+            "pass everything else by keyword (e.g. slimlm.finetune(model='runs/s15', out='runs/ft'))"
+        )
     values = load_recipe(recipe) if recipe else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return (settings or settings_type.from_dict(values)).validate()
