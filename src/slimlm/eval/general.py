@@ -35,8 +35,9 @@ def check_general(data: str) -> None:
     from slimlm.data.corpus import load_corpus
     from slimlm.data.mix import corpus_names
     from slimlm.errors import SlimlmError
+    from slimlm.settings import general_off
 
-    if str(data).lower() == "none":
+    if general_off(data):
         return
     try:
         for name in corpus_names(data):

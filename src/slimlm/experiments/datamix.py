@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from slimlm.errors import SlimlmError
+from slimlm.settings import general_off
 
 
 def default_corpora(data: str, ev: dict) -> list[str]:
@@ -19,7 +20,7 @@ def default_corpora(data: str, ev: dict) -> list[str]:
     from slimlm.data.builtins import GENERAL_CORPUS
 
     general = ev.get("general_data")
-    general = GENERAL_CORPUS if str(general).lower() == "none" else general
+    general = GENERAL_CORPUS if general_off(general) else general
     if data == general:
         raise SlimlmError(f"--data and the general text are both {data}: pass another --data, or --corpora")
     return [data, general, f"{data}+{general}"]

@@ -12,6 +12,7 @@ from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, d
 from slimlm.experiments.control import cache_lines, controls
 from slimlm.experiments.frontier import baseline_lines, frontier_section
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
+from slimlm.settings import general_off
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -108,7 +109,7 @@ def _evaluation_line(ev: dict) -> str:
         + (
             f"; general text: `{ev['general_data']}` test split, {ev.get('general_tokens', '?')} tokens in windows "
             "spread evenly over it"
-            if str(ev.get("general_data", "none")).lower() != "none"
+            if not general_off(ev.get("general_data"))
             else ""
         )
     )

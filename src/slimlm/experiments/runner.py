@@ -19,7 +19,7 @@ from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments.layout import arm_dir, experiment_file, read_json, reference_file, result_file
 from slimlm.output import slimlm_version, staging_dir, under_lock, write_json_atomic
-from slimlm.settings import EVAL_DEFAULTS, check_positive_int, comma_list
+from slimlm.settings import EVAL_DEFAULTS, check_positive_int, comma_list, general_off
 
 EVAL_FLAGS = {"tokens": "eval_tokens"}  # evaluation settings whose `slimlm experiment` flag has another name
 ADDED_EVAL_KEYS = ("general_data", "general_tokens")  # added later: older run folders continue without them
@@ -173,9 +173,10 @@ def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transfo
 
 def _general(model, tokenizer, ev: dict) -> dict:
     """The general-text metrics of eval/general.py under the run's protocol, or none when it is off."""
-    if str(ev.get("general_data", "none")).lower() == "none":
-        return {}
     from slimlm.eval.general import general_metrics
+
+    if general_off(ev.get("general_data")):
+        return {}
 
     return general_metrics(model, tokenizer, ev["general_data"], window=ev["window"], tokens=ev["general_tokens"])
 
@@ -184,7 +185,7 @@ def add_general(path: Path, record: dict, ev: dict, model_spec) -> dict:
     """A finished record measured before general text was scored gets it now, once, from `model_spec` (the
     arm's folder in this run folder, or the reference as named: a built-in name, a folder, a hub id)."""
     metrics = record.get("metrics") or {}
-    wanted = str(ev.get("general_data", "none")).lower() != "none"
+    wanted = not general_off(ev.get("general_data"))
     if not wanted or "general_perplexity" in metrics or str(model_spec).endswith(".gguf"):
         return record
     from slimlm.sources import load_model

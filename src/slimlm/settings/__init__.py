@@ -31,9 +31,10 @@ from slimlm.settings.training import (
     TrainingRun,
     TrainingSettings,
 )
-from slimlm.settings.values import load_recipe, parse_duration, parse_layer_map
+from slimlm.settings.values import general_off, load_recipe, parse_duration, parse_layer_map
 
 __all__ = [
+    "general_off",
     "CacheSettings",
     "CACHE_MODES",
     "EVAL_DEFAULTS",

@@ -47,6 +47,11 @@ def parse_layer_map(spec, n_teacher, n_student):
     return pairs
 
 
+def general_off(data) -> bool:
+    """Whether `--general-data` turns general-text scoring off ("none", any case; None as in a recipe)."""
+    return data is None or str(data).strip().lower() == "none"
+
+
 def parse_duration(value) -> float:
     """--max-time: "90s", "15m", "1.5h", "1h30m" or a number of seconds -> seconds (> 0)."""
     if isinstance(value, bool):

@@ -11,7 +11,7 @@ from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.output import write_json_atomic
-from slimlm.settings import EvalSettings, comma_list
+from slimlm.settings import EvalSettings, comma_list, general_off
 from slimlm.sources import check_same_tokenizer, gguf_tokenizer, load_model
 
 
@@ -34,9 +34,12 @@ def evaluate(
     from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
 
     tasks, harness = parse_tasks(s.tasks), comma_list(s.lm_eval)
-    general = s.general_data.lower() != "none" and s.runtime == "transformers"
-    if s.general_data.lower() != "none" and not general:
+    general = not general_off(s.general_data) and s.runtime == "transformers"
+    if not general_off(s.general_data) and not general:
         log("general text is scored under transformers only; the .gguf files get the in-domain split alone")
+    if general and s.general_data.strip() == s.data.strip():
+        log(f"--general-data is --data ({s.data}): its split is scored once; pass another corpus to compare domains")
+        general = False
     if harness:
         import importlib.util
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slimlm.distributed import log
-from slimlm.settings import FetchSettings
+from slimlm.settings import FetchSettings, general_off
 
 
 def fetch(
@@ -17,7 +17,7 @@ def fetch(
     settings = FetchSettings.from_dict({"teacher": teacher, "data": data, "general_data": general_data}).validate()
     model_dir = resolve_model(settings.teacher)
     names = corpus_names(settings.data)
-    if settings.general_data.lower() != "none":  # every evaluation reports it (eval/general.py)
+    if not general_off(settings.general_data):  # every evaluation reports it (eval/general.py)
         names += [n for n in corpus_names(settings.general_data) if n not in names]
     documents = {name: len(load_corpus(name).documents) for name in names}
     said = "; ".join(f"corpus {n}: {d} documents" for n, d in documents.items())
