@@ -113,15 +113,15 @@ def test_dead_mlp_channels_and_a_dead_group_are_the_ones_removed(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dead_hidden_channels_rank_last_and_the_rest_keep_their_weights(arch):
     model, ids = _model(arch), _blocks()
-    dead = [3, 17, 30]
+    dead = [3, 9, 17, 30]  # 4 of 32: the hidden size stays a multiple of the 4 heads (Llama, Gemma 3 require it)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, dead] = 0
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight[dead] = 0
             layer.mlp.down_proj.weight[dead] = 0
     importance = measure_importance(model, ids)
-    assert set(importance["hidden"].argsort()[:3].tolist()) == set(dead)
-    pruned = prune_width(model, importance, {"hidden_size": 29})
+    assert set(importance["hidden"].argsort()[:4].tolist()) == set(dead)
+    pruned = prune_width(model, importance, {"hidden_size": 28})
     kept = [c for c in range(32) if c not in dead]
     layer, old = pruned.model.layers[1], model.model.layers[1]
     torch.testing.assert_close(layer.mlp.up_proj.weight, old.mlp.up_proj.weight[:, kept])
@@ -143,6 +143,7 @@ def test_width_requests_that_cannot_be_met_say_why():
         ({"num_attention_heads": 3}, "multiple of num_key_value_heads"),
         ({"vocab_size": 10}, "allowed"),
         ({"intermediate_size": 0}, "positive integer"),
+        ({"hidden_size": 30}, "multiple of the 4 attention heads"),
     ]:
         with pytest.raises(SlimlmError, match=words):
             prune_width(model, importance, widths)
@@ -163,6 +164,30 @@ def test_candidate_shapes_sit_at_the_budget(axes):
         assert {s["layers"] for s in shapes} >= {8, shapes[0]["layers"]} and len({s["layers"] for s in shapes}) > 2
     with pytest.raises(SlimlmError, match="target-params"):
         candidate_shapes(config, 1.2, axes)
+
+
+def test_width_candidates_of_the_built_in_teachers_shape_are_configs_transformers_saves(tmp_path):
+    """SmolLM2-135M has 9 heads of 64 over a hidden size of 576: a hidden size that is a multiple of 64 but
+    not of 9 (512) is refused by transformers' config validation when the student is saved."""
+    from transformers import LlamaConfig
+
+    from slimlm.methods.budget import config_for
+
+    teacher = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        tie_word_embeddings=True,
+    )
+    for axes in ("width", "both"):
+        shapes = [s for s in candidate_shapes(teacher, 0.55, axes) if s["hidden_size"] != 576]
+        assert shapes and all(s["hidden_size"] % 9 == 0 and s["hidden_size"] % 8 == 0 for s in shapes)
+        for shape in shapes:
+            config_for(teacher, {k: shape[k] for k in ("layers", "hidden_size", "intermediate_size")}).validate()
 
 
 def test_student_target_params_tries_shapes_and_keeps_the_closest(tiny_teacher, text_dir, tmp_path):

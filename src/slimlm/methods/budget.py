@@ -12,6 +12,7 @@ than depth on quality for the same size, and depth faster (arXiv 2408.11796, sec
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -69,6 +70,17 @@ def _granule(size: int, coarse: int) -> int:
     return coarse if size >= 512 and size % coarse == 0 else 8 if size >= 16 else 1
 
 
+def _hidden_step(hidden: int, heads: int) -> int:
+    """Hidden sizes are kept to multiples of the head count (transformers refuses to save a config whose hidden
+    size is not one, even with an explicit head_dim: SmolLM2's 9 heads) and of what matmul kernels like: 64,
+    or 8 where 64 would leave the width candidates (down to 0.625 of the hidden size) nothing to choose."""
+    for coarse in (64, 8):
+        step = math.lcm(_granule(hidden, coarse), heads)
+        if step <= hidden // 4:
+            return step
+    return heads
+
+
 def _solve_intermediate(config, shape: dict, target: int) -> int | None:
     """The MLP width that brings `shape` nearest to `target` parameters (the count is linear in it)."""
     full = config.intermediate_size
@@ -101,7 +113,7 @@ def candidate_shapes(config, target: float, axes: str) -> list[dict]:
         depths = [n] + ([round(n * r) for r in DEPTH_RATIOS] if axes == "both" else [])
         for layers in dict.fromkeys(d for d in depths if 1 <= d <= n):
             for ratio in HIDDEN_RATIOS:
-                step = _granule(teacher["hidden_size"], 64)
+                step = _hidden_step(teacher["hidden_size"], teacher["num_attention_heads"])
                 hidden = max(step, round(teacher["hidden_size"] * ratio / step) * step)
                 shape = {**teacher, "layers": layers, "hidden_size": hidden}
                 mlp = _solve_intermediate(config, shape, budget)

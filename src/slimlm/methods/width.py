@@ -141,7 +141,30 @@ def check_widths(config, widths: dict) -> dict:
             f"student config: {heads} attention heads over {groups} key/value groups; each group keeps 1..{per_group} "
             f"query heads, so num_attention_heads must be a multiple of num_key_value_heads up to {groups * per_group}"
         )
-    return {"num_key_value_heads": groups, "num_attention_heads": heads, **widths}
+    checked = {"num_key_value_heads": groups, "num_attention_heads": heads, **widths}
+    _check_saveable(config, checked)
+    return checked
+
+
+def _check_saveable(config, widths: dict) -> None:
+    """Some architectures' configs (Llama, Gemma 3) refuse a hidden size that is not a multiple of the head
+    count, even with an explicit head_dim, and only say so when the model is saved: ask the config now."""
+    narrowed = copy.deepcopy(config)
+    for key, value in widths.items():
+        setattr(narrowed, key, value)
+    validate = getattr(narrowed, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except Exception as exc:  # the library's own validation error, whatever its class
+        cause = str(getattr(exc, "__cause__", None) or exc).strip().splitlines()[-1]
+        heads = widths["num_attention_heads"]
+        hidden = widths.get("hidden_size", config.hidden_size)
+        raise SlimlmError(
+            f"student config: transformers refuses this shape ({cause}); e.g. keep hidden_size a multiple of the "
+            f"{heads} attention heads ({max(heads, hidden // heads * heads)})"
+        ) from None
 
 
 @torch.no_grad()
