@@ -21,12 +21,15 @@ from slimlm.errors import SlimlmError
 from slimlm.losses import IGNORE_INDEX
 
 
-def aligned_block(ids: list[int], student_tokenizer, teacher_tokenizer, block_size: int) -> dict:
+def aligned_block(
+    ids: list[int], student_tokenizer, teacher_tokenizer, block_size: int, teacher_prefix: list[int] | None = None
+) -> dict:
     """One block as a cross-tokenizer example: the student's input (block_size, padded), the teacher's input
     (its own length) and the aligned positions of each (student_positions[k] and teacher_positions[k] read
-    the same text)."""
+    the same text). `teacher_prefix`: leading_special(teacher_tokenizer), when the caller has it already."""
     s_eos, t_eos = student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id
-    student, teacher = [], list(_leading_special(teacher_tokenizer))
+    prefix = leading_special(teacher_tokenizer) if teacher_prefix is None else teacher_prefix
+    student, teacher = [], list(prefix)
     s_pos, t_pos = [], []
     for n, segment in enumerate(_split(ids, s_eos)):
         if n:  # the end-of-text token that separated two documents, in each tokenizer's own spelling
@@ -78,7 +81,7 @@ def _split(ids, eos):
     return out
 
 
-def _leading_special(tokenizer) -> list[int]:
+def leading_special(tokenizer) -> list[int]:
     """The special tokens the tokenizer puts before any text (Gemma, Llama: <bos>; GPT-2 style: none)."""
     with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -96,13 +99,18 @@ class AlignedBlocks(Dataset):
     def __init__(self, blocks: torch.Tensor, student_tokenizer, teacher_tokenizer, cached=None):
         self.blocks, self.student_tokenizer, self.teacher_tokenizer = blocks, student_tokenizer, teacher_tokenizer
         self.cached = cached
+        self.teacher_prefix = leading_special(teacher_tokenizer)  # once, not per block
 
     def __len__(self):
         return len(self.blocks)
 
     def __getitem__(self, i):
         item = aligned_block(
-            self.blocks[i].tolist(), self.student_tokenizer, self.teacher_tokenizer, self.blocks.shape[1]
+            self.blocks[i].tolist(),
+            self.student_tokenizer,
+            self.teacher_tokenizer,
+            self.blocks.shape[1],
+            self.teacher_prefix,
         )
         if self.cached is not None:
             hidden = self.cached[i]

@@ -132,6 +132,8 @@ def held_out_divergence(student, teacher, term: CrossTokenizerTerm, tokens, bloc
     sums = {"kd": 0.0, "shared_kl": 0.0, "uld": 0.0}
     positions = 0
     devices = [next(m.parameters()).device for m in (student, teacher)]
+    # both heads in fp32 on the student's device once, not per batch (the teacher's may be 262k rows)
+    heads = [m.get_output_embeddings().weight.float().to(devices[0]) for m in (student, teacher)]
     was_training = student.training
     student.eval()
     for start in range(0, n, batch):
@@ -153,9 +155,9 @@ def held_out_divergence(student, teacher, term: CrossTokenizerTerm, tokens, bloc
         t_rows = flat_positions(inputs["teacher_positions"], inputs["teacher_input_ids"].shape[1]).to(devices[1])
         kd, kl, uld = cross_tokenizer_kd(
             s_out.hidden_states[-1].flatten(0, 1).index_select(0, s_rows).float(),
-            student.get_output_embeddings().weight.float(),
+            heads[0],
             t_out.hidden_states[-1].flatten(0, 1).index_select(0, t_rows).float().to(devices[0]),
-            teacher.get_output_embeddings().weight.float().to(devices[0]),
+            heads[1],
             shared=term.shared,
             temperature=term.temperature,
             teacher_softcap=term.teacher_softcap,

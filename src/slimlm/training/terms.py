@@ -102,6 +102,8 @@ class CrossTokenizerTerm(nn.Module):
             )
         hidden = step.out.hidden_states[-1].flatten(0, 1)
         head = step.student.get_output_embeddings().weight
+        if self.shared is not None and self.shared[0].device != head.device:  # moved once, not per step
+            self.shared = tuple(ids.to(head.device) for ids in self.shared)
         ce, _ = distill_loss(hidden, head, step.labels, alpha=1.0, chunk_size=self.chunk_size, num_items=step.num_items)
         kd_sum, kl_sum, uld_sum = cross_tokenizer_kd(
             hidden.index_select(0, cross["student_rows"]),
