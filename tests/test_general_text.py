@@ -12,7 +12,7 @@ import torch
 from slimlm.cache import cache_root
 from slimlm.data import builtins
 from slimlm.data.corpus import load_corpus, prepare_data
-from slimlm.data.mix import parse_mix
+from slimlm.data.mix import corpus_names, is_mix, parse_mix
 from slimlm.errors import SlimlmError
 from slimlm.eval.general import spread_windows
 from test_errors import assert_one_line_error, run_cli
@@ -101,6 +101,9 @@ def test_mix_weights_shares_and_bad_specs(text_dir, tiny_tokenizer, tmp_path):
     assert torch.equal(mix.test[:32], one.test[:32]) and torch.equal(mix.test[32:64], two.test[:32])
     again = prepare_data(f"{text_dir}:3,{other}:1", tiny_tokenizer, 32)
     assert torch.equal(again.train, mix.train)
+    alone = prepare_data(f"{text_dir}:3", tiny_tokenizer, 32)  # a weight alone is the corpus itself
+    assert torch.equal(alone.train, one.train) and corpus_names(f"{text_dir}:3") == [str(text_dir)]
+    assert not is_mix("sotu") and is_mix("sotu:3") and is_mix("sotu,wikipedia") and not is_mix("org/model:x")
 
 
 def test_spread_windows_cover_the_whole_split():

@@ -18,8 +18,13 @@ from slimlm.errors import SlimlmError
 
 
 def is_mix(spec) -> bool:
-    """A comma-separated list of corpora (a path that exists is never read as one)."""
-    return "," in str(spec) and not Path(str(spec)).expanduser().exists()
+    """A comma-separated list of corpora, or one corpus with a weight (`sotu:3`, read as `sotu`, since a
+    weight alone shares nothing); a path that exists is never read as either."""
+    text = str(spec)
+    if Path(text).expanduser().exists():
+        return False
+    name, _, weight = text.rpartition(":")
+    return "," in text or (bool(name) and _is_number(weight))
 
 
 def corpus_names(spec) -> list[str]:
@@ -68,6 +73,8 @@ def mix_splits(spec: str, tokenizer, block_size: int, prepare):
     from slimlm.data.corpus import Splits
 
     parts = parse_mix(spec)
+    if len(parts) == 1:  # `sotu:3`: one corpus, all of the blocks
+        return prepare(parts[0][0], tokenizer, block_size)
     splits = {name: prepare(name, tokenizer, block_size) for name, _ in parts}
     # as many blocks as fit with no part's block used twice: part i holds share_i of them
     total = min(len(splits[name].train) / share for name, share in parts)
