@@ -328,3 +328,17 @@ def test_numbers_are_shown_in_their_column_units():
     assert columns.cell(None, "accuracy") == "–" and columns.display(2.5e4, "perplexity") == "2.5e+04"
     assert columns.said({"mean": 42.0, "std": None}, "decode_tokens_per_s") == "42.0 tok/s"
     assert columns.column("new_metric").label == "new_metric" and columns.ratio(1.0, 0.0).startswith("n/a")
+
+
+def test_decode_rates_that_include_the_prefill_are_named(tmp_path):
+    run = make_run(tmp_path / "run", "temperature")
+    note = "prefill not separable from decoding; rate includes the prefill"
+    for path in (result_file(run, "t2", 1), reference_file(run, "teacher")):
+        record = json.loads(path.read_text())
+        record["metrics"]["decode_note"] = note
+        path.write_text(json.dumps(record))
+    report = build(run)
+    assert arm_report(report, "t2")["decode_rough_seeds"] == [1] and report["references"]["teacher"]["decode_rough"]
+    md = render.render_markdown(report)
+    assert "Decode tok/s of t2 (seed 1); reference teacher: prefill not separable" in md
+    assert "Decode tok/s of" not in render.render_markdown(build(make_run(tmp_path / "clean", "temperature")))

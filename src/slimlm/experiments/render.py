@@ -125,6 +125,7 @@ def results_section(report) -> list[str]:
     ]
     lines += _table(["arm", "setting", "n"] + [c.label for c in cols], rows)
     lines += _missing_lines(report["missing"])
+    lines += decode_note_lines(report)
     lines += kept_section(report)
     tcols = [c for c in TRAINING_COLUMNS if any(c.key in a["training"] for a in arms)]
     if tcols:
@@ -134,6 +135,23 @@ def results_section(report) -> list[str]:
             [[a["name"], str(len(a["seeds"]))] + [cell(a["training"].get(c.key), c.key) for c in tcols] for a in arms],
         )
     return lines
+
+
+def decode_note_lines(report) -> list[str]:
+    """Which decode rates include the prefill (the machine was too noisy to separate them): said once, here."""
+    rough = [
+        f"{a['name']} (seed {', '.join(map(str, a['decode_rough_seeds']))})"
+        for a in report["arms"]
+        if a.get("decode_rough_seeds")
+    ]
+    rough += [f"reference {n}" for n, r in report["references"].items() if r.get("decode_rough")]
+    if not rough:
+        return []
+    return [
+        f"Decode tok/s of {'; '.join(rough)}: prefill not separable from decoding on this run, so the rate "
+        "includes the prefill (rerun on an idle machine for a clean number).",
+        "",
+    ]
 
 
 def kept_section(report) -> list[str]:

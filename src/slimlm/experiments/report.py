@@ -53,6 +53,8 @@ def arm_summary(arm: dict, results: list[dict], seeds: list[int]) -> dict:
         **({"control": arm["control"]} if arm.get("control") else {}),  # beside the sweep, not on it (control.py)
         "seeds": found,
         "missing_seeds": [s for s in seeds if s not in found],
+        # seeds whose decode rate includes the prefill (eval/metrics.py decode_note): their tok/s is rougher
+        "decode_rough_seeds": sorted(r.get("seed") for r in results if (r.get("metrics") or {}).get("decode_note")),
         "metrics": summarize_block(results, "metrics"),
         "training": summarize_block(results, "training"),
         "wall_time_s": summarize(walls),
@@ -67,6 +69,7 @@ def reference_summary(ref: dict) -> dict:
         "model_dir": ref.get("model_dir"),
         **{k: ref[k] for k in ("baseline", "student") if ref.get(k)},
         "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
+        "decode_rough": bool((ref.get("metrics") or {}).get("decode_note")),
         "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None,
     }
 
