@@ -12,6 +12,7 @@ from transformers import AutoConfig
 
 from slimlm.cli import main
 from slimlm.errors import SlimlmError
+from slimlm.eval.llama_cpp import available as llama_cpp_available
 from slimlm.experiments import plots, runner
 from slimlm.experiments import report as rep
 from slimlm.experiments.layout import load_run
@@ -41,6 +42,11 @@ def shape_run(tiny_teacher, text_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("shape") / "student-shape"
     experiment("student-shape", out=str(out), teacher=str(tiny_teacher), data=str(text_dir), **ARGS)
     return out
+
+
+# where llama-cpp-python is installed, the teacher and each arm's first seed are measured as GGUF q8_0 and q4_0
+GGUF = {f"{who}-{kind}-llama.cpp" for who in ("teacher", *AXES) for kind in ("q8_0", "q4_0")}
+GGUF = GGUF if llama_cpp_available() else set()
 
 
 def _mtimes(run_dir):
@@ -80,7 +86,7 @@ def test_every_arm_starts_from_its_own_student_cut_along_its_axis(shape_run, tin
 
 def test_the_baselines_are_the_quantized_teacher_measured_as_references(shape_run):
     refs = load_run(shape_run)["references"]
-    assert set(refs) == {"teacher", "teacher-int8", "teacher-int4"} | {f"student-{a}" for a in AXES}
+    assert set(refs) == {"teacher", "teacher-int8", "teacher-int4"} | {f"student-{a}" for a in AXES} | GGUF
     int8, int4 = refs["teacher-int8"], refs["teacher-int4"]
     assert int8["baseline"]["bits"] == 8 and int8["baseline"]["granularity"] == "channel"
     assert (int4["baseline"]["bits"], int4["baseline"]["granularity"], int4["baseline"]["group_size"]) == (
@@ -96,13 +102,30 @@ def test_the_baselines_are_the_quantized_teacher_measured_as_references(shape_ru
     assert sizes == sorted(sizes) and sizes[0] < sizes[1] < sizes[2]
 
 
+@pytest.mark.skipif(not GGUF, reason="llama-cpp-python is not installed")
+def test_each_arm_is_also_measured_as_gguf_under_llama_cpp(shape_run):
+    run = load_run(shape_run)
+    rows = {r["name"]: r for r in json.loads((shape_run / "report.json").read_text())["frontier"]}
+    for axis in AXES:
+        for kind, bits in (("q8_0", 8), ("q4_0", 4)):
+            ref = run["references"][f"{axis}-{kind}-llama.cpp"]
+            assert ref["baseline"]["of"] == f"{axis} (seed 0)" and ref["baseline"]["bits"] == bits
+            assert ref["metrics"]["runtime"] == "llama.cpp" and ref["model_dir"].endswith(f"{axis}-{kind}.gguf")
+            assert ref["metrics"]["parameters"] == run["results"][axis][0]["metrics"]["parameters"]
+            assert rows[f"{axis}-{kind}-llama.cpp"]["role"] == "distilled, GGUF"
+            assert rows[f"{axis}-{kind}-llama.cpp"]["shape"] == rows[axis]["shape"]
+        # 8-bit blocks keep the distilled student's perplexity
+        q8 = run["references"][f"{axis}-q8_0-llama.cpp"]["metrics"]["perplexity"]
+        assert q8 == pytest.approx(run["results"][axis][0]["metrics"]["perplexity"], rel=0.05)
+
+
 def test_the_report_has_the_frontier_table_and_plot_and_no_paper_comparison(shape_run):
     report = json.loads((shape_run / "report.json").read_text())
     markdown = (shape_run / "report.md").read_text()
     assert report["plots"] == ["plots/student_shape_frontier.png"]
     assert (shape_run / report["plots"][0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {r["name"]: r for r in report["frontier"]}
-    assert set(rows) == set(AXES) | {f"student-{a}" for a in AXES} | {"teacher", "teacher-int8", "teacher-int4"}
+    assert set(rows) == set(AXES) | {f"student-{a}" for a in AXES} | {"teacher", "teacher-int8", "teacher-int4"} | GGUF
     assert [rows[n]["role"] for n in ("depth", "student-depth", "teacher", "teacher-int8")] == [
         "distilled",
         "starting student",

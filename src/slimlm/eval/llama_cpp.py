@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,9 +44,22 @@ def check_runtime(specs: list[str]) -> None:
             )
 
 
-def _load(path: Path, context: int, threads: int):
+def _load(path: Path, context: int, threads: int, repack: bool = True):
+    """`repack=False` turns off llama.cpp's extra weight buffers (the AMX and CPU_REPACK layouts): the AMX
+    matmul segfaults on some Sapphire Rapids machines (ggml-org/llama.cpp#20824, seen here on q8_0). Llama()
+    has no argument for it, so its default model parameters are wrapped, in this child process only."""
+    import llama_cpp.llama_cpp as low
     from llama_cpp import Llama
 
+    if not repack:
+        defaults = low.llama_model_default_params
+
+        def without_extra_buffers():
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = without_extra_buffers
     try:
         return Llama(
             model_path=str(path),
@@ -81,21 +95,29 @@ def measure_gguf(
     from multiprocessing import get_context
 
     args = (str(path), torch.as_tensor(ids).reshape(-1).tolist(), window, stride, text_bytes, new_tokens, repeats)
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        try:
-            return pool.submit(_measure, *args, progress, torch.get_num_threads()).result()
-        except BrokenProcessPool:
-            raise SlimlmError(
-                f"llama.cpp crashed measuring {path} (its process died); try another GGUF type (f16), or rebuild "
-                "llama-cpp-python (e.g. CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall llama-cpp-python)"
-            ) from None
+    for repack in (True, False):  # a crash with repacked weights is retried once without them (_load)
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            try:
+                result = pool.submit(_measure, *args, progress, torch.get_num_threads(), repack).result()
+                return {**result, "weight_repacking": "on" if repack else "off: crashed with it (llama.cpp#20824)"}
+            except BrokenProcessPool:
+                if repack:
+                    print(
+                        f"slimlm: llama.cpp crashed on {path} with repacked weights; retrying without them",
+                        file=sys.stderr,
+                    )
+    raise SlimlmError(
+        f"llama.cpp crashed measuring {path} (its process died), with and without weight repacking; try another "
+        "GGUF type (f16), or rebuild llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall "
+        "llama-cpp-python)"
+    )
 
 
-def _measure(path, ids, window, stride, text_bytes, new_tokens, repeats, progress, threads) -> dict:
+def _measure(path, ids, window, stride, text_bytes, new_tokens, repeats, progress, threads, repack=True) -> dict:
     """measure_gguf's work, in the child process."""
     path = Path(path)
     torch.set_num_threads(threads)
-    llm = _load(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads)
+    llm = _load(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads, repack)
     nll, correct, scored = 0.0, 0, 0
     for begin, end, k in tqdm(windows(len(ids), window, stride), desc="perplexity (llama.cpp)", disable=not progress):
         llm.reset()

@@ -11,7 +11,9 @@ teacher's speed. The reference record's `baseline` block says how each was built
 show; the baselines are not part of the experiment's identity, so a folder started before they existed
 continues and gains them, and `--baselines none` on a rerun just leaves them out. Where llama-cpp-python is
 installed, the teacher's GGUF q8_0 and q4_0 exports are measured under llama.cpp too (same ids, windows and
-prompt: eval/llama_cpp.py); they are where a quantized teacher really runs faster on a CPU.
+prompt: eval/llama_cpp.py); they are where a quantized teacher really runs faster on a CPU. After the arms,
+`student_gguf` does the same for each distilled arm's first seed, so the frontier compares a GGUF student with
+a GGUF teacher on the runtime a user would ship, not only fp32 students with a GGUF teacher.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
-from slimlm.experiments.layout import baseline_dir, reference_file
+from slimlm.experiments.layout import arm_dir, baseline_dir, reference_file, result_file
 
 GROUP_SIZE = 32
 GGUF = (("q8_0", 8), ("q4_0", 4))  # llama.cpp's own 8- and 4-bit block formats
@@ -90,28 +92,52 @@ def _gguf_baselines(run_dir: Path, teacher, data: str, ev: dict) -> list[str]:
     if not available():
         log(f"llama.cpp baselines skipped: llama-cpp-python is not installed ({INSTALL_HINT})")
         return []
+    found = (_gguf(run_dir, "teacher", teacher, kind, bits, data, ev, {"of": "teacher"}) for kind, bits in GGUF)
+    return [n for n in found if n]
+
+
+def student_gguf(run_dir: Path, spec: dict, data: str, ev: dict, mode: str) -> list[str]:
+    """Each distilled arm's first finished seed exported to GGUF q8_0 and q4_0 and measured under llama.cpp
+    (where llama-cpp-python is installed; `--baselines none` skips them), named ARM-q8_0-llama.cpp."""
+    from slimlm.eval.llama_cpp import available
+
+    if mode == "none" or not available():
+        return []
+    names = []
+    for arm in spec["arms"]:
+        seed = next((s for s in spec["seeds"] if result_file(run_dir, arm["name"], s).exists()), None)
+        if seed is None:
+            continue
+        about = {"of": f"{arm['name']} (seed {seed})", "arm": arm["name"], "seed": seed, "axis": arm.get("value")}
+        model = arm_dir(run_dir, arm["name"], seed)
+        found = (_gguf(run_dir, arm["name"], model, kind, bits, data, ev, about) for kind, bits in GGUF)
+        names += [n for n in found if n]
+    return names
+
+
+def _gguf(run_dir: Path, who: str, model, kind: str, bits: int, data: str, ev: dict, about: dict) -> str | None:
+    """Export `model` (once) as `who`-KIND.gguf and measure it under llama.cpp (once); its name, or None
+    where llama.cpp crashed (a crash costs this model, never the study)."""
     from slimlm.stages.export import export
 
-    names = []
-    for kind, bits in GGUF:
-        name = f"teacher-{kind}-llama.cpp"
-        path = baseline_dir(run_dir, name) / f"teacher-{kind}.gguf"
-        if not reference_file(run_dir, name).exists() and not path.exists():
-            log(f"building baseline {name}: the teacher after slimlm export --type {kind}, into {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            export(str(teacher), out=str(path), type=kind, force=True)
-        about = {
-            "of": "teacher",
-            "method": "slimlm export (GGUF), run under llama.cpp",
-            "bits": bits,
-            "type": kind,
-            "runtime": "llama.cpp (llama-cpp-python), the file's own tensor types",
-            "command": f"slimlm export TEACHER --type {kind}; slimlm eval FILE --runtime llama.cpp",
-        }
-        try:
-            runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
-        except SlimlmError as exc:  # a llama.cpp crash costs this baseline, never the study
-            log(f"baseline {name} skipped: {exc}")
-            continue
-        names.append(name)
-    return names
+    name = f"{who}-{kind}-llama.cpp"
+    source = "TEACHER" if who == "teacher" else f"arms/{who}-seed{about['seed']}"
+    path = baseline_dir(run_dir, name) / f"{who}-{kind}.gguf"
+    if not reference_file(run_dir, name).exists() and not path.exists():
+        log(f"building baseline {name}: {about['of']} after slimlm export --type {kind}, into {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export(str(model), out=str(path), type=kind, force=True)
+    about = {
+        **about,
+        "method": "slimlm export (GGUF), run under llama.cpp",
+        "bits": bits,
+        "type": kind,
+        "runtime": "llama.cpp (llama-cpp-python), the file's own tensor types",
+        "command": f"slimlm export {source} --type {kind}; slimlm eval FILE --runtime llama.cpp",
+    }
+    try:
+        runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
+    except SlimlmError as exc:
+        log(f"baseline {name} skipped: {exc}")
+        return None
+    return name

@@ -45,7 +45,7 @@ def _order(name: str, references: dict) -> tuple:
 
 def _role(name: str, ref: dict) -> str:
     if is_baseline(ref):
-        return "baseline"
+        return "baseline" if ref["baseline"].get("of", "teacher") == "teacher" else "distilled, GGUF"
     if ref.get("student"):
         return "starting student"
     return "teacher" if name == "teacher" else "reference"
@@ -67,6 +67,9 @@ def frontier_rows(arms: list[dict], references: dict, spec: dict) -> list[dict]:
         ref = references[name]
         role = _role(name, ref)
         shape = (ref.get("student") or {}).get("shape") or (teacher_shape if role in ("teacher", "baseline") else None)
+        if role == "distilled, GGUF":  # an arm's student exported: the shape its arm started from
+            start = starting_student(references, ref["baseline"].get("axis"))[1] or {}
+            shape = (start.get("student") or {}).get("shape")
         rows.append(
             {
                 "name": name,
@@ -117,8 +120,9 @@ def frontier_section(report: dict) -> list[str]:
         "",
         "Every distilled student (mean ± std over seeds), the starting student it was distilled from"
         + (f" (built at {target:g} of the teacher's parameters)" if target else "")
-        + ", the teacher and its quantized baselines, all measured with the protocol above. Shape: decoder "
-        "layers, hidden size, MLP width, query/key-value heads (a quantized baseline keeps the teacher's).",
+        + ", the teacher and its quantized baselines, and (where llama-cpp-python is installed) each arm's first "
+        "seed exported to GGUF and run under llama.cpp, all measured with the protocol above. Shape: decoder "
+        "layers, hidden size, MLP width, query/key-value heads (a quantized model keeps its source's).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
@@ -136,8 +140,8 @@ def baseline_lines(references: dict) -> list[str]:
     if not found:
         return []
     lines = [
-        "- baselines (the teacher quantized, built once under baselines/ and measured like the teacher): "
-        + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
+        "- baselines (the teacher quantized, or a distilled arm exported to GGUF, built once under baselines/ and "
+        "measured like the teacher): " + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
     ]
     runtimes = {}
     for n, b in found.items():

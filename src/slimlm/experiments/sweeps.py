@@ -25,7 +25,7 @@ from pathlib import Path
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
-from slimlm.experiments.baselines import quantized_baselines
+from slimlm.experiments.baselines import quantized_baselines, student_gguf
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.control import online_arm
 from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
@@ -190,6 +190,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     else:
         train = _arm(distill, base, run_dir)
     runner.run_arms(run_dir, spec, train, data=s.data, ev=ev)
+    if kind == "student-shape":
+        student_gguf(run_dir, spec, s.data, ev, s.baselines)  # the students as shipped under llama.cpp
     return finish(run_dir)
 
 
