@@ -55,7 +55,8 @@ def perplexity_axis(ax, values, axis: str = "y") -> None:
 
 def draw_references(ax, references: dict, xkey: str, ykey: str, skip=()) -> list[tuple[float, float]]:
     """Each reference that has both metrics as one labelled point (those named in `skip` left to the caller):
-    stars for the teacher and other references, a grey marker of its own for each baseline. Returns the
+    stars for the teacher and other references, a grey marker of its own for each baseline of the teacher, a
+    grey plus (8-bit) or cross (4-bit) for a distilled student exported to GGUF. Returns the
     points drawn, in display units, for the caller's axis scaling."""
     xs, ys = column(xkey).scale, column(ykey).scale
     drawn, stars, baselines = [], 0, 0
@@ -63,7 +64,10 @@ def draw_references(ax, references: dict, xkey: str, ykey: str, skip=()) -> list
         if name in skip or not {xkey, ykey} <= ref["metrics"].keys():
             continue
         x, y = ref["metrics"][xkey] * xs, ref["metrics"][ykey] * ys
-        if ref.get("baseline"):
+        if ref.get("baseline", {}).get("of", "teacher") != "teacher":  # a distilled student exported to GGUF
+            marker = "P" if ref["baseline"].get("bits", 8) >= 8 else "X"
+            ax.scatter(x, y, marker=marker, s=70, color="0.45", edgecolors="k", zorder=4, label=f"GGUF student: {name}")
+        elif ref.get("baseline"):
             marker, color = BASELINE_MARKERS[baselines % 5], BASELINE_COLORS[baselines % 5]
             label, baselines = f"baseline: {name}", baselines + 1
             ax.scatter(x, y, marker=marker, s=70, color=color, edgecolors="k", zorder=4, label=label)
