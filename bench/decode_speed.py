@@ -4,7 +4,8 @@ A study measures each model's decode speed when that model is evaluated, minutes
 shared 2-core machine one busy minute moves one model's number by 25% and not the others'. Here every
 model is loaded once and measured in turn, one repeat each per round, so whatever the machine does falls
 on all of them alike; the ratio to the first model (the teacher) is taken within each round, then the
-median over rounds. Same measurement as `slimlm eval` (eval/metrics.decode_speed: batch-1 greedy decoding
+median over rounds. A round where a model's prefill could not be told apart from its decoding (decode_note)
+is left out for it. Same measurement as `slimlm eval` (eval/metrics.decode_speed: batch-1 greedy decoding
 of 64 new tokens after the test split's first 32 tokens, fp32, prefill of 256 tokens), same threads.
 
     python bench/decode_speed.py teacher=smollm2-135m depth=runs/exp/student-shape/arms/depth-seed0 \\
@@ -50,9 +51,10 @@ def main(argv=None) -> None:
         row = {}
         for name, (model, prompt, _) in loaded.items():
             m = decode_speed(model, prompt_ids=prompt, new_tokens=args.new_tokens, repeats=1, warmup=0)
-            row[name] = (m["decode_tokens_per_s"], m["prefill_tokens_per_s"])
+            rate = None if m.get("decode_note") else m["decode_tokens_per_s"]  # prefill not separable: left out
+            row[name] = (rate, m["prefill_tokens_per_s"])
         rounds.append(row)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[0]:.1f}" for n, v in row.items()), file=sys.stderr)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {v[0]}" for n, v in row.items()), file=sys.stderr)
     base = pairs[0][0]
     result = {
         "cpu": describe_cpu(),
@@ -67,8 +69,12 @@ def main(argv=None) -> None:
     print(header)
     print("|---|---:|---:|---:|---:|")
     for name, (_, _, params) in loaded.items():
-        decode = [row[name][0] for row in rounds]
-        ratio = statistics.median(row[name][0] / row[base][0] for row in rounds)
+        decode = [row[name][0] for row in rounds if row[name][0]]
+        ratios = [row[name][0] / row[base][0] for row in rounds if row[name][0] and row[base][0]]
+        if not decode or not ratios:
+            print(f"| {name} | {params / 1e6:.2f} | no clean round (machine too busy) | – | – |")
+            continue
+        ratio = statistics.median(ratios)
         prefill = statistics.median(row[name][1] for row in rounds)
         result["models"][name] = {
             "model": dict(pairs)[name],
@@ -77,6 +83,7 @@ def main(argv=None) -> None:
             "decode_min": min(decode),
             "decode_max": max(decode),
             "decode_ratio": ratio,
+            "clean_rounds": len(ratios),
             "prefill_tokens_per_s": prefill,
         }
         print(

@@ -128,8 +128,8 @@ def test_llama_cpp_runs_the_export(tiny_teacher, source, tmp_path, type, toleran
     for repack in (True, False):  # in a child process: a crash inside llama.cpp must not take the run with it
         script = (
             "import numpy\n"
-            "from slimlm.eval.llama_cpp import _load\n"
-            f"llm = _load({str(path)!r}, 64, 2, repack={repack})\n"
+            "from slimlm.eval.llama_cpp import load_gguf\n"
+            f"llm = load_gguf({str(path)!r}, 64, 2, repack={repack})\n"
             f"llm.eval({ids!r})\n"
             f"numpy.save({str(tmp_path / 'scores.npy')!r}, llm.scores[: {len(ids)}])\n"
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.eval.metrics import perplexity_result, windows
 
@@ -44,7 +44,7 @@ def check_runtime(specs: list[str]) -> None:
             )
 
 
-def _load(path: Path, context: int, threads: int, repack: bool = True):
+def load_gguf(path: Path, context: int, threads: int, repack: bool = True):
     """`repack=False` turns off llama.cpp's extra weight buffers (the AMX and CPU_REPACK layouts): the AMX
     matmul segfaults on some Sapphire Rapids machines (ggml-org/llama.cpp#20824, seen here on q8_0). Llama()
     has no argument for it, so its default model parameters are wrapped, in this child process only."""
@@ -56,6 +56,8 @@ def _load(path: Path, context: int, threads: int, repack: bool = True):
 
         def without_extra_buffers():
             params = defaults()
+            if "use_extra_bufts" not in dict(type(params)._fields_):  # an older llama-cpp-python: no such switch
+                raise SlimlmError(f"this llama-cpp-python cannot turn off weight repacking: {INSTALL_HINT} (newer)")
             params.use_extra_bufts = False
             return params
 
@@ -95,17 +97,14 @@ def measure_gguf(
     from multiprocessing import get_context
 
     args = (str(path), torch.as_tensor(ids).reshape(-1).tolist(), window, stride, text_bytes, new_tokens, repeats)
-    for repack in (True, False):  # a crash with repacked weights is retried once without them (_load)
+    for repack in (True, False):  # a crash with repacked weights is retried once without them (load_gguf)
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             try:
                 result = pool.submit(_measure, *args, progress, torch.get_num_threads(), repack).result()
-                return {**result, "weight_repacking": "on" if repack else "off: crashed with it (llama.cpp#20824)"}
+                return {**result, "weight_repacking": "on" if repack else "off: the process crashed with it"}
             except BrokenProcessPool:
                 if repack:
-                    print(
-                        f"slimlm: llama.cpp crashed on {path} with repacked weights; retrying without them",
-                        file=sys.stderr,
-                    )
+                    log(f"llama.cpp crashed on {path} with repacked weights; measuring it again without them")
     raise SlimlmError(
         f"llama.cpp crashed measuring {path} (its process died), with and without weight repacking; try another "
         "GGUF type (f16), or rebuild llama-cpp-python (CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall "
@@ -117,7 +116,7 @@ def _measure(path, ids, window, stride, text_bytes, new_tokens, repeats, progres
     """measure_gguf's work, in the child process."""
     path = Path(path)
     torch.set_num_threads(threads)
-    llm = _load(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads, repack)
+    llm = load_gguf(path, max(window, PREFILL_TOKENS, 32 + new_tokens), threads, repack)
     nll, correct, scored = 0.0, 0, 0
     for begin, end, k in tqdm(windows(len(ids), window, stride), desc="perplexity (llama.cpp)", disable=not progress):
         llm.reset()

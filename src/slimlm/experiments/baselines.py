@@ -117,16 +117,12 @@ def student_gguf(run_dir: Path, spec: dict, data: str, ev: dict, mode: str) -> l
 
 def _gguf(run_dir: Path, who: str, model, kind: str, bits: int, data: str, ev: dict, about: dict) -> str | None:
     """Export `model` (once) as `who`-KIND.gguf and measure it under llama.cpp (once); its name, or None
-    where llama.cpp crashed (a crash costs this model, never the study)."""
+    where the export failed or llama.cpp crashed."""
     from slimlm.stages.export import export
 
     name = f"{who}-{kind}-llama.cpp"
     source = "TEACHER" if who == "teacher" else f"arms/{who}-seed{about['seed']}"
     path = baseline_dir(run_dir, name) / f"{who}-{kind}.gguf"
-    if not reference_file(run_dir, name).exists() and not path.exists():
-        log(f"building baseline {name}: {about['of']} after slimlm export --type {kind}, into {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export(str(model), out=str(path), type=kind, force=True)
     about = {
         **about,
         "method": "slimlm export (GGUF), run under llama.cpp",
@@ -135,7 +131,11 @@ def _gguf(run_dir: Path, who: str, model, kind: str, bits: int, data: str, ev: d
         "runtime": "llama.cpp (llama-cpp-python), the file's own tensor types",
         "command": f"slimlm export {source} --type {kind}; slimlm eval FILE --runtime llama.cpp",
     }
-    try:
+    try:  # a failed export or a llama.cpp crash costs this model, never the study (nor its report)
+        if not reference_file(run_dir, name).exists() and not path.exists():
+            log(f"building baseline {name}: {about['of']} after slimlm export --type {kind}, into {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export(str(model), out=str(path), type=kind, force=True)
         runner.measure_reference(run_dir, name, path, data, ev, about={"baseline": about}, runtime="llama.cpp")
     except SlimlmError as exc:
         log(f"baseline {name} skipped: {exc}")

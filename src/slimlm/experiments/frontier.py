@@ -139,9 +139,11 @@ def baseline_lines(references: dict) -> list[str]:
     found = {n: references[n]["baseline"] for n in names}
     if not found:
         return []
+    students = any(b.get("of", "teacher") != "teacher" for b in found.values())
+    what = "the teacher quantized" + (", or a distilled arm exported to GGUF" if students else "")
     lines = [
-        "- baselines (the teacher quantized, or a distilled arm exported to GGUF, built once under baselines/ and "
-        "measured like the teacher): " + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
+        f"- baselines ({what}, built once under baselines/ and measured like the teacher): "
+        + "; ".join(f"{n}: `{b.get('command', '?')}`" for n, b in found.items())
     ]
     runtimes = {}
     for n, b in found.items():

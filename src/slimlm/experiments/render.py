@@ -138,20 +138,21 @@ def results_section(report) -> list[str]:
 
 
 def decode_note_lines(report) -> list[str]:
-    """Which decode rates include the prefill (the machine was too noisy to separate them): said once, here."""
-    rough = [
-        f"{a['name']} (seed {', '.join(map(str, a['decode_rough_seeds']))})"
-        for a in report["arms"]
-        if a.get("decode_rough_seeds")
-    ]
+    """Speeds to read with care, said once: decode rates that include the prefill (too noisy a machine to
+    separate them), and GGUF models measured with llama.cpp's weight repacking off (it crashed with it)."""
+    rough = [f"{a['name']} (seed {', '.join(map(str, a['decode_rough_seeds']))})" for a in report["arms"]]
+    rough = [r for r, a in zip(rough, report["arms"]) if a.get("decode_rough_seeds")]
     rough += [f"reference {n}" for n, r in report["references"].items() if r.get("decode_rough")]
-    if not rough:
-        return []
-    return [
+    unpacked = [n for n, r in report["references"].items() if r.get("unrepacked")]
+    notes = [
         f"Decode tok/s of {'; '.join(rough)}: prefill not separable from decoding on this run, so the rate "
-        "includes the prefill (rerun on an idle machine for a clean number).",
-        "",
-    ]
+        "includes the prefill (rerun on an idle machine for a clean number)."
+    ] * bool(rough)
+    notes += [
+        f"{', '.join(unpacked)}: measured with llama.cpp's weight repacking off (llama.cpp crashed with "
+        "it: docs/compression.md), so their speeds may be below llama.cpp's elsewhere."
+    ] * bool(unpacked)
+    return [line for note in notes for line in (note, "")]
 
 
 def kept_section(report) -> list[str]:

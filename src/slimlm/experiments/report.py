@@ -70,6 +70,7 @@ def reference_summary(ref: dict) -> dict:
         **{k: ref[k] for k in ("baseline", "student") if ref.get(k)},
         "metrics": {k: float(v) for k, v in (ref.get("metrics") or {}).items() if finite(v)},
         "decode_rough": bool((ref.get("metrics") or {}).get("decode_note")),
+        "unrepacked": str((ref.get("metrics") or {}).get("weight_repacking", "on")).startswith("off"),
         "wall_time_s": float(ref["wall_time_s"]) if finite(ref.get("wall_time_s")) else None,
     }
 

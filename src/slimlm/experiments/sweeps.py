@@ -14,7 +14,8 @@ All arms of a seed train on the same blocks from the same starting student with 
 teacher outputs (top-k logits and every hidden layer the sweep needs) are computed once per seed
 and reused by every arm through the teacher cache. Only the swept setting differs. The temperature study's
 `--online-control` adds one control arm beside the sweep, at `--temperature` with the teacher run online
-(control.py). Every kind also measures the teacher's quantized copies as baselines (baselines.py).
+(control.py). Every kind also measures the teacher's quantized copies as baselines (baselines.py); the
+student-shape study also measures each arm's first seed exported to GGUF, where llama.cpp is installed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     (or a `recipe` file) adds training settings (e.g. {"warmup_ratio": 0.1}) to every distillation and
     fine-tuning run of the experiment. `precision` (auto|fp32|bf16, precision.py) is what every run trains in;
     each arm records what auto decided. `baselines` ("quantized" or "none") adds the teacher's 8- and 4-bit
-    copies as references (baselines.py).
+    copies as references, and for student-shape each arm's GGUF exports (baselines.py).
     """
     from slimlm.precision import from_legacy
 
