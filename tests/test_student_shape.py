@@ -359,6 +359,6 @@ def test_a_student_exported_to_gguf_sits_on_the_frontier_with_its_arms_shape(tmp
     assert "depth-q8_0-llama.cpp: measured with llama.cpp's weight repacking off" in markdown
     assert "or a distilled arm exported to GGUF, built once" in markdown
     labels = {t.get_text() for legend in figures[0].legends for t in legend.get_texts()}
-    assert "GGUF student: depth-q8_0-llama.cpp" in labels
+    assert "distilled, GGUF q8_0 (arm's colour)" in labels
     sentences = report["paper"]["sentences"]
     assert any("decode-speed/perplexity frontier" in s and "depth-q8_0-llama.cpp" in s for s in sentences)

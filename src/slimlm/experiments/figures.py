@@ -53,28 +53,34 @@ def perplexity_axis(ax, values, axis: str = "y") -> None:
     target.set_minor_formatter(NullFormatter())
 
 
-def draw_references(ax, references: dict, xkey: str, ykey: str, skip=()) -> list[tuple[float, float]]:
+def draw_references(ax, references: dict, xkey: str, ykey: str, skip=(), colors=None) -> list[tuple[float, float]]:
     """Each reference that has both metrics as one labelled point (those named in `skip` left to the caller):
-    stars for the teacher and other references, a grey marker of its own for each baseline of the teacher, a
-    grey plus (8-bit) or cross (4-bit) for a distilled student exported to GGUF. Returns the
-    points drawn, in display units, for the caller's axis scaling."""
+    annotated stars for the teacher and other references; for each baseline of the teacher a grey marker of
+    its own, named in the legend; a plus (8-bit) or cross (4-bit) in its arm's colour (`colors`: arm name ->
+    colour) for a distilled student exported to GGUF, the legend naming the kind once. Returns the points
+    drawn, in display units, for the caller's axis scaling."""
     xs, ys = column(xkey).scale, column(ykey).scale
-    drawn, stars, baselines = [], 0, 0
+    drawn, stars, baselines, kinds = [], 0, 0, set()
     for name, ref in sorted(references.items(), key=lambda item: _baseline_order(item[1])):
         if name in skip or not {xkey, ykey} <= ref["metrics"].keys():
             continue
         x, y = ref["metrics"][xkey] * xs, ref["metrics"][ykey] * ys
-        if ref.get("baseline", {}).get("of", "teacher") != "teacher":  # a distilled student exported to GGUF
-            marker = "P" if ref["baseline"].get("bits", 8) >= 8 else "X"
-            ax.scatter(x, y, marker=marker, s=70, color="0.45", edgecolors="k", zorder=4, label=f"GGUF student: {name}")
-        elif ref.get("baseline"):
+        baseline = ref.get("baseline") or {}
+        if baseline.get("of", "teacher") != "teacher":  # a distilled student exported to GGUF
+            kind = f"distilled, GGUF {baseline.get('type', '')} (arm's colour)"
+            color = (colors or {}).get(baseline.get("arm"), "0.45")
+            marker = "P" if baseline.get("bits", 8) >= 8 else "X"
+            label = None if kind in kinds else kind
+            ax.scatter(x, y, marker=marker, s=60, color=color, edgecolors="k", zorder=4, label=label)
+            kinds.add(kind)
+        elif baseline:  # its own marker and colour, named in the legend (four of them at one x would overlap)
             marker, color = BASELINE_MARKERS[baselines % 5], BASELINE_COLORS[baselines % 5]
             label, baselines = f"baseline: {name}", baselines + 1
             ax.scatter(x, y, marker=marker, s=70, color=color, edgecolors="k", zorder=4, label=label)
         else:
             stars += 1
             ax.scatter(x, y, marker="*", s=150, color=f"C{stars}", zorder=4, label=f"reference: {name}")
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
         drawn.append((x, y))
     return drawn
 

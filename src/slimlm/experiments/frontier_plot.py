@@ -38,7 +38,8 @@ def plot_student_shape(report: dict, spec: dict, folder: Path) -> list[str]:
     at = f" at {target:g} of the teacher's parameters" if target else ""
     fig.suptitle(
         f"Student shape{at}: distilled students (filled, mean ± std over seeds), the students they started from "
-        "(hollow), the teacher and its quantized baselines (slimlm only; the paper has no such study)",
+        "(hollow), the teacher, its quantized baselines and GGUF exports under llama.cpp (slimlm only; the paper "
+        "has no such study)",
         fontsize=9,
     )
     return [save(fig, folder, "student_shape_frontier.png")]
@@ -91,7 +92,8 @@ def _panel(ax, report: dict, xkey: str) -> None:
             ax.annotate("", xy=end, xytext=begin, arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.5})
         xs.append(end[0])
         ys.append(end[1])
-    drawn = draw_references(ax, references, xkey, Y, skip=starts)
+    colors = {arm["name"]: ARM_COLORS[i % len(ARM_COLORS)] for i, arm in enumerate(report["arms"])}
+    drawn = draw_references(ax, references, xkey, Y, skip=starts, colors=colors)
     xs += [x for x, _ in drawn]
     ys += [y for _, y in drawn]
     perplexity_axis(ax, ys)
