@@ -99,7 +99,19 @@ def test_export_prints_sizes(tiny_teacher, tmp_path, capsys):
 
     path = export(str(tiny_teacher), out=tmp_path / "e.gguf", type="q8_0")
     assert path.exists()
-    assert "MB safetensors ->" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "MB safetensors ->" in out and "stay f16" not in err  # widths 32 and 64: every matrix quantized
+
+
+def test_a_width_that_is_not_whole_blocks_is_said_to_stay_f16(tiny_tokenizer, tmp_path, capsys):
+    """A width-pruned student (hidden 504 of SmolLM2) cannot be cut into 32-value q8_0 blocks: the export
+    keeps those matrices in f16, and says so, since the file is then larger and slower than a user expects."""
+    from conftest import save_tiny_model
+
+    narrow = save_tiny_model(tmp_path / "narrow", tiny_tokenizer, hidden=40)  # MLP 80: neither is whole blocks
+    export_gguf(narrow, tmp_path / "n.gguf", "q8_0")
+    err = capsys.readouterr().err
+    assert "weight matrices stay f16 in this q8_0 file" in err and "40, 80 values" in err
 
 
 def test_cli_export_and_bad_type(tiny_teacher, capsys):

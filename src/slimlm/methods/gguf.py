@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 
 TYPES = ("f16", "q8_0", "q4_0")
@@ -328,6 +329,7 @@ def _add_tensors(writer, model_dir: Path, config: dict, type: str) -> None:
     tied = config.get("tie_word_embeddings", True)
     if tied:
         weights.pop("lm_head.weight", None)  # the embedding doubles as the output, as in the source
+    unquantized = {}  # matrices left in f16 because their rows are not whole blocks: name -> row length
     for hf_name, data in weights.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
@@ -339,12 +341,21 @@ def _add_tensors(writer, model_dir: Path, config: dict, type: str) -> None:
         elif hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
         qtype = _tensor_type(name, data, type)
-        if qtype == gguf.GGMLQuantizationType.F32:
+        if qtype == gguf.GGMLQuantizationType.F16 and type != "f16":
+            unquantized[hf_name] = data.shape[-1]
             writer.add_tensor(name, data.astype(np.float32))
         elif qtype == gguf.GGMLQuantizationType.F16:
             writer.add_tensor(name, data.astype(np.float16))
         else:
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    if unquantized:
+        matrices = sum(1 for d in weights.values() if d.ndim == 2)
+        log(
+            f"{len(unquantized)} of {matrices} weight matrices stay f16 in this {type} file: their rows "
+            f"({', '.join(map(str, sorted(set(unquantized.values()))))} values) are not whole 32-value blocks, so the "
+            "file is larger and slower under llama.cpp; a student whose hidden and MLP widths are multiples of 32 "
+            "quantizes fully"
+        )
 
 
 def _tensor_type(name: str, data: np.ndarray, type: str):
