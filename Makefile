@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (set up, distil the built-in teacher, evaluate) and `make test`.
+# Two entry points: `make demo` (set up, distil the built-in teacher, evaluate it beside the teacher quantized to
+# 8 and 4 bits) and `make test`.
 # torch is installed first from the pinned CPU build; a bare `torch` requirement would pull CUDA.
 PY       ?= python3
 VENV     ?= .venv
@@ -31,8 +32,11 @@ demo: setup
 	$(BIN)/slimlm distill --teacher smollm2-135m --student $(DEMO_OUT)/student-init --data sotu \
 		--max-tokens 200000 --max-time $(MAX_TIME) --learning-rate 6e-4 --precision $(PRECISION) \
 		--out $(DEMO_OUT)/student --force
-	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu \
-		--repeats 5 --out $(DEMO_OUT)/eval.json --force
+	$(BIN)/slimlm quantize smollm2-135m --bits 8 --eval-tokens 2048 --out $(DEMO_OUT)/teacher-int8 --force
+	$(BIN)/slimlm quantize smollm2-135m --bits 4 --granularity group --group-size 32 --eval-tokens 2048 \
+		--out $(DEMO_OUT)/teacher-int4 --force
+	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/teacher-int8 $(DEMO_OUT)/teacher-int4 \
+		$(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu --repeats 5 --out $(DEMO_OUT)/eval.json --force
 
 # ruff lint and format check (config in pyproject.toml); `make test` runs it first
 lint: setup
