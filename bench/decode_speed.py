@@ -30,20 +30,26 @@ def main(argv=None) -> None:
     p.add_argument("--out", help="write the table's numbers here as JSON")
     args = p.parse_args(argv)
     pairs = [m.split("=", 1) if "=" in m else [m, m] for m in args.models]
-    if len({n for n, _ in pairs}) != len(pairs) or args.rounds < 1:
-        p.error("give each model a different NAME, and --rounds >= 1")
+    if len({n for n, _ in pairs}) != len(pairs) or args.rounds < 1 or args.new_tokens < 1:
+        p.error("give each model a different NAME, and --rounds >= 1 and --new-tokens >= 1")
+    if args.out and Path(args.out).exists():
+        p.error(f"--out {args.out} exists; choose a new path (a result is never overwritten)")
 
     import torch
 
     from slimlm.data.corpus import prepare_data
+    from slimlm.errors import SlimlmError
     from slimlm.eval.metrics import decode_speed
     from slimlm.precision import describe_cpu
     from slimlm.sources import load_model
 
     loaded = {}
     for name, spec in pairs:
-        model, tokenizer, _ = load_model(spec)
-        prompt = prepare_data(args.data, tokenizer).test[:32]
+        try:
+            model, tokenizer, _ = load_model(spec)
+            prompt = prepare_data(args.data, tokenizer).test[:32]
+        except SlimlmError as error:  # a bad model or corpus: one line, as the slimlm commands say it
+            sys.exit(f"decode_speed: {name}={spec}: {error}")
         loaded[name] = (model, prompt, sum(t.numel() for t in model.parameters()))
         decode_speed(model, prompt_ids=prompt, new_tokens=args.new_tokens, repeats=1, warmup=1)  # warm-up
     rounds = []

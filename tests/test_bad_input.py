@@ -584,3 +584,41 @@ def test_experiment_recipe_precision(tiny_teacher, text_dir, settings, flag, wor
     for word in words:
         assert word in str(caught.value)
     assert not Path("out").exists()
+
+
+def _bench_main(name: str):
+    """The main() of bench/NAME.py (bench scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["teacher=MISSING"], ["decode_speed: teacher=", "missing-model"]),
+        (["a=smollm2-135m", "a=smollm2-135m"], ["different NAME"]),
+        (["smollm2-135m", "--rounds", "0"], ["--rounds >= 1"]),
+    ],
+)
+def test_decode_speed_bench_bad_input(tmp_path, capsys, argv, words):
+    with pytest.raises(SystemExit) as stopped:
+        argv = [a.replace("MISSING", str(tmp_path / "missing-model")) for a in argv]
+        _bench_main("decode_speed")([*argv, "--out", str(tmp_path / "speed.json")])
+    message = str(stopped.value.code) if stopped.value.code != 2 else capsys.readouterr().err.strip().splitlines()[-1]
+    assert "Traceback" not in message
+    for word in words:
+        assert word in message, message
+    assert not (tmp_path / "speed.json").exists()
+
+
+def test_decode_speed_bench_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit):
+        _bench_main("decode_speed")(["smollm2-135m", "--out", str(out)])
+    assert "exists" in capsys.readouterr().err and out.read_text() == "{}"

@@ -23,8 +23,7 @@ def is_mix(spec) -> bool:
     text = str(spec)
     if Path(text).expanduser().exists():
         return False
-    name, _, weight = text.rpartition(":")
-    return "," in text or (bool(name) and _is_number(weight))
+    return "," in text or _split_weight(text)[1] is not None
 
 
 def corpus_names(spec) -> list[str]:
@@ -38,9 +37,8 @@ def parse_mix(spec: str) -> list[tuple[str, float]]:
     for item in (p.strip() for p in str(spec).split(",")):
         if not item:
             raise SlimlmError(f"--data {spec}: an empty corpus name between commas; write e.g. sotu,wikipedia")
-        name, _, weight = item.rpartition(":")
-        if not name or Path(item).expanduser().exists() or not _is_number(weight):
-            name, weight = item, "1"  # a path may hold a colon: only a number after the last one is a weight
+        name, weight = _split_weight(item)
+        weight = "1" if weight is None else weight
         value = float(weight)
         if not math.isfinite(value) or value <= 0:
             raise SlimlmError(f"--data {spec}: weight of {name} must be a positive number (got {weight!r})")
@@ -58,6 +56,15 @@ def _interleave(streams: list[torch.Tensor], piece: int) -> torch.Tensor:
     chunks = [list(s.split(piece)) for s in streams]
     out = [c[i] for i in range(max(map(len, chunks))) for c in chunks if i < len(c)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def _split_weight(item: str) -> tuple[str, str | None]:
+    """`sotu:3` -> ("sotu", "3"); `sotu`, or a path that exists or ends in a non-number -> (item, None).
+    A path may hold a colon: only a number after the last one is a weight."""
+    name, _, weight = item.rpartition(":")
+    if not name or not _is_number(weight) or Path(item).expanduser().exists():
+        return item, None
+    return name, weight
 
 
 def _is_number(text: str) -> bool:
