@@ -429,3 +429,25 @@ def test_teacher_cache_moves_the_teacher_to_the_device_only_when_it_computes(tin
     assert moves == [("cpu",)] * 2 and (entry / "hidden_2.safetensors").exists()
     teacher_cache(teacher, tiny_teacher, blocks, hidden_layers=[2], precision=None)  # no device: never
     assert moves == [("cpu",)] * 2
+
+
+def test_shutdown_destroys_the_process_group_and_the_cli_calls_it(tmp_path, monkeypatch, capsys):
+    """Left to interpreter teardown, a gloo group can SIGABRT a rank that finished its work (a torchrun run
+    then fails after writing its model); `distributed.shutdown` closes it first, and the CLI always calls it."""
+    import torch.distributed as dist
+
+    from slimlm import distributed
+    from slimlm.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    distributed.shutdown()
+    assert not dist.is_initialized()
+    distributed.shutdown()  # a second call (atexit after the CLI's) does nothing
+
+    calls = []
+    monkeypatch.setattr(distributed, "shutdown", lambda: calls.append(1))
+    assert main(["cache", "list"]) == 0
+    with pytest.raises(SystemExit):  # argparse's own exit ends the command: still called
+        main(["distill", "--max-tokens", "-1"])
+    assert len(calls) == 2

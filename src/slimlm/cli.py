@@ -141,6 +141,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("slimlm: interrupted; rerun with --resume to continue a training run", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: close the process groups before exit
+            from slimlm.distributed import shutdown  # (its docstring says why)
+
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ In a single process (no launcher) every helper is a no-op that runs the function
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 from datetime import timedelta
@@ -84,7 +85,20 @@ def _dist():
         PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
     if _group is None:
         _group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+        atexit.register(shutdown)  # for the Python API; the CLI calls it itself
     return dist
+
+
+def shutdown() -> None:
+    """Destroy the process groups while the interpreter is still whole. Left to interpreter teardown, gloo's
+    worker threads can abort a rank that has finished its work ("terminate called without an active
+    exception", SIGABRT; pytorch/pytorch#179291), and torchrun then reports the whole run as failed."""
+    global _group
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _group = None
 
 
 def barrier() -> None:
