@@ -603,6 +603,7 @@ def _bench_main(name: str):
         (["teacher=MISSING"], ["decode_speed: teacher=", "missing-model"]),
         (["a=smollm2-135m", "a=smollm2-135m"], ["different NAME"]),
         (["smollm2-135m", "--rounds", "0"], ["--rounds >= 1"]),
+        (["smollm2-135m", "--new-tokens", "0"], ["--new-tokens >= 1"]),
     ],
 )
 def test_decode_speed_bench_bad_input(tmp_path, capsys, argv, words):
