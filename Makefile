@@ -12,6 +12,9 @@ PRECISION ?= auto
 # the demo's training time budget: the plan is cut to the steps that fit, so `make demo` stays within 30
 # minutes on Intel Sapphire Rapids and AMD Zen 4 (measured: README); an AVX2-only CPU needs MAX_TIME=10m
 MAX_TIME ?= 14m
+# the demo's training text: speeches and Wikipedia in equal shares, chosen by `slimlm experiment data-mix`
+# (docs/data.md): at the same budget it keeps more of the teacher over both kinds of text than either alone
+DEMO_DATA ?= sotu,wikipedia
 EXP_OUT  ?= runs/exp
 
 .PHONY: setup demo test lint bench experiments clean
@@ -29,7 +32,7 @@ demo: setup
 	$(BIN)/slimlm fetch
 	$(BIN)/slimlm student --teacher smollm2-135m --data sotu --layers 14 --precision $(PRECISION) \
 		--out $(DEMO_OUT)/student-init --force
-	$(BIN)/slimlm distill --teacher smollm2-135m --student $(DEMO_OUT)/student-init --data sotu \
+	$(BIN)/slimlm distill --teacher smollm2-135m --student $(DEMO_OUT)/student-init --data $(DEMO_DATA) \
 		--max-tokens 200000 --max-time $(MAX_TIME) --learning-rate 6e-4 --precision $(PRECISION) \
 		--out $(DEMO_OUT)/student --force
 	$(BIN)/slimlm quantize smollm2-135m --bits 8 --eval-tokens 2048 --out $(DEMO_OUT)/teacher-int8 --force
