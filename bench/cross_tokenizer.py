@@ -5,7 +5,8 @@ distilled from its own family's teacher (SmolLM2-135M, same tokenizer) as a refe
 Every arm starts from the same 14-layer student (`slimlm student --teacher smollm2-135m --layers 14`), trains
 on the same blocks in the same order for a seed (--tokens student tokens of sotu), lr 6e-4, and is measured
 on the test split (perplexity and next-token accuracy, `slimlm eval`'s protocol, fp32; every arm has the
-student's tokenizer, so the numbers compare). Arms:
+student's tokenizer, so the numbers compare) and on general text (`slimlm eval`'s general_* metrics: the
+wikipedia test split, which no arm trains on). Arms:
 
     ce           `slimlm finetune --method full` without a teacher: cross-entropy only
     gemma-aligned  `slimlm distill --teacher gemma3-270m --cross-tokenizer aligned` (alpha 0.5, tau 1)
@@ -15,9 +16,10 @@ student's tokenizer, so the numbers compare). Arms:
     smollm2-kd     `slimlm distill --teacher smollm2-135m` (alpha 0.5, tau 1, online), the same-family reference
 
 The cross-tokenizer arms read the teacher cache (the teacher runs once per seed over the blocks; its time is
-in wall_s). Resumable: an arm whose result is in --out/results.json is skipped; results.json and table.md.
+in wall_s). Resumable: an arm whose result is in --out/results.json is skipped (one recorded without the
+general-text metrics is measured again from its saved model); results.json and table.md.
 
-    python bench/cross_tokenizer.py --out runs/cross-tokenizer                 # 4 arms x 2 seeds, 100k tokens
+    python bench/cross_tokenizer.py --out runs/cross-tokenizer                 # 5 arms x 2 seeds, 100k tokens
     python bench/cross_tokenizer.py --out runs/cross-tokenizer --arms ce,gemma-aligned --seeds 0
 """
 
@@ -69,6 +71,10 @@ def main(argv=None) -> None:
         for name in args.arms.split(","):
             arm = f"{name}-seed{seed}"
             if arm in results:
+                if "general_perplexity" not in results[arm]:  # recorded before the general columns existed
+                    report = slimlm.evaluate([str(out / "arms" / arm)], data="sotu", repeats=1, new_tokens=8)
+                    results[arm].update(general(report))
+                    results_file.write_text(json.dumps(results, indent=1))
                 continue
             stage, settings = ARMS[name]
             start = time.time()
@@ -92,6 +98,7 @@ def main(argv=None) -> None:
                 "tokens": record["training"]["tokens"],
                 "test_perplexity": metrics["perplexity"],
                 "test_accuracy": metrics["accuracy"],
+                **general(report),
                 "cross_tokenizer": record.get("cross_tokenizer"),
                 "held_out": record["metrics"]["validation_after"].get("cross_tokenizer"),
                 "train_runtime_s": record["training"]["train_runtime_s"],
@@ -106,17 +113,29 @@ def main(argv=None) -> None:
     print(table(results, args))
 
 
+def general(report: dict) -> dict:
+    """The general-text perplexity and accuracy of the one model in an evaluate() report."""
+    (metrics,) = report["results"].values()
+    return {"general_perplexity": metrics["general_perplexity"], "general_accuracy": metrics["general_accuracy"]}
+
+
+def ratios(rows: list, ce: dict, key: str) -> str:
+    """Each row's `key` over the CE arm's of the same seed, where both were measured."""
+    return ", ".join(f"{r[key] / ce[r['seed']][key]:.3f}" for r in rows if key in r and key in ce.get(r["seed"], {}))
+
+
 def table(results: dict, args) -> str:
     """Mean ± sample std over seeds per arm, and each arm's perplexity over the CE arm's, paired by seed."""
     lines = [
         f"Protocol: 14-layer SmolLM2 student, sotu, {args.tokens:,} student training tokens, lr 6e-4; KD arms "
-        "alpha 0.5, tau 1; test split, window 256, fp32. CPU: "
+        "alpha 0.5, tau 1; test split, window 256, fp32; general: wikipedia test split. CPU: "
         + (next(iter(results.values()))["cpu"] if results else "?"),
         "",
-        "| arm | seeds | test perplexity | next-token accuracy | / CE, by seed | train s | wall s |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "| arm | seeds | test perplexity | next-token accuracy | / CE, by seed | general perplexity | / CE, by seed "
+        "| train s | wall s |",
+        "|---|---:|---:|---:|---|---:|---|---:|---:|",
     ]
-    ce = {r["seed"]: r["test_perplexity"] for r in results.values() if r["arm"] == "ce"}
+    ce = {r["seed"]: r for r in results.values() if r["arm"] == "ce"}
     groups = {}
     for r in results.values():
         groups.setdefault(r["arm"], []).append(r)
@@ -124,10 +143,13 @@ def table(results: dict, args) -> str:
         rows = groups[name]
         ppl, acc = [r["test_perplexity"] for r in rows], [r["test_accuracy"] for r in rows]
         spread = lambda v, digits=2: f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else ""
-        ratios = ", ".join(f"{r['test_perplexity'] / ce[r['seed']]:.3f}" for r in rows if r["seed"] in ce)
+        gen = [r["general_perplexity"] for r in rows if "general_perplexity" in r]
+        gen_cell = f"{statistics.mean(gen):.2f}{spread(gen)}" if gen else "-"
         lines.append(
             f"| {name} | {len(rows)} | {statistics.mean(ppl):.2f}{spread(ppl)} | {statistics.mean(acc):.4f}"
-            f"{spread(acc, 4)} | {ratios or '-'} | {statistics.mean(r['train_runtime_s'] for r in rows):.0f} | "
+            f"{spread(acc, 4)} | {ratios(rows, ce, 'test_perplexity') or '-'} | {gen_cell} | "
+            f"{ratios(rows, ce, 'general_perplexity') or '-'} | "
+            f"{statistics.mean(r['train_runtime_s'] for r in rows):.0f} | "
             f"{statistics.mean(r['wall_s'] for r in rows):.0f} |"
         )
     return "\n".join(lines) + "\n"
