@@ -17,7 +17,8 @@ wikipedia test split, which no arm trains on). Arms:
 
 The cross-tokenizer arms read the teacher cache (the teacher runs once per seed over the blocks; its time is
 in wall_s). Resumable: an arm whose result is in --out/results.json is skipped (one recorded without the
-general-text metrics is measured again from its saved model); results.json and table.md.
+general-text metrics is measured again from its saved model); results.json, table.md and arms.png (each
+arm's perplexity against its wall time: what the teacher bought for the compute).
 
     python bench/cross_tokenizer.py --out runs/cross-tokenizer                 # 5 arms x 2 seeds, 100k tokens
     python bench/cross_tokenizer.py --out runs/cross-tokenizer --arms ce,gemma-aligned --seeds 0
@@ -110,6 +111,8 @@ def main(argv=None) -> None:
             results_file.write_text(json.dumps(results, indent=1))
             print(f"{arm}: test perplexity {metrics['perplexity']:.2f}", file=sys.stderr, flush=True)
     (out / "table.md").write_text(table(results, args))
+    if results:
+        plot(results, out / "arms.png")
     print(table(results, args))
 
 
@@ -122,6 +125,25 @@ def general(report: dict) -> dict:
 def ratios(rows: list, ce: dict, key: str) -> str:
     """Each row's `key` over the CE arm's of the same seed, where both were measured."""
     return ", ".join(f"{r[key] / ce[r['seed']][key]:.3f}" for r in rows if key in r and key in ce.get(r["seed"], {}))
+
+
+def plot(results: dict, path: Path) -> None:
+    """Test and general-text perplexity against wall time (training, teacher cache and measuring), one
+    point per arm and seed, so the same-tokens and same-time comparisons read at a glance."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, key, label in zip(
+        fig.subplots(1, 2), ("test_perplexity", "general_perplexity"), ("sotu test split", "wikipedia test split")
+    ):
+        for i, name in enumerate(a for a in ARMS if any(r["arm"] == a for r in results.values())):
+            rows = [r for r in results.values() if r["arm"] == name and key in r]
+            ax.scatter([r["wall_s"] / 60 for r in rows], [r[key] for r in rows], color=f"C{i}", label=name)
+        ax.set(xlabel="wall time per arm (min)", ylabel="perplexity (lower is better)", title=label)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    fig.suptitle(f"Cross-tokenizer distillation, {next(iter(results.values()))['cpu']}", fontsize=10)
+    fig.savefig(path, dpi=110)
 
 
 def table(results: dict, args) -> str:
