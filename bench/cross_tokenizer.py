@@ -141,7 +141,8 @@ def plot(results: dict, path: Path) -> None:
             ax.scatter([r["wall_s"] / 60 for r in rows], [r[key] for r in rows], color=f"C{i}", label=name)
         ax.set(xlabel="wall time per arm (min)", ylabel="perplexity (lower is better)", title=label)
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.suptitle(f"Cross-tokenizer distillation, {next(iter(results.values()))['cpu']}", fontsize=10)
     fig.savefig(path, dpi=110)
 
