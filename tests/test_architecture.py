@@ -19,7 +19,7 @@ LAYERS = [
     {"eval"},
     {"settings"},
     {"methods", "losses", "data", "sources"},
-    {"output", "precision", "cache", "distributed", "errors"},
+    {"output", "precision", "cache", "distributed", "errors", "disk"},
 ]
 MAX_LINES = 350
 REASON = "Over 350 lines because"  # a module docstring that says why it is longer

@@ -380,7 +380,7 @@ def test_export_other_write_error(capsys, monkeypatch, tiny_teacher):
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_kv_data_to_file", broken)
     code, err = _export(capsys, tiny_teacher)
-    assert_one_line_error(code, err, "could not write", "Input/output error")
+    assert_one_line_error(code, err, "cannot write", "Input/output error")
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])

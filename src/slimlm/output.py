@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
+from slimlm.disk import WRITE_FAULTS, write_problem
 from slimlm.errors import SlimlmError
 
 try:
@@ -119,14 +119,15 @@ def _release_all() -> None:
             _unlock(path)
 
 
-def claim_output(out: str | Path, *, force: bool = False, resume: bool = False) -> Path:
+def claim_output(out: str | Path, *, force: bool = False, resume: bool = False, resumable: bool = True) -> Path:
     """Lock `out`, then check, before any work starts, that it may be written; return its staging directory.
+    `resumable`: the stage has --resume (training stages), so a stale staging folder's advice may name it.
 
     The lock is held until `publish` or `discard_if_unstarted` (or process exit). Under torchrun/accelerate
     only rank 0 calls this (see `slimlm.distributed.on_main`)."""
     out = Path(out)
     # the lock first: a live run's staging area must never be judged, resumed or deleted
-    return under_lock(out, lambda: _check_output(out, force, resume))
+    return under_lock(out, lambda: _check_output(out, force, resume, resumable))
 
 
 def under_lock(out: str | Path, check):
@@ -145,7 +146,7 @@ def claimed(out: str | Path, *, force: bool = False, resume: bool = False):
     """`with claimed(OUT) as stage:` claim OUT (claim_output), work in `stage`, and on any failure drop the
     staging area unless it holds work to resume (discard_if_unstarted). Training stages, which claim on
     rank 0 only, use training/launch.py's run_training_stage instead."""
-    stage = claim_output(out, force=force, resume=resume)
+    stage = claim_output(out, force=force, resume=resume, resumable=False)
     try:
         yield stage
     except BaseException:
@@ -153,7 +154,7 @@ def claimed(out: str | Path, *, force: bool = False, resume: bool = False):
         raise
 
 
-def _check_output(out: Path, force: bool, resume: bool) -> Path:
+def _check_output(out: Path, force: bool, resume: bool, resumable: bool) -> Path:
     if out.exists() and not force:
         raise SlimlmError(f"output {out} already exists; pass --force to replace it or choose another --out")
     parent = out.resolve().parent
@@ -162,7 +163,9 @@ def _check_output(out: Path, force: bool, resume: bool) -> Path:
     stage = staging_dir(out)
     if stage.exists() and not resume:
         if not force:
-            raise SlimlmError(f"an interrupted run left {stage}; pass --resume to continue it or --force to start over")
+            advice = "pass --resume to continue it or " if resumable else "pass "
+            advice += "--force to start over"
+            raise SlimlmError(f"an interrupted run left {stage}; {advice}")
         shutil.rmtree(stage)
     try:  # the real test: os.access says yes to root on a read-only (immutable, read-only mount) folder
         stage.mkdir(exist_ok=True)
@@ -226,7 +229,7 @@ def publish(
         for name, text in (files or {}).items():
             (final / name).write_text(text)
         _move_into_place(final, out)
-    except _write_faults() as exc:
+    except WRITE_FAULTS as exc:
         shutil.rmtree(final, ignore_errors=True)
         discard_if_unstarted(stage)
         raise SlimlmError(write_problem(out, exc)) from None
@@ -249,25 +252,6 @@ def _move_into_place(final: Path, out: Path) -> None:
         trash.rename(out)
         raise
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def _write_faults() -> tuple[type[BaseException], ...]:
-    """OSError, and safetensors' own error, which is what a failed write of the weights raises."""
-    try:
-        from safetensors import SafetensorError
-    except ImportError:
-        return (OSError,)
-    return (OSError, SafetensorError)
-
-
-def write_problem(path: str | Path, exc: BaseException) -> str:
-    """One line for a failed write: the problem (a full disk, or the system's reason) and the fix."""
-    text = str(exc)
-    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-    if getattr(exc, "errno", None) in codes or "No space left" in text or "StorageFull" in text:
-        return f"disk full while writing {path}; free some space or choose another --out"
-    reason = getattr(exc, "strerror", None) or (text.splitlines()[0][:200] if text.strip() else type(exc).__name__)
-    return f"cannot write {path} ({reason}); free some space or fix the folder, or choose another --out"
 
 
 def write_json_atomic(path: Path, data: dict, *, force: bool = False) -> None:

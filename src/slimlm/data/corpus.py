@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from slimlm.cache import atomic_dir, cache_root, fingerprint
+from slimlm.cache import atomic_dir, cache_root, fingerprint, remove_under
 from slimlm.data.builtins import (
     BUILTIN_CORPORA,
     SOTU_TEST_FROM,
@@ -213,7 +213,6 @@ def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
 def _read_cached(entry: Path, block_size: int) -> Splits | None:
     """A cache entry's splits, or None after deleting a damaged one (truncated by a full disk, edited by
     hand): the cache only holds what can be recomputed, so it is rebuilt rather than trusted or refused."""
-    import shutil
 
     file = entry / "tokens.safetensors"
     try:
@@ -228,7 +227,10 @@ def _read_cached(entry: Path, block_size: int) -> Splits | None:
             f"slimlm: cached tokens {file} are damaged ({type(exc).__name__}); deleting and rebuilding them",
             file=sys.stderr,
         )
-        shutil.rmtree(entry, ignore_errors=True)
+        try:
+            remove_under(cache_root() / "data", entry)
+        except OSError:
+            pass  # rebuilt and renamed over it all the same
         return None
 
 

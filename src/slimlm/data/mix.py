@@ -26,28 +26,52 @@ def is_mix(spec) -> bool:
     return "," in text or _split_weight(text)[1] is not None
 
 
+def check_data_spec(spec, flag: str = "--data") -> None:
+    """Every error in a --data value that needs no file read, found when the settings are validated (before
+    any model loads): a built-in corpus with a weight that is not a number, and a mix's weights."""
+    text = str(spec)
+    if Path(text).expanduser().exists():
+        return
+    from slimlm.data.builtins import BUILTIN_CORPORA
+
+    for item in text.split(","):
+        name, colon, weight = item.strip().rpartition(":")
+        if colon and name in BUILTIN_CORPORA and not _is_number(weight):
+            raise SlimlmError(
+                f"{flag} {spec}: the weight after {name}: must be a number (e.g. {name}:3), got {weight!r}"
+            )
+    if is_mix(text):
+        parse_mix(text, flag)
+
+
 def corpus_names(spec) -> list[str]:
     """The corpora `spec` names: its parts for a mix, else itself."""
     return [n for n, _ in parse_mix(spec)] if is_mix(spec) else [str(spec)]
 
 
-def parse_mix(spec: str) -> list[tuple[str, float]]:
+def parse_mix(spec: str, flag: str = "--data") -> list[tuple[str, float]]:
     """[(corpus, share)] with shares summing to 1; `name:weight` sets a part's weight (default 1)."""
     parts = []
     for item in (p.strip() for p in str(spec).split(",")):
         if not item:
-            raise SlimlmError(f"--data {spec}: an empty corpus name between commas; write e.g. sotu,wikipedia")
+            raise SlimlmError(f"{flag} {spec}: an empty corpus name between commas; write e.g. sotu,wikipedia")
         name, weight = _split_weight(item)
         weight = "1" if weight is None else weight
         value = float(weight)
         if not math.isfinite(value) or value <= 0:
-            raise SlimlmError(f"--data {spec}: weight of {name} must be a positive number (got {weight!r})")
+            raise SlimlmError(f"{flag} {spec}: weight of {name} must be a positive number (got {weight!r})")
         parts.append((name.strip(), value))
     names = [n for n, _ in parts]
     if len(set(names)) != len(names):
-        raise SlimlmError(f"--data {spec} names a corpus twice; give each corpus once, with its weight")
+        raise SlimlmError(f"{flag} {spec} names a corpus twice; give each corpus once, with its weight")
     total = sum(w for _, w in parts)
-    return [(n, w / total) for n, w in parts]
+    shares = [(n, w / total) for n, w in parts]
+    if not math.isfinite(total) or any(share <= 0 for _, share in shares):  # 1e308 + 1e308 overflows
+        raise SlimlmError(
+            f"{flag} {spec}: the weights are too far apart or too large to share the blocks; use small "
+            "relative numbers (e.g. sotu:3,wikipedia:1)"
+        )
+    return shares
 
 
 def _interleave(streams: list[torch.Tensor], piece: int) -> torch.Tensor:

@@ -94,11 +94,43 @@ def _solve_intermediate(config, shape: dict, target: int) -> int | None:
     return size if step <= size <= full else None
 
 
-def candidate_shapes(config, target: float, axes: str) -> list[dict]:
-    """Shapes near `target` x the teacher's parameters along `axes`, each with its name, params and fraction."""
+def smallest_student(config, axes: str) -> tuple[float, str]:
+    """(fraction of the teacher's parameters, description) of the smallest shape `axes` can reach: one layer
+    (depth), the narrowest hidden size with the narrowest MLP (width), or the fewest of `both`'s layers so."""
+    teacher, total = shape_of(config), parameter_count(config)
+    n = teacher["layers"]
+    step = _hidden_step(teacher["hidden_size"], teacher["num_attention_heads"])
+    hidden = max(step, round(teacher["hidden_size"] * min(HIDDEN_RATIOS) / step) * step)
+    narrow = {"hidden_size": hidden, "intermediate_size": _granule(config.intermediate_size, 32)}
+    shapes = {}
+    if axes in ("depth", "both"):
+        shapes["1 layer"] = {"layers": 1}
+    if axes in ("width", "both"):
+        layers = min([n] + ([round(n * r) for r in DEPTH_RATIOS] if axes == "both" else []))
+        shapes[f"{layers} layers, hidden {hidden}, MLP {narrow['intermediate_size']}"] = {"layers": layers, **narrow}
+    fractions = {name: parameter_count(config_for(config, {**teacher, **s})) / total for name, s in shapes.items()}
+    name = min(fractions, key=fractions.get)
+    return fractions[name], name
+
+
+def check_reachable(config, target: float, axes: str) -> None:
+    """Refuse a --target-params below the smallest student `axes` can build, instead of building that one."""
     check_target(target)
     if axes not in AXES:
         raise SlimlmError(f"--axes must be one of {', '.join(AXES)} (got {axes!r})")
+    smallest, name = smallest_student(config, axes)
+    if target < smallest:
+        floor = math.ceil(smallest * 1000) / 1000
+        raise SlimlmError(
+            f"--target-params {target:g} is below the smallest student --axes {axes} can build ({name}: "
+            f"{smallest:.1%} of the teacher's parameters); give --target-params {floor:g} or more"
+            + (", or --axes both" if axes != "both" and target >= smallest_student(config, "both")[0] else "")
+        )
+
+
+def candidate_shapes(config, target: float, axes: str) -> list[dict]:
+    """Shapes near `target` x the teacher's parameters along `axes`, each with its name, params and fraction."""
+    check_reachable(config, target, axes)
     teacher = shape_of(config)
     total = parameter_count(config)
     budget = round(target * total)

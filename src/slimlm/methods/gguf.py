@@ -76,22 +76,10 @@ def _probe_writable(out_file: Path, tmp: Path) -> None:
 
 
 def _write_error(exc: OSError, out_file: Path) -> SlimlmError:
-    """One line for a failed write; a full disk names the disk and how much room is left."""
-    import errno
-    import shutil
+    """One line for a failed write (disk.write_problem: a full disk names the disk and its free space)."""
+    from slimlm.disk import write_problem
 
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        try:
-            free = f", {shutil.disk_usage(out_file.parent).free / 1e6:.0f} MB free"
-        except OSError:
-            free = ""
-        return SlimlmError(
-            f"the disk holding {out_file.parent.resolve()} is full{free}; nothing was written: "
-            "free space there or choose --out on another disk"
-        )
-    return SlimlmError(
-        f"could not write {out_file} ({exc.strerror or exc}); nothing was written: check the folder and try again"
-    )
+    return SlimlmError(write_problem(out_file, exc, fix="choose --out on another disk") + "; nothing was written")
 
 
 def _read_config(model_dir: Path) -> dict:

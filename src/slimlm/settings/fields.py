@@ -30,7 +30,8 @@ def option(default=None, help: str = "", **meta):
 
     flag="--name" (the CLI spelling, default --field-name), cli=False (a recipe/Python-only setting),
     positional=True, choices=(...), minimum=N (an integer >= N), non_negative=True (a finite number >= 0),
-    hint="; ..." (appended to the field's range error), layer_list=True (a YAML list becomes "0,1,2"),
+    hint="; ..." (appended to the field's range error), corpus=True (a --data value: data/mix.py checks
+    its weights), layer_list=True (a YAML list becomes "0,1,2"),
     nargs/const/metavar (argparse), aliases={"--no-bf16": "fp32"} (flags that store a constant),
     one_of="group" (flags of which exactly one is required), kinds=(...) (experiment kinds that take the
     flag), per_kind={kind: (flag, help, default)} (a flag spelled, explained and defaulted per experiment kind).
@@ -158,7 +159,8 @@ class Settings:
         for name, value in values.items():
             f = known.get(name)
             if f is not None and not matches(value, f.type):
-                where = f" ({flag_of(f)})" if f.metadata.get("cli", True) else ""
+                on_cli = f.metadata.get("cli", True) and not f.metadata.get("positional")
+                where = f" ({flag_of(f)})" if on_cli else ""
                 raise SlimlmError(
                     f"setting {name}{where} must be {describe(f.type)} (got {show(value)}); "
                     "fix it in the recipe or on the command line"
@@ -179,3 +181,7 @@ def check_field(f, value) -> None:
         check_positive_int(flag_of(f), value, minimum=meta["minimum"], hint=meta.get("hint", ""))
     if meta.get("non_negative"):
         check_non_negative(flag_of(f), value)
+    if meta.get("corpus"):
+        from slimlm.data.mix import check_data_spec
+
+        check_data_spec(value, flag_of(f))

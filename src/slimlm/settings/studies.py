@@ -92,7 +92,7 @@ class ExperimentSettings(Settings):
     values: str | list | None = option(None, "the swept values, comma-separated", per_kind=VALUES)
     seeds: str | list = option("0,1,2", "seeds per arm")
     teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP)
+    data: str = option("sotu", DATA_HELP, corpus=True)
     student: str | None = option(
         None, "starting student directory (default: built from the teacher)", kinds=OWN_STUDENT
     )
@@ -148,6 +148,7 @@ class ExperimentSettings(Settings):
         None,
         "general-domain text every model is also scored on, to show what it lost outside its training text: "
         f"built-in wikipedia, any --data value, or none (default {EVAL_DEFAULTS['general_data']})",
+        corpus=True,
     )
     evaluation: dict | None = option(
         None,

@@ -37,7 +37,9 @@ class TrainingSettings(Settings):
     """What both training commands take: the KD loss (paper section 2, eq. L_KD), the step budget, precision
     and launch."""
 
-    data: str = option("sotu", "built-in corpus, local .txt/.jsonl/.parquet files or folder, hub dataset id")
+    data: str = option(
+        "sotu", "built-in corpus, local .txt/.jsonl/.parquet files or folder, hub dataset id", corpus=True
+    )
     temperature: float = option(2.0, "tau of the KD term (paper section 2, eq. L_KD); finetune: with --teacher")
     alpha: float = option(0.5, "weight of the hard-label CE; 1-alpha weighs the KD term; finetune: with --teacher")
     kl: str = option("forward", "divergence of the KD term; finetune: with --teacher", choices=KL_KINDS)
@@ -64,9 +66,8 @@ class TrainingSettings(Settings):
     )
     max_time: str | float | None = option(
         None,
-        "training time budget, e.g. 15m or 1h: stops cleanly there (the "
-        "schedule is shortened to the steps that fit) and records the tokens "
-        "actually trained",
+        "training time budget, e.g. 15m, 1h or 1h30m (a bare number is seconds): stops cleanly there (the "
+        "schedule is shortened to the steps that fit) and records the tokens actually trained",
         metavar="DURATION",
     )
     save_steps: int = option(50, "checkpoint every N steps", minimum=1)
@@ -208,7 +209,9 @@ class FinetuneSettings(TrainingSettings):
     when one is given."""
 
     model: str = option("", "model to fine-tune: model dir, built-in name, .gguf file or hub id", positional=True)
-    data: str = option("sotu", "plain text (as for distill) or instruction .jsonl: prompt/response or messages")
+    data: str = option(
+        "sotu", "plain text (as for distill) or instruction .jsonl: prompt/response or messages", corpus=True
+    )
     method: str = option("lora", "LoRA adapters or every weight", choices=FINETUNE_METHODS)
     teacher: str | None = option(None, "with a teacher the loss is the distillation loss, else cross-entropy")
     rank: int = option(8, "LoRA rank r", minimum=1, hint="; LoRA uses r << d, e.g. 8")

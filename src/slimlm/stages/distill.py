@@ -96,6 +96,12 @@ def _check_shapes(settings: DistillSettings) -> None:
             f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
             f"give at most {vocab} (the default is {DistillSettings.top_k})"
         )
+    if settings.teacher_cache and settings.cache_mode == "sample" and (settings.cache_draws or 0) > vocab:
+        raise SlimlmError(
+            f"--cache-draws {settings.cache_draws} is more than the teacher's vocabulary ({vocab} tokens): more "
+            f"draws per position cost more than the whole distribution; give at most {vocab} (the default fits "
+            "64 bytes a position)"
+        )
     if settings.teacher_cache and settings.attention_layers and settings.attention_weight > 0:
         raise SlimlmError("attention distillation needs the online teacher; drop --teacher-cache")
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
+from slimlm.disk import require_space
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
+from slimlm.methods.budget import check_reachable, config_for, parameter_count
 from slimlm.methods.layers import parse_keep_layers
 from slimlm.methods.student import student_from_teacher
 from slimlm.methods.width import check_widths
@@ -35,8 +37,21 @@ def make_student(*, out: str, force: bool = False, **settings) -> Path:
         )
     if s.keep_layers is not None:
         parse_keep_layers(s.keep_layers, n_teacher)
+    if s.target_params is not None:
+        check_reachable(config, s.target_params, s.axes)
+    require_space(s.out, 4 * _student_params(config, s, n_teacher), "the student (fp32 weights)")
     with claimed(Path(s.out), force=s.force) as stage:
         return _make_student(s, Path(s.out), stage)
+
+
+def _student_params(config, s: StudentSettings, n_teacher: int) -> int:
+    """The student's parameter count, from the teacher's config alone (a bound where widths are changed)."""
+    if s.target_params is not None:
+        return round(s.target_params * parameter_count(config))
+    if s.layers is not None or s.keep_layers is not None:
+        layers = s.layers if s.layers is not None else len(parse_keep_layers(s.keep_layers, n_teacher))
+        return parameter_count(config_for(config, {"layers": layers}))
+    return parameter_count(config)
 
 
 def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -29,13 +28,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from slimlm.cache import cache_root, fingerprint
+from slimlm.cache import cache_root, fingerprint, remove_under
+from slimlm.disk import WRITE_FAULTS, free_space, require_space, write_problem
 from slimlm.distributed import log
+from slimlm.errors import SlimlmError
 from slimlm.precision import autocast
 from slimlm.settings import CACHE_MODES
 
 BYTES_PER_POSITION = 64  # the sampled mode's default budget: draws fill it after the fp16 entropy
 META = "meta.json"
+CACHE_FIX = "free space there (slimlm cache list / remove) or set SLIMLM_CACHE to a folder on a larger disk"
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
@@ -107,6 +109,9 @@ def teacher_cache(
         log(f"reusing cached teacher outputs {entry}")
         _touch(entry)
         return entry
+    positions = int(blocks.numel())
+    needed = (per_position if need_signal else 0) * positions + len(missing) * positions * head.shape[1] * 2
+    check_room(entry, needed)  # before the teacher runs, not when its outputs are written
     if device is not None:
         teacher.to(device)
         head = teacher.get_output_embeddings().weight
@@ -128,27 +133,40 @@ def teacher_cache(
                 second.append(torch.cat([b for _, b in parts]).view(*ids.shape, -1).cpu())
             for layer in missing:
                 hidden[layer].append(out.hidden_states[layer].to(torch.bfloat16).cpu())
-    entry.mkdir(parents=True, exist_ok=True)
-    if need_signal:
-        if mode == "sample":
-            tensors = {
-                "teacher_entropy": torch.cat(first).squeeze(-1).half(),
-                "sample_ids": torch.cat(second).to(id_dtype(vocab)),
-            }
-        else:
-            tensors = {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
-        save_atomic(tensors, signal_file)
-        positions = blocks.numel()
-        log(
-            f"teacher cache ({mode}"
-            + (f", {draws} draws per position at temperature {temperature:g}" if mode == "sample" else f", top-{top_k}")
-            + f"): {per_position} bytes a position, {per_position * positions / 2**20:.1f} MiB for {positions:,} "
-            f"positions -> {entry}"
-        )
-    for layer, h in hidden.items():
-        save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
-    write_meta(entry, teacher_dir, signal, per_position, positions=int(blocks.numel()))
+    created = not entry.exists()
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        if need_signal:
+            if mode == "sample":
+                tensors = {
+                    "teacher_entropy": torch.cat(first).squeeze(-1).half(),
+                    "sample_ids": torch.cat(second).to(id_dtype(vocab)),
+                }
+            else:
+                tensors = {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
+            save_atomic(tensors, signal_file)
+            what = f"{draws} draws per position at temperature {temperature:g}" if mode == "sample" else f"top-{top_k}"
+            log(
+                f"teacher cache ({mode}, {what}): {per_position} bytes a position, "
+                f"{per_position * positions / 2**20:.1f} MiB for {positions:,} positions -> {entry}"
+            )
+        for layer, h in hidden.items():
+            save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
+        write_meta(entry, teacher_dir, signal, per_position, positions=positions)
+    except WRITE_FAULTS as exc:  # a full disk: no half-written entry that a later run would have to judge
+        if created:
+            remove_under(teacher_root(), entry)
+        raise SlimlmError(write_problem(entry, exc, fix=CACHE_FIX)) from None
     return entry
+
+
+def check_room(entry: Path, needed: int) -> None:
+    """Say what the entry will take, and refuse one that the cache's disk cannot hold."""
+    if needed <= 0:
+        return
+    root = teacher_root()
+    log(f"teacher cache: this entry needs {needed / 2**20:,.1f} MiB{free_space(root)}")
+    require_space(root, needed, "the teacher cache entry", fix=CACHE_FIX + " (or lower --cache-draws)")
 
 
 def chunk_signal(final, head, mode, temperature, draws, top_k, gen):
@@ -193,13 +211,20 @@ def list_entries() -> list[dict]:
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         if not entry.is_dir() or entry.name.startswith("."):
             continue
-        try:
-            meta = json.loads((entry / META).read_text())
-        except (OSError, ValueError):
-            meta = {"mode": "partial or from an older slimlm"}
-        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-        entries.append({"key": entry.name, **meta, "bytes": size, "last_used": entry.stat().st_mtime})
+        meta = read_meta(entry)
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        # the key is the folder's name, never a field of the file: a meta.json cannot point a removal elsewhere
+        entries.append({**meta, "key": entry.name, "bytes": size, "last_used": entry.stat().st_mtime})
     return entries
+
+
+def read_meta(entry: Path) -> dict:
+    """An entry's meta.json as a mapping; an unreadable one (partial, damaged, older) is listed as such."""
+    try:
+        meta = json.loads((entry / META).read_text())
+    except (OSError, ValueError):
+        return {"mode": "partial or from an older slimlm"}
+    return meta if isinstance(meta, dict) else {"mode": "damaged (meta.json is not a mapping)"}
 
 
 def remove_entries(keys: list[str]) -> int:
@@ -207,11 +232,11 @@ def remove_entries(keys: list[str]) -> int:
     known = {e["key"]: e for e in list_entries()}
     freed = 0
     for key in keys:
-        matches = [k for k in known if k.startswith(key)]
+        matches = [k for k in known if key and k.startswith(key)]
         if len(matches) != 1:
-            what = "no entry" if not matches else f"{len(matches)} entries"
-            raise ValueError(f"{what} in {teacher_root()} match {key!r}; `slimlm cache list` shows the keys")
-        shutil.rmtree(teacher_root() / matches[0])
+            what = "no entry matches" if not matches else f"{len(matches)} entries match"
+            raise ValueError(f"{what} {key!r} in {teacher_root()}; `slimlm cache list` shows the keys")
+        remove_under(teacher_root(), teacher_root() / matches[0])
         freed += known.pop(matches[0])["bytes"]
     return freed
 
@@ -219,8 +244,11 @@ def remove_entries(keys: list[str]) -> int:
 def save_atomic(tensors: dict, path: Path) -> None:
     """Write next to `path` and rename, so a killed run never leaves a truncated cache file behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def weights_identity(model_dir: Path) -> list:
@@ -252,10 +280,7 @@ class CachedTeacher:
 
     def storage(self) -> dict:
         """What slimlm.json records about the cache: its entry, mode and bytes per position (meta.json)."""
-        try:
-            meta = json.loads((self.entry / META).read_text())
-        except (OSError, ValueError):
-            meta = {}
+        meta = read_meta(self.entry)
         keep = ("mode", "temperature", "draws", "top_k", "bytes_per_position", "positions")
         return {"entry": str(self.entry), **{k: meta[k] for k in keep if k in meta}}
 
