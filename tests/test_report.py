@@ -3,6 +3,7 @@ test, not the runners), one per experiment kind."""
 
 from __future__ import annotations
 
+import errno
 import json
 import statistics
 from pathlib import Path
@@ -342,3 +343,17 @@ def test_decode_rates_that_include_the_prefill_are_named(tmp_path):
     md = render.render_markdown(report)
     assert "Decode tok/s of t2 (seed 1); reference teacher: prefill not separable" in md
     assert "Decode tok/s of" not in render.render_markdown(build(make_run(tmp_path / "clean", "temperature")))
+
+
+def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
+    run = make_run(tmp_path, "temperature")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rep, "_write_files", full)
+    with pytest.raises(SlimlmError) as info:
+        rep.write_report(run)
+    assert "disk full while writing" in str(info.value) and "\n" not in str(info.value)
+    assert not [p for p in run.iterdir() if p.name.startswith(".report-")], "temporary report folder left behind"
+    assert not (run / "report.md").exists()

@@ -18,6 +18,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slimlm.disk import WRITE_FAULTS, write_problem
 from slimlm.errors import SlimlmError
 from slimlm.experiments.compare import paper_comparison
 from slimlm.experiments.frontier import frontier_rows
@@ -195,6 +196,8 @@ def write_report(run_dir, *, force: bool = False) -> dict:
         report["plots"] = draw_plots(report, run["spec"], tmp / "plots")
         _write_files(report, tmp)
         _install(tmp, run_dir)
+    except WRITE_FAULTS as exc:  # a full disk: one line, and the temporary folder goes below
+        raise SlimlmError(write_problem(run_dir, exc, fix="rerun the report once there is room")) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
