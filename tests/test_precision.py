@@ -327,3 +327,74 @@ def test_pipeline_precision_reaches_every_computing_stage(tiny_teacher, text_dir
         "fp32",
     )
     assert [a["settings"].get("precision") for a in arms] == ["fp32", "fp32", "bf16", "fp32", None]
+
+
+class SettableClock:
+    """time.monotonic that reads whatever the test set last."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+def _run_budget(monkeypatch, seconds: float, planned: int, step_time):
+    """Drive a TimeBudget through a plan the way the Trainer does, with step k taking step_time(k) seconds on a
+    fake clock; returns (steps trained, the budget, the schedule's last learning rate over its peak)."""
+    import torch
+    from transformers import TrainerControl, TrainerState
+    from transformers.optimization import get_cosine_schedule_with_warmup
+
+    from slimlm.training import budget as budgets
+
+    clock = SettableClock()
+    monkeypatch.setattr(budgets, "time", clock)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=planned // 20, num_training_steps=planned)
+    state = TrainerState()
+    state.max_steps, state.global_step = planned, 0
+    callback = budgets.TimeBudget(seconds)
+    callback.on_train_begin(None, state, TrainerControl(), lr_scheduler=schedule)
+    while state.global_step < planned:
+        clock.now += step_time(state.global_step)
+        optimizer.step()
+        schedule.step()
+        state.global_step += 1
+        if callback.on_step_end(None, state, TrainerControl(), lr_scheduler=schedule).should_training_stop:
+            break
+    return state.global_step, callback, schedule.get_last_lr()[0]
+
+
+def test_max_time_lengthens_a_plan_cut_by_slow_first_steps(monkeypatch):
+    """The case an AVX2 CPU showed: the first steps take 9 s, the rest 7 s. A plan fitted once, on the first
+    steps, would leave a sixth of the budget unused; fitted as it goes, the run spends >= 95% of the budget and
+    its schedule still ends at the last step trained."""
+    steps, callback, last_lr = _run_budget(monkeypatch, 840, 196, lambda k: 9.0 if k < 10 else 7.0)
+    first_fit = int(840 / 9.0)
+    assert steps > first_fit + 10, (steps, first_fit)  # lengthened past what the first steps promised
+    assert callback.fitted_steps == steps and callback.refits > 1
+    assert callback.record(TrainerStateAt(steps), 1024)["budget_used"] >= 0.95
+    assert last_lr < 0.02  # the cosine schedule decayed to its end at the fitted plan, not cut half way
+
+
+def test_max_time_shortens_a_plan_whose_steps_slow_down(monkeypatch):
+    """The other direction: steps that get slower (a shared core) shorten the plan again, and the run still
+    stops inside the budget with the schedule ended."""
+    steps, callback, last_lr = _run_budget(monkeypatch, 600, 200, lambda k: 3.0 if k < 60 else 6.0)
+    assert steps < int(600 / 3.0)
+    assert callback.record(TrainerStateAt(steps), 1024)["training_seconds"] <= 600 + 6.0
+    assert last_lr < 0.05
+
+
+def test_max_time_never_plans_past_the_planned_tokens(monkeypatch):
+    steps, callback, _ = _run_budget(monkeypatch, 840, 50, lambda k: 1.0)
+    assert steps == 50 and not callback.stopped and callback.fitted_steps in (None, 50)
+
+
+def TrainerStateAt(step: int):
+    from transformers import TrainerState
+
+    state = TrainerState()
+    state.global_step = step
+    return state

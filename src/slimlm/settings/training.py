@@ -66,8 +66,9 @@ class TrainingSettings(Settings):
     )
     max_time: str | float | None = option(
         None,
-        "training time budget, e.g. 15m, 1h or 1h30m (a bare number is seconds): stops cleanly there (the "
-        "schedule is shortened to the steps that fit) and records the tokens actually trained",
+        "training time budget, e.g. 15m, 1h or 1h30m (a bare number is seconds): the steps are timed as they "
+        "go and the plan (with its learning-rate schedule) is fitted to the budget, never past the planned "
+        "tokens; records the tokens actually trained",
         metavar="DURATION",
     )
     save_steps: int = option(50, "checkpoint every N steps", minimum=1)
