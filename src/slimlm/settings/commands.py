@@ -97,8 +97,15 @@ class StudentSettings(Settings):
     )
     block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2)
     calibration_blocks: int = option(8, "blocks that measure layer, channel and head importance", minimum=1)
+    heal_tokens: int = option(
+        0,
+        "after a depth cut, train the layers beside each cut on this many tokens so their output matches the "
+        "teacher's (blockwise local distillation; 0 = off)",
+        minimum=0,
+    )
+    heal_learning_rate: float = option(3e-4, "learning rate of --heal-tokens (cosine to 0)")
     seed: int = option(0, "seed of the calibration sample and of new parameters")
-    precision: str = precision_option("layer selection and measurement")
+    precision: str = precision_option("layer selection, healing and measurement")
     evaluate_test: bool = option(True, "measure the student's starting test perplexity", cli=False)
     out: str | None = out_option()
     force: bool = force_option()
@@ -107,6 +114,8 @@ class StudentSettings(Settings):
     def check(self) -> None:
         if sum(v is not None for v in (self.layers, self.keep_layers, self.target_params)) != 1:
             raise SlimlmError("give exactly one of --layers N, --keep-layers LIST or --target-params FRACTION")
+        if not (finite(self.heal_learning_rate) and self.heal_learning_rate > 0):
+            raise SlimlmError(f"--heal-learning-rate must be > 0 and finite (got {self.heal_learning_rate})")
         if self.target_params is not None:
             check_target(self.target_params)
             if self.student_config:

@@ -54,6 +54,41 @@ def _student_params(config, s: StudentSettings, n_teacher: int) -> int:
     return parameter_count(config)
 
 
+def _heal(teacher, student, splits, s: StudentSettings, precision) -> dict:
+    """--heal-tokens: blockwise local distillation around the depth cut (methods/healing.py), logged."""
+    from tqdm.auto import tqdm
+
+    from slimlm.eval.metrics import perplexity
+    from slimlm.methods.healing import heal_cuts
+
+    if student.config.hidden_size != teacher.config.hidden_size:
+        log("--heal-tokens: skipped, the student is narrower than the teacher (healing matches hidden states)")
+        return {"skipped": "the student's hidden size differs from the teacher's"}
+    val = splits.val[: 16 * s.block_size]
+    with precisions.autocast(precision):
+        before = perplexity(student, val, window=s.block_size, stride=s.block_size)["perplexity"]
+    record = heal_cuts(
+        teacher,
+        student,
+        splits.train,
+        tokens=s.heal_tokens,
+        learning_rate=s.heal_learning_rate,
+        precision=precision,
+        seed=s.seed,
+        progress=tqdm,
+    )
+    student.eval()
+    with precisions.autocast(precision):
+        after = perplexity(student, val, window=s.block_size, stride=s.block_size)["perplexity"]
+    record["validation_perplexity"] = {"before": before, "after": after, "tokens": int(val.numel())}
+    log(
+        f"healed the cut(s) {record['cuts']} in {record['steps']} steps ({record['seconds']:.0f} s): feature loss "
+        f"{record.get('loss_first', 0):.3f} -> {record.get('loss_last', 0):.3f}, validation perplexity "
+        f"{before:.1f} -> {after:.1f}"
+    )
+    return record
+
+
 def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
     start_time = time.time()
     precision = precisions.resolve(s.precision, "cpu", announce=log)  # the student is built on the CPU
@@ -72,6 +107,8 @@ def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
         seed=s.seed,
         precision=precision,
     )
+    if s.heal_tokens:
+        info["healing"] = _heal(teacher_model, student, splits, s, precision)
     metrics = {}
     if s.evaluate_test:
         from slimlm.eval.metrics import perplexity
@@ -96,6 +133,8 @@ def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
             "target_params": s.target_params,
             "axes": s.axes if s.target_params is not None else None,
             "block_size": s.block_size,
+            "heal_tokens": s.heal_tokens,
+            "heal_learning_rate": s.heal_learning_rate if s.heal_tokens else None,
             "seed": s.seed,
         },
         "precision": precision.to_dict(),
