@@ -255,7 +255,7 @@ seeds: [0]
 evaluate: {{window: 32, stride: 32, tokens: 512, repeats: 1, decode_new_tokens: 4, tasks: [cloze], task_items: 6}}
 stages:
   - distill: {{keep_layers: "0,3", max_tokens: 256, block_size: 32, bf16: false, eval_tokens: 256, eval_window: 32,
-               calibration_blocks: 2, learning_rate: 3.0e-3}}
+               calibration_blocks: 2, learning_rate: 3.0e-3, teacher_cache: true}}
   - finetune: {{method: lora, max_tokens: 128, block_size: 32, bf16: false, eval_tokens: 256, eval_window: 32}}
   - prune: {{method: wanda, sparsity: 0.5, block_size: 32, eval_tokens: 256, repeats: 1, calibration_blocks: 2}}
   - quantize: {{bits: 8, block_size: 32, eval_tokens: 256, repeats: 1}}
@@ -275,6 +275,8 @@ stages:
     assert sizes["teacher-int4"] < sizes["teacher-int8"] < sizes["teacher"]
     markdown = (out / "report.md").read_text()
     assert "| teacher-int8 |" in markdown and "`slimlm quantize TEACHER --bits 4 --granularity group" in markdown
+    # the protocol names the stage that read the teacher cache (not "none")
+    assert "teacher cache: mode=sample" in markdown and "stages=1-distill" in markdown
 
 
 @pytest.mark.parametrize(

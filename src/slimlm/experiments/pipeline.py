@@ -85,7 +85,7 @@ def pipeline(
             "block_size": block_size,
             "base_settings": {},
             "eval": ev,
-            "teacher_cache": None,
+            "teacher_cache": _cache_of(arms),
             "notes": [
                 "each stage reads the previous stage's model and writes its own; every "
                 "intermediate model is kept under arms/ and measured with the same protocol"
@@ -99,6 +99,20 @@ def pipeline(
     quantized_baselines(run_dir, teacher, data, ev, s.baselines)
     runner.run_arms(run_dir, spec, _train(arms, run_dir, teacher, data), data=data, ev=ev)
     return finish(run_dir)
+
+
+def _cache_of(arms: list[dict]) -> dict | None:
+    """The teacher cache as the protocol states it: which stages read it, or None when every stage ran online."""
+    from slimlm.experiments.sweeps import cache_protocol
+
+    cached = [a for a in arms if a["settings"].get("teacher_cache")]
+    if not cached:
+        return None
+    first = cached[0]["settings"]
+    return {
+        **cache_protocol(first.get("cache_mode", "sample"), first.get("top_k", 64)),
+        "stages": ", ".join(a["name"] for a in cached),
+    }
 
 
 def _check_top(values: dict, recipe) -> None:

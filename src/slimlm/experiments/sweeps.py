@@ -161,7 +161,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "block_size": s.block_size,
             "base_settings": _portable(base, run_dir),
             "eval": ev,
-            "teacher_cache": _cache_protocol(s) if kind not in ("finetune", "data-mix") else None,
+            "teacher_cache": cache_protocol(s.cache_mode, s.top_k) if kind not in ("finetune", "data-mix") else None,
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control)
@@ -337,10 +337,10 @@ def _online_notes(arm: dict, cache_mode: str) -> list[str]:
     ]
 
 
-def _cache_protocol(s) -> dict:
+def cache_protocol(mode: str, top_k: int = 64) -> dict:
     """The teacher cache as the report's protocol states it (training/teacher_cache.py)."""
-    if s.cache_mode == "topk":
-        return {"mode": "topk (biased: the teacher renormalised over its top-k)", "top_k": s.top_k}
+    if mode == "topk":
+        return {"mode": "topk (biased: the teacher renormalised over its top-k)", "top_k": top_k}
     return {
         "mode": "sample (unbiased: token ids drawn from the teacher at each arm's temperature)",
         "draws": "as many as fit 64 bytes a position",

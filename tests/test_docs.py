@@ -1,0 +1,64 @@
+"""What users read speaks of the software and matches its results files: no paths of the machine that made a
+report, and the numbers the docs quote are the numbers in the results they cite."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|root|tmp|home)/")
+
+
+def _published() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "bench" / "README.md"]
+    files += sorted(
+        p for p in (ROOT / "docs").rglob("*") if p.is_file() and p.suffix in {".md", ".html", ".json", ".txt"}
+    )
+    return files
+
+
+def test_no_absolute_machine_paths_in_published_files():
+    found = []
+    for path in _published():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, "absolute paths of a machine (write them relative to the repo or the cache):\n" + "\n".join(found)
+
+
+def _report(name: str) -> dict:
+    return json.loads((ROOT / "docs" / "results" / name / "report.json").read_text(encoding="utf-8"))
+
+
+def _arm(report: dict, name: str) -> dict:
+    return next(a for a in report["arms"] if a["name"] == name)
+
+
+def test_pipeline_numbers_in_experiments_md_are_the_reports():
+    report = _report("pipeline")
+    text = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
+    ppl = {a["name"]: a["metrics"]["perplexity"]["mean"] for a in report["arms"]}
+    teacher = report["references"]["teacher"]["metrics"]
+    decode = _arm(report, "5-quantize")["metrics"]["decode_tokens_per_s"]["mean"]
+    quoted = (
+        f"test perplexity {teacher['perplexity']:.2f} → {ppl['5-quantize']:.2f}",
+        f"distillation {ppl['1-student']:.1f} → {ppl['2-distill']:.2f}",
+        f"LoRA {ppl['2-distill']:.2f} → {ppl['3-finetune']:.2f}",
+        f"pruning {ppl['3-finetune']:.2f} → {ppl['4-prune']:.2f}",
+        f"8-bit quantization {ppl['4-prune']:.2f} → {ppl['5-quantize']:.2f}",
+        f"decode {teacher['decode_tokens_per_s']:.1f} → {decode:.1f}",
+    )
+    flat = " ".join(text.split())
+    for phrase in quoted:
+        assert phrase in flat, phrase
+    assert report["protocol"]["teacher_cache"]["stages"] == "2-distill"
+
+
+def test_steps_quoted_in_study_readmes_are_the_reports():
+    for name in ("student-shape", "temperature-sampled"):
+        steps = {a["training"]["steps"]["mean"] for a in _report(name)["arms"] if "steps" in a.get("training", {})}
+        (value,) = steps
+        text = (ROOT / "docs" / "results" / name / "README.md").read_text(encoding="utf-8")
+        assert f"({value:.0f} steps of 4×256)" in text, name
