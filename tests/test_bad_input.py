@@ -568,8 +568,6 @@ def test_pipeline_precision_must_be_known(capsys, tiny_teacher, text_dir):
 @pytest.mark.parametrize(
     "settings,flag,words",
     [
-        ({"precision": "fp32"}, "bf16", ["precision 'fp32'", "--precision says 'bf16'"]),
-        ({"bf16": True}, "fp32", ["precision 'bf16'", "--precision says 'fp32'"]),
         ({"precision": "half"}, "auto", ["--precision must be one of"]),
         ({"bf16": "yes"}, "auto", ["bf16 must be true or false"]),
     ],
@@ -584,6 +582,24 @@ def test_experiment_recipe_precision(tiny_teacher, text_dir, settings, flag, wor
     for word in words:
         assert word in str(caught.value)
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize("settings,flag", [({"precision": "fp32"}, "bf16"), ({"bf16": True}, "fp32")])
+def test_experiment_flag_beats_the_recipe_and_says_so(tiny_teacher, text_dir, capsys, settings, flag):
+    """One rule in every stage: an explicit flag > the recipe > the default, each override said in one line."""
+    import slimlm
+
+    with pytest.raises(SlimlmError, match="--max-tokens"):  # stops at validation, after the precision is settled
+        slimlm.experiment(
+            "temperature",
+            out="out",
+            teacher=str(tiny_teacher),
+            data=str(text_dir),
+            settings=settings,
+            precision=flag,
+            max_tokens=0,
+        )
+    assert f"--precision {flag} overrides" in capsys.readouterr().err
 
 
 def _bench_main(name: str):

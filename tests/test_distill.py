@@ -368,3 +368,14 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tin
         trainer.train()
     good = load_file(str(tmp_path / "ckpt" / "checkpoint-2" / "model.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in good.values())
+
+
+def test_a_keyword_beside_a_settings_object_reaches_the_run(tiny_teacher, text_dir):
+    """slimlm.distill(settings, temperature=4) trains at temperature 4 (it once kept the object's value)."""
+    from slimlm.settings import DistillSettings
+
+    base = DistillSettings.from_dict(
+        {"teacher": str(tiny_teacher), "keep_layers": "0,3", "data": str(text_dir), "max_steps": 1, **FAST}
+    )
+    out = slimlm.distill(base, temperature=4.0, out="d")
+    assert json.loads((out / "slimlm.json").read_text())["settings"]["temperature"] == 4.0

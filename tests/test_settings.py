@@ -99,6 +99,8 @@ FLAGS = {
         (["--student-config", '{"intermediate_size": 64}'], "student_config", {"intermediate_size": 64}),
         (["--block-size", "32"], "block_size", 32),
         (["--calibration-blocks", "2"], "calibration_blocks", 2),
+        (["--heal-tokens", "32768"], "heal_tokens", 32768),
+        (["--heal-learning-rate", "1e-4"], "heal_learning_rate", 1e-4),
         (["--seed", "4"], "seed", 4),
         (["--precision", "fp32"], "precision", "fp32"),
         *COMMON,
@@ -510,3 +512,24 @@ def test_library_errors_are_one_line(error, capsys, monkeypatch):
     ]
     with pytest.raises(error):
         main(["--debug", "fetch"])
+
+
+def test_one_precedence_rule_keyword_over_recipe_or_settings_object(tmp_path, capsys):
+    """slimlm.distill(settings, temperature=4) trains at 4: a keyword wins over a settings object, as over a
+    recipe, and each override is said in one line; a settings object and a recipe together are refused."""
+    from slimlm.errors import SlimlmError
+    from slimlm.training.launch import settings_from
+
+    base = settings.DistillSettings(student="s", temperature=2.0, alpha=0.3)
+    merged = settings_from(settings.DistillSettings, base, None, {"temperature": 4.0, "seed": None})
+    assert merged.temperature == 4.0 and merged.alpha == 0.3 and merged.student == "s"
+    assert "--temperature 4.0 overrides the DistillSettings's temperature: 2.0" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("student: s\ntemperature: 2.0\nalpha: 0.3\n")
+    merged = settings_from(settings.DistillSettings, None, str(recipe), {"temperature": 4.0})
+    assert merged.temperature == 4.0 and merged.alpha == 0.3
+    assert "--temperature 4.0 overrides recipe" in capsys.readouterr().err
+    ft = settings_from(settings.FinetuneSettings, settings.FinetuneSettings(model="m"), None, {"method": "full"})
+    assert ft.method == "full" and ft.learning_rate == 5e-5  # the method's default rate follows the override
+    with pytest.raises(SlimlmError, match="pass one of them"):
+        settings_from(settings.DistillSettings, base, str(recipe), {})

@@ -11,11 +11,12 @@ arm run for every seed.
                  each scored in domain and on general text (datamix.py)
 
 All arms of a seed train on the same blocks from the same starting student with the same budget;
-teacher outputs (top-k logits and every hidden layer the sweep needs) are computed once per seed
-and reused by every arm through the teacher cache. Only the swept setting differs. The temperature study's
-`--online-control` adds one control arm beside the sweep, at `--temperature` with the teacher run online
-(control.py). Every kind also measures the teacher's quantized copies as baselines (baselines.py); the
-student-shape study also measures each arm's first seed exported to GGUF, where llama.cpp is installed.
+teacher outputs (sampled token ids, or top-k logits when asked, and every hidden layer the sweep needs) are
+computed once per seed and reused by every arm through the teacher cache. Only the swept setting differs.
+The temperature study's `--online-control` adds one control arm beside the sweep, at `--temperature` with
+the teacher run online (control.py). Every kind also measures the teacher's quantized copies as baselines
+(baselines.py); the student-shape study also measures each arm's first seed exported to GGUF, where
+llama.cpp is installed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from slimlm.experiments.control import online_arm
 from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
-from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe
+from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe, with_overrides
 
 
 def experiment(kind: str, *, out: str, force: bool = False, command: str | None = None, **settings) -> Path:
@@ -50,9 +51,10 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     s = ExperimentSettings.from_dict({**settings, "kind": kind, "out": out, "force": force, "command": command})
     extra = from_legacy({**(load_recipe(s.recipe) if s.recipe else {}), **(s.settings or {})})
     from_recipe = extra.pop("precision", None)  # a recipe's `precision` (or old `bf16`) is --precision
-    if from_recipe is not None and s.precision != "auto" and from_recipe != s.precision:
-        raise SlimlmError(f"the recipe says precision {from_recipe!r} and --precision says {s.precision!r}; keep one")
-    s.precision = from_recipe if from_recipe is not None else s.precision
+    explicit = {"precision": s.precision} if s.precision != "auto" else {}  # auto is the default: not a choice
+    s.precision = with_overrides(
+        {} if from_recipe is None else {"precision": from_recipe}, explicit, f"recipe {s.recipe or 'settings'}"
+    ).get("precision", s.precision)
     s.validate()
     precision = s.precision
     # only a non-default choice joins the settings (and the experiment's identity), so a folder started

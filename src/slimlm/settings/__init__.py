@@ -31,10 +31,11 @@ from slimlm.settings.training import (
     TrainingRun,
     TrainingSettings,
 )
-from slimlm.settings.values import general_off, load_recipe, parse_duration, parse_layer_map
+from slimlm.settings.values import general_off, load_recipe, parse_duration, parse_layer_map, with_overrides
 
 __all__ = [
     "general_off",
+    "with_overrides",
     "CacheSettings",
     "CACHE_MODES",
     "EVAL_DEFAULTS",

@@ -96,3 +96,16 @@ def load_recipe(path: str | Path) -> dict:
             "(quote the name if YAML reads it as a number or true/false)"
         )
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def with_overrides(recipe: dict, explicit: dict, recipe_name: str = "the recipe") -> dict:
+    """The one precedence rule of every stage: an explicit keyword or flag > the recipe > the default. Each
+    value a keyword changes from the recipe's is said in one line, the same way everywhere."""
+    from slimlm.distributed import log
+
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    for key in sorted(set(recipe) & set(explicit)):
+        if recipe[key] != explicit[key]:
+            flag = "--" + key.replace("_", "-")
+            log(f"{flag} {explicit[key]} overrides {recipe_name}'s {key}: {recipe[key]}")
+    return {**recipe, **explicit}

@@ -14,22 +14,28 @@ from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError, first_line
 from slimlm.output import claim_output, discard_if_unstarted
-from slimlm.settings import load_recipe
+from slimlm.settings import load_recipe, with_overrides
 from slimlm.sources import load_model
 from slimlm.training.checkpoints import last_good_checkpoint
 from slimlm.training.trainable import split_state, student_of
 
 
 def settings_from(settings_type, settings, recipe, overrides: dict):
-    """The stage's settings: a given dataclass, or recipe + flags (flags win); validated before anything loads."""
+    """The stage's settings, validated before anything loads: keywords > the recipe (or a given settings
+    object, which plays the recipe's part) > the defaults (settings.with_overrides)."""
     if settings is not None and not isinstance(settings, settings_type):
         raise SlimlmError(
             f"the first argument is a {settings_type.__name__}, got {type(settings).__name__} {settings!r}; "
             "pass everything else by keyword (e.g. slimlm.finetune(model='runs/s15', out='runs/ft'))"
         )
-    values = load_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return (settings or settings_type.from_dict(values)).validate()
+    if settings is not None and recipe:
+        raise SlimlmError(
+            f"both a {settings_type.__name__} and a recipe ({recipe}) were given; pass one of them (keywords may "
+            "change either)"
+        )
+    base = settings.to_dict() if settings is not None else load_recipe(recipe) if recipe else {}
+    name = f"the {settings_type.__name__}" if settings is not None else f"recipe {recipe}"
+    return settings_type.from_dict(with_overrides(base, overrides, name)).validate()
 
 
 def run_training_stage(settings, body, out, *, force: bool, resume: bool, stop_after: int | None):
