@@ -9,8 +9,8 @@ STAMP    := $(VENV)/.slimlm-installed
 DEMO_OUT ?= runs/demo
 # precision: auto = bf16 only where the CPU/GPU runs it natively (an AVX2-only CPU emulates bf16 ~7x slower)
 PRECISION ?= auto
-# the demo's training time budget: the plan is cut to the steps that fit, so `make demo` stays within 30
-# minutes on Intel Sapphire Rapids and AMD Zen 4 (measured: README); an AVX2-only CPU needs MAX_TIME=10m
+# the demo's training time budget: the plan is fitted to it as the steps are timed, so `make demo` stays within
+# 30 minutes on Intel Sapphire Rapids, AMD Zen 4 and AMD Zen 3 (measured: README)
 MAX_TIME ?= 14m
 # the demo's training text: speeches and Wikipedia in equal shares, chosen by `slimlm experiment data-mix`
 # (docs/data.md): at the same budget it keeps more of the teacher over both kinds of text than either alone

@@ -62,3 +62,16 @@ def test_steps_quoted_in_study_readmes_are_the_reports():
         (value,) = steps
         text = (ROOT / "docs" / "results" / name / "README.md").read_text(encoding="utf-8")
         assert f"({value:.0f} steps of 4×256)" in text, name
+
+
+PROCESS_WORDS = re.compile(r"\bissues? #?\d+|\(issue\b|\b(?:this|last|next) session\b|\bthis machine\b", re.I)
+
+
+def test_docs_speak_of_the_software_not_of_how_it_is_made():
+    """No issue numbers, sessions or "this machine" in what users read: a CPU is named by its kind."""
+    found = []
+    for path in _published():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if PROCESS_WORDS.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not found, "words about how the project is run, which readers cannot see:\n" + "\n".join(found)

@@ -51,7 +51,7 @@ def data_notes(start: str, max_tokens: int) -> list[str]:
         f"every arm trains on {max_tokens:,} tokens per seed of its own text (a mix: each part's share of the "
         "training blocks); the arms differ only in that text",
         "metrics on the held-out test split of --data (in domain) and on general text; decode speed is batch-1 "
-        "greedy generation on this machine",
+        "greedy generation, on the CPU that ran the study",
         f"arms start from {start}; the teacher runs online every step, as in the demo",
     ]
 

@@ -103,7 +103,7 @@ def shape_notes(target: float, max_tokens: int, axes: list[str]) -> list[str]:
     return [
         f"every arm trains on the same {max_tokens:,} tokens per seed (seed sets the block order); only the "
         "starting student differs",
-        "metrics on the held-out test split; decode speed is batch-1 greedy generation on this machine",
+        "metrics on the held-out test split; decode speed is batch-1 greedy generation, on the CPU that ran the study",
         f"each arm starts from its own student at {target:g} of the teacher's parameters, built once per run folder "
         f"into students/AXIS by `slimlm student --target-params {target:g} --axes AXIS` ({', '.join(axes)}): depth "
         "keeps the layer count nearest the budget, chosen by measured layer importance; width keeps every layer "

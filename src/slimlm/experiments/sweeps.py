@@ -305,7 +305,7 @@ def _notes(kind, student, model, student_layers, max_tokens, online_control=Fals
     notes = [
         f"every arm trains on the same {max_tokens:,} tokens per seed (seed sets the block order and init "
         "of new parameters); only the swept setting differs",
-        "metrics on the held-out test split; decode speed is batch-1 greedy generation on this machine",
+        "metrics on the held-out test split; decode speed is batch-1 greedy generation, on the CPU that ran the study",
     ]
     start = f"the given student {student}" if student else f"a {student_layers}-layer student built from the teacher"
     if kind == "finetune":
