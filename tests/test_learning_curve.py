@@ -1,0 +1,65 @@
+"""bench/learning_curve.py's own logic: the plan it reads, the curve it fits, results that two runs can share,
+and the published table, which must be what its results file says."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "docs" / "results" / "learning-curve"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("bench_learning_curve", ROOT / "bench" / "learning_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_reads_budgets_seeds_and_levers():
+    lc = _module()
+    assert lc.parse_plan("25000:0, 100000:1:heal=32768") == [(25000, 0, 0), (100000, 1, 32768)]
+    for bad in ("25000", "x:0", "100:0", "25000:0:heal=abc", "25000:0:merge=1", "25000:-1"):
+        with pytest.raises(SystemExit, match="--plan"):
+            lc.parse_plan(bad)
+    assert lc.arm_name(100000, 1, 0) == "100000-seed1" and lc.arm_name(100000, 1, 32768) == "100000-seed1-heal32768"
+
+
+def test_fit_recovers_a_power_law_and_inverts_it():
+    lc = _module()
+    a, b = 300.0, 0.45
+    points = [(t, 1 + a * t**-b) for t in (25_000, 50_000, 100_000, 200_000)]
+    fa, fb = lc.fit(points)
+    assert math.isclose(fa, a, rel_tol=1e-6) and math.isclose(fb, b, rel_tol=1e-6)
+    need = lc.tokens_for(2.0, (fa, fb))
+    assert math.isclose(1 + a * need**-b, 2.0, rel_tol=1e-9)
+    assert lc.fit([(25_000, 3.0)]) is None  # one budget is not a curve
+
+
+def test_results_written_by_two_runs_keep_each_others_arms(tmp_path):
+    lc = _module()
+    path = tmp_path / "results.json"
+    first = {"teacher": {"test_perplexity": 28.0}, "arms": {"25000-seed0": {"budget": 25000}}}
+    lc.save(path, first)
+    second = {"arms": {"50000-seed1": {"budget": 50000}}}  # a second run that started before the first wrote
+    lc.save(path, second)
+    on_disk = json.loads(path.read_text())
+    assert set(on_disk["arms"]) == {"25000-seed0", "50000-seed1"} and on_disk["teacher"]["test_perplexity"] == 28.0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="no published learning curve yet")
+def test_published_table_is_what_its_results_file_says():
+    lc = _module()
+    results = json.loads((PUBLISHED / "results.json").read_text())
+    assert (PUBLISHED / "table.md").read_text() == lc.table(results)
+    readme = (PUBLISHED / "README.md").read_text()
+    table = (PUBLISHED / "table.md").read_text()
+    for quoted in re.findall(r"\*\*(\d+\.\d{3})×?\*\*", readme):  # bold ratios quote the table
+        assert quoted in table, quoted
