@@ -74,10 +74,12 @@ def save(results_file: Path, results: dict) -> None:
     import os
 
     on_disk = json.loads(results_file.read_text()) if results_file.exists() else {}
-    merged = {**on_disk, **results, "arms": {**on_disk.get("arms", {}), **results.get("arms", {})}}
-    results.update(merged)
+    arms = results.setdefault("arms", {})  # updated in place: run_plan holds this very dict
+    arms.update({name: arm for name, arm in on_disk.get("arms", {}).items() if name not in arms})
+    for key, value in on_disk.items():
+        results.setdefault(key, value)
     tmp = results_file.with_name(results_file.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=1))
+    tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, results_file)
 
 

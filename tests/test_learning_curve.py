@@ -48,9 +48,13 @@ def test_results_written_by_two_runs_keep_each_others_arms(tmp_path):
     first = {"teacher": {"test_perplexity": 28.0}, "arms": {"25000-seed0": {"budget": 25000}}}
     lc.save(path, first)
     second = {"arms": {"50000-seed1": {"budget": 50000}}}  # a second run that started before the first wrote
+    held = second["arms"]  # run_plan keeps adding arms to the dict it holds
+    lc.save(path, second)
+    held["100000-seed1"] = {"budget": 100000}
     lc.save(path, second)
     on_disk = json.loads(path.read_text())
-    assert set(on_disk["arms"]) == {"25000-seed0", "50000-seed1"} and on_disk["teacher"]["test_perplexity"] == 28.0
+    assert set(on_disk["arms"]) == {"25000-seed0", "50000-seed1", "100000-seed1"}
+    assert on_disk["teacher"]["test_perplexity"] == 28.0
     assert not list(tmp_path.glob("*.tmp"))
 
 
