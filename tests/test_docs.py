@@ -19,12 +19,18 @@ def _published() -> list[Path]:
     return files
 
 
-def test_no_absolute_machine_paths_in_published_files():
+def _lines_matching(pattern: re.Pattern) -> list[str]:
+    """FILE:LINE: text for every published line that `pattern` finds something in."""
     found = []
     for path in _published():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if MACHINE_PATH.search(line):
+            if pattern.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    return found
+
+
+def test_no_absolute_machine_paths_in_published_files():
+    found = _lines_matching(MACHINE_PATH)
     assert not found, "absolute paths of a machine (write them relative to the repo or the cache):\n" + "\n".join(found)
 
 
@@ -69,9 +75,5 @@ PROCESS_WORDS = re.compile(r"\bissues? #?\d+|\(issue\b|\b(?:this|last|next) sess
 
 def test_docs_speak_of_the_software_not_of_how_it_is_made():
     """No issue numbers, sessions or "this machine" in what users read: a CPU is named by its kind."""
-    found = []
-    for path in _published():
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if PROCESS_WORDS.search(line):
-                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    found = _lines_matching(PROCESS_WORDS)
     assert not found, "words about how the project is run, which readers cannot see:\n" + "\n".join(found)
