@@ -67,3 +67,18 @@ def test_published_table_is_what_its_results_file_says():
     table = (PUBLISHED / "table.md").read_text()
     for quoted in re.findall(r"\*\*(\d+\.\d{3})×?\*\*", readme):  # bold ratios quote the table
         assert quoted in table, quoted
+
+
+@pytest.mark.skipif(not PUBLISHED.is_dir(), reason="no published learning curve yet")
+def test_readme_quotes_the_published_fit():
+    """The README's sentence on the curve quotes the fit in table.md: tokens and minutes for each target."""
+    table = (PUBLISHED / "table.md").read_text()
+    in_domain = table.split("Fit of the plain runs, in domain:")[1].split("\n\n")[0]
+    exponent = re.search(r"tokens\^-(\d\.\d+)", in_domain).group(1)
+    targets = re.findall(r"- (\d\.\d)x the teacher: ([\d,]+) tokens, (\d+) min", in_domain)
+    assert len(targets) == 3
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    paragraph = readme[readme.index("**How many more: the learning curve**") :][:900]
+    assert f"tokens^−{exponent}" in paragraph
+    for target, tokens, minutes in targets:
+        assert f"{target}× " in paragraph and f"{tokens} " in paragraph and f"({minutes} " in paragraph, target
