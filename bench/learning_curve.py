@@ -65,6 +65,16 @@ def parse_plan(text: str) -> list[tuple[int, int, int]]:
     return plan
 
 
+def read_step_times(path: str) -> dict:
+    """bench/step_time.py's JSON; exits with one line when it is missing or not that file."""
+    try:
+        times = json.loads(Path(path).read_text())
+        float(times["distill_s_per_step"]), float(times["heal_s_per_step"]), str(times["cpu"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"--step-times {path}: not the JSON bench/step_time.py writes ({type(exc).__name__}); run it first")
+    return times
+
+
 def arm_name(budget: int, seed: int, heal: int) -> str:
     return f"{budget}-seed{seed}" + (f"-heal{heal}" if heal else "")
 
@@ -98,7 +108,7 @@ def main(argv=None) -> None:
     if not args.report_only:
         run_plan(parse_plan(args.plan), out, results, results_file, args.keep_models)
     if args.step_times:
-        results["step_times"] = json.loads(Path(args.step_times).read_text())
+        results["step_times"] = read_step_times(args.step_times)
         save(results_file, results)
     report(results, out)
 

@@ -31,6 +31,20 @@ def test_plan_reads_budgets_seeds_and_levers():
     assert lc.arm_name(100000, 1, 0) == "100000-seed1" and lc.arm_name(100000, 1, 32768) == "100000-seed1-heal32768"
 
 
+def test_step_times_file_is_checked(tmp_path):
+    lc = _module()
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"cpu": "x", "distill_s_per_step": 5.0, "heal_s_per_step": 1.0}))
+    assert lc.read_step_times(str(good))["distill_s_per_step"] == 5.0
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", "[1]", '{"cpu": "x"}'):
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match="--step-times"):
+            lc.read_step_times(str(bad))
+    with pytest.raises(SystemExit, match="run it first"):
+        lc.read_step_times(str(tmp_path / "missing.json"))
+
+
 def test_fit_recovers_a_power_law_and_inverts_it():
     lc = _module()
     a, b = 300.0, 0.45
