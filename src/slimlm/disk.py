@@ -32,11 +32,17 @@ def is_disk_full(exc: BaseException) -> bool:
     )
 
 
-def free_space(path: str | Path) -> str:
-    """ ", N MiB free on the disk holding FOLDER" for the nearest existing folder of `path`, or "" if unknown."""
+def existing_folder(path: str | Path) -> Path:
+    """`path`, or its nearest ancestor that exists: the folder whose disk a result at `path` would land on."""
     folder = Path(path).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    return folder
+
+
+def free_space(path: str | Path) -> str:
+    """ ", N MiB free on the disk holding FOLDER" for the nearest existing folder of `path`, or "" if unknown."""
+    folder = existing_folder(path)
     try:
         return f", {shutil.disk_usage(folder).free / 2**20:,.0f} MiB free on the disk holding {folder}"
     except OSError:
@@ -45,9 +51,7 @@ def free_space(path: str | Path) -> str:
 
 def require_space(path: str | Path, needed: int, what: str, *, fix: str = "choose --out on another disk") -> None:
     """Refuse, before the work, a result of `needed` bytes that the disk holding `path` has no room for."""
-    folder = Path(path).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = existing_folder(path)
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
