@@ -231,11 +231,24 @@ def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tin
         data=str(text_dir),
         **{**TINY, "seeds": [0]},
     )
-    spec = load_run(out)["spec"]
-    assert [a["settings"]["feature_layers"] for a in spec["arms"]] == ["1:1", "4:2"]
+    run = load_run(out)
+    spec = run["spec"]
+    names = [a["name"] for a in spec["arms"]]
+    assert names[0] == "logits" and names[-1].startswith("attention")
+    assert [a["settings"]["feature_layers"] for a in spec["arms"][1:-1]] == ["1:1", "4:2"]
+    # the control distils logits alone; the attention arm (paper Fig. 1) needs the teacher online
+    assert spec["arms"][0]["settings"]["feature_weight"] == 0.0 and spec["arms"][0]["control"]
+    attention = spec["arms"][-1]["settings"]
+    assert attention["teacher_cache"] is False and attention["attention_weight"] > 0
+    record = json.loads((out / "arms" / f"{names[-1]}-seed0" / "slimlm.json").read_text())
+    assert record["settings"]["teacher_cache"] is False and record["settings"]["attention_layers"]
     err = capsys.readouterr().err
     assert err.count("reusing cached teacher outputs") >= 1
-    assert (out / "report.md").exists()
+    report = json.loads((out / "report.json").read_text())
+    # every arm is compared seed by seed with the logit-only control
+    assert report["paired"]["against"] == "logits"
+    assert set(report["paired"]["arms"]) == set(names[1:])
+    assert "Paired differences against" in (out / "report.md").read_text()
 
 
 def test_finetune_experiment_compares_lora_and_full(tiny_teacher, text_dir):

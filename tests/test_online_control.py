@@ -84,6 +84,10 @@ def test_the_report_names_the_control_and_keeps_it_off_the_paper_comparison(cont
     control = [s for s in sentences if s.startswith("Control")]
     assert len(control) == 1 and "online vs" in control[0] and "cached arm τ=2" in control[0]
     assert all((control_run / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["plots"])
+    # every arm compared seed by seed with the study's own τ, the control among them
+    assert report["paired"]["against"] == "t2" and set(report["paired"]["arms"]) == {"t1", "t2-online"}
+    first = report["paired"]["arms"]["t1"]["perplexity"]
+    assert first["n"] == 1 and first["std"] is None and first["signs"] in ("+", "−")
     assert "t2-online" in (control_run / "report.html").read_text()
 
 
@@ -113,3 +117,19 @@ def test_online_control_is_an_option_of_the_temperature_study_only(tiny_teacher,
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and err[-1] == "slimlm: error: unrecognized arguments: --online-control"
     assert not (tmp_path / "x").exists()  # refused before the folder is claimed
+
+
+def test_cache_mode_online_runs_every_arm_with_the_teacher_live(tiny_teacher, text_dir, tmp_path):
+    """The temperature study's high end, where the cache's noise would decide the result: no arm reads a cache."""
+    args = dict(values=[2.0, 5.0], cache_mode="online", **{**TINY, "seeds": [0]})
+    out = experiment("temperature", out=str(tmp_path / "t"), teacher=str(tiny_teacher), data=str(text_dir), **args)
+    for arm in ("t2", "t5"):
+        record = _record(out, arm)
+        assert record["settings"]["teacher_cache"] is False and record["training"]["teacher_cache_storage"] is None
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"]["teacher_cache"]["mode"].startswith("none")
+    assert "every arm runs the teacher online" in " ".join(report["protocol"]["notes"])
+    assert report["paired"]["against"] == "t2" and list(report["paired"]["arms"]) == ["t5"]
+    with pytest.raises(SlimlmError, match="already runs the teacher online"):
+        experiment("temperature", out=str(tmp_path / "u"), teacher=str(tiny_teacher), online_control=True, **args)
+    assert not (tmp_path / "u").exists()

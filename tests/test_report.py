@@ -357,3 +357,25 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
     assert "disk full while writing" in str(info.value) and "\n" not in str(info.value)
     assert not [p for p in run.iterdir() if p.name.startswith(".report-")], "temporary report folder left behind"
     assert not (run / "report.md").exists()
+
+
+def test_paired_difference_is_taken_seed_by_seed_on_the_seeds_both_have():
+    arm = {"seeds": [0, 1, 2], "values": [110.0, 99.0, 120.0]}
+    control = {"seeds": [0, 1], "values": [100.0, 100.0]}
+    d = stats.paired(arm, control)
+    assert d["seeds"] == [0, 1] and d["values"] == pytest.approx([0.10, -0.01])
+    assert d["mean"] == pytest.approx(0.045) and d["std"] == pytest.approx(statistics.stdev([0.10, -0.01]))
+    assert d["signs"] == "+−" and d["n"] == 2
+    assert stats.paired({"seeds": [3], "values": [1.0]}, control) is None
+
+
+def test_finetune_arms_are_compared_by_seed_with_full_fine_tuning(tmp_path):
+    report = build(make_run(tmp_path / "run", "finetune"))
+    block = report["paired"]
+    assert block["against"] == "full" and list(block["arms"]) == ["lora"]
+    lora, full = (next(a for a in report["arms"] if a["name"] == n) for n in ("lora", "full"))
+    ppl = [a["metrics"]["perplexity"]["values"] for a in (lora, full)]
+    expected = [a / b - 1 for a, b in zip(*ppl)]
+    assert block["arms"]["lora"]["perplexity"]["values"] == pytest.approx(expected)
+    text = "\n".join(render.results_section(report))
+    assert "### Paired differences against full" in text and "| lora |" in text

@@ -55,7 +55,7 @@ def same_x(a, b, kind: str) -> bool:
 
 def describe(arm: dict, spec: dict) -> str:
     """How a sentence names an arm: its label, plus relative depth for layer sweeps."""
-    if spec["kind"] == "feature-layer":
+    if spec["kind"] == "feature-layer" and not arm.get("control"):
         return f"layer {arm['value']} of {teacher_layers(spec)} (depth {arm_x(arm, spec):.2f})"
     return arm["label"]
 

@@ -16,6 +16,8 @@ from slimlm.experiments.stats import within_spread
 
 ONLINE = "online teacher"
 ONLINE_LEGEND = "online teacher (control)"
+LOGITS = "logit-only KD"  # the feature-layer study's control: the same run with no feature loss
+ATTENTION = "attention maps"  # the feature-layer study's attention-distillation arm (paper Fig. 1)
 COMPARED = (("perplexity", "perplexity"), ("accuracy", "next-token accuracy"))
 
 
@@ -27,6 +29,28 @@ def online_arm(temperature: float) -> dict:
         "label": f"τ={temperature:g}, {ONLINE_LEGEND}",
         "settings": {"temperature": temperature, "teacher_cache": False},
         "control": ONLINE,
+    }
+
+
+def logit_arm() -> dict:
+    """The feature-layer study's control: logit KD alone (feature weight 0), drawn at depth 0."""
+    return {
+        "name": "logits",
+        "value": 0,
+        "label": f"{LOGITS} (control)",
+        "settings": {"feature_layers": "", "feature_weight": 0.0},
+        "control": LOGITS,
+    }
+
+
+def attention_arm(teacher_layer: int, student_layer: int, weight: float) -> dict:
+    """Attention-map distillation (the paper's Fig. 1) from one teacher layer, beside the feature arms."""
+    return {
+        "name": f"attention{teacher_layer}",
+        "value": teacher_layer,
+        "label": f"{ATTENTION}, layer {teacher_layer}",
+        "settings": {"attention_layers": f"{teacher_layer}:{student_layer}", "attention_weight": weight},
+        "control": ATTENTION,
     }
 
 
@@ -54,9 +78,10 @@ def cache_lines(arms: list[dict], cache: dict | None, settings_text) -> list[str
 
 
 def control_sentences(arms: list[dict], spec: dict) -> list[str]:
-    """Each control arm against the swept arm at its setting: does the difference exceed our seed spread?"""
+    """Each online-teacher control against the swept arm at its setting: does the difference exceed our seed
+    spread? (The other controls are compared by seed in the report's paired table.)"""
     out = []
-    for control in controls(arms):
+    for control in (a for a in controls(arms) if a["control"] == ONLINE):
         x = arm_x(control, spec)
         twin = next((a for a in swept(arms) if same_x(arm_x(a, spec), x, spec["kind"])), None)
         head = f"Control (not a paper comparison): {describe(control, spec)}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, method_of, point_x, teacher_layers
 from slimlm.experiments.columns import TRAINING_COLUMNS, column
-from slimlm.experiments.control import ONLINE_LEGEND, controls, swept
+from slimlm.experiments.control import ONLINE, ONLINE_LEGEND, controls, swept
 from slimlm.experiments.figures import draw_references
 from slimlm.experiments.figures import figure as _figure
 from slimlm.experiments.figures import log_if_wide as _log_if_wide
@@ -126,7 +126,9 @@ def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
     pxs = [point_x(p, kind) for p in source["points"]]
     for ax, key in zip(axes, keys):
         _draw_ours(ax, points, key, x_of)
-        _draw_ours(ax, extra, key, lambda a: x_of(a) * 1.08, fmt="D", color="C2", label=ONLINE_LEGEND)
+        for i, kind_arms in enumerate(_by_control(extra)):
+            label = ONLINE_LEGEND if kind_arms[0]["control"] == ONLINE else f"{kind_arms[0]['control']} (control)"
+            _draw_ours(ax, kind_arms, key, lambda a: x_of(a) * 1.08, fmt="DsP"[i % 3], color=f"C{2 + i}", label=label)
         style_axis(ax)
         ours = [v for a in arms for v in ((a["metrics"].get(key) or {}).get("values") or [])]
         _log_if_wide(ax, [], ours)  # one diverged arm (perplexity 1e8) must not flatten the others to a line
@@ -139,6 +141,14 @@ def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
             ax.legend(fontsize=7)
         ax.set_title(f"{column(key).label} vs {vs}")
     return fig, dict(zip(keys, axes))
+
+
+def _by_control(arms: list[dict]) -> list[list[dict]]:
+    """Control arms grouped by what they control for, each group drawn with its own marker and legend."""
+    groups: dict[str, list[dict]] = {}
+    for arm in arms:
+        groups.setdefault(arm["control"], []).append(arm)
+    return list(groups.values())
 
 
 def plot_temperature(report, spec, folder) -> list[str]:

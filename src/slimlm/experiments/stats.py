@@ -61,6 +61,25 @@ def within_spread(a: dict, b: dict) -> bool | None:
     return abs(a["mean"] - b["mean"]) <= a["std"] + b["std"]
 
 
+def paired(arm: dict, control: dict) -> dict | None:
+    """The paired difference by seed: arm / control − 1 on every seed both have, its mean and sample std, and
+    each seed's sign. Seeds share the blocks and the starting student, so pairing removes what they share;
+    None when no seed is in both."""
+    by_seed = dict(zip(control.get("seeds") or [], control.get("values") or []))
+    pairs = [(s, v / by_seed[s] - 1) for s, v in zip(arm.get("seeds") or [], arm.get("values") or []) if by_seed.get(s)]
+    if not pairs:
+        return None
+    values = np.array([d for _, d in pairs])
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+        "n": len(values),
+        "seeds": [s for s, _ in pairs],
+        "values": [float(d) for d in values],
+        "signs": "".join("+" if d > 0 else "−" if d < 0 else "0" for d in values),
+    }
+
+
 def shape(values: list[float]) -> str:
     """The trend of a sequence ordered by the swept parameter: increasing, decreasing, peak, valley, mixed."""
     signs = [s for s in np.sign(np.diff(values)) if s != 0]

@@ -29,7 +29,7 @@ from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
 from slimlm.experiments.baselines import quantized_baselines, student_gguf
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
-from slimlm.experiments.control import online_arm
+from slimlm.experiments.control import attention_arm, logit_arm, online_arm
 from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
@@ -75,8 +75,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         "block_size": s.block_size,
         "temperature": s.temperature,
         "alpha": s.alpha,
-        "teacher_cache": True,
-        "cache_mode": s.cache_mode,
+        "teacher_cache": s.cache_mode != "online",
+        "cache_mode": "sample" if s.cache_mode == "online" else s.cache_mode,
         "top_k": s.top_k,
         "learning_rate": s.distill_learning_rate(),
         "eval_tokens": 4096,
@@ -102,7 +102,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "numeric": True,
             "teacher_layers": teacher_layers,
         }
-        arms = [
+        arms = [logit_arm()] + [
             {
                 "name": f"layer{v}",
                 "value": v,
@@ -114,7 +114,12 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             }
             for v in values
         ]
-        base = {**distill_base, "cache_layers": ",".join(str(v) for v in values)}
+        # the paper's Fig. 1 attention transfer, from the middle layer (0-based decoder layers; online teacher)
+        middle = (teacher_layers - 1) // 2
+        arms.append(attention_arm(middle, round(middle * (n_student - 1) / (teacher_layers - 1)), s.attention_weight))
+        arms[-1]["settings"]["teacher_cache"] = False
+        cached = ",".join(str(v) for v in values) if distill_base["teacher_cache"] else ""
+        base = {**distill_base, "cache_layers": cached}
     elif kind == "data-mix":  # online teacher, as in the demo whose default data this study chooses
         parameter, arms = data_arms(s.values if s.values is not None else default_corpora(s.data, ev))
         base = {**distill_base, "teacher_cache": False}
@@ -166,7 +171,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "teacher_cache": cache_protocol(s.cache_mode, s.top_k) if kind not in ("finetune", "data-mix") else None,
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
-            else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control)
+            else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control, s.cache_mode)
             + (_online_notes(arms[-1], s.cache_mode) if s.online_control else []),
         },
         "command": s.command,
@@ -301,7 +306,7 @@ def _default_layers(teacher_layers: int) -> list[int]:
     return sorted({max(1, round(f * teacher_layers)) for f in picks})
 
 
-def _notes(kind, student, model, student_layers, max_tokens, online_control=False) -> list[str]:
+def _notes(kind, student, model, student_layers, max_tokens, online_control=False, cache_mode="sample") -> list[str]:
     notes = [
         f"every arm trains on the same {max_tokens:,} tokens per seed (seed sets the block order and init "
         "of new parameters); only the swept setting differs",
@@ -320,6 +325,8 @@ def _notes(kind, student, model, student_layers, max_tokens, online_control=Fals
         )
     elif kind == "data-mix":
         return data_notes(start, max_tokens)
+    elif cache_mode == "online":
+        notes.append(f"arms start from {start}; every arm runs the teacher online (no teacher cache)")
     else:
         notes.append(
             f"arms start from {start}; teacher outputs are cached once per seed and temperature (the teacher cache "
@@ -341,6 +348,8 @@ def _online_notes(arm: dict, cache_mode: str) -> list[str]:
 
 def cache_protocol(mode: str, top_k: int = 64) -> dict:
     """The teacher cache as the report's protocol states it (training/teacher_cache.py)."""
+    if mode == "online":
+        return {"mode": "none: the teacher run online every step (no cache noise)"}
     if mode == "topk":
         return {"mode": "topk (biased: the teacher renormalised over its top-k)", "top_k": top_k}
     return {

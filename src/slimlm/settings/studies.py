@@ -40,6 +40,7 @@ DEMO_BUDGET_KINDS = ("student-shape", "data-mix")  # kinds that train the demo's
 # the teacher's quantized copies measured beside every study (experiments/baselines.py)
 BASELINES = ("quantized", "none")
 SHAPE_KINDS = ("student-shape",)  # kinds whose arms each build their own student (no --student, --student-layers)
+STUDY_CACHE_MODES = (*CACHE_MODES, "online")  # online: every arm runs the teacher live (sweeps.py)
 
 
 def baselines_option():
@@ -117,11 +118,18 @@ class ExperimentSettings(Settings):
     temperature: float = option(2.0, "KD temperature of the arms that do not sweep it")
     alpha: float = option(0.5, "weight of the hard-label CE in the KD loss")
     feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",))
+    attention_weight: float = option(
+        1.0,
+        "weight of the attention-map loss of the study's attention arm (paper Fig. 1: the middle layer, teacher "
+        "run online)",
+        kinds=("feature-layer",),
+    )
     cache_mode: str = option(
         "sample",
-        "teacher cache of the distillation arms: sample (unbiased draws, one entry per temperature) or topk "
-        "(biased top-k logits)",
-        choices=CACHE_MODES,
+        "teacher signal of the distillation arms: sample (a cache of unbiased draws, one entry per temperature), "
+        "topk (a cache of biased top-k logits) or online (no cache: the teacher run every step, slower, with no "
+        "cache noise)",
+        choices=STUDY_CACHE_MODES,
     )
     top_k: int = option(128, "--cache-mode topk: teacher logits kept per token", minimum=1)
     online_control: bool = option(
@@ -163,6 +171,10 @@ class ExperimentSettings(Settings):
         if self.online_control and self.kind != "temperature":
             raise SlimlmError(
                 f"--online-control is an option of `slimlm experiment temperature` only (got kind {self.kind}); drop it"
+            )
+        if self.online_control and self.cache_mode == "online":
+            raise SlimlmError(
+                "--online-control with --cache-mode online: every arm already runs the teacher online; drop one"
             )
         if self.kind in SHAPE_KINDS:
             check_target(self.target_params)
