@@ -259,6 +259,36 @@ def test_finetune_experiment_compares_lora_and_full(tiny_teacher, text_dir):
     assert "base" in run["references"]
 
 
+def test_finetune_learning_rates_are_picked_on_validation_and_seed_0_is_reused(tiny_teacher, text_dir, capsys):
+    args = {**TINY, "seeds": [0, 1], "learning_rate": None}
+    out = experiment(
+        "finetune",
+        out="ft-grid",
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        lr_grid=[0.5, 4],
+        with_teacher=True,
+        **args,
+    )
+    grid = json.loads((out / "lr-grid.json").read_text())
+    assert grid["split"] == "validation" and set(grid["scores"]) == {"lora", "full"}
+    for method, default in (("lora", 5e-4), ("full", 5e-5)):
+        scores = grid["scores"][method]
+        assert sorted(float(r) for r in scores) == pytest.approx([default * 0.5, default * 4])
+        best = float(min(scores, key=scores.get))
+        assert grid["picked"][method] == best
+        for seed in (0, 1):  # every seed of the arm trains at its method's pick, with the teacher in the loss
+            record = json.loads((out / "arms" / f"{method}-seed{seed}" / "slimlm.json").read_text())
+            assert record["settings"]["learning_rate"] == best and record["settings"]["teacher"] == str(tiny_teacher)
+    err = capsys.readouterr().err
+    assert err.count("reused") == 2  # seed 0 of each arm is the grid's run at the pick, not trained again
+    report = json.loads((out / "report.json").read_text())
+    assert report["lr_grid"]["picked"] == grid["picked"] and report["paired"]["against"] == "full"
+    assert "picked on the validation split" in (out / "report.md").read_text()
+    with pytest.raises(SlimlmError, match="drop --learning-rate"):
+        experiment("finetune", out="ft-x", teacher=str(tiny_teacher), lr_grid=[1], **{**args, "learning_rate": 1e-3})
+
+
 def test_pipeline_keeps_and_measures_every_stage(tiny_teacher, text_dir, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""

@@ -190,6 +190,7 @@ FLAGS = {
     ("experiment", "feature-layer"): [
         (["--layers", "1,4"], "values", "1,4"),
         (["--feature-weight", "0.5"], "feature_weight", 0.5),
+        (["--attention-weight", "0.5"], "attention_weight", 0.5),
         *STARTING_STUDENT,
         *EXPERIMENT,
     ],
@@ -197,6 +198,8 @@ FLAGS = {
         (["--methods", "lora"], "values", "lora"),
         (["--model", "m"], "model", "m"),
         (["--rank", "4"], "rank", 4),
+        (["--lr-grid", "0.2,1,5"], "lr_grid", "0.2,1,5"),
+        (["--with-teacher"], "with_teacher", True),
         *STARTING_STUDENT,
         *EXPERIMENT,
     ],

@@ -82,3 +82,9 @@ def paper_value(value, key: str = "") -> str:
 def ratio(a: float, b: float, spec: str = ".2f") -> str:
     """a/b as "1.23×", or "n/a" when b is zero (a metric such as exact match can be 0 on a weak model)."""
     return f"{a / b:{spec}}×" if b else "n/a (divisor is 0)"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table, a `|` inside a cell escaped; a blank line after it."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [""]

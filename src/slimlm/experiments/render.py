@@ -8,16 +8,15 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, paper_value
+from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, markdown_table, paper_value
 from slimlm.experiments.control import cache_lines, controls
 from slimlm.experiments.frontier import baseline_lines, frontier_section
+from slimlm.experiments.lr_grid import grid_lines
+from slimlm.experiments.paired import paired_lines
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
 from slimlm.settings import general_off
 
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [""]
+_table = markdown_table
 
 
 def _seconds(s: float | None) -> str:
@@ -126,6 +125,7 @@ def results_section(report) -> list[str]:
     lines += _table(["arm", "setting", "n"] + [c.label for c in cols], rows)
     lines += _missing_lines(report["missing"])
     lines += paired_lines(report.get("paired"))
+    lines += grid_lines(report.get("lr_grid"))
     lines += decode_note_lines(report)
     lines += kept_section(report)
     tcols = [c for c in TRAINING_COLUMNS if any(c.key in a["training"] for a in arms)]
@@ -136,33 +136,6 @@ def results_section(report) -> list[str]:
             [[a["name"], str(len(a["seeds"]))] + [cell(a["training"].get(c.key), c.key) for c in tcols] for a in arms],
         )
     return lines
-
-
-PAIRED_KEYS = (("perplexity", "perplexity"), ("accuracy", "accuracy"), ("general_perplexity", "general ppl"))
-
-
-def paired_lines(block: dict | None) -> list[str]:
-    """The comparison each arm carries: its difference from the control on the same seeds, so the spread of
-    what the seeds share (blocks, starting student) drops out."""
-    if not block or not block["arms"]:
-        return []
-    lines = [
-        f"### Paired differences against {block['label']}",
-        "",
-        f"arm / {block['against']} − 1 on the seeds both have: mean ± std over those seeds, then each seed's sign "
-        "(+ higher, − lower). A difference whose seeds do not all share one sign is not one this study can carry.",
-        "",
-    ]
-    keys = [(k, w) for k, w in PAIRED_KEYS if any(k in row for row in block["arms"].values())]
-    rows = [[name] + [_paired_cell(row.get(k)) for k, _ in keys] for name, row in block["arms"].items()]
-    return lines + _table(["arm"] + [w for _, w in keys], rows)
-
-
-def _paired_cell(d: dict | None) -> str:
-    if not d:
-        return "–"
-    spread = f" ± {100 * d['std']:.1f}" if d["std"] is not None else ""
-    return f"{100 * d['mean']:+.1f}{spread}% ({d['signs']}, n={d['n']})"
 
 
 def decode_note_lines(report) -> list[str]:

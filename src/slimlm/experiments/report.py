@@ -20,14 +20,14 @@ from pathlib import Path
 
 from slimlm.disk import WRITE_FAULTS, write_problem
 from slimlm.errors import SlimlmError
-from slimlm.experiments.axis import method_of
 from slimlm.experiments.compare import paper_comparison
-from slimlm.experiments.control import LOGITS
 from slimlm.experiments.frontier import frontier_rows
-from slimlm.experiments.layout import load_run
+from slimlm.experiments.layout import load_run, read_json
+from slimlm.experiments.lr_grid import GRID_FILE
+from slimlm.experiments.paired import paired_differences
 from slimlm.experiments.plots import draw_plots
 from slimlm.experiments.render import render_html, render_markdown
-from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, paired, summarize, summarize_block
+from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 KIND_TITLES = {
@@ -95,43 +95,6 @@ def teacher_ratios(arms: list[dict], references: dict) -> dict:
         if row:
             ratios[arm["name"]] = row
     return ratios
-
-
-def paired_control(arms: list[dict], spec: dict) -> dict | None:
-    """The arm every other arm is compared with seed by seed: the study's own τ (--temperature) in the
-    temperature sweep, the logit-only arm in the feature-layer sweep, full fine-tuning in the fine-tuning study."""
-    kind = spec["kind"]
-    if kind == "temperature":
-        tau = (spec.get("protocol", {}).get("base_settings") or {}).get("temperature")
-        match = [a for a in arms if not a.get("control") and finite(a.get("value")) and a["value"] == tau]
-    elif kind == "feature-layer":
-        match = [a for a in arms if a.get("control") == LOGITS]
-    elif kind == "finetune":
-        match = [a for a in arms if method_of(a) == "full"]
-    else:
-        match = []
-    return match[0] if match else None
-
-
-def paired_differences(arms: list[dict], spec: dict) -> dict | None:
-    """Each arm against the control (paired_control) by seed: the relative difference of every kept metric,
-    mean ± std over the seeds both have and each seed's sign (stats.paired)."""
-    control = paired_control(arms, spec)
-    if control is None:
-        return None
-    rows = {}
-    for arm in arms:
-        if arm is control:
-            continue
-        row = {
-            key: d
-            for key in KEPT_METRICS
-            if key in arm["metrics"] and key in control["metrics"]
-            if (d := paired(arm["metrics"][key], control["metrics"][key]))
-        }
-        if row:
-            rows[arm["name"]] = row
-    return {"against": control["name"], "label": control["label"], "arms": rows}
 
 
 def timing(arms: list[dict], references: dict) -> dict:
@@ -203,6 +166,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "timing": timing(arms, references),
         "teacher_ratios": teacher_ratios(arms, references),
         "paired": paired_differences(arms, spec),
+        **({"lr_grid": read_json(run_dir / GRID_FILE)} if (run_dir / GRID_FILE).exists() else {}),
         **({"frontier": frontier_rows(arms, references, spec)} if spec["kind"] in FRONTIER_KINDS else {}),
         "paper": paper_comparison(arms, spec, references),
         "plots": [],

@@ -29,9 +29,10 @@ from slimlm.errors import SlimlmError
 from slimlm.experiments import runner
 from slimlm.experiments.baselines import quantized_baselines, student_gguf
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
-from slimlm.experiments.control import attention_arm, logit_arm, online_arm
 from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
+from slimlm.experiments.lr_grid import pick_rates, reuse_seed0
+from slimlm.experiments.paper_arms import feature_layer_arms, finetune_arms, temperature_arms
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe, with_overrides
 
@@ -86,40 +87,12 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     distill_base.update(distill_extra)
     values = s.values if s.values is not None else s.default_values()
     if kind == "temperature":
-        values = parse_list(values, float)
-        parameter = {"name": "temperature", "label": "KD temperature τ", "numeric": True}
-        arms = [{"name": f"t{v:g}", "value": v, "label": f"τ={v:g}", "settings": {"temperature": v}} for v in values]
-        arms += [online_arm(s.temperature)] if s.online_control else []  # the control: no cache, same τ
+        parameter, arms = temperature_arms(s, values)
         base = distill_base
     elif kind == "feature-layer":
-        values = parse_list(values if values is not None else _default_layers(teacher_layers), int, "--layers")
-        if any(not 1 <= v <= teacher_layers for v in values):
-            raise SlimlmError(f"--layers {values}: teacher layers are 1..{teacher_layers} (outputs of decoder layers)")
-        n_student = layer_count(s.student) if s.student else s.student_layers
-        parameter = {
-            "name": "layer",
-            "label": "teacher layer distilled from",
-            "numeric": True,
-            "teacher_layers": teacher_layers,
-        }
-        arms = [logit_arm()] + [
-            {
-                "name": f"layer{v}",
-                "value": v,
-                "label": f"layer {v}",
-                "settings": {
-                    "feature_layers": f"{v}:{max(1, round(v * n_student / teacher_layers))}",
-                    "feature_weight": s.feature_weight,
-                },
-            }
-            for v in values
-        ]
-        # the paper's Fig. 1 attention transfer, from the middle layer (0-based decoder layers; online teacher)
-        middle = (teacher_layers - 1) // 2
-        arms.append(attention_arm(middle, round(middle * (n_student - 1) / (teacher_layers - 1)), s.attention_weight))
-        arms[-1]["settings"]["teacher_cache"] = False
-        cached = ",".join(str(v) for v in values) if distill_base["teacher_cache"] else ""
-        base = {**distill_base, "cache_layers": cached}
+        parameter, arms, layers = feature_layer_arms(s, values, teacher_layers)
+        # the cached arms read these teacher layers from one cache; the online arms need none
+        base = {**distill_base, "cache_layers": ",".join(map(str, layers)) if distill_base["teacher_cache"] else ""}
     elif kind == "data-mix":  # online teacher, as in the demo whose default data this study chooses
         parameter, arms = data_arms(s.values if s.values is not None else default_corpora(s.data, ev))
         base = {**distill_base, "teacher_cache": False}
@@ -128,21 +101,10 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         base = {k: v for k, v in distill_base.items() if k != "student"}  # each arm names its own student
         values = [a["value"] for a in arms]
     else:
-        values = parse_list(values, str, "--methods")
-        bad = [v for v in values if v not in ("lora", "full")]
-        if bad:
-            raise SlimlmError(f"--methods {values}: unknown {', '.join(bad)}; use lora and/or full")
-        parameter = {"name": "method", "label": "fine-tuning method", "numeric": False}
-        arms = [
-            {
-                "name": v,
-                "value": v,
-                "label": {"lora": "LoRA", "full": "full"}[v],
-                "settings": {"method": v, "rank": s.rank} if v == "lora" else {"method": v},
-            }
-            for v in values
-        ]
+        parameter, arms, grid = finetune_arms(s, values)
+        teacher = {"teacher": s.teacher, "temperature": s.temperature, "alpha": s.alpha} if s.with_teacher else {}
         base = {
+            **teacher,
             "model": str(s.model) if s.model else str(run_dir / "base"),
             "data": s.data,
             "max_tokens": max_tokens,
@@ -169,6 +131,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "base_settings": _portable(base, run_dir),
             "eval": ev,
             "teacher_cache": cache_protocol(s.cache_mode, s.top_k) if kind not in ("finetune", "data-mix") else None,
+            **({"lr_grid": {"split": "validation", "seed": 0, "rates": grid}} if kind == "finetune" and grid else {}),
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control, s.cache_mode)
@@ -194,7 +157,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         if not s.model:
             _distilled_base(distill_base, run_dir / "base")
         runner.measure_reference(run_dir, "base", base["model"], s.data, ev)
-        train = _arm(finetune, base)
+        picks = pick_rates(run_dir, grid, _grid_run(finetune, base, arms)) if grid else {}
+        train = _arm(finetune, base, picked=picks)
     else:
         train = _arm(distill, base, run_dir)
     runner.run_arms(run_dir, spec, train, data=s.data, ev=ev)
@@ -259,13 +223,29 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in settings.items() if k in d_keys}, {k: v for k, v in settings.items() if k in f_keys})
 
 
-def _arm(stage, base: dict, run_dir: Path | None = None):
+def _arm(stage, base: dict, run_dir: Path | None = None, picked: dict | None = None):
     """train(arm, seed, out, resume) for the runner: the stage (distill or finetune) with the arm's settings
-    (a "{run}/..." path among them read inside `run_dir`)."""
+    (a "{run}/..." path among them read inside `run_dir`); `picked` maps a fine-tuning method to the learning
+    rate its grid chose (lr_grid.py), whose seed-0 run is reused."""
 
     def train(arm, seed, out, resume):
         settings = {k: in_run(v, run_dir) for k, v in arm["settings"].items()}
+        rate = (picked or {}).get(settings.get("method"))
+        if rate is not None:
+            settings["learning_rate"] = rate
+            if seed == 0 and not resume and reuse_seed0(out.parent.parent, settings["method"], rate, out):
+                return
         stage(out=str(out), resume=resume, **{**base, **settings, "seed": seed})
+
+    return train
+
+
+def _grid_run(stage, base: dict, arms: list[dict]):
+    """train(method, rate, out, resume) for the learning-rate grid: seed 0 of the method's arm at that rate."""
+    by_method = {a["settings"]["method"]: a["settings"] for a in arms}
+
+    def train(method, rate, out, resume):
+        stage(out=str(out), resume=resume, **{**base, **by_method[method], "learning_rate": rate, "seed": 0})
 
     return train
 
@@ -298,12 +278,6 @@ def _distilled_base(settings: dict, out: Path) -> None:
         return
     log(f"distilling the base student that both methods fine-tune into {out}")
     distill(out=str(out), resume=staging_dir(out).exists(), **{**settings, "seed": 0})
-
-
-def _default_layers(teacher_layers: int) -> list[int]:
-    """Layers at the paper's relative depths (its 12-layer model's 1, 6, 12) plus two between."""
-    picks = [1 / 12, 0.25, 0.5, 0.75, 1.0]
-    return sorted({max(1, round(f * teacher_layers)) for f in picks})
 
 
 def _notes(kind, student, model, student_layers, max_tokens, online_control=False, cache_mode="sample") -> list[str]:

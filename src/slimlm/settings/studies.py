@@ -107,6 +107,17 @@ class ExperimentSettings(Settings):
         None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",)
     )
     rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",))
+    lr_grid: str | list | None = option(
+        None,
+        "multiples of each method's default learning rate tried first (seed 0), e.g. 0.2,1,5: the lowest "
+        "validation perplexity picks the rate each method's arm runs at (experiments/lr_grid.py)",
+        kinds=("finetune",),
+    )
+    with_teacher: bool = option(
+        False,
+        "fine-tune with the teacher in the loss (KD at --temperature and --alpha) instead of cross-entropy alone",
+        kinds=("finetune",),
+    )
     max_tokens: int | None = option(None, "training tokens per arm", minimum=1, per_kind=MAX_TOKENS)
     learning_rate: float | None = option(
         None,
@@ -176,6 +187,8 @@ class ExperimentSettings(Settings):
             raise SlimlmError(
                 "--online-control with --cache-mode online: every arm already runs the teacher online; drop one"
             )
+        if self.lr_grid is not None and self.learning_rate is not None:
+            raise SlimlmError("--lr-grid picks each method's learning rate: drop --learning-rate, or drop --lr-grid")
         if self.kind in SHAPE_KINDS:
             check_target(self.target_params)
             if self.student:
