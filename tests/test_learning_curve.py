@@ -89,10 +89,11 @@ def test_readme_quotes_the_published_fit():
     table = (PUBLISHED / "table.md").read_text()
     in_domain = table.split("Fit of the plain runs, in domain:")[1].split("\n\n")[0]
     exponent = re.search(r"tokens\^-(\d\.\d+)", in_domain).group(1)
-    targets = re.findall(r"- (\d\.\d)x the teacher: ([\d,]+) tokens, (\d+) min", in_domain)
+    targets = re.findall(r"- (\d\.\d)x the teacher: ([\d,]+) tokens, (\d+) min \(([a-z ]+)\)", in_domain)
     assert len(targets) == 3
     readme = " ".join((ROOT / "README.md").read_text().split())
     paragraph = readme[readme.index("**How many more: the learning curve**") :][:900]
     assert f"tokens^−{exponent}" in paragraph
-    for target, tokens, minutes in targets:
+    for target, tokens, minutes, status in targets:
         assert f"{target}× " in paragraph and f"{tokens} " in paragraph and f"({minutes} " in paragraph, target
+        assert status.split()[0] in paragraph  # "within the measured range" or "extrapolated", as the table says
