@@ -77,3 +77,14 @@ def test_docs_speak_of_the_software_not_of_how_it_is_made():
     """No issue numbers, sessions or "this machine" in what users read: a CPU is named by its kind."""
     found = _lines_matching(PROCESS_WORDS)
     assert not found, "words about how the project is run, which readers cannot see:\n" + "\n".join(found)
+
+
+def test_no_current_page_cites_a_superseded_result():
+    """Results made on a teacher signal slimlm no longer uses live under docs/results/superseded/, and only
+    that folder speaks of them: a current page that linked one would pass its numbers off as current."""
+    superseded = ROOT / "docs" / "results" / "superseded"
+    names = [p.name for p in superseded.iterdir() if p.is_dir()]
+    assert names, "the superseded folder should hold the withdrawn studies"
+    cites = re.compile("|".join(re.escape(n) for n in names))
+    found = [line for line in _lines_matching(cites) if not line.startswith("docs/results/superseded/")]
+    assert not found, "current pages citing superseded results:\n" + "\n".join(found)

@@ -227,6 +227,7 @@ def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tin
         "feature-layer",
         out="layers",
         values=[1, 4],
+        weight_grid=[0.1, 10],
         teacher=str(tiny_teacher),
         data=str(text_dir),
         **{**TINY, "seeds": [0]},
@@ -249,6 +250,15 @@ def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tin
     assert report["paired"]["against"] == "logits"
     assert set(report["paired"]["arms"]) == set(names[1:])
     assert "Paired differences against" in (out / "report.md").read_text()
+    # β picked once on the validation split, as the middle layer's arm, then used by every feature arm
+    grid = json.loads((out / "weight-grid.json").read_text())
+    (group,) = grid["scores"]
+    best = float(min(grid["scores"][group], key=grid["scores"][group].get))
+    assert grid["picked"] == {group: best} and set(grid["scores"][group]) == {"0.1", "10"}
+    for arm in names[1:-1]:
+        record = json.loads((out / "arms" / f"{arm}-seed0" / "slimlm.json").read_text())
+        assert record["settings"]["feature_weight"] == best
+    assert "reused" in err
 
 
 def test_finetune_experiment_compares_lora_and_full(tiny_teacher, text_dir):
@@ -272,6 +282,7 @@ def test_finetune_learning_rates_are_picked_on_validation_and_seed_0_is_reused(t
     )
     grid = json.loads((out / "lr-grid.json").read_text())
     assert grid["split"] == "validation" and set(grid["scores"]) == {"lora", "full"}
+    assert grid["setting"] == "learning rate"
     for method, default in (("lora", 5e-4), ("full", 5e-5)):
         scores = grid["scores"][method]
         assert sorted(float(r) for r in scores) == pytest.approx([default * 0.5, default * 4])
@@ -283,8 +294,8 @@ def test_finetune_learning_rates_are_picked_on_validation_and_seed_0_is_reused(t
     err = capsys.readouterr().err
     assert err.count("reused") == 2  # seed 0 of each arm is the grid's run at the pick, not trained again
     report = json.loads((out / "report.json").read_text())
-    assert report["lr_grid"]["picked"] == grid["picked"] and report["paired"]["against"] == "full"
-    assert "picked on the validation split" in (out / "report.md").read_text()
+    assert report["validation_grids"]["lr-grid"]["picked"] == grid["picked"] and report["paired"]["against"] == "full"
+    assert "Learning rate, picked on the validation split" in (out / "report.md").read_text()
     with pytest.raises(SlimlmError, match="drop --learning-rate"):
         experiment("finetune", out="ft-x", teacher=str(tiny_teacher), lr_grid=[1], **{**args, "learning_rate": 1e-3})
 

@@ -2,8 +2,9 @@
 
 - temperature   (Table 1): one arm per τ, plus the online-teacher control with --online-control
 - feature-layer (Fig. 2): the logit-only control, one arm per teacher layer (mapped to the student layer at
-                 the same relative depth), and one attention-map arm (Fig. 1) from the middle layer
-- finetune      (Fig. 3): LoRA and full fine-tuning, each at its own learning rate (lr_grid.py)
+                 the same relative depth), and one attention-map arm (Fig. 1) from the middle layer; β from
+                 the validation split with --weight-grid (validation_grid.py)
+- finetune      (Fig. 3): LoRA and full fine-tuning, each at its own learning rate with --lr-grid
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from slimlm.errors import SlimlmError
 from slimlm.experiments.common import layer_count, parse_list
 from slimlm.experiments.control import attention_arm, logit_arm, online_arm
-from slimlm.experiments.lr_grid import grid_rates
+from slimlm.experiments.validation_grid import lr_rates
 
 METHODS = {"lora": "LoRA", "full": "full"}
 
@@ -24,8 +25,9 @@ def temperature_arms(s, values) -> tuple[dict, list[dict]]:
     return parameter, arms
 
 
-def feature_layer_arms(s, values, teacher_layers: int) -> tuple[dict, list[dict], list[int]]:
-    """(parameter, arms, the teacher layers distilled from)."""
+def feature_layer_arms(s, values, teacher_layers: int) -> tuple[dict, list[dict], list[int], dict | None]:
+    """(parameter, arms, the teacher layers distilled from, the feature-weight grid or None: its candidates
+    trained as the arm nearest the middle of the teacher)."""
     layers = parse_list(values if values is not None else default_layers(teacher_layers), int, "--layers")
     if any(not 1 <= v <= teacher_layers for v in layers):
         raise SlimlmError(f"--layers {layers}: teacher layers are 1..{teacher_layers} (outputs of decoder layers)")
@@ -53,7 +55,9 @@ def feature_layer_arms(s, values, teacher_layers: int) -> tuple[dict, list[dict]
     middle = (teacher_layers - 1) // 2
     attention = attention_arm(middle, round(middle * (n_student - 1) / max(1, teacher_layers - 1)), s.attention_weight)
     attention["settings"]["teacher_cache"] = False
-    return parameter, arms + [attention], layers
+    weights = _positive(s.weight_grid, "--weight-grid")
+    middle_arm = min(arms[1:], key=lambda a: abs(a["value"] / teacher_layers - 0.5))["name"]
+    return parameter, arms + [attention], layers, {middle_arm: weights} if weights else None
 
 
 def finetune_arms(s, values) -> tuple[dict, list[dict], dict | None]:
@@ -72,10 +76,15 @@ def finetune_arms(s, values) -> tuple[dict, list[dict], dict | None]:
         }
         for v in methods
     ]
-    grid = grid_rates(methods, parse_list(s.lr_grid, float, "--lr-grid")) if s.lr_grid is not None else None
-    if grid and any(r <= 0 for rates in grid.values() for r in rates):
-        raise SlimlmError(f"--lr-grid {s.lr_grid}: every multiple must be > 0")
-    return parameter, arms, grid
+    multiples = _positive(s.lr_grid, "--lr-grid")
+    return parameter, arms, lr_rates(methods, multiples) if multiples else None
+
+
+def _positive(text, flag: str) -> list[float] | None:
+    values = parse_list(text, float, flag) if text is not None else None
+    if values is not None and not all(v > 0 for v in values):
+        raise SlimlmError(f"{flag} {text}: every value must be > 0")
+    return values
 
 
 def default_layers(teacher_layers: int) -> list[int]:

@@ -11,9 +11,9 @@ from pathlib import Path
 from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, markdown_table, paper_value
 from slimlm.experiments.control import cache_lines, controls
 from slimlm.experiments.frontier import baseline_lines, frontier_section
-from slimlm.experiments.lr_grid import grid_lines
 from slimlm.experiments.paired import paired_lines
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
+from slimlm.experiments.validation_grid import grid_lines
 from slimlm.settings import general_off
 
 _table = markdown_table
@@ -125,7 +125,7 @@ def results_section(report) -> list[str]:
     lines += _table(["arm", "setting", "n"] + [c.label for c in cols], rows)
     lines += _missing_lines(report["missing"])
     lines += paired_lines(report.get("paired"))
-    lines += grid_lines(report.get("lr_grid"))
+    lines += grid_lines(report.get("validation_grids"))
     lines += decode_note_lines(report)
     lines += kept_section(report)
     tcols = [c for c in TRAINING_COLUMNS if any(c.key in a["training"] for a in arms)]

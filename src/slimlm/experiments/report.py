@@ -22,12 +22,12 @@ from slimlm.disk import WRITE_FAULTS, write_problem
 from slimlm.errors import SlimlmError
 from slimlm.experiments.compare import paper_comparison
 from slimlm.experiments.frontier import frontier_rows
-from slimlm.experiments.layout import load_run, read_json
-from slimlm.experiments.lr_grid import GRID_FILE
+from slimlm.experiments.layout import load_run
 from slimlm.experiments.paired import paired_differences
 from slimlm.experiments.plots import draw_plots
 from slimlm.experiments.render import render_html, render_markdown
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
+from slimlm.experiments.validation_grid import read_grids
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 KIND_TITLES = {
@@ -166,7 +166,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "timing": timing(arms, references),
         "teacher_ratios": teacher_ratios(arms, references),
         "paired": paired_differences(arms, spec),
-        **({"lr_grid": read_json(run_dir / GRID_FILE)} if (run_dir / GRID_FILE).exists() else {}),
+        "validation_grids": read_grids(run_dir),
         **({"frontier": frontier_rows(arms, references, spec)} if spec["kind"] in FRONTIER_KINDS else {}),
         "paper": paper_comparison(arms, spec, references),
         "plots": [],

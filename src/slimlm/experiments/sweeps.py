@@ -31,9 +31,9 @@ from slimlm.experiments.baselines import quantized_baselines, student_gguf
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
-from slimlm.experiments.lr_grid import pick_rates, reuse_seed0
 from slimlm.experiments.paper_arms import feature_layer_arms, finetune_arms, temperature_arms
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
+from slimlm.experiments.validation_grid import pick, reuse_seed0
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe, with_overrides
 
 
@@ -86,11 +86,12 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     distill_extra, finetune_extra = _split_settings(extra)
     distill_base.update(distill_extra)
     values = s.values if s.values is not None else s.default_values()
+    grid = None  # a validation grid (validation_grid.py): the fine-tuning and feature-layer studies may have one
     if kind == "temperature":
         parameter, arms = temperature_arms(s, values)
         base = distill_base
     elif kind == "feature-layer":
-        parameter, arms, layers = feature_layer_arms(s, values, teacher_layers)
+        parameter, arms, layers, grid = feature_layer_arms(s, values, teacher_layers)
         # the cached arms read these teacher layers from one cache; the online arms need none
         base = {**distill_base, "cache_layers": ",".join(map(str, layers)) if distill_base["teacher_cache"] else ""}
     elif kind == "data-mix":  # online teacher, as in the demo whose default data this study chooses
@@ -131,7 +132,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "base_settings": _portable(base, run_dir),
             "eval": ev,
             "teacher_cache": cache_protocol(s.cache_mode, s.top_k) if kind not in ("finetune", "data-mix") else None,
-            **({"lr_grid": {"split": "validation", "seed": 0, "rates": grid}} if kind == "finetune" and grid else {}),
+            **({"validation_grid": grid} if grid else {}),
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control, s.cache_mode)
@@ -157,10 +158,20 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         if not s.model:
             _distilled_base(distill_base, run_dir / "base")
         runner.measure_reference(run_dir, "base", base["model"], s.data, ev)
-        picks = pick_rates(run_dir, grid, _grid_run(finetune, base, arms)) if grid else {}
-        train = _arm(finetune, base, picked=picks)
+        picked = (
+            _picked(run_dir, "lr-grid", "learning_rate", grid, finetune, base, arms, lambda a: [a["name"]])
+            if grid
+            else None
+        )
+        train = _arm(finetune, base, picked=picked)
     else:
-        train = _arm(distill, base, run_dir)
+        feature_arms = [a["name"] for a in arms if "feature_weight" in a["settings"] and a.get("value")]
+        picked = None
+        if kind == "feature-layer" and grid:  # one β, picked on the middle layer, for every feature arm
+            picked = _picked(
+                run_dir, "weight-grid", "feature_weight", grid, distill, base, arms, lambda a: feature_arms
+            )
+        train = _arm(distill, base, run_dir, picked)
     runner.run_arms(run_dir, spec, train, data=s.data, ev=ev)
     if kind == "student-shape":
         student_gguf(run_dir, spec, s.data, ev, s.baselines)  # the students as shipped under llama.cpp
@@ -225,29 +236,33 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
 
 def _arm(stage, base: dict, run_dir: Path | None = None, picked: dict | None = None):
     """train(arm, seed, out, resume) for the runner: the stage (distill or finetune) with the arm's settings
-    (a "{run}/..." path among them read inside `run_dir`); `picked` maps a fine-tuning method to the learning
-    rate its grid chose (lr_grid.py), whose seed-0 run is reused."""
+    (a "{run}/..." path among them read inside `run_dir`); `picked` ({"grid", "key", "values": {arm: value}})
+    sets what a validation grid chose for each arm, whose seed-0 run in the grid is reused."""
 
     def train(arm, seed, out, resume):
         settings = {k: in_run(v, run_dir) for k, v in arm["settings"].items()}
-        rate = (picked or {}).get(settings.get("method"))
-        if rate is not None:
-            settings["learning_rate"] = rate
-            if seed == 0 and not resume and reuse_seed0(out.parent.parent, settings["method"], rate, out):
+        value = (picked or {}).get("values", {}).get(arm["name"])
+        if value is not None:
+            settings[picked["key"]] = value
+            grid_dir = out.parent.parent  # the run folder (layout.arm_dir)
+            if seed == 0 and not resume and reuse_seed0(grid_dir, picked["grid"], arm["name"], value, out):
                 return
         stage(out=str(out), resume=resume, **{**base, **settings, "seed": seed})
 
     return train
 
 
-def _grid_run(stage, base: dict, arms: list[dict]):
-    """train(method, rate, out, resume) for the learning-rate grid: seed 0 of the method's arm at that rate."""
-    by_method = {a["settings"]["method"]: a["settings"] for a in arms}
+def _picked(run_dir, grid, key, candidates, stage, base, arms, applies_to) -> dict:
+    """Run a validation grid (validation_grid.py): each candidate trained as its arm at seed 0; the pick of
+    each group then applies to the arms `applies_to(arm)` names."""
+    by_name = {a["name"]: a for a in arms}
 
-    def train(method, rate, out, resume):
-        stage(out=str(out), resume=resume, **{**base, **by_method[method], "learning_rate": rate, "seed": 0})
+    def train(group, value, out, resume):
+        settings = {k: in_run(v, run_dir) for k, v in by_name[group]["settings"].items()}
+        stage(out=str(out), resume=resume, **{**base, **settings, key: value, "seed": 0})
 
-    return train
+    chosen = pick(run_dir, grid, candidates, train)
+    return {"grid": grid, "key": key, "values": {n: v for g, v in chosen.items() for n in applies_to(by_name[g])}}
 
 
 def _starting_student(teacher, data, out: Path, layers: int, block_size: int, precision: str = "auto") -> None:

@@ -110,7 +110,7 @@ class ExperimentSettings(Settings):
     lr_grid: str | list | None = option(
         None,
         "multiples of each method's default learning rate tried first (seed 0), e.g. 0.2,1,5: the lowest "
-        "validation perplexity picks the rate each method's arm runs at (experiments/lr_grid.py)",
+        "validation perplexity picks the rate each method's arm runs at (experiments/validation_grid.py)",
         kinds=("finetune",),
     )
     with_teacher: bool = option(
@@ -129,6 +129,12 @@ class ExperimentSettings(Settings):
     temperature: float = option(2.0, "KD temperature of the arms that do not sweep it")
     alpha: float = option(0.5, "weight of the hard-label CE in the KD loss")
     feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",))
+    weight_grid: str | list | None = option(
+        None,
+        "feature weights tried first as the middle layer's arm (seed 0), e.g. 0.1,1,10: the lowest validation "
+        "perplexity picks beta for every feature arm, in place of --feature-weight (experiments/validation_grid.py)",
+        kinds=("feature-layer",),
+    )
     attention_weight: float = option(
         1.0,
         "weight of the attention-map loss of the study's attention arm (paper Fig. 1: the middle layer, teacher "
