@@ -15,9 +15,8 @@ sorted probabilities at a time, whatever the teacher's vocabulary (a 262k-entry 
 plan for).
 
 `cross_tokenizer_kd` is what training uses: the same two terms from the models' final hidden states and
-output heads, one chunk of positions at a time, with the gradient with respect to the student's logits
-taken in closed form inside the chunk (as losses/kd.py does), so neither model's vocabulary-sized logits
-outlive their chunk and the backward pass recomputes nothing.
+output heads, a chunk function of the shared fused kernel (losses/fused.py), so neither model's
+vocabulary-sized logits outlive their chunk and the backward pass recomputes nothing.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slimlm.losses.kd import matmul_dtype
-from slimlm.losses.reduce import acc_dtype
+from slimlm.losses.fused import fused_head_loss, matmul_dtype
 
 CROSS_TOKENIZER_MODES = ("aligned", "uld")
 ULD_TOP = 4096  # sorted entries ULD compares one by one in training; the rest by their total mass
@@ -119,66 +117,32 @@ def cross_tokenizer_kd(
     if shared is not None and (shared[0].shape != shared[1].shape or shared[0].numel() == 0):
         raise ValueError("the shared vocabulary is empty or its two id lists differ in length")
     chunk = chunk or max(16, 2**25 // teacher_head.shape[0])
-    return _CrossTokenizerKD.apply(
-        student_hidden,
-        student_head,
-        teacher_hidden,
-        teacher_head,
-        shared,
-        float(temperature),
-        chunk,
-        teacher_softcap,
-        student_softcap,
-        uld_top,
-    )
+    tau = float(temperature)
 
+    def make_chunk(buf):
+        s_ids, t_ids = (shared[0].to(buf.S.device), shared[1].to(buf.S.device)) if shared is not None else (None, None)
+        tmm = matmul_dtype(teacher_hidden, teacher_head)
+        twm = teacher_head.to(tmm)
 
-class _CrossTokenizerKD(torch.autograd.Function):
-    """Chunked heads + ULD + shared-vocabulary KL; the gradient with respect to the student's logits is
-    closed-form, pushed through the student's head at once (dh = G W, dW += G^T h), the logits dropped."""
+        def chunk_loss(idx, S, buf):
+            zs = _capped(S, student_softcap)
+            zt = _capped((teacher_hidden.index_select(0, idx).to(tmm) @ twm.t()).to(buf.acc), teacher_softcap)
+            uld_c, g = _uld_and_grad(zs, zt, tau, uld_top)
+            kl_c = torch.zeros((), dtype=buf.acc, device=S.device)
+            if s_ids is not None:
+                kl_c, g_kl = _shared_kl_and_grad(zs, zt, s_ids, t_ids, tau)
+                g.index_add_(1, s_ids, g_kl * (tau * tau))
+            if student_softcap:  # d cap*tanh(x/cap) / dx = 1 - tanh^2
+                g = g * (1 - (zs / student_softcap) ** 2)
+            return (kl_c, uld_c), g
 
-    @staticmethod
-    def forward(ctx, h, w, th, tw, shared, tau, chunk, t_cap, s_cap, top):
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        mm = matmul_dtype(h, w)
-        acc = acc_dtype(mm)
-        dev = h.device
-        kl_sum = torch.zeros((), dtype=acc, device=dev)
-        uld_sum = torch.zeros((), dtype=acc, device=dev)
-        grad_h = torch.zeros(h.shape, dtype=acc, device=dev) if need_h else None
-        grad_w = torch.zeros(w.shape, dtype=acc, device=dev) if need_w else None
-        s_ids, t_ids = (shared[0].to(dev), shared[1].to(dev)) if shared is not None else (None, None)
-        with torch.autocast(dev.type, enabled=False):
-            wm, twm = w.to(mm), tw.to(matmul_dtype(th, tw))
-            for start in range(0, h.shape[0], chunk):
-                hc = h[start : start + chunk].to(mm)
-                zs = _capped((hc @ wm.t()).to(acc), s_cap)
-                zt = _capped((th[start : start + chunk].to(twm.dtype) @ twm.t()).to(acc), t_cap)
-                uld_c, g = _uld_and_grad(zs, zt, tau, top)
-                uld_sum += uld_c
-                if s_ids is not None:
-                    kl_c, g_kl = _shared_kl_and_grad(zs, zt, s_ids, t_ids, tau)
-                    kl_sum += kl_c
-                    g.index_add_(1, s_ids, g_kl * (tau * tau))
-                if s_cap:  # d cap*tanh(x/cap) / dx = 1 - tanh^2
-                    g = g * (1 - (zs / s_cap) ** 2)
-                if need_h:
-                    grad_h[start : start + chunk] = (g.to(mm) @ wm).to(acc)
-                if need_w:
-                    grad_w.add_(g.to(mm).t() @ hc)
-        kd_sum = kl_sum * (tau * tau) + uld_sum
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.input_dtypes = (h.dtype, w.dtype)
-        ctx.mark_non_differentiable(kl_sum, uld_sum)
-        return kd_sum, kl_sum, uld_sum
+        return chunk_loss
 
-    @staticmethod
-    def backward(ctx, grad_kd, _grad_kl, _grad_uld):
-        grad_h, grad_w = ctx.saved_tensors
-        h_dtype, w_dtype = ctx.input_dtypes
-        gh = (grad_h * grad_kd).to(h_dtype) if grad_h is not None else None
-        gw = (grad_w * grad_kd).to(w_dtype) if grad_w is not None else None
-        return gh, gw, None, None, None, None, None, None, None, None
+    def combine(kl_sum, uld_sum):
+        return kl_sum * (tau * tau) + uld_sum, (kl_sum, uld_sum)
+
+    rows = torch.arange(student_hidden.shape[0], device=student_hidden.device)
+    return fused_head_loss(student_hidden, student_head, rows, chunk, make_chunk, combine)
 
 
 def _capped(z: torch.Tensor, cap: float | None) -> torch.Tensor:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 import torch
 
 from slimlm.data.aligned_blocks import flat_positions
+from slimlm.losses.teachers import OnlineTeacher, SampledTeacher, TopkTeacher
 
 
 @dataclass
 class Signal:
     """What the teacher says about one micro-batch.
 
-    kd_inputs: the teacher keyword arguments of losses.kd.distill_loss (teacher_hidden + teacher_head, or
-        teacher_samples + teacher_entropy, or teacher_topk_values + teacher_topk_indices; empty without one).
+    teacher: the typed signal the KD kernel reads (losses/teachers.py: OnlineTeacher, SampledTeacher or
+        TopkTeacher), or None without one (or with a teacher of another tokenizer: `cross` below).
     hidden: teacher hidden states by index (0 = embeddings), for the feature term's layers.
     attentions: the teacher's attention maps by decoder layer (online teacher only), or None.
     cross: with a teacher of another tokenizer (data/aligned_blocks.py): its final hidden states at the
@@ -32,7 +33,7 @@ class Signal:
     """
 
     kind: str  # "online", "cached" or "none"
-    kd_inputs: dict = field(default_factory=dict)
+    teacher: OnlineTeacher | SampledTeacher | TopkTeacher | None = None
     hidden: dict = field(default_factory=dict)
     attentions: tuple | None = None
     cross: dict = field(default_factory=dict)
@@ -44,23 +45,12 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
     its attention maps; `autocast()`: the run's precision context; `stack` holds the gathered teacher head (ZeRO-3)
     until the caller has computed the loss."""
     if "sample_ids" in inputs:  # random-sampling KD: draws from p_T^tau and its entropy (teacher_cache.py)
-        return Signal(
-            "cached",
-            {
-                "teacher_samples": inputs["sample_ids"].flatten(0, 1).long(),
-                "teacher_entropy": inputs["teacher_entropy"].flatten(0, 1).float(),
-            },
-            {t: inputs[f"teacher_hidden_{t}"] for t in layers},
-        )
+        ids, entropy = inputs["sample_ids"].flatten(0, 1).long(), inputs["teacher_entropy"].flatten(0, 1).float()
+        sampled = SampledTeacher(ids, entropy)
+        return Signal("cached", sampled, {t: inputs[f"teacher_hidden_{t}"] for t in layers})
     if "topk_values" in inputs:
-        return Signal(
-            "cached",
-            {
-                "teacher_topk_values": inputs["topk_values"].flatten(0, 1),
-                "teacher_topk_indices": inputs["topk_indices"].flatten(0, 1).long(),
-            },
-            {t: inputs[f"teacher_hidden_{t}"] for t in layers},
-        )
+        topk = TopkTeacher(inputs["topk_values"].flatten(0, 1), inputs["topk_indices"].flatten(0, 1).long())
+        return Signal("cached", topk, {t: inputs[f"teacher_hidden_{t}"] for t in layers})
     if "teacher_hidden_aligned" in inputs:  # another tokenizer's teacher, cached (training/cross_cache.py)
         positions = inputs["student_positions"]
         return Signal(
@@ -87,7 +77,7 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
     head = stack.enter_context(teacher_head(teacher))
     return Signal(
         "online",
-        {"teacher_hidden": out.hidden_states[-1].flatten(0, 1), "teacher_head": head},
+        OnlineTeacher(out.hidden_states[-1].flatten(0, 1), head),
         {t: out.hidden_states[t] for t in layers},
         out.attentions if attentions else None,
     )

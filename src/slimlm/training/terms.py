@@ -62,7 +62,7 @@ class OutputTerm(nn.Module):
             kl=self.kl,
             chunk_size=self.chunk_size,
             num_items=step.num_items,
-            **step.signal.kd_inputs,
+            teacher=step.signal.teacher,
         )
         return loss, {k: v.detach() for k, v in parts.items()}
 
