@@ -454,3 +454,50 @@ def test_second_backward_is_refused_with_a_clear_error():
     torch.autograd.grad(loss, [h], retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward"):
         torch.autograd.grad(loss, [h])
+
+
+# ------------------------------------------------------------------------------------------- the shared kernel
+
+
+def test_the_fused_kernel_matches_autograd_for_any_chunk_function_and_allows_one_backward():
+    """losses/fused.py once, with a chunk function of its own (softmax cross-entropy written in closed form):
+    every chunk size gives autograd's loss and gradients in float64, masked rows are skipped, and a second
+    backward pass is refused for every loss built on it."""
+    from slimlm.losses.fused import fused_head_loss
+    from slimlm.losses.uld import cross_tokenizer_kd
+
+    torch.manual_seed(0)
+    n, d, v = 23, 6, 11
+    h = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(v, d, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, v, (n,))
+    rows = torch.arange(0, n, 2)  # every other row
+
+    def make_chunk(buf):
+        def chunk_loss(idx, S, buf):
+            target = y.index_select(0, idx)
+            lse = S.logsumexp(1, keepdim=True)
+            loss = (lse.squeeze(1) - S.gather(1, target.unsqueeze(1)).squeeze(1)).sum()
+            G = (S - lse).exp().scatter_add_(1, target.unsqueeze(1), -torch.ones(len(idx), 1, dtype=S.dtype))
+            return (loss,), G
+
+        return chunk_loss
+
+    expected = torch.nn.functional.cross_entropy(h[rows] @ w.T, y[rows], reduction="sum")
+    gh, gw = torch.autograd.grad(expected, (h, w))
+    for chunk in (1, 5, 64):
+        loss, part = fused_head_loss(h, w, rows, chunk, make_chunk, lambda s: (s, (s / n,)))
+        got_h, got_w = torch.autograd.grad(loss, (h, w))
+        close(loss, expected)
+        close(part, expected / n)
+        close(got_h, gh)
+        close(got_w, gw)
+        assert not got_h[1::2].any()  # rows not asked for get no gradient
+    th, tw = torch.randn(n, 5, dtype=torch.float64), torch.randn(13, 5, dtype=torch.float64)
+    for value in (
+        fused_head_loss(h, w, rows, 4, make_chunk, lambda s: (s, (s / n,)))[0],
+        cross_tokenizer_kd(h, w, th, tw, chunk=4)[0],
+    ):
+        value.backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="one backward pass"):
+            value.backward()

@@ -33,7 +33,8 @@ def fused_head_loss(
     make_chunk(buf) -> chunk_loss, called once the matmul dtype is known (buf.mm_dtype, buf.acc):
         chunk_loss(idx, S, buf) -> (sums, G): the chunk's rows `idx`, their fp32 logits S (m, V) in buf.S (which
         G may reuse), the tuple of the chunk's sums, and G = d(loss)/dS summed over the chunk's rows.
-    combine(*sums) -> (loss_sum, parts): the loss from the sums over every chunk, and the detached parts.
+    combine(*sums) -> (loss_sum, parts): the loss from the sums over every chunk, and the detached parts; G
+        must be the gradient of that loss_sum (combine only does the arithmetic the chunks' G already include).
     teacher_cols: width of buf.T, a (chunk, teacher_cols) work tensor for a teacher's logits (0: none).
     Gradients reach h and w only; the loss supports one backward pass (the saved gradients are scaled in place).
     """
