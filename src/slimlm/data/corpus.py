@@ -28,6 +28,7 @@ from slimlm.data.builtins import (
     builtin_documents,
     wiki_cleaning,
 )
+from slimlm.data.mix import is_mix, mix_splits
 from slimlm.errors import SlimlmError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -180,8 +181,6 @@ def prepare_data(spec: str, tokenizer, block_size: int = 256) -> Splits:
     (corpus, tokenizer, block size)."""
     if block_size < 2:
         raise SlimlmError(f"--block-size must be at least 2 (got {block_size})")
-    from slimlm.data.mix import is_mix, mix_splits
-
     if is_mix(spec):
         return mix_splits(spec, tokenizer, block_size, prepare_data)
     corpus = load_corpus(spec)

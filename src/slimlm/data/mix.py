@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from slimlm.data.builtins import BUILTIN_CORPORA
 from slimlm.errors import SlimlmError
 
 
@@ -32,8 +33,6 @@ def check_data_spec(spec, flag: str = "--data") -> None:
     text = str(spec)
     if Path(text).expanduser().exists():
         return
-    from slimlm.data.builtins import BUILTIN_CORPORA
-
     for item in text.split(","):
         name, colon, weight = item.strip().rpartition(":")
         if colon and name in BUILTIN_CORPORA and not _is_number(weight):
@@ -101,8 +100,6 @@ def _is_number(text: str) -> bool:
 
 def mix_splits(spec: str, tokenizer, block_size: int, prepare):
     """The mixed Splits of `spec`; `prepare(name, tokenizer, block_size)` gives one part's Splits."""
-    from slimlm.data.corpus import Splits
-
     parts = parse_mix(spec)
     if len(parts) == 1:  # `sotu:3`: one corpus, all of the blocks
         return prepare(parts[0][0], tokenizer, block_size)
@@ -146,4 +143,4 @@ def mix_splits(spec: str, tokenizer, block_size: int, prepare):
         },
         "parts": {n: {"share": share, **splits[n].info} for n, share in parts},
     }
-    return Splits(train, val, test, info)
+    return type(splits[parts[0][0]])(train, val, test, info)  # the Splits type of data/corpus.py

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slimlm.config_file import read_config_json
+from slimlm.disk import write_problem
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 
@@ -77,15 +79,12 @@ def _probe_writable(out_file: Path, tmp: Path) -> None:
 
 def _write_error(exc: OSError, out_file: Path) -> SlimlmError:
     """One line for a failed write (disk.write_problem: a full disk names the disk and its free space)."""
-    from slimlm.disk import write_problem
 
     return SlimlmError(write_problem(out_file, exc, fix="choose --out on another disk") + "; nothing was written")
 
 
 def _read_config(model_dir: Path) -> dict:
     """config.json, checked for the one architecture this exporter knows how to lay out."""
-    from slimlm.sources import read_config_json
-
     path = model_dir / "config.json"
     if not path.exists():
         raise SlimlmError(f"{model_dir} has no config.json; pass a Hugging Face model directory")
