@@ -212,7 +212,9 @@ def test_teacher_cache_is_reused_and_trains(tiny_teacher, text_dir, capsys):
     second = slimlm.distill(out="second", **common)
     assert "reusing cached teacher outputs" in capsys.readouterr().err
     record = json.loads((second / "slimlm.json").read_text())
-    assert record["training"]["teacher_cache"] and record["training"]["log"][-1]["kd"] > 0
+    # the sampled cache's KD is an unbiased but noisy estimate: near zero on this tiny model it may dip below
+    # zero on a step, so the check is that the term is live on every logged step
+    assert record["training"]["teacher_cache"] and all(e["kd"] != 0 for e in record["training"]["log"])
 
 
 def test_runs_distilling_from_different_layers_share_one_teacher_cache(tiny_teacher, text_dir, capsys):

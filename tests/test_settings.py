@@ -191,6 +191,7 @@ FLAGS = {
         (["--layers", "1,4"], "values", "1,4"),
         (["--feature-weight", "0.5"], "feature_weight", 0.5),
         (["--attention-weight", "0.5"], "attention_weight", 0.5),
+        (["--weight-grid", "0.1,1,10"], "weight_grid", "0.1,1,10"),
         *STARTING_STUDENT,
         *EXPERIMENT,
     ],
