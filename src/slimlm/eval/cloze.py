@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from slimlm.data.corpus import load_corpus, prepare_data
-from slimlm.data.mix import is_mix, parse_mix
 from slimlm.errors import SlimlmError
 from slimlm.eval.metrics import keeps_logits, max_positions, model_device
 from slimlm.eval.sampling import seeded_sample
@@ -67,6 +65,8 @@ def heldout_documents(data: str, tokenizer) -> tuple[list[tuple[str, str]], str]
     Items must come from text no model was trained or tuned on: for a dated corpus (built-in
     `sotu`) these are the raw test-year documents; otherwise the test split is defined on the
     token stream (the last 5%), so that stream is decoded and cut at end-of-text tokens."""
+    from slimlm.data.corpus import load_corpus, prepare_data
+    from slimlm.data.mix import is_mix, parse_mix
 
     if is_mix(data):  # a mix's test text is its parts'; the items come from the first part named
         data = parse_mix(data)[0][0]

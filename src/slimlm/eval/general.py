@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from slimlm.data.corpus import load_corpus, prepare_data
-from slimlm.data.mix import corpus_names
-from slimlm.errors import SlimlmError
 from slimlm.eval.metrics import perplexity
-from slimlm.settings import general_off
 
 GENERAL_KEYS = ("perplexity", "accuracy", "bits_per_byte", "tokens_scored", "nll")
 
@@ -36,6 +32,10 @@ def spread_windows(ids: torch.Tensor, tokens: int | None, window: int) -> torch.
 def check_general(data: str) -> None:
     """Load (and fetch, once) the general text before any model is measured, so a missing package or a
     wrong name fails now, in one line, rather than after the first model's evaluation."""
+    from slimlm.data.corpus import load_corpus
+    from slimlm.data.mix import corpus_names
+    from slimlm.errors import SlimlmError
+    from slimlm.settings import general_off
 
     if general_off(data):
         return
@@ -49,6 +49,8 @@ def check_general(data: str) -> None:
 def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True) -> dict:
     """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
     non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
+    from slimlm.data.corpus import prepare_data
+    from slimlm.errors import SlimlmError
 
     try:
         splits = prepare_data(data, tokenizer, window)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 
 from slimlm.errors import SlimlmError, first_line
-from slimlm.methods.quantization import QUANTIZED_WEIGHTS
 from slimlm.settings import comma_list
-from slimlm.sources import load_model, resolve_model
 
 
 def lm_eval_tasks(
@@ -41,6 +39,8 @@ def lm_eval_tasks(
             "lm-evaluation-harness is not installed: pip install 'lm-eval[hf]' (its tasks download "
             "their data from the Hugging Face hub, so it also needs the network)"
         ) from None
+    from slimlm.methods.quantization import QUANTIZED_WEIGHTS
+    from slimlm.sources import load_model, resolve_model
 
     path = resolve_model(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,7 +15,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from slimlm.cache import pypi_package
 from slimlm.errors import SlimlmError
 from slimlm.eval.metrics import max_positions, model_device
 from slimlm.eval.sampling import seeded_sample
@@ -66,6 +65,7 @@ def aclsum_items(split: str = "test", *, max_document_words: int = SUMMARY_DOCUM
     abstract, introduction and conclusion (the dataset's source text) cut to whole sentences within
     `max_document_words`; the reference joins its three human-written aspect summaries (challenge,
     approach, outcome) into one abstractive summary."""
+    from slimlm.cache import pypi_package
 
     path = pypi_package(*ACLSUM) / "files" / "aclsum" / "dataset" / f"{split}.jsonl"
     if not path.exists():

@@ -22,12 +22,8 @@ from pathlib import Path
 
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.eval.llama_cpp import INSTALL_HINT, available
 from slimlm.experiments import runner
 from slimlm.experiments.layout import arm_dir, baseline_dir, reference_file, result_file
-from slimlm.sources import model_config
-from slimlm.stages.export import export
-from slimlm.stages.quantize import quantize
 
 GROUP_SIZE = 32
 GGUF = (("q8_0", 8), ("q4_0", 4))  # llama.cpp's own 8- and 4-bit block formats
@@ -39,6 +35,7 @@ QUANTIZED = (
 
 def builds(teacher) -> list[dict]:
     """The quantize settings of each baseline of `teacher` (read from its config; no weights loaded)."""
+    from slimlm.sources import model_config
 
     config = model_config(teacher).get_text_config()
     heads = getattr(config, "num_attention_heads", 0)
@@ -63,6 +60,7 @@ def quantized_baselines(run_dir: Path, teacher, data: str, ev: dict, mode: str) 
     """Build (once) and measure (once) each baseline of `mode`; return their reference names."""
     if mode == "none":
         return []
+    from slimlm.stages.quantize import quantize
 
     names = []
     for build in builds(teacher):
@@ -89,6 +87,7 @@ def quantized_baselines(run_dir: Path, teacher, data: str, ev: dict, mode: str) 
 def _gguf_baselines(run_dir: Path, teacher, data: str, ev: dict) -> list[str]:
     """The teacher exported to GGUF q8_0 and q4_0 and measured under llama.cpp, where llama-cpp-python is
     installed (the first thing a user would try); said and skipped where it is not."""
+    from slimlm.eval.llama_cpp import INSTALL_HINT, available
 
     if not available():
         log(f"llama.cpp baselines skipped: llama-cpp-python is not installed ({INSTALL_HINT})")
@@ -100,6 +99,7 @@ def _gguf_baselines(run_dir: Path, teacher, data: str, ev: dict) -> list[str]:
 def student_gguf(run_dir: Path, spec: dict, data: str, ev: dict, mode: str) -> list[str]:
     """Each distilled arm's first finished seed exported to GGUF q8_0 and q4_0 and measured under llama.cpp
     (where llama-cpp-python is installed; `--baselines none` skips them), named ARM-q8_0-llama.cpp."""
+    from slimlm.eval.llama_cpp import available
 
     if mode == "none" or not available():
         return []
@@ -118,6 +118,7 @@ def student_gguf(run_dir: Path, spec: dict, data: str, ev: dict, mode: str) -> l
 def _gguf(run_dir: Path, who: str, model, kind: str, bits: int, data: str, ev: dict, about: dict) -> str | None:
     """Export `model` (once) as `who`-KIND.gguf and measure it under llama.cpp (once); its name, or None
     where the export failed or llama.cpp crashed."""
+    from slimlm.stages.export import export
 
     name = f"{who}-{kind}-llama.cpp"
     source = "TEACHER" if who == "teacher" else f"arms/{who}-seed{about['seed']}"

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.experiments.report import write_report
-from slimlm.sources import layer_count as config_layers
-from slimlm.sources import load_tokenizer, model_config, resolve_model
 
 
 def parse_list(text, kind=float, name="--values") -> list:
@@ -33,18 +29,23 @@ def parse_list(text, kind=float, name="--values") -> list:
 
 def layer_count(model_spec) -> int:
     """Decoder layers of a model, from its config alone (no weights loaded)."""
+    from slimlm.sources import layer_count as config_layers
+    from slimlm.sources import model_config
 
     return config_layers(model_config(model_spec))
 
 
 def data_info(teacher, data, block_size) -> dict:
     """The splits' facts (documents, tokens, bytes) recorded in the spec, tokenized as the teacher reads them."""
+    from slimlm.data.corpus import prepare_data
+    from slimlm.sources import load_tokenizer, resolve_model
 
     return prepare_data(data, load_tokenizer(resolve_model(teacher)), block_size).info
 
 
 def finish(run_dir: Path) -> Path:
     """Write the run's report (every arm finished) and say where it is."""
+    from slimlm.experiments.report import write_report
 
     write_report(run_dir, force=True)
     log(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")

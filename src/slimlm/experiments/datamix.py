@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 
-from slimlm.data.builtins import GENERAL_CORPUS
 from slimlm.errors import SlimlmError
 from slimlm.settings import general_off
 
 
 def default_corpora(data: str, ev: dict) -> list[str]:
     """--data alone, the general text alone, and the two mixed in equal shares."""
+    from slimlm.data.builtins import GENERAL_CORPUS
 
     general = ev.get("general_data")
     general = GENERAL_CORPUS if general_off(general) else general

@@ -27,9 +27,7 @@ from slimlm.experiments import runner
 from slimlm.experiments.baselines import quantized_baselines
 from slimlm.experiments.common import data_info, finish, layer_count, parse_list
 from slimlm.experiments.layout import arm_dir
-from slimlm.experiments.sweeps import cache_protocol
 from slimlm.output import staging_dir
-from slimlm.precision import check
 from slimlm.settings import (
     DistillSettings,
     FinetuneSettings,
@@ -39,7 +37,6 @@ from slimlm.settings import (
     StudentSettings,
     load_recipe,
 )
-from slimlm.stages import distill, finetune, prune, quantize, student
 
 STAGES = ("student", "distill", "finetune", "prune", "quantize")
 RECIPE_KEYS = ("teacher", "data", "seeds", "evaluate", "precision", "stages")
@@ -65,6 +62,8 @@ def pipeline(
     seeds = parse_list(values.get("seeds", [0]), int, "seeds")
     ev = runner.check_eval(values.get("evaluate") or {})
     if "precision" in values:
+        from slimlm.precision import check
+
         try:
             check(values["precision"])
         except SlimlmError as exc:
@@ -104,6 +103,7 @@ def pipeline(
 
 def _cache_of(arms: list[dict]) -> dict | None:
     """The teacher cache as the protocol states it: which stages read it, or None when every stage ran online."""
+    from slimlm.experiments.sweeps import cache_protocol
 
     cached = [a for a in arms if a["settings"].get("teacher_cache")]
     if not cached:
@@ -223,6 +223,7 @@ def _train_tokens(arm: dict, teacher: str, data: str) -> int:
 
 def _train(arms: list[dict], run_dir: Path, teacher: str, data: str):
     """Each stage's input is the previous stage's output for the same seed (the teacher for the first)."""
+    from slimlm.stages import distill, finetune, prune, quantize, student
 
     def train(arm, seed, out, resume):
         index = arm["value"]

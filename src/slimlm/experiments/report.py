@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from slimlm.disk import WRITE_FAULTS, write_problem
-from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.experiments.compare import paper_comparison
 from slimlm.experiments.frontier import frontier_rows
@@ -29,7 +28,6 @@ from slimlm.experiments.plots import draw_plots
 from slimlm.experiments.render import render_html, render_markdown
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
 from slimlm.experiments.validation_grid import read_grids
-from slimlm.settings import ReportSettings
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 KIND_TITLES = {
@@ -180,6 +178,8 @@ def build_report(run: dict, run_dir: Path) -> dict:
 
 def report(run_dir: str, force: bool = False) -> None:
     """The `slimlm report RUN_DIR` command: validate its settings, write the report, say where."""
+    from slimlm.distributed import log
+    from slimlm.settings import ReportSettings
 
     s = ReportSettings.from_dict({"run_dir": run_dir, "force": force}).validate()
     write_report(s.run_dir, force=s.force)

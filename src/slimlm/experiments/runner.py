@@ -15,17 +15,11 @@ from pathlib import Path
 
 import torch
 
-from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.eval.general import check_general, general_metrics
-from slimlm.eval.llama_cpp import measure_gguf
-from slimlm.eval.metrics import evaluate_model
-from slimlm.eval.tasks import parse_tasks, run_tasks
 from slimlm.experiments.layout import arm_dir, experiment_file, read_json, reference_file, result_file
 from slimlm.output import slimlm_version, staging_dir, under_lock, write_json_atomic
 from slimlm.settings import EVAL_DEFAULTS, check_positive_int, comma_list, general_off
-from slimlm.sources import gguf_tokenizer, load_model
 
 EVAL_FLAGS = {"tokens": "eval_tokens"}  # evaluation settings whose `slimlm experiment` flag has another name
 ADDED_EVAL_KEYS = ("general_data", "general_tokens")  # added later: older run folders continue without them
@@ -96,6 +90,7 @@ def _added_eval_keys(stored: dict, spec: dict) -> list[str]:
 
 def check_eval(evaluation: dict) -> dict:
     """The measurement protocol, completed with defaults and checked before any work starts."""
+    from slimlm.eval.tasks import parse_tasks
 
     unknown = sorted(set(evaluation) - set(EVAL_DEFAULTS))
     if unknown:
@@ -119,6 +114,7 @@ def check_eval(evaluation: dict) -> dict:
             )
     if ev["window"] < 2 or ev["stride"] > ev["window"]:
         raise SlimlmError(f"evaluation window must be >= 2 and stride <= window (got {ev['window']}, {ev['stride']})")
+    from slimlm.eval.general import check_general
 
     check_general(ev["general_data"])
     ev["threads"] = torch.get_num_threads()
@@ -128,8 +124,14 @@ def check_eval(evaluation: dict) -> dict:
 def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transformers") -> dict:
     """Every metric of one model under the run's protocol: the same text, window and prompts for all
     (`runtime="llama.cpp"`: a .gguf file under llama.cpp, eval/llama_cpp.py; no downstream tasks there)."""
+    from slimlm.data.corpus import prepare_data
+    from slimlm.eval.metrics import evaluate_model
+    from slimlm.sources import load_model
 
     if runtime == "llama.cpp":
+        from slimlm.eval.llama_cpp import measure_gguf
+        from slimlm.sources import gguf_tokenizer
+
         splits = prepare_data(data, gguf_tokenizer(model_spec), ev["window"])
         ids = getattr(splits, ev["split"])
         text_bytes = splits.info[ev["split"]]["bytes"]
@@ -162,6 +164,8 @@ def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transfo
         repeats=ev["repeats"],
     )
     if ev["tasks"]:
+        from slimlm.eval.tasks import run_tasks
+
         metrics.update(run_tasks(model, tokenizer, ev["tasks"], data=data, n=ev["task_items"], seed=0))
     metrics.update(_general(model, tokenizer, ev))
     return metrics
@@ -169,6 +173,7 @@ def measure(model_spec: str | Path, data: str, ev: dict, runtime: str = "transfo
 
 def _general(model, tokenizer, ev: dict) -> dict:
     """The general-text metrics of eval/general.py under the run's protocol, or none when it is off."""
+    from slimlm.eval.general import general_metrics
 
     if general_off(ev.get("general_data")):
         return {}
@@ -183,6 +188,7 @@ def add_general(path: Path, record: dict, ev: dict, model_spec) -> dict:
     wanted = not general_off(ev.get("general_data"))
     if not wanted or "general_perplexity" in metrics or str(model_spec).endswith(".gguf"):
         return record
+    from slimlm.sources import load_model
 
     try:
         model, tokenizer, _ = load_model(model_spec)

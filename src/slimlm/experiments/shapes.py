@@ -21,7 +21,6 @@ from slimlm.experiments.common import parse_list
 from slimlm.experiments.layout import RUN_PREFIX, read_json, student_dir
 from slimlm.methods.budget import AXES, candidate_shapes, shape_of
 from slimlm.sources import model_config
-from slimlm.stages.student import make_student
 
 LABELS = {
     "depth": "depth: fewer layers",
@@ -60,6 +59,7 @@ def reference_name(axis: str) -> str:
 
 def starting_students(run_dir: Path, arms: list[dict], s, ev: dict, precision: str) -> None:
     """Each arm's student, built once (`slimlm student --target-params --axes AXIS`) and measured once."""
+    from slimlm.stages.student import make_student
 
     for arm in arms:
         axis, out = arm["value"], student_dir(run_dir, arm["value"])

@@ -34,12 +34,7 @@ from slimlm.experiments.layout import in_run
 from slimlm.experiments.paper_arms import feature_layer_arms, finetune_arms, temperature_arms
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
 from slimlm.experiments.validation_grid import pick, reuse_seed0
-from slimlm.output import staging_dir
-from slimlm.precision import from_legacy
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe, with_overrides
-from slimlm.stages.distill import distill
-from slimlm.stages.finetune import finetune
-from slimlm.stages.student import make_student
 
 
 def experiment(kind: str, *, out: str, force: bool = False, command: str | None = None, **settings) -> Path:
@@ -52,6 +47,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
     each arm records what auto decided. `baselines` ("quantized" or "none") adds the teacher's 8- and 4-bit
     copies as references, and for student-shape each arm's GGUF exports (baselines.py).
     """
+    from slimlm.precision import from_legacy
 
     s = ExperimentSettings.from_dict({**settings, "kind": kind, "out": out, "force": force, "command": command})
     extra = from_legacy({**(load_recipe(s.recipe) if s.recipe else {}), **(s.settings or {})})
@@ -155,6 +151,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         _starting_student(s.teacher, s.data, start_dir, s.student_layers, s.block_size, precision)
     if needs_start:
         runner.measure_reference(run_dir, "student-init", start_dir, s.data, ev)
+    from slimlm.stages.distill import distill
+    from slimlm.stages.finetune import finetune
 
     if kind == "finetune":
         if not s.model:
@@ -222,6 +220,7 @@ def _split_settings(settings: dict) -> tuple[dict, dict]:
         "feature_weight",
         "rank",
     }  # set by the experiment's own flags, which must win
+    from slimlm.precision import from_legacy
 
     settings = from_legacy({str(k).replace("-", "_"): v for k, v in settings.items()})
     d_keys = {f.name for f in fields(DistillSettings)} - owned
@@ -268,6 +267,7 @@ def _picked(run_dir, grid, key, candidates, stage, base, arms, applies_to) -> di
 
 def _starting_student(teacher, data, out: Path, layers: int, block_size: int, precision: str = "auto") -> None:
     """The student every arm starts from: teacher layers chosen by measured importance, built once."""
+    from slimlm.stages.student import make_student
 
     if (out / "slimlm.json").exists():
         return
@@ -286,6 +286,8 @@ def _starting_student(teacher, data, out: Path, layers: int, block_size: int, pr
 
 def _distilled_base(settings: dict, out: Path) -> None:
     """Figure 3 fine-tunes a distilled student: distil one (seed 0) for every arm to start from."""
+    from slimlm.output import staging_dir
+    from slimlm.stages.distill import distill
 
     if (out / "slimlm.json").exists():
         return

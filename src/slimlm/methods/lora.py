@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import decoder_layers
 
 
 def layer_linear_names(model) -> list[str]:
     """Leaf names of every Linear inside the decoder layers (attention and MLP projections; not lm_head)."""
+    from slimlm.methods.layers import decoder_layers
 
     names = set()
     for layer in decoder_layers(model):

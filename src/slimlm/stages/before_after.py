@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from slimlm.distributed import log
-from slimlm.eval.metrics import evaluate_model
-from slimlm.eval.table import format_table
 from slimlm.output import model_card, publish
 
 
 def measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
+    from slimlm.eval.metrics import evaluate_model
 
     test = splits.test[:eval_tokens]
     return evaluate_model(
@@ -31,6 +30,7 @@ def measure(model, tokenizer, splits, model_dir, eval_tokens, window, repeats):
 def publish_before_after(
     stage, out, model, tokenizer, kind, source, source_dir, splits, settings, detail, before, after, eval_tokens, window
 ):
+    from slimlm.eval.table import format_table
 
     table = format_table({"before": before, "after": after})
     print(table)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 
 from slimlm.distributed import log
-from slimlm.errors import SlimlmError
 from slimlm.settings import CacheSettings
-from slimlm.training.teacher_cache import list_entries, remove_entries, teacher_root
 
 
 def cache(action: str = "list", keys: list | None = None, *, all: bool = False) -> list[dict]:
     """`slimlm cache list` prints the entries (and returns them); `slimlm cache remove KEY... | --all` deletes."""
+    from slimlm.training.teacher_cache import list_entries, remove_entries, teacher_root
 
     s = CacheSettings.from_dict({"action": action, "keys": list(keys or []), "all": all}).validate()
     entries = list_entries()
@@ -25,6 +24,8 @@ def cache(action: str = "list", keys: list | None = None, *, all: bool = False) 
     try:
         freed = remove_entries([e["key"] for e in entries] if s.all else s.keys)
     except ValueError as exc:  # a key that names no entry, or several
+        from slimlm.errors import SlimlmError
+
         raise SlimlmError(str(exc)) from None
     log(f"removed; freed {freed / 2**20:.1f} MiB from {teacher_root()}")
     return list_entries()

@@ -40,9 +40,6 @@ from slimlm.training.launch import (
     training_args,
     training_callbacks,
 )
-from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
-from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
-from slimlm.training.trainer import BlockDataset, DistillTrainer
 from slimlm.training.validation import validation_perplexity
 
 
@@ -110,6 +107,7 @@ def _check_shapes(settings: DistillSettings) -> None:
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
+    from slimlm.training.trainer import BlockDataset, DistillTrainer
 
     # ---- load
     start_time = time.time()
@@ -255,6 +253,7 @@ def _student(settings: DistillSettings, teacher, tokenizer, splits, precision, g
 
 def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map, attention_map, precision):
     """output (CE + KD), then feature and attention when their maps and weights are given (training/terms.py)."""
+    from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
 
     terms = [OutputTerm(settings.temperature, settings.alpha, settings.kl, settings.chunk_size)]
     calibration = calibration_sample(splits.train, settings.calibration_blocks, settings.seed)
@@ -272,6 +271,7 @@ def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map
 def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feature_map, precision):
     """The cached teacher signal for these blocks (rank 0 computes it once, on its accelerator if any; the
     others read it), or None for the online teacher."""
+    from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
 
     if not settings.teacher_cache:
         return None

@@ -10,11 +10,6 @@ from slimlm import precision as precisions
 from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.eval import llama_cpp
-from slimlm.eval.general import check_general, general_metrics
-from slimlm.eval.metrics import evaluate_model
-from slimlm.eval.table import format_table
-from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
 from slimlm.output import write_json_atomic
 from slimlm.settings import EvalSettings, comma_list, general_off
 from slimlm.sources import check_same_tokenizer, gguf_tokenizer, load_model
@@ -33,6 +28,10 @@ def evaluate(
     if bf16 is not None:
         settings["precision"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
+    from slimlm.eval.general import check_general, general_metrics
+    from slimlm.eval.metrics import evaluate_model
+    from slimlm.eval.table import format_table
+    from slimlm.eval.tasks import lm_eval_tasks, parse_tasks, run_tasks
 
     tasks, harness = parse_tasks(s.tasks), comma_list(s.lm_eval)
     general = not general_off(s.general_data) and s.runtime == "transformers"
@@ -49,6 +48,8 @@ def evaluate(
                 "--lm-eval needs lm-evaluation-harness: pip install 'lm-eval[hf]' (and a network for the task data)"
             )
     if s.runtime == "llama.cpp":
+        from slimlm.eval import llama_cpp
+
         llama_cpp.check_runtime([str(m) for m in s.models])
     if s.out and Path(s.out).exists() and not s.force:
         raise SlimlmError(f"{s.out} already exists; pass --force to replace it or choose another --out")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from slimlm.data.corpus import load_corpus
-from slimlm.data.mix import corpus_names
 from slimlm.distributed import log
 from slimlm.settings import FetchSettings, general_off
-from slimlm.sources import resolve_model
 
 
 def fetch(
     teacher: str = FetchSettings.teacher, data: str = FetchSettings.data, general_data: str = FetchSettings.general_data
 ) -> dict:
     """Download and convert the built-in (or given) teacher, corpus and general-text set into the cache."""
+    from slimlm.data.corpus import load_corpus
+    from slimlm.data.mix import corpus_names
+    from slimlm.sources import resolve_model
 
     settings = FetchSettings.from_dict({"teacher": teacher, "data": data, "general_data": general_data}).validate()
     model_dir = resolve_model(settings.teacher)

@@ -16,10 +16,7 @@ import torch
 from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.data.corpus import training_blocks
-from slimlm.data.instructions import is_instruction_data, prepare_instructions, response_perplexity
 from slimlm.distributed import log
-from slimlm.eval.metrics import peak_memory
-from slimlm.methods.lora import MergedWithAdapter, add_lora, optimizer_state_bytes, target_modules, trainable_parameters
 from slimlm.output import model_card, publish
 from slimlm.settings import FinetuneSettings
 from slimlm.sources import check_same_tokenizer
@@ -34,8 +31,6 @@ from slimlm.training.launch import (
     training_args,
     training_callbacks,
 )
-from slimlm.training.terms import OutputTerm
-from slimlm.training.trainer import BlockDataset, DistillTrainer
 from slimlm.training.validation import validation_perplexity
 
 
@@ -57,6 +52,17 @@ def finetune(
 
 
 def _finetune(settings: FinetuneSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
+    from slimlm.data.instructions import is_instruction_data, prepare_instructions, response_perplexity
+    from slimlm.eval.metrics import peak_memory
+    from slimlm.methods.lora import (
+        MergedWithAdapter,
+        add_lora,
+        optimizer_state_bytes,
+        target_modules,
+        trainable_parameters,
+    )
+    from slimlm.training.terms import OutputTerm
+    from slimlm.training.trainer import BlockDataset, DistillTrainer
 
     # ---- load
     start_time = time.time()

@@ -14,7 +14,6 @@ from slimlm.output import claimed
 from slimlm.settings import PruneSettings
 from slimlm.sources import load_model, model_config
 from slimlm.stages.before_after import measure, publish_before_after
-from slimlm.stages.distill import distill
 
 
 def check_prune_model(config, *, method: str, nm: tuple[int, int], kv_groups_removed: int) -> None:
@@ -80,6 +79,8 @@ def prune(model: str, *, out: str, force: bool = False, **settings) -> Path:
         tmp = stage / "measure"
         pruned.save_pretrained(tmp)  # measure the size that will be published
         if s.recover_tokens:
+            from slimlm.stages.distill import distill  # the one stage that runs another (docs/architecture.md)
+
             tokenizer.save_pretrained(tmp)
             recovered = distill(
                 teacher=str(source_dir),

@@ -10,9 +10,7 @@ from slimlm.data.corpus import prepare_data
 from slimlm.disk import require_space
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.eval.metrics import perplexity
 from slimlm.methods.budget import check_reachable, config_for, parameter_count
-from slimlm.methods.healing import heal_cuts
 from slimlm.methods.layers import parse_keep_layers
 from slimlm.methods.student import student_from_teacher
 from slimlm.methods.width import check_widths
@@ -59,6 +57,9 @@ def _student_params(config, s: StudentSettings, n_teacher: int) -> int:
 def _heal(teacher, student, splits, s: StudentSettings, precision) -> dict:
     """--heal-tokens: blockwise local distillation around the depth cut (methods/healing.py), logged."""
     from tqdm.auto import tqdm
+
+    from slimlm.eval.metrics import perplexity
+    from slimlm.methods.healing import heal_cuts
 
     if student.config.hidden_size != teacher.config.hidden_size:
         log("--heal-tokens: skipped, the student is narrower than the teacher (healing matches hidden states)")
@@ -110,6 +111,8 @@ def _make_student(s: StudentSettings, out: Path, stage: Path) -> Path:
         info["healing"] = _heal(teacher_model, student, splits, s, precision)
     metrics = {}
     if s.evaluate_test:
+        from slimlm.eval.metrics import perplexity
+
         with precisions.autocast(precision):
             metrics = perplexity(
                 student, splits.test, window=s.block_size, stride=s.block_size, text_bytes=splits.info["test"]["bytes"]

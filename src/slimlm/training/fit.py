@@ -9,7 +9,6 @@ from pathlib import Path
 from torch import nn
 
 from slimlm.distributed import log
-from slimlm.training.budget import budget_record, budget_stopped, restore_time_budget
 from slimlm.training.launch import resume_checkpoint, trained_model
 from slimlm.training.trainable import student_of
 
@@ -36,6 +35,7 @@ def fit(
     published. around(train): runs train() for the caller, e.g. to measure peak memory around it.
     """
     # imported here: budget.py pulls in transformers' Trainer stack, which `import slimlm` should not pay for
+    from slimlm.training.budget import budget_record, budget_stopped, restore_time_budget
 
     checkpoint = resume_checkpoint(stage / "checkpoints") if resume else None
     if resume and checkpoint is None:

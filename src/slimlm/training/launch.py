@@ -16,7 +16,6 @@ from slimlm.errors import SlimlmError, first_line
 from slimlm.output import claim_output, discard_if_unstarted
 from slimlm.settings import load_recipe, with_overrides
 from slimlm.sources import load_model
-from slimlm.training.budget import StopAfterSteps, TimeBudget
 from slimlm.training.checkpoints import last_good_checkpoint
 from slimlm.training.trainable import split_state, student_of
 
@@ -97,6 +96,7 @@ def trained_model(trainer):
 
 def training_callbacks(settings, stop_after: int | None) -> list | None:
     """Trainer callbacks: `--max-time` (training/budget.py) and the tests' interruption point."""
+    from slimlm.training.budget import StopAfterSteps, TimeBudget
 
     callbacks = [StopAfterSteps(stop_after)] if stop_after else []
     budget = settings.time_budget_s()

@@ -8,13 +8,13 @@ import torch
 
 from slimlm import distributed
 from slimlm import precision as precisions
-from slimlm.eval.metrics import perplexity
 
 
 def validation_perplexity(model, tokens: torch.Tensor, window: int, precision, *, shared: bool = True) -> dict:
     """Validation perplexity, windows of `window` tokens at stride `window`. Under torchrun/accelerate
     (`shared`) each rank scores a contiguous share of the windows and the sums are gathered: the same
     windows, so the same numbers as one process (to float rounding), in 1/N of the time."""
+    from slimlm.eval.metrics import perplexity
 
     def score(ids):
         with precisions.autocast(precision, next(model.parameters()).device.type):
