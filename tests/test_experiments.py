@@ -259,6 +259,7 @@ def test_feature_layer_sweep_maps_layers_proportionally_and_shares_the_cache(tin
         record = json.loads((out / "arms" / f"{arm}-seed0" / "slimlm.json").read_text())
         assert record["settings"]["feature_weight"] == best
     assert "reused" in err
+    assert any("picked on the validation split" in n for n in report["protocol"]["notes"])
 
 
 def test_finetune_experiment_compares_lora_and_full(tiny_teacher, text_dir):

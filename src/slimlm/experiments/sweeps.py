@@ -136,7 +136,8 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             "notes": shape_notes(s.target_params, max_tokens, values)
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control, s.cache_mode)
-            + (_online_notes(arms[-1], s.cache_mode) if s.online_control else []),
+            + (_online_notes(arms[-1], s.cache_mode) if s.online_control else [])
+            + _grid_notes(kind, grid),
         },
         "command": s.command,
     }
@@ -323,6 +324,17 @@ def _notes(kind, student, model, student_layers, max_tokens, online_control=Fals
             + ("; the control arm runs the teacher online" if online_control else "")
         )
     return notes
+
+
+def _grid_notes(kind: str, grid: dict | None) -> list[str]:
+    """Where a validation grid sets a value, the settings shown for the arms do not: say which wins."""
+    if not grid:
+        return []
+    what = "every feature arm's β (feature_weight)" if kind == "feature-layer" else "each method's learning rate"
+    return [
+        f"{what} is the value picked on the validation split (the table of the grid below the results), not the "
+        "one in the arms' or base settings"
+    ]
 
 
 def _online_notes(arm: dict, cache_mode: str) -> list[str]:
