@@ -55,10 +55,14 @@ test: setup lint
 # Rerunning continues where an interrupted run stopped. Reports: $(EXP_OUT)/*/report.html
 experiments: setup
 	$(BIN)/slimlm fetch
-	$(BIN)/slimlm experiment temperature --out $(EXP_OUT)/temperature
+	$(BIN)/slimlm experiment temperature --max-tokens 100000 --online-control --out $(EXP_OUT)/temperature
+	$(BIN)/slimlm experiment temperature --values 2,5,10 --cache-mode online --max-tokens 102400 --baselines none \
+		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/temperature-online
 	$(BIN)/slimlm pipeline recipes/pipeline.yaml --out $(EXP_OUT)/pipeline
-	$(BIN)/slimlm experiment finetune --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
-	$(BIN)/slimlm experiment feature-layer --student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
+	$(BIN)/slimlm experiment finetune --with-teacher --lr-grid 0.2,1,5 --max-tokens 102400 --baselines none \
+		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
+	$(BIN)/slimlm experiment feature-layer --weight-grid 0.1,1,10 --max-tokens 102400 --baselines none \
+		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
 	$(BIN)/slimlm experiment student-shape --out $(EXP_OUT)/student-shape
 	$(BIN)/slimlm experiment data-mix --seeds 0,1 --out $(EXP_OUT)/data-mix
 
