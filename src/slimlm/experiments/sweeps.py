@@ -166,7 +166,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
         )
         train = _arm(finetune, base, picked=picked)
     else:
-        feature_arms = [a["name"] for a in arms if "feature_weight" in a["settings"] and a.get("value")]
+        feature_arms = [a["name"] for a in arms if a["settings"].get("feature_layers") and not a.get("control")]
         picked = None
         if kind == "feature-layer" and grid:  # one β, picked on the middle layer, for every feature arm
             picked = _picked(
