@@ -33,7 +33,7 @@ from slimlm.experiments.datamix import data_arms, data_notes, default_corpora
 from slimlm.experiments.layout import in_run
 from slimlm.experiments.paper_arms import feature_layer_arms, finetune_arms, temperature_arms
 from slimlm.experiments.shapes import shape_arms, shape_notes, starting_students
-from slimlm.experiments.validation_grid import pick, reuse_seed0
+from slimlm.experiments.validation_grid import grid_notes, pick, reuse_seed0
 from slimlm.settings import DistillSettings, ExperimentSettings, FinetuneSettings, load_recipe, with_overrides
 
 
@@ -137,7 +137,7 @@ def experiment(kind: str, *, out: str, force: bool = False, command: str | None 
             if kind == "student-shape"
             else _notes(kind, s.student, s.model, s.student_layers, max_tokens, s.online_control, s.cache_mode)
             + (_online_notes(arms[-1], s.cache_mode) if s.online_control else [])
-            + _grid_notes(kind, grid),
+            + grid_notes(kind, grid),
         },
         "command": s.command,
     }
@@ -324,17 +324,6 @@ def _notes(kind, student, model, student_layers, max_tokens, online_control=Fals
             + ("; the control arm runs the teacher online" if online_control else "")
         )
     return notes
-
-
-def _grid_notes(kind: str, grid: dict | None) -> list[str]:
-    """Where a validation grid sets a value, the settings shown for the arms do not: say which wins."""
-    if not grid:
-        return []
-    what = "every feature arm's β (feature_weight)" if kind == "feature-layer" else "each method's learning rate"
-    return [
-        f"{what} is the value picked on the validation split (the table of the grid below the results), not the "
-        "one in the arms' or base settings"
-    ]
 
 
 def _online_notes(arm: dict, cache_mode: str) -> list[str]:

@@ -96,3 +96,14 @@ def grid_lines(grids: dict | None) -> list[str]:
                 lines.append(f"| {group} | {float(value):g} | {ppl:.2f} | {mark} |")
         lines.append("")
     return lines
+
+
+def grid_notes(kind: str, grid: dict | None) -> list[str]:
+    """Where a validation grid sets a value, the settings shown for the arms do not: say which wins."""
+    if not grid:
+        return []
+    what = "every feature arm's β (feature_weight)" if kind == "feature-layer" else "each method's learning rate"
+    return [
+        f"{what} is the value picked on the validation split (the table of the grid below the results), not the "
+        "one in the arms' or base settings"
+    ]
