@@ -57,11 +57,12 @@ def test_kept_layers_are_copied(tiny_teacher):
 
 
 def test_narrow_student_from_config_keeps_teacher_rows_by_importance(tiny_teacher):
-    from slimlm.methods.width import for_layers, measure_importance, prune_width
+    from slimlm.methods.importance import activation_importance, for_layers
+    from slimlm.methods.width import prune_width
 
     teacher, _, _ = load_model(tiny_teacher)
     blocks = torch.randint(0, teacher.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
-    importance = for_layers(measure_importance(teacher, blocks), [0, 1])
+    importance = for_layers(activation_importance(teacher, blocks), [0, 1])
     student = prune_width(build_student(teacher, [0, 1]), importance, {"intermediate_size": 16})
     assert student.model.layers[0].mlp.up_proj.weight.shape == (16, 32)
     kept = importance["mlp"][0].argsort(descending=True)[:16].sort().values  # the 16 most important, in order

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 import slimlm
 from slimlm.errors import SlimlmError
 from slimlm.methods.budget import candidate_shapes, parameter_count
-from slimlm.methods.width import measure_importance, prune_width
+from slimlm.methods.importance import activation_importance
+from slimlm.methods.width import prune_width
 
 VOCAB = 96
 
@@ -64,7 +65,7 @@ ARCHS = ["llama", "qwen3", "gemma3"]
 @pytest.mark.parametrize("arch", ARCHS)
 def test_nothing_removed_is_the_same_network(arch):
     model, ids = _model(arch), _blocks()
-    pruned = prune_width(model, measure_importance(model, ids), {})
+    pruned = prune_width(model, activation_importance(model, ids), {})
     torch.testing.assert_close(_logits(pruned, ids), _logits(model, ids), rtol=1e-5, atol=1e-5)
 
 
@@ -81,7 +82,7 @@ def test_nothing_removed_is_the_same_network(arch):
 )
 def test_a_narrower_model_loads_and_counts_what_its_config_says(arch, widths, tmp_path):
     model, ids = _model(arch), _blocks()
-    pruned = prune_width(model, measure_importance(model, ids), widths)
+    pruned = prune_width(model, activation_importance(model, ids), widths)
     for key, value in widths.items():
         assert getattr(pruned.config, key) == value
     pruned.save_pretrained(tmp_path, safe_serialization=True)
@@ -102,7 +103,7 @@ def test_dead_mlp_channels_and_a_dead_group_are_the_ones_removed(arch):
             layer.mlp.up_proj.weight[dead] = 0
             layer.mlp.gate_proj.weight[dead] = 0
             layer.self_attn.v_proj.weight[:8] = 0  # key/value group 0 outputs nothing
-    importance = measure_importance(model, ids)
+    importance = activation_importance(model, ids)
     assert all(float(s[dead].max()) == 0 and float(s.min()) == 0 for s in importance["mlp"])
     pruned = prune_width(
         model, importance, {"intermediate_size": 56, "num_key_value_heads": 1, "num_attention_heads": 2}
@@ -119,7 +120,7 @@ def test_dead_hidden_channels_rank_last_and_the_rest_keep_their_weights(arch):
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight[dead] = 0
             layer.mlp.down_proj.weight[dead] = 0
-    importance = measure_importance(model, ids)
+    importance = activation_importance(model, ids)
     assert set(importance["hidden"].argsort()[:4].tolist()) == set(dead)
     pruned = prune_width(model, importance, {"hidden_size": 28})
     kept = [c for c in range(32) if c not in dead]
@@ -136,7 +137,7 @@ def test_dead_hidden_channels_rank_last_and_the_rest_keep_their_weights(arch):
 
 def test_width_requests_that_cannot_be_met_say_why():
     model, ids = _model("llama"), _blocks(2)
-    importance = measure_importance(model, ids)
+    importance = activation_importance(model, ids)
     for widths, words in [
         ({"head_dim": 4}, "rotary"),
         ({"hidden_size": 64}, "wider than the teacher's 32"),

@@ -5,9 +5,10 @@ so on a CPU it gets no faster (docs/compression.md: sparse matmuls run at 0.3x o
 better. Structured pruning physically removes MLP channels or attention key/value groups, writes
 a smaller config, and so really gets smaller and faster.
 
-Importance is measured, not assumed: Wanda scores a weight by |W_ij| * ||X_j||_2 (Sun et al. 2023),
-with X the layer's inputs on calibration text; structured pruning ranks a channel or group by the
-norm of its activations times the norm of the weights that read them.
+Importance is measured, not assumed (methods/importance.py): Wanda scores a weight by |W_ij| * ||X_j||_2
+(Sun et al. 2023), with X the layer's inputs on calibration text; structured pruning ranks a channel or group
+by the norm of its activations times the norm of the weights that read them (`activation_weight_norms`) and
+cuts the rest with methods/cutting.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from slimlm.errors import SlimlmError
+from slimlm.methods.cutting import cut_layer, head_dim, unit_rows
+from slimlm.methods.importance import activation_weight_norms, group_norms, input_norms, top
 from slimlm.methods.layers import decoder_layers
 
 METHODS = ("magnitude", "wanda", "nm", "structured")
@@ -35,26 +38,6 @@ def prunable_linears(model) -> dict[str, nn.Linear]:
         for name, module in layer.named_modules()
         if isinstance(module, nn.Linear)
     }
-
-
-@torch.no_grad()
-def input_norms(model, blocks: torch.Tensor, batch_size: int = 4) -> dict[str, torch.Tensor]:
-    """||X_j||_2 over all calibration tokens for every input column j of every prunable Linear."""
-    sums, hooks = {}, []
-    for name, module in prunable_linears(model).items():
-
-        def hook(mod, args, _out, name=name):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[name] = sums.get(name, 0) + x.square().sum(0)
-
-        hooks.append(module.register_forward_hook(hook))
-    try:
-        for start in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[start : start + batch_size], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: s.sqrt() for name, s in sums.items()}
 
 
 def _zero_lowest(weight: torch.Tensor, scores: torch.Tensor, sparsity: float, per_row: bool) -> None:
@@ -82,7 +65,7 @@ def prune_unstructured(
     linears = prunable_linears(model)
     if method == "wanda" and calibration is None:  # before input_norms, which would fail on None
         raise SlimlmError("--method wanda needs calibration text: pass --calibration DATA")
-    norms = input_norms(model, calibration) if method == "wanda" else {}
+    norms = input_norms(model, calibration, linears) if method == "wanda" else {}
     scores = {
         name: m.weight.abs() * norms[name] if method == "wanda" else m.weight.abs() for name, m in linears.items()
     }
@@ -108,8 +91,9 @@ def prune_nm(model, n: int = 2, m: int = 4, calibration: torch.Tensor | None = N
     """N:M sparsity: in every group of m consecutive input weights keep the n most important."""
     if not 0 < n < m:
         raise SlimlmError(f"N:M needs 0 < N < M (got {n}:{m}); the usual pattern is 2:4")
-    norms = input_norms(model, calibration) if calibration is not None else {}
-    for name, lin in prunable_linears(model).items():
+    linears = prunable_linears(model)
+    norms = input_norms(model, calibration, linears) if calibration is not None else {}
+    for name, lin in linears.items():
         w = lin.weight
         if w.shape[1] % m:
             raise SlimlmError(f"{name} has {w.shape[1]} inputs, not a multiple of M={m}; choose another M")
@@ -140,21 +124,16 @@ def sparsity_report(model) -> dict:
 def prune_mlp_channels(model, sparsity: float, calibration: torch.Tensor) -> dict:
     """Remove the same number of MLP channels from every layer, the least important by measurement.
 
-    Channel c's importance: ||activation_c|| (input of down_proj) * ||down_proj[:, c]||.
+    Channel c's importance: ||activation_c|| (input of down_proj) * ||down_proj[:, c]|| (activation x weight norm).
     """
     check_sparsity(sparsity)
-    norms = input_norms(model, calibration)
+    scores = activation_weight_norms(model, calibration, "mlp.down_proj")
     inter = model.config.intermediate_size
     keep_n = max(1, inter - round(sparsity * inter))
-    for i, layer in enumerate(decoder_layers(model)):
-        mlp = layer.mlp
-        score = norms[f"model.layers.{i}.mlp.down_proj"] * mlp.down_proj.weight.norm(dim=0)
-        keep = score.argsort(descending=True)[:keep_n].sort().values
-        mlp.gate_proj = _slice_linear(mlp.gate_proj, out_idx=keep)
-        mlp.up_proj = _slice_linear(mlp.up_proj, out_idx=keep)
-        mlp.down_proj = _slice_linear(mlp.down_proj, in_idx=keep)
-        if hasattr(mlp, "intermediate_size"):
-            mlp.intermediate_size = keep_n
+    for layer, score in zip(decoder_layers(model), scores):
+        cut_layer(layer, {"mlp": top(score, keep_n, stable=False)})
+        if hasattr(layer.mlp, "intermediate_size"):
+            layer.mlp.intermediate_size = keep_n
     model.config.intermediate_size = keep_n
     return {"intermediate_size": [inter, keep_n]}
 
@@ -164,12 +143,11 @@ def prune_kv_groups(model, n_remove: int, calibration: torch.Tensor) -> dict:
     """Remove whole key/value groups (with their query heads) from every layer, least important first.
 
     Under grouped-query attention a KV head serves num_heads / num_kv_heads query heads, so the unit that
-    can be removed is the group. Importance: norm of the group's attention output (o_proj inputs) times
-    the norm of the o_proj columns that read it.
+    can be removed is the group. Importance: the L2 norm, over the group's o_proj input channels, of each
+    channel's activation norm times the norm of the o_proj column that reads it (activation x weight norm).
     """
     cfg = model.config
-    n_kv, n_heads = cfg.num_key_value_heads, cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    n_kv, n_heads, size = cfg.num_key_value_heads, cfg.num_attention_heads, head_dim(cfg)
     if not 0 <= n_remove < n_kv:
         raise SlimlmError(
             f"cannot remove {n_remove} key/value groups: the model has {n_kv} per layer; remove 0..{n_kv - 1}"
@@ -177,37 +155,16 @@ def prune_kv_groups(model, n_remove: int, calibration: torch.Tensor) -> dict:
     if n_remove == 0:
         return {"num_key_value_heads": [n_kv, n_kv]}
     per_group = n_heads // n_kv
-    norms = input_norms(model, calibration)
+    scores = activation_weight_norms(model, calibration, "self_attn.o_proj")
     keep_groups = n_kv - n_remove
-    for i, layer in enumerate(decoder_layers(model)):
+    for layer, score in zip(decoder_layers(model), scores):
+        groups = top(group_norms(score, n_kv), keep_groups, stable=False)
+        cut_layer(layer, {"q": unit_rows(unit_rows(groups, per_group), size), "kv": unit_rows(groups, size)})
         attn = layer.self_attn
-        col = norms[f"model.layers.{i}.self_attn.o_proj"] * attn.o_proj.weight.norm(dim=0)
-        score = col.reshape(n_kv, per_group * head_dim).norm(dim=1)
-        groups = score.argsort(descending=True)[:keep_groups].sort().values
-        q_idx = torch.cat([torch.arange(g * per_group * head_dim, (g + 1) * per_group * head_dim) for g in groups])
-        kv_idx = torch.cat([torch.arange(g * head_dim, (g + 1) * head_dim) for g in groups])
-        attn.q_proj = _slice_linear(attn.q_proj, out_idx=q_idx)
-        attn.k_proj = _slice_linear(attn.k_proj, out_idx=kv_idx)
-        attn.v_proj = _slice_linear(attn.v_proj, out_idx=kv_idx)
-        attn.o_proj = _slice_linear(attn.o_proj, in_idx=q_idx)
         for attr, value in (("num_heads", keep_groups * per_group), ("num_key_value_heads", keep_groups)):
             if hasattr(attn, attr):
                 setattr(attn, attr, value)
     cfg.num_attention_heads = keep_groups * per_group
     cfg.num_key_value_heads = keep_groups
-    cfg.head_dim = head_dim  # hidden_size / heads no longer gives it
+    cfg.head_dim = size  # hidden_size / heads no longer gives it
     return {"num_key_value_heads": [n_kv, keep_groups], "num_attention_heads": [n_heads, keep_groups * per_group]}
-
-
-def _slice_linear(lin: nn.Linear, out_idx=None, in_idx=None) -> nn.Linear:
-    w = lin.weight
-    if out_idx is not None:
-        w = w[out_idx]
-    if in_idx is not None:
-        w = w[:, in_idx]
-    bias = lin.bias[out_idx] if lin.bias is not None and out_idx is not None else lin.bias
-    new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, dtype=w.dtype, device=w.device)
-    new.weight.copy_(w)
-    if bias is not None:
-        new.bias.copy_(bias)
-    return new

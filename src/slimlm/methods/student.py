@@ -18,6 +18,7 @@ from slimlm.data.corpus import calibration_sample
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.methods.budget import candidate_shapes, shape_of
+from slimlm.methods.importance import activation_importance, for_layers
 from slimlm.methods.layers import (
     build_student,
     calibration_perplexity,
@@ -25,7 +26,7 @@ from slimlm.methods.layers import (
     parse_keep_layers,
     select_layers,
 )
-from slimlm.methods.width import for_layers, measure_importance, prune_width
+from slimlm.methods.width import prune_width
 
 PROXY = "mean per-token KL(teacher || student) at tau 1 on the calibration blocks, right after pruning"
 
@@ -65,7 +66,7 @@ def student_from_teacher(
                 keep = parse_keep_layers(keep_layers, n_teacher)
             student = build_student(teacher, keep)
             if student_config:
-                importance = for_layers(measure_importance(teacher, calib), keep)
+                importance = for_layers(activation_importance(teacher, calib), keep)
                 student = prune_width(student, importance, student_config)
                 info["width"] = {"method": "activation importance (Minitron)", "widths": dict(student_config)}
         info["calibration_perplexity"] = {
@@ -94,7 +95,7 @@ def _search(teacher, calib, target, axes, progress) -> tuple:
     """Build every candidate shape, score it by the KL proxy, keep the best; log and record the table."""
     shapes = candidate_shapes(teacher.config, target, axes)
     teacher_shape = shape_of(teacher.config)
-    importance = measure_importance(teacher, calib) if any(_is_narrower(s, teacher_shape) for s in shapes) else None
+    importance = activation_importance(teacher, calib) if any(_is_narrower(s, teacher_shape) for s in shapes) else None
     reference = _teacher_log_probs(teacher, calib)
     kept_for, selections = {}, {}
     best, rows = None, []

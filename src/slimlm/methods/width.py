@@ -1,119 +1,28 @@
 """Width pruning by activation importance: a narrower student that keeps the channels that carry the signal.
 
 Minitron (Muralidharan et al. 2024, arXiv 2407.14679, section 2.2) ranks MLP neurons, attention heads and
-hidden (embedding) channels from activations alone on a small calibration set, aggregating per sample by the
-mean over the sequence and over the batch by the L2 norm, and found that the pruned model keeps far more of
-the teacher than one cut to the leading slice of every weight. `measure_importance` does the same with one
-forward pass and hooks:
-
-- MLP neuron c of a layer: the input of down_proj, |x_c| averaged over the sequence;
-- query head h: the L2 norm of the head's output (the o_proj input slice), averaged over the sequence;
-- hidden channel c: the output of every hidden-sized norm (the inputs of attention and MLP, and the final
-  norm), |x_c| averaged over the sequence, summed over the norms;
-
-each then the L2 norm over the calibration blocks. `prune_width` cuts every weight that reads or writes a
-removed channel (embeddings, a tied or untied head, every norm, every projection) by name, builds the new
-model from its config and loads the cut weights strictly, so its parameter count is its config's. Heads are
-removed within their key/value group (each group keeps the same number of query heads) or as whole groups,
-so grouped-query attention keeps its grouping. With nothing removed it is the same network.
+hidden (embedding) channels from activations alone on a small calibration set, and found that the pruned model
+keeps far more of the teacher than one cut to the leading slice of every weight. The ranking is
+methods/importance.py's `activation_importance`. `prune_width` cuts every weight that reads or writes a
+removed channel (embeddings, a tied or untied head, every norm, every projection) by name (methods/cutting.py),
+builds the new model from its config and loads the cut weights strictly, so its parameter count is its config's.
+Heads are removed within their key/value group (each group keeps the same number of query heads) or as whole
+groups, so grouped-query attention keeps its grouping. With nothing removed it is the same network.
 """
 
 from __future__ import annotations
 
 import copy
-import re
 
 import torch
-from torch import nn
 
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import decoder_layers
+from slimlm.methods.cutting import cut_parameter, head_dim, unit_rows
+from slimlm.methods.importance import top
 
 # Config fields `prune_width` can change; head_dim is not one (RoPE pairs dimensions i and i + d/2, and a
 # head's dimensions are not independent channels).
 WIDTH_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_READ_HIDDEN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # Linear layers whose input is hidden
-
-
-def _head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def _hidden_norms(model) -> dict[str, nn.Module]:
-    """Norm modules over the hidden size (not q_norm/k_norm, which normalise one head)."""
-    hidden = model.config.hidden_size
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1].endswith("norm")
-        and not name.endswith(("q_norm", "k_norm"))
-        and getattr(module, "weight", None) is not None
-        and module.weight.numel() == hidden
-    }
-
-
-@torch.no_grad()
-def measure_importance(model, blocks: torch.Tensor, batch_size: int = 4) -> dict:
-    """Activation importance (Minitron): {"hidden": (h,), "mlp": [(i,) per layer], "heads": [(H,) per layer]}."""
-    cfg = model.config
-    n_heads, head_dim = cfg.num_attention_heads, _head_dim(cfg)
-    layers = decoder_layers(model)
-    squares = {"hidden": 0, "mlp": [0] * len(layers), "heads": [0] * len(layers)}
-
-    def per_sample(x):  # (B, T, C) -> (B, C): mean over the sequence of |x|
-        return x.detach().float().abs().mean(1)
-
-    def mlp_hook(i):
-        def hook(_module, args):
-            squares["mlp"][i] = squares["mlp"][i] + per_sample(args[0]).square().sum(0)
-
-        return hook
-
-    def head_hook(i):
-        def hook(_module, args):
-            x = args[0].detach().float()
-            per_head = x.reshape(*x.shape[:2], n_heads, head_dim).norm(dim=-1).mean(1)  # (B, H)
-            squares["heads"][i] = squares["heads"][i] + per_head.square().sum(0)
-
-        return hook
-
-    def norm_hook(_module, _args, out):
-        squares["hidden"] = squares["hidden"] + per_sample(out).square().sum(0)
-
-    hooks = []
-    try:
-        for i, layer in enumerate(layers):
-            try:
-                down, o_proj = layer.mlp.down_proj, layer.self_attn.o_proj
-            except AttributeError:
-                raise SlimlmError(
-                    f"width pruning needs decoder layers with mlp.down_proj and self_attn.o_proj "
-                    f"({type(model).__name__} has other names); use --layers/--keep-layers (depth) instead"
-                ) from None
-            hooks.append(down.register_forward_pre_hook(mlp_hook(i)))
-            hooks.append(o_proj.register_forward_pre_hook(head_hook(i)))
-        hooks.extend(m.register_forward_hook(norm_hook) for m in _hidden_norms(model).values())
-        for start in range(0, len(blocks), batch_size):
-            model(input_ids=blocks[start : start + batch_size], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {
-        "hidden": squares["hidden"].sqrt(),
-        "mlp": [s.sqrt() for s in squares["mlp"]],
-        "heads": [s.sqrt() for s in squares["heads"]],
-    }
-
-
-def for_layers(importance: dict, kept: list[int]) -> dict:
-    """The teacher's importance restricted to the decoder layers a student keeps, in its order."""
-    return {**importance, "mlp": [importance["mlp"][i] for i in kept], "heads": [importance["heads"][i] for i in kept]}
-
-
-def _top(scores: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of the n highest scores, in their original order (so kept channels stay in sequence)."""
-    return scores.argsort(descending=True, stable=True)[:n].sort().values
 
 
 def check_widths(config, widths: dict) -> dict:
@@ -169,58 +78,33 @@ def _check_saveable(config, widths: dict) -> None:
 
 @torch.no_grad()
 def prune_width(model, importance: dict, widths: dict):
-    """A new, narrower model: `widths` (WIDTH_FIELDS) kept by `importance` (measure_importance, per layer of
-    `model`), every weight that reads or writes a removed channel cut to match."""
+    """A new, narrower model: `widths` (WIDTH_FIELDS) kept by `importance` (importance.activation_importance, per
+    layer of `model`), every weight that reads or writes a removed channel cut to match."""
     from transformers import AutoModelForCausalLM
 
     cfg = model.config
     widths = check_widths(cfg, widths)
-    head_dim, groups, heads = _head_dim(cfg), cfg.num_key_value_heads, cfg.num_attention_heads
+    size, groups, heads = head_dim(cfg), cfg.num_key_value_heads, cfg.num_attention_heads
     per_group, new_groups = heads // groups, widths["num_key_value_heads"]
     new_per_group = widths["num_attention_heads"] // new_groups
-    hidden = _top(importance["hidden"], widths.get("hidden_size", cfg.hidden_size))
-    mlp = [_top(s, widths.get("intermediate_size", cfg.intermediate_size)) for s in importance["mlp"]]
-    q_rows, kv_rows = [], []
-    for scores in importance["heads"]:  # per layer: keep whole groups, then heads within each kept group
+    hidden = top(importance["hidden"], widths.get("hidden_size", cfg.hidden_size))
+    layers = []
+    for mlp, scores in zip(importance["mlp"], importance["heads"]):  # keep whole groups, then heads within each
         by_group = scores.reshape(groups, per_group)
-        kept_groups = _top(by_group.sum(1), new_groups)
-        kept_heads = [g * per_group + _top(by_group[g], new_per_group) for g in kept_groups.tolist()]
-        q_rows.append(_rows(torch.cat(kept_heads), head_dim))
-        kv_rows.append(_rows(kept_groups, head_dim))
-
-    def cut(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        match = _LAYER.match(name)
-        if match is None and tensor.shape[-1] == cfg.hidden_size:  # embeddings, head, final norm
-            return tensor[..., hidden]
-        if match is None:
-            raise SlimlmError(
-                f"width pruning does not know how to cut {name} of a {cfg.model_type} model; use "
-                "--layers/--keep-layers (depth) for this architecture"
-            )
-        i, part = int(match[1]), match[2]
-        module, _, kind = part.rpartition(".")
-        leaf = module.rsplit(".", 1)[-1]
-        if leaf in ("q_norm", "k_norm"):
-            return tensor
-        rows = {"q_proj": q_rows[i], "k_proj": kv_rows[i], "v_proj": kv_rows[i], "gate_proj": mlp[i]}
-        rows["up_proj"] = mlp[i]
-        if leaf in rows:
-            return tensor[rows[leaf]][:, hidden] if kind == "weight" else tensor[rows[leaf]]
-        if leaf in ("o_proj", "down_proj"):
-            columns = q_rows[i] if leaf == "o_proj" else mlp[i]
-            return tensor[hidden][:, columns] if kind == "weight" else tensor[hidden]
-        if leaf.endswith("norm") and tensor.dim() == 1 and tensor.numel() == cfg.hidden_size:
-            return tensor[hidden]
-        raise SlimlmError(
-            f"width pruning does not know how to cut {name} of a {cfg.model_type} model; use --layers/--keep-layers "
-            "(depth) for this architecture"
+        kept_groups = top(by_group.sum(1), new_groups)
+        kept_heads = [g * per_group + top(by_group[g], new_per_group) for g in kept_groups.tolist()]
+        layers.append(
+            {
+                "mlp": top(mlp, widths.get("intermediate_size", cfg.intermediate_size)),
+                "q": unit_rows(torch.cat(kept_heads), size),
+                "kv": unit_rows(kept_groups, size),
+            }
         )
-
     config = copy.deepcopy(cfg)
     for key, value in widths.items():
         setattr(config, key, value)
-    config.head_dim = head_dim  # hidden_size / num_attention_heads no longer gives it
-    state = {name: cut(name, t).contiguous() for name, t in model.state_dict().items()}
+    config.head_dim = size  # hidden_size / num_attention_heads no longer gives it
+    state = {name: cut_parameter(name, t, hidden, layers, cfg).contiguous() for name, t in model.state_dict().items()}
     pruned = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     try:
         pruned.load_state_dict(state, strict=True)
@@ -234,11 +118,6 @@ def prune_width(model, importance: dict, widths: dict):
         if hasattr(cfg, key):
             setattr(pruned.config, key, getattr(cfg, key))
     return pruned.train(model.training)
-
-
-def _rows(units: torch.Tensor, size: int) -> torch.Tensor:
-    """Weight rows of whole units (heads or groups) of `size` rows each."""
-    return (units[:, None] * size + torch.arange(size)).flatten()
 
 
 def _keep_embedding_scale(original, pruned) -> None:
