@@ -89,11 +89,14 @@ class StudentSettings(Settings):
     )
     axes: str = option(
         "both",
-        "--target-params: cut layers (depth), hidden and MLP channels by activation importance (width), or try both",
+        "--target-params: cut layers (depth), hidden and MLP channels by Minitron activation importance (width), or "
+        "try both",
         choices=AXES,
     )
     student_config: dict | None = option(
-        None, "narrower widths, kept by activation importance: JSON or a .json/.yaml file"
+        None,
+        "narrower widths, the channels and heads kept by activation importance (Minitron: mean |activation| over "
+        "each block, L2 norm over the blocks): JSON or a .json/.yaml file",
     )
     block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2)
     calibration_blocks: int = option(8, "blocks that measure layer, channel and head importance", minimum=1)
@@ -131,7 +134,9 @@ class PruneSettings(Settings):
     model: str = option("", MODEL_HELP, positional=True)
     method: str = option(
         "magnitude",
-        "what is removed: smallest weights, Wanda scores, an N:M pattern, or whole MLP channels and key/value groups",
+        "what is removed: smallest weights, Wanda scores, an N:M pattern, or whole MLP channels and key/value groups "
+        "ranked by activation x weight norm (||X_c|| on the calibration text times ||W[:, c]|| of the weights "
+        "reading channel c)",
         choices=PRUNE_METHODS,
     )
     sparsity: float = option(0.5, "fraction of weights (or MLP channels) removed")
@@ -139,7 +144,7 @@ class PruneSettings(Settings):
     nm: str = option("2:4", "N:M pattern for --method nm")
     kv_groups_removed: int = option(
         0,
-        "structured: key/value groups removed per layer",
+        "structured: key/value groups removed per layer, the lowest by activation x weight norm",
         minimum=0,
         hint="; it counts key/value groups removed per layer",
     )
