@@ -94,8 +94,8 @@ def sample_continuations(
     when `greedy`. The model runs in eval mode and is put back in its previous mode after. Under torch.no_grad,
     not inference_mode, so the returned ids can be embedded by a training forward that saves them for backward.
     `precision` (slimlm.precision.Precision) opens one autocast region for the whole rollout. `cache`: a cache
-    from `decode_cache(model, P + new_tokens)` to reuse across rollouts of the same batch size (it is reset here);
-    by default a fresh one."""
+    from `decode_cache(model, P + new_tokens)` to reuse across rollouts of the same batch size and precision (a
+    StaticCache takes both from its first rollout; it is reset here); by default a fresh one."""
     prompts = torch.as_tensor(prompts)
     if prompts.dim() != 2 or prompts.shape[1] < 1:
         raise SlimlmError(f"prompts has shape {tuple(prompts.shape)}: pass a (batch, prompt tokens) tensor")
