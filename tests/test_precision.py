@@ -96,6 +96,18 @@ def test_autocast_follows_the_decision(probe):
         assert not torch.is_autocast_enabled("cpu")
 
 
+def test_work_on_another_device_is_decided_again_out_loud(probe, capsys):
+    """A run decided for CUDA that computes on the CPU (e.g. a CPU-held teacher) decides again for the CPU and
+    says so once, instead of silently computing in another precision than the one printed."""
+    probe(False)
+    cuda_run = precision.Precision("auto", "bf16", "cuda", "test: a CUDA device with bf16")
+    for _ in range(2):
+        with precision.autocast(cuda_run, "cpu"):
+            assert not torch.is_autocast_enabled("cpu")
+    said = capsys.readouterr().err
+    assert said.count("another device than the run's") == 1 and "precision fp32" in said
+
+
 def test_bad_precision_and_legacy_bf16_key():
     with pytest.raises(SlimlmError, match="--precision must be one of auto, fp32, bf16"):
         DistillSettings.from_dict({"precision": "fp16", "student": "s"}).validate()

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -130,14 +131,21 @@ def resolve(requested: str = "auto", device_type: str | None = None, *, announce
 
 
 def autocast(precision: Precision | None, device_type: str | None = None):
-    """The autocast region every forward pass of slimlm runs in: bf16 when decided, else nothing."""
+    """The autocast region every forward pass of slimlm runs in: bf16 when decided, else nothing.
+
+    Work on another device than the run was decided for (e.g. a CPU-held teacher in a CUDA run) is decided
+    again for that device, and the new decision is printed once."""
     if precision is None:
         return contextlib.nullcontext()
-    if device_type is not None and device_type != precision.device:  # e.g. CPU work in a run decided for CUDA
-        precision = resolve(precision.requested, device_type)
+    if device_type is not None and device_type != precision.device:
+        precision = resolve(precision.requested, device_type, announce=_announce_redecision)
     if not precision.bf16:
         return contextlib.nullcontext()
     return torch.autocast(precision.device, dtype=torch.bfloat16)
+
+
+def _announce_redecision(message: str) -> None:
+    log(f"work on another device than the run's: {message}")
 
 
 def from_legacy(values: dict) -> dict:

@@ -17,6 +17,7 @@ import torch
 
 from slimlm.data.aligned_blocks import flat_positions
 from slimlm.losses.teachers import OnlineTeacher, SampledTeacher, TopkTeacher
+from slimlm.precision import Precision, autocast
 
 
 @dataclass
@@ -39,11 +40,13 @@ class Signal:
     cross: dict = field(default_factory=dict)
 
 
-def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, stack: contextlib.ExitStack) -> Signal:
+def teacher_signal(
+    teacher, inputs: dict, layers, attentions: bool, precision: Precision | None, stack: contextlib.ExitStack
+) -> Signal:
     """The signal for `inputs`: cached when the batch carries sampled ids or top-k logits, else online when there
     is a teacher, else none. `layers`: the teacher hidden states the terms read; `attentions`: whether they read
-    its attention maps; `autocast()`: the run's precision context; `stack` holds the gathered teacher head (ZeRO-3)
-    until the caller has computed the loss."""
+    its attention maps; `precision`: the run's decision (precision.Precision, None: fp32); `stack` holds the
+    gathered teacher head (ZeRO-3) until the caller has computed the loss."""
     if "sample_ids" in inputs:  # random-sampling KD: draws from p_T^tau and its entropy (teacher_cache.py)
         ids, entropy = inputs["sample_ids"].flatten(0, 1).long(), inputs["teacher_entropy"].flatten(0, 1).float()
         sampled = SampledTeacher(ids, entropy)
@@ -64,8 +67,8 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
     if teacher is None:
         return Signal("none")
     if "teacher_input_ids" in inputs:  # a teacher with its own tokenizer: its ids, and where they align
-        return _cross_tokenizer_signal(teacher, inputs, autocast, stack)
-    with torch.no_grad(), autocast():
+        return _cross_tokenizer_signal(teacher, inputs, precision, stack)
+    with torch.no_grad(), autocast(precision, inputs["input_ids"].device.type):
         out = teacher(
             input_ids=inputs["input_ids"],
             attention_mask=inputs.get("attention_mask"),
@@ -83,11 +86,11 @@ def teacher_signal(teacher, inputs: dict, layers, attentions: bool, autocast, st
     )
 
 
-def _cross_tokenizer_signal(teacher, inputs: dict, autocast, stack: contextlib.ExitStack) -> Signal:
+def _cross_tokenizer_signal(teacher, inputs: dict, precision: Precision | None, stack: contextlib.ExitStack) -> Signal:
     """The online teacher on its own tokenization of the batch's text; only its final hidden states at the
     aligned positions are kept (the loss makes their logits a chunk at a time)."""
     ids = inputs["teacher_input_ids"]
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast(precision, inputs["input_ids"].device.type):
         out = teacher(
             input_ids=ids,
             attention_mask=inputs["teacher_attention_mask"],

@@ -103,7 +103,7 @@ class DistillTrainer(Trainer):
         n_items = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
         with contextlib.ExitStack() as stack:  # holds a gathered (ZeRO-3) teacher head while the terms run
             signal = teacher_signal(
-                self.teacher, inputs, self.teacher_layers, self.want_attentions, self._autocast, stack
+                self.teacher, inputs, self.teacher_layers, self.want_attentions, self.precision, stack
             )
             step = Step(student_of(self.accelerator.unwrap_model(model)), out, signal, labels.flatten(), n_items)
             loss, parts = weighted_sum(self.terms, step)
