@@ -27,8 +27,8 @@ from slimlm.losses import IGNORE_INDEX
 from slimlm.losses.attention import attention_loss
 from slimlm.losses.feature import feature_loss, make_projection
 from slimlm.losses.kd import distill_loss
-from slimlm.losses.teachers import PolicyTeacher
 from slimlm.losses.reduce import denominator
+from slimlm.losses.teachers import PolicyTeacher
 from slimlm.losses.uld import cross_tokenizer_kd
 from slimlm.training.signal import Signal
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
