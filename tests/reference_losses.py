@@ -2,7 +2,9 @@
 
     L = alpha * CE(y, s) + (1 - alpha) * tau^2 * D(p_T^tau, p_S^tau),   mean over valid tokens
 
-`kd_reference` spells the formula out for every divergence; `naive_distill_loss` is the textbook script
+`kd_reference` spells the formula out for every divergence (generalised JSD at any beta included);
+`sampled_reverse_kl_reference` is on-policy distillation's per-token estimate written as an autograd loss;
+`naive_distill_loss` is the textbook script
 version (F.kl_div on the whole batch's logits, kept for backward: the bench's "naive KD");
 `distill_loss_checkpointed` is chunked like slimlm's fused kernel but written with autograd under activation
 checkpointing, so backward recomputes each chunk's logits. tests/test_losses.py compares slimlm's
@@ -24,9 +26,12 @@ def acc_dtype(dtype):
     return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
 
 
-def kd_reference(s, t, labels, tau, alpha, kl="forward"):
+def kd_reference(s, t, labels, tau, alpha, kl="forward", beta=0.5):
     """alpha*CE + (1-alpha)*tau^2*D(p_T, p_S) from full logits s (N, V_s) and t (N, V_t), mean over valid
-    tokens; D compares the first min(V_s, V_t) logits (padded vocabularies)."""
+    tokens; D compares the first min(V_s, V_t) logits (padded vocabularies). kl="jsd" is the generalised JSD
+    at `beta` in TRL's convention (M = beta p_T + (1 - beta) p_S; beta 0 and 1 are TRL's forward and reverse KL)."""
+    if kl == "jsd" and beta in (0.0, 1.0):
+        kl = "forward" if beta == 0.0 else "reverse"
     valid = labels != IGNORE_INDEX
     y = labels.clamp_min(0)
     ce = -(s.log_softmax(-1).gather(1, y[:, None]).squeeze(1))
@@ -37,10 +42,31 @@ def kd_reference(s, t, labels, tau, alpha, kl="forward"):
         d = (pt * (lt - ls)).sum(-1)
     elif kl == "reverse":  # KL(p_S || p_T)
         d = (ps * (ls - lt)).sum(-1)
-    else:  # JSD, beta = 1/2
+    elif beta == 0.5:  # JSD, beta = 1/2
         m = 0.5 * (ps + pt)
         d = 0.5 * (pt * (pt / m).log()).sum(-1) + 0.5 * (ps * (ps / m).log()).sum(-1)
+    else:  # GKD eq. 1: beta KL(p_T || M) + (1 - beta) KL(p_S || M)
+        m = beta * pt + (1 - beta) * ps
+        d = beta * (pt * (pt / m).log()).sum(-1) + (1 - beta) * (ps * (ps / m).log()).sum(-1)
     per_token = alpha * ce + (1 - alpha) * tau * tau * d
+    return (per_token * valid).sum() / valid.sum()
+
+
+def sampled_reverse_kl_reference(s, t, labels, tau, alpha, sample_logprobs=None, clip=10.0):
+    """alpha*CE + (1-alpha)*tau^2*mean(w c) over valid rows, whose label y the student sampled: Tinker's
+    importance-sampling loss -ratio * A with advantage A = -c, c = log p_S^tau(y) - log p_T^tau(y) held constant,
+    and the ratio p_S^tau(y) / q(y) clipped at `clip` (1 without sampling log-probs q) held constant outside
+    the score function: value w c, gradient w c d log p_S^tau(y)."""
+    valid = labels != IGNORE_INDEX
+    y = labels.clamp_min(0)[:, None]
+    ce = -(s.log_softmax(-1).gather(1, y).squeeze(1))
+    v = min(s.shape[1], t.shape[1])
+    ls = (s[:, :v] / tau).log_softmax(-1).gather(1, y).squeeze(1)
+    lt = (t[:, :v] / tau).log_softmax(-1).gather(1, y).squeeze(1)
+    advantage = -(ls - lt).detach()
+    w = 1.0 if sample_logprobs is None else (ls.detach() - sample_logprobs).exp().clamp(max=clip)
+    ratio = w * (ls - ls.detach()).exp()  # value w, gradient w d log p_S(y)
+    per_token = alpha * ce + (1 - alpha) * tau * tau * -(ratio * advantage)
     return (per_token * valid).sum() / valid.sum()
 
 

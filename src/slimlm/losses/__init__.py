@@ -6,3 +6,4 @@ data code, so they live here, without importing torch."""
 
 IGNORE_INDEX = -100  # label of a position that no loss term scores (Hugging Face's convention)
 KL_KINDS = ("forward", "reverse", "jsd")  # divergences of the KD term (paper section 2)
+POLICY_DIVERGENCES = (*KL_KINDS, "sampled-reverse")  # on student-sampled tokens: those, or the sampled estimate

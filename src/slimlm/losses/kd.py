@@ -2,12 +2,13 @@
 
     L = alpha * CE(y, s) + (1 - alpha) * tau^2 * D(p_T^tau, p_S^tau)        per token
 
-where p^tau = softmax(logits / tau) and D is forward KL (the paper's), reverse KL or JSD
-(losses/divergences.py). CE uses tau = 1; only the KD term is tempered, and it is multiplied by tau^2 so its
-gradient keeps CE's scale when tau changes (Hinton et al. 2015). Reduced as losses/reduce.py says.
+where p^tau = softmax(logits / tau) and D is forward KL (the paper's), reverse KL, generalised JSD, or on
+tokens the student sampled, the sampled reverse-KL estimate of on-policy distillation (losses/divergences.py).
+CE uses tau = 1; only the KD term is tempered, and it is multiplied by tau^2 so its gradient keeps CE's scale
+when tau changes (Hinton et al. 2015). Reduced as losses/reduce.py says.
 
 The chunking, buffers and closed-form backward are the shared kernel's (losses/fused.py): this module is the
-chunk function it calls, on the teacher's typed signal (losses/teachers.py: online, top-k or sampled).
+chunk function it calls, on the teacher's typed signal (losses/teachers.py: online, policy, top-k or sampled).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import math
 
 import torch
 
-from slimlm.losses import IGNORE_INDEX, KL_KINDS
+from slimlm.losses import IGNORE_INDEX, POLICY_DIVERGENCES
 from slimlm.losses.fused import fused_head_loss
 from slimlm.losses.reduce import denominator
-from slimlm.losses.teachers import OnlineTeacher, teacher_from_arguments
+from slimlm.losses.teachers import OnlineTeacher, PolicyTeacher, teacher_from_arguments
 
 
 def distill_loss(
@@ -37,6 +38,7 @@ def distill_loss(
     temperature=2.0,
     alpha=0.5,
     kl="forward",
+    jsd_beta=0.5,
     chunk_size=1024,
     num_items=None,
 ):
@@ -51,9 +53,14 @@ def distill_loss(
               forward KL then runs over the teacher's top-k support (divergences.topk_forward_kl); biased.
       sampled: teacher_samples (N, n) token ids drawn from p_T^tau + teacher_entropy (N,) H(p_T^tau); an unbiased
               estimate of the forward KL and its gradient (divergences.sampled_forward_kl).
+      policy: `teacher=PolicyTeacher(...)` only: the online teacher and the tokens the student sampled, for
+              kl="sampled-reverse" (divergences.sampled_reverse_kl).
       none:   only with alpha = 1 (plain chunked cross-entropy).
-    kl: "forward" KL(T||S) (the paper's), "reverse" KL(S||T), "jsd" generalized Jensen-Shannon with beta 0.5;
-        reverse and jsd need the online teacher (they need p_T on the whole vocabulary).
+    kl: "forward" KL(T||S) (the paper's), "reverse" KL(S||T), "jsd" generalized Jensen-Shannon, or
+        "sampled-reverse" (the policy teacher's per-token estimate of KL(S||T)); reverse and jsd need the online
+        teacher (they need p_T on the whole vocabulary).
+    jsd_beta: generalised JSD's beta, TRL's convention M = beta p_T + (1 - beta) p_S (GKD eq. 1); 0 is forward
+        and 1 reverse KL (as in TRL; not continuous in scale); 0.5 is the symmetric JSD. Read for kl="jsd" only.
     Vocab padding: when V_s != V_t the divergence compares the first min(V_s, V_t) logits of each (same
         tokenizer, padded embedding matrix), each softmax taken over those; CE uses the student's whole vocabulary.
     Precision: logits are made in the matmul dtype (bf16 under autocast, else the weights' dtype) and every
@@ -66,7 +73,7 @@ def distill_loss(
     this call (when grad is enabled and an input needs it), so the loss supports one backward pass.
     Bad arguments raise ValueError or TypeError.
     """
-    tau, alpha, chunk_size = _check_kd_args(temperature, alpha, kl, chunk_size)
+    tau, alpha, chunk_size = _check_kd_args(temperature, alpha, kl, chunk_size, jsd_beta)
     _check_student(student_hidden, student_head, labels)
     given = teacher_from_arguments(
         teacher_hidden, teacher_head, teacher_topk_values, teacher_topk_indices, teacher_samples, teacher_entropy
@@ -83,7 +90,7 @@ def distill_loss(
     if teacher is not None:
         teacher.check(student_hidden, student_head, kl)
     cols = teacher.columns(vs) if teacher is not None else vs
-    divergence = teacher.divergence(kl) if teacher is not None else None
+    divergence = teacher.divergence(kl, jsd_beta) if teacher is not None else None
 
     def make_chunk(buf):
         side = teacher.chunks(buf, vs) if teacher is not None else None
@@ -100,7 +107,7 @@ def distill_loss(
         return alpha * ce_sum + (1 - alpha) * kd_sum, (ce_sum, kd_sum)
 
     rows = labels.ne(IGNORE_INDEX).nonzero().squeeze(1)  # valid tokens only: masked rows cost nothing
-    online = isinstance(teacher, OnlineTeacher)
+    online = isinstance(teacher, (OnlineTeacher, PolicyTeacher))  # teacher logits made chunk by chunk, in buf.T
     loss_sum, ce_sum, kd_sum = fused_head_loss(
         student_hidden, student_head, rows, chunk_size, make_chunk, combine, cols if online else 0
     )
@@ -136,15 +143,17 @@ def _chunk_loss_and_grad(S, y, teacher, divergence, tau, alpha, v, buf):
     return ce, kd, G.scatter_add_(1, y, minus_alpha)
 
 
-def _check_kd_args(temperature, alpha, kl, chunk_size):
+def _check_kd_args(temperature, alpha, kl, chunk_size, jsd_beta):
     """(tau, alpha, chunk_size) as numbers, or ValueError."""
     tau, alpha = float(temperature), float(alpha)
     if not tau > 0 or not math.isfinite(tau):
         raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha (the CE weight) must be in [0, 1], got {alpha}")
-    if kl not in KL_KINDS:
-        raise ValueError(f"kl must be one of {', '.join(KL_KINDS)}, got {kl!r}")
+    if kl not in POLICY_DIVERGENCES:
+        raise ValueError(f"kl must be one of {', '.join(POLICY_DIVERGENCES)}, got {kl!r}")
+    if not 0.0 <= float(jsd_beta) <= 1.0:
+        raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}")
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return tau, alpha, int(chunk_size)

@@ -1,15 +1,16 @@
 """The teacher's signal, one small typed value per kind, as the KD kernel (kd.py) reads it.
 
 - `OnlineTeacher`: the teacher's final hidden states and lm_head; the divergence runs over the full vocabulary
-  (forward KL, reverse KL or JSD: divergences.py).
+  (forward KL, reverse KL or generalised JSD at a given beta: divergences.py).
+- `PolicyTeacher`: the online teacher scoring tokens the student sampled, plus the sampler's log-probabilities;
+  the sampled reverse-KL estimate of on-policy distillation (divergences.sampled_reverse_kl).
 - `TopkTeacher`: a cache's top-k raw logits and their token ids; forward KL over that support (biased).
 - `SampledTeacher`: a cache's token ids drawn from p_T^tau and the teacher's entropy; an unbiased estimate of
   the forward KL and its gradient (divergences.sampled_forward_kl).
 
 Each knows how to check itself against the student, how wide a teacher-logit buffer it needs, which
-divergence it supports, and what the kernel's chunk function gets for a chunk of rows. A new kind (an
-on-policy teacher scoring the student's own samples, say) is one more class here. The cross-tokenizer
-teacher lives with its own loss (uld.py): its positions, not its logits, differ.
+divergence it supports, and what the kernel's chunk function gets for a chunk of rows; a new kind is one more
+class here. The cross-tokenizer teacher lives with its own loss (uld.py): its positions, not its logits, differ.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimlm.losses.divergences import DIVERGENCES, sampled_forward_kl, topk_forward_kl
+from slimlm.losses.divergences import divergence_for, sampled_forward_kl, sampled_reverse_kl, topk_forward_kl
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,16 @@ class OnlineTeacher:
                 f"teacher_hidden {tuple(self.hidden.shape)} and teacher_head {tuple(self.head.shape)} do not match "
                 f"{h.shape[0]} student tokens: pass (N, d_t) and (V_t, d_t)"
             )
+        if kl == "sampled-reverse":
+            raise ValueError("kl='sampled-reverse' scores tokens the student sampled: give a PolicyTeacher")
 
     def columns(self, vs: int) -> int:
         """Logits compared: the first min(V_s, V_t) (same tokenizer, padded embedding matrices)."""
         return min(vs, self.head.shape[0])
 
-    def divergence(self, kl):
-        return DIVERGENCES[kl]
+    def divergence(self, kl, beta=0.5):
+        """The chunk function; `beta` is generalised JSD's (read for kl='jsd' only; 1/2 is today's `jsd`)."""
+        return divergence_for(kl, beta)
 
     def chunks(self, buf, vs: int):
         """chunk(idx) -> the teacher's fp32 logits for those rows, in buf.T (the divergence may consume them)."""
@@ -47,6 +51,52 @@ class OnlineTeacher:
 
         def chunk(idx):
             return buf.logits(self.hidden.index_select(0, idx).to(buf.mm_dtype), head, buf.T[: idx.numel()])
+
+        return chunk
+
+
+@dataclass(frozen=True)
+class PolicyTeacher:
+    """An online teacher scoring the student's own samples: row i's `tokens[i]` was drawn by the student (it is
+    the row's label; ignored rows may hold anything), with log-probability `sample_logprobs[i]` under the sampler
+    (None: drawn from p_S^tau itself, importance weight 1). Its teacher logits are made as `OnlineTeacher` makes
+    them; only log sum exp(T / tau) and T[y] are read."""
+
+    hidden: torch.Tensor  # (N, d_t) final-norm hidden states, aligned with the student's rows
+    head: torch.Tensor  # (V_t, d_t) bias-free lm_head weight
+    tokens: torch.Tensor  # (N,) int: the sampled token of each row
+    sample_logprobs: torch.Tensor | None = None  # (N,) float: log q(token) when it was sampled
+
+    def online(self) -> OnlineTeacher:
+        return OnlineTeacher(self.hidden, self.head)
+
+    def check(self, h, w, kl):
+        self.online().check(h, w, "forward")
+        n, lq = h.shape[0], self.sample_logprobs
+        if self.tokens.shape != (n,) or (lq is not None and lq.shape != (n,)):
+            raise ValueError(
+                f"policy tokens {tuple(self.tokens.shape)} and sample_logprobs "
+                f"{None if lq is None else tuple(lq.shape)} must be (N,) with N = {n}"
+            )
+        if kl != "sampled-reverse":
+            raise ValueError(f"a policy teacher supports kl='sampled-reverse' only, got {kl!r}: use OnlineTeacher")
+        cols = self.columns(w.shape[0])
+        if self.tokens.numel() and int(self.tokens.max()) >= cols:
+            raise ValueError(f"policy token {int(self.tokens.max())} is outside the {cols} logits compared")
+
+    def columns(self, vs: int) -> int:
+        return self.online().columns(vs)
+
+    def divergence(self, kl, beta=0.5):
+        return sampled_reverse_kl
+
+    def chunks(self, buf, vs: int):
+        """chunk(idx) -> (the teacher's fp32 logits in buf.T, sampled tokens (m, 1), their log q (m, 1) or None)."""
+        logits, lq = self.online().chunks(buf, vs), self.sample_logprobs
+
+        def chunk(idx):
+            y = self.tokens.index_select(0, idx).long().unsqueeze(1)
+            return logits(idx), y, None if lq is None else lq.index_select(0, idx).to(buf.acc).unsqueeze(1)
 
         return chunk
 
@@ -76,7 +126,7 @@ class TopkTeacher:
     def columns(self, vs: int) -> int:
         return vs
 
-    def divergence(self, kl):
+    def divergence(self, kl, beta=0.5):
         return topk_forward_kl
 
     def chunks(self, buf, vs: int):
@@ -106,7 +156,7 @@ class SampledTeacher:
     def columns(self, vs: int) -> int:
         return vs
 
-    def divergence(self, kl):
+    def divergence(self, kl, beta=0.5):
         return sampled_forward_kl
 
     def chunks(self, buf, vs: int):
@@ -116,7 +166,7 @@ class SampledTeacher:
         )
 
 
-TEACHERS = (OnlineTeacher, TopkTeacher, SampledTeacher)
+TEACHERS = (OnlineTeacher, PolicyTeacher, TopkTeacher, SampledTeacher)
 
 
 def teacher_from_arguments(hidden=None, head=None, topk_values=None, topk_indices=None, samples=None, entropy=None):
