@@ -162,7 +162,7 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
 )
 def test_bad_on_policy_settings(values, words):
     with pytest.raises(SlimlmError) as err:
-        DistillSettings.from_dict({"keep_layers": "0", "block_size": 32, **values}).validate()
+        DistillSettings.from_dict({"keep_layers": "0", "block_size": 32, "continuation_tokens": 8, **values}).validate()
     for word in words:
         assert word in str(err.value)
 
