@@ -211,6 +211,11 @@ class DistillSettings(TrainingSettings):
         "beta of the generalised JSD (--kl or --policy-divergence jsd): mixture beta*p_T + (1-beta)*p_S; "
         "0 = forward KL, 1 = reverse KL",
     )
+    teacher_generated: bool = option(
+        False,
+        "sequence-level KD: the teacher writes the last --continuation-tokens of every training block once (at "
+        "--sample-temperature, kept in the teacher cache) and the student trains on those blocks",
+    )
     rollout_reuse: int = option(
         1, "on-policy: steps each student rollout is trained on (1 = always fresh samples)", minimum=1
     )
@@ -226,22 +231,27 @@ class DistillSettings(TrainingSettings):
         if sum(x is not None for x in (self.student, self.layers, self.keep_layers)) != 1:
             raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")
 
+    def _check_continuations(self, flag: str) -> None:
+        if not (finite(self.sample_temperature) and self.sample_temperature > 0):
+            raise SlimlmError(f"--sample-temperature must be > 0 (got {self.sample_temperature}); 1 samples as is")
+        if self.continuation_tokens >= self.block_size:
+            raise SlimlmError(
+                f"{flag}: --continuation-tokens {self.continuation_tokens} leaves no prompt in blocks of "
+                f"{self.block_size} tokens; use fewer continuation tokens or a larger --block-size"
+            )
+
     def _check_on_policy(self) -> None:
         if not (finite(self.jsd_beta) and 0 <= self.jsd_beta <= 1):
             raise SlimlmError(f"--jsd-beta must be in [0, 1] (got {self.jsd_beta}); 0.5 is the symmetric JSD")
+        if self.teacher_generated:
+            self._check_continuations("--teacher-generated")
         if not self.on_policy:
             if self.policy_divergence is not None:
                 raise SlimlmError("--policy-divergence applies to on-policy steps: give --on-policy too")
             return
         if self.on_policy > 1:
             raise SlimlmError(f"--on-policy is a share of the steps, in [0, 1] (got {self.on_policy})")
-        if not (finite(self.sample_temperature) and self.sample_temperature > 0):
-            raise SlimlmError(f"--sample-temperature must be > 0 (got {self.sample_temperature}); 1 samples p_S")
-        if self.continuation_tokens >= self.block_size:
-            raise SlimlmError(
-                f"--continuation-tokens {self.continuation_tokens} leaves no prompt in blocks of {self.block_size} "
-                "tokens; use fewer continuation tokens or a larger --block-size"
-            )
+        self._check_continuations("--on-policy")
         if self.alpha >= 1:
             raise SlimlmError("--on-policy needs the KD term: --alpha 1 would train on the data's CE alone")
         if self.teacher_cache:

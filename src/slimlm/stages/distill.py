@@ -19,11 +19,13 @@ from slimlm import distributed
 from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample, training_blocks
 from slimlm.distributed import log
+from slimlm.errors import SlimlmError
 from slimlm.methods.student import student_from_teacher
 from slimlm.output import model_card, publish
 from slimlm.settings import DistillSettings, parse_layer_map
 from slimlm.sources import check_same_tokenizer
-from slimlm.stages.distill_checks import cache_layers, check_shapes
+from slimlm.stages.distill_checks import check_shapes
+from slimlm.stages.distill_text import cached_teacher, student_sampling, teacher_written_blocks
 from slimlm.stages.trainer_fit import Plan, build_and_fit, plan
 from slimlm.training.cross_tokenizer import (
     collate_aligned,
@@ -76,12 +78,15 @@ class _Run:
 
 
 class _Signal(NamedTuple):
-    """What the student learns from: the loss terms, the dataset, the cross-tokenizer record, the cache."""
+    """What the student learns from: the loss terms, the dataset, the cross-tokenizer record, the cache, and
+    the text the models write themselves (training/on_policy.py, training/teacher_generated.py)."""
 
     terms: list
     dataset: object
     cross_info: dict | None
     cached: object  # the teacher cache, or None for the online teacher
+    on_policy: object = None  # training/on_policy.OnPolicy, or None
+    teacher_generated: dict | None = None  # what slimlm.json says about the teacher's continuations
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
@@ -104,6 +109,7 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
         resume=resume,
         stop_after=stop_after,
         data_collator=collate_aligned if run.cross else None,
+        on_policy=signal.on_policy,
     )
     if trained is None:
         return stage
@@ -156,6 +162,11 @@ def _loss_and_signal(run: _Run, precision) -> _Signal:
     from slimlm.training.trainer import BlockDataset
 
     settings = run.settings
+    if run.cross and (settings.on_policy or settings.teacher_generated):
+        raise SlimlmError(
+            "--on-policy and --teacher-generated need a student with the teacher's tokenizer (the teacher scores "
+            "or writes text in its own tokens); drop them for a cross-tokenizer student"
+        )
     if run.cross:
         return _Signal(
             *cross_tokenizer_setup(
@@ -171,8 +182,12 @@ def _loss_and_signal(run: _Run, precision) -> _Signal:
             )
         )
     terms = _loss_terms(settings, run.teacher, run.student, run.splits, run.feature_map, run.attention_map, precision)
-    cached = _teacher_cache(settings, run.teacher, run.teacher_dir, run.blocks, run.feature_map, precision)
-    return _Signal(terms, BlockDataset(run.blocks, cached), None, cached)
+    generated = None
+    if settings.teacher_generated:
+        run.blocks, generated = teacher_written_blocks(settings, run.teacher, run.teacher_dir, run.blocks, precision)
+    cached = cached_teacher(settings, run.teacher, run.teacher_dir, run.blocks, run.feature_map, precision)
+    on_policy = student_sampling(settings)
+    return _Signal(terms, BlockDataset(run.blocks, cached), None, cached, on_policy, generated)
 
 
 def _held_out(run: _Run, term, precision):
@@ -240,6 +255,8 @@ def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, prec
             "wall_time_s": time.time() - start_time,
             "teacher_cache": bool(cached),
             "teacher_cache_storage": cached.storage() if cached else None,
+            **({"on_policy": signal.on_policy.record()} if signal.on_policy else {}),
+            **({"teacher_generated": signal.teacher_generated} if signal.teacher_generated else {}),
             "processes": steps.world,
             "log": trained.log,
         },
@@ -282,7 +299,16 @@ def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map
     """output (CE + KD), then feature and attention when their maps and weights are given (training/terms.py)."""
     from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
 
-    terms = [OutputTerm(settings.temperature, settings.alpha, settings.kl, settings.chunk_size)]
+    terms = [
+        OutputTerm(
+            settings.temperature,
+            settings.alpha,
+            settings.kl,
+            settings.chunk_size,
+            policy_divergence=settings.policy_divergence,
+            jsd_beta=settings.jsd_beta,
+        )
+    ]
     calibration = calibration_sample(splits.train, settings.calibration_blocks, settings.seed)
     feature = feature_term(teacher, student, feature_map, settings.feature_weight, calibration, precision)
     if feature is not None:
@@ -293,43 +319,3 @@ def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map
         if settings.attention_weight > 0:
             terms.append(AttentionTerm(attention_map, settings.attention_weight))
     return terms
-
-
-def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feature_map, precision):
-    """The cached teacher signal for these blocks (rank 0 computes it once, on its accelerator if any; the
-    others read it), or None for the online teacher."""
-    from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
-
-    if not settings.teacher_cache:
-        return None
-    if settings.cache_mode == "topk" and settings.temperature >= 5:
-        log(
-            f"warning: --cache-mode topk keeps the teacher's top-{settings.top_k} logits only; at temperature "
-            f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
-            "(perplexity 1e4-1e8 in docs/experiments.md); the default --cache-mode sample has no such bias"
-        )
-    if settings.cache_mode == "sample" and settings.cache_draws is None and settings.temperature >= 5:
-        log(
-            f"warning: at temperature {settings.temperature:g} the default draws a position (31 for a vocabulary "
-            "up to 65,536) are noisy (variance about tau^2 / draws): at tau 10 they left students 12-14% behind "
-            "the online teacher, 127 draws 3-4% (docs/results/cache-quality); pass --cache-draws 127 (256 bytes "
-            "a position)"
-        )
-    # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
-    device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
-    layers = [t for t, _ in feature_map]
-    path = distributed.main_first(
-        teacher_cache,
-        teacher,
-        teacher_dir,
-        blocks,
-        mode=settings.cache_mode,
-        temperature=settings.temperature,
-        draws=settings.cache_draws,
-        top_k=settings.top_k,
-        hidden_layers=layers + cache_layers(settings.cache_layers, teacher.config.num_hidden_layers),
-        precision=precision,
-        device=device,
-    )
-    teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
-    return CachedTeacher(path, layers)

@@ -40,9 +40,11 @@ def build_and_fit(
     stop_after: int | None,
     data_collator=None,
     around=None,
+    on_policy=None,
 ) -> tuple[object, Trained | None]:
     """(the trainer, what fit left): `model` trained on `dataset` with `terms` for the planned steps, resumed
-    from `stage`'s checkpoints when asked; `teacher` None reads the signal from the dataset (or has none)."""
+    from `stage`'s checkpoints when asked; `teacher` None reads the signal from the dataset (or has none);
+    `on_policy` (training/on_policy.py) has the student write part of its own training text."""
     from slimlm.training.trainer import DistillTrainer  # transformers: not at `import slimlm`
 
     trainer = DistillTrainer(
@@ -55,6 +57,7 @@ def build_and_fit(
         train_dataset=dataset,
         data_collator=data_collator,
         callbacks=training_callbacks(settings, stop_after),
+        on_policy=on_policy,
     )
     check_sharding(settings, trainer)
     trained = fit(

@@ -65,7 +65,9 @@ def teacher_continuations(
     written = []
     for start in tqdm(range(0, blocks.shape[0], batch_size), desc="teacher writes continuations", unit="batch"):
         prompts = blocks[start : start + batch_size, :prompt]
-        rollout = sample_continuations(teacher, prompts, c, temperature=temperature, generator=generator, precision=precision)
+        rollout = sample_continuations(
+            teacher, prompts, c, temperature=temperature, generator=generator, precision=precision
+        )
         written.append(rollout.tokens.to(dtype))
     tokens = torch.cat(written)
     entry.mkdir(parents=True, exist_ok=True)
