@@ -144,7 +144,7 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
     facts = record["training"]["on_policy"]
     assert facts["rollouts"] == 2 and facts["tokens_sampled"] == 2 * 2 * 8 and facts["sampling_s"] > 0
     assert record["settings"]["on_policy"] == 0.5 and record["settings"]["jsd_beta"] == 0.9
-    logged = [json.loads(line) for line in open("s/training.log") if "kd_policy" in line]
+    logged = [entry for entry in record["training"]["log"] if "kd_policy" in entry]
     assert len(logged) == 2 and all(0 < entry["sampling_share"] < 1 for entry in logged)
 
 
@@ -183,3 +183,25 @@ def test_bad_on_policy_flag_cli(capsys, tiny_teacher, text_dir):
         "x",
     )
     assert_one_line_error(code, err, "--on-policy")
+
+
+def test_teacher_generated_blocks_are_written_once_and_listed(tiny_teacher, text_dir, tmp_path, monkeypatch, capsys):
+    from slimlm.training.teacher_cache import list_entries, remove_entries
+
+    monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
+    base = dict(teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0,3", max_steps=2, **FAST)
+    slimlm.distill(**base, teacher_generated=True, continuation_tokens=8, out="a")
+    (entry,) = list_entries()
+    assert entry["mode"] == "generated" and entry["continuation_tokens"] == 8 and entry["positions"] == 4 * 8
+    capsys.readouterr()
+    slimlm.distill(**base, teacher_generated=True, continuation_tokens=8, out="b")
+    assert "reusing the teacher's continuations" in capsys.readouterr().err and len(list_entries()) == 1
+    facts = json.loads(open("b/slimlm.json").read())["training"]["teacher_generated"]
+    assert facts["tokens"] == 4 * 8 and facts["continuation_tokens"] == 8
+    # the student trained on other text than the plain run's: its weights differ
+    slimlm.distill(**base, out="plain")
+    from safetensors.torch import load_file
+
+    a, plain = load_file("a/model.safetensors"), load_file("plain/model.safetensors")
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    assert remove_entries([entry["key"]]) > 0 and list_entries() == []
