@@ -27,18 +27,23 @@ def evaluate(
     the offline downstream checks too (slimlm.eval.tasks), and with `lm_eval`, lm-evaluation-harness tasks.
 
     `settings` are EvalSettings' fields (slimlm.settings: data, general_data, general_tokens, window, stride,
-    new_tokens, repeats, precision, tasks, task_items, lm_eval), with their defaults there; general text
-    (eval/general.py) is scored beside the in-domain split unless general_data is "none". `precision`
-    defaults to fp32 here (EvalSettings says why); `bf16=True` is the old spelling of precision="bf16"."""
+    new_tokens, repeats, dtype, tasks, task_items, lm_eval), with their defaults there; general text
+    (eval/general.py) is scored beside the in-domain split unless general_data is "none". `dtype` (the weights'
+    dtype) defaults to fp32 here (EvalSettings says why); `bf16=True` is the old spelling of dtype="bf16"."""
+    if "precision" in settings:
+        raise SlimlmError(
+            "evaluate casts the weights themselves: give dtype= (--dtype fp32|bf16|auto); precision is the "
+            "training stages' autocast"
+        )
     if bf16 is not None:
-        settings["precision"] = "bf16" if bf16 else "fp32"
+        settings["dtype"] = "bf16" if bf16 else "fp32"
     s = EvalSettings.from_dict({**settings, "models": models, "out": out, "force": force}).validate()
     from slimlm.eval.tasks import parse_tasks  # transformers: not at `import slimlm`
 
     tasks, harness = parse_tasks(s.tasks), comma_list(s.lm_eval)
     general = _scores_general_text(s)
     _check_before_measuring(s, harness, general)
-    decision = precisions.resolve(s.precision, announce=log)
+    decision = precisions.resolve(s.dtype, announce=_announce_dtype)
     results, data_info = _measure_models(s, decision, tasks, harness, general)
     report = _report(s, decision, tasks, harness, results, data_info)
     _print_results(report)
@@ -154,7 +159,7 @@ def _report(s: EvalSettings, decision, tasks, harness: list[str], results: dict,
             "repeats": s.repeats,
             "runtime": s.runtime,
             "dtype": "GGUF types" if s.runtime == "llama.cpp" else "bfloat16" if decision.bf16 else "float32",
-            "precision": decision.to_dict(),
+            "weights_dtype": decision.to_dict(),
             "cpu": precisions.cpu_kind(),
             "threads": torch.get_num_threads(),
             "tasks": tasks,
@@ -173,3 +178,7 @@ def _print_results(report: dict) -> None:
         for metric, value in (result.get("lm_eval") or {}).items():
             if isinstance(value, (int, float)):
                 print(f"lm-eval {spec}: {metric} = {value:.4f}")
+
+
+def _announce_dtype(message: str) -> None:
+    log(f"weights cast for measuring: {message}")
