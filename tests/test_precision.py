@@ -96,6 +96,17 @@ def test_autocast_follows_the_decision(probe):
         assert not torch.is_autocast_enabled("cpu")
 
 
+def test_eval_takes_dtype_not_the_training_precision(capsys):
+    """One meaning per flag: eval casts the weights (--dtype); --precision (autocast) is refused with the fix."""
+    from slimlm.cli import main
+
+    assert main(["eval", "m", "--precision", "bf16"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dtype" in err[0] and "autocast" in err[0]
+    with pytest.raises(SlimlmError, match="give dtype="):
+        slimlm.evaluate(["m"], precision="bf16")
+
+
 def test_work_on_another_device_is_decided_again_out_loud(probe, capsys):
     """A run decided for CUDA that computes on the CPU (e.g. a CPU-held teacher) decides again for the CPU and
     says so once, instead of silently computing in another precision than the one printed."""
@@ -124,9 +135,9 @@ def test_no_bf16_is_an_alias_of_precision_fp32():
     args = build_parser().parse_args(["distill", "--no-bf16", "--out", "x"])
     assert args.precision == "fp32"
     args = build_parser().parse_args(["eval", "m", "--bf16"])
-    assert args.precision == "bf16"
+    assert args.dtype == "bf16"
     # a flag not typed stays None (so a recipe is not overridden); eval's fp32 default lives in EvalSettings
-    assert build_parser().parse_args(["eval", "m"]).precision is None and EvalSettings().precision == "fp32"
+    assert build_parser().parse_args(["eval", "m"]).dtype is None and EvalSettings().dtype == "fp32"
     assert build_parser().parse_args(["student", "--layers", "2", "--out", "x"]).precision is None
 
 
@@ -221,11 +232,9 @@ def test_explicit_fp32_wins_over_a_native_cpu(probe, autocast_seen, tiny_teacher
 @pytest.mark.parametrize("native", [False, True])
 def test_eval_auto_casts_only_where_native(probe, tiny_teacher, text_dir, native):
     probe(native)
-    report = slimlm.evaluate(
-        [str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1, precision="auto"
-    )
+    report = slimlm.evaluate([str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1, dtype="auto")
     assert report["protocol"]["dtype"] == ("bfloat16" if native else "float32")
-    assert report["protocol"]["precision"]["dtype"] == ("bf16" if native else "fp32")
+    assert report["protocol"]["weights_dtype"]["dtype"] == ("bf16" if native else "fp32")
     # the default protocol is fp32 whatever the CPU
     assert (
         slimlm.evaluate([str(tiny_teacher)], data=str(text_dir), window=32, new_tokens=4, repeats=1)["protocol"][

@@ -121,6 +121,13 @@ FLAGS = {
         (["--cache-mode", "topk"], "cache_mode", "topk"),
         (["--cache-draws", "12"], "cache_draws", 12),
         (["--cross-tokenizer", "uld"], "cross_tokenizer", "uld"),
+        (["--on-policy", "0.5"], "on_policy", 0.5),
+        (["--continuation-tokens", "64"], "continuation_tokens", 64),
+        (["--sample-temperature", "0.8"], "sample_temperature", 0.8),
+        (["--policy-divergence", "sampled-reverse"], "policy_divergence", "sampled-reverse"),
+        (["--jsd-beta", "0.9"], "jsd_beta", 0.9),
+        (["--rollout-reuse", "2"], "rollout_reuse", 2),
+        (["--teacher-generated"], "teacher_generated", True),
     ],
     ("finetune",): [
         *TRAINING,
@@ -173,8 +180,8 @@ FLAGS = {
         (["--stride", "16"], "stride", 16),
         (["--new-tokens", "4"], "new_tokens", 4),
         (["--repeats", "1"], "repeats", 1),
-        (["--precision", "auto"], "precision", "auto"),
-        (["--bf16"], "precision", "bf16"),
+        (["--dtype", "auto"], "dtype", "auto"),
+        (["--bf16"], "dtype", "bf16"),
         (["--runtime", "llama.cpp"], "runtime", "llama.cpp"),
         (["--tasks", "cloze"], "tasks", "cloze"),
         (["--task-items", "6"], "task_items", 6),
@@ -420,11 +427,11 @@ def test_help_shows_the_settings_default():
     eval_help = {
         a.dest: a.help for a in _subparsers(build_parser())["eval"]._actions if a.option_strings[:1] != ["--bf16"]
     }
-    assert "(default fp32)" in eval_help["precision"]
+    assert "(default fp32)" in eval_help["dtype"] and "weights" in eval_help["dtype"]
 
 
 def test_defaults_differ_where_the_commands_do():
-    assert settings.EvalSettings().precision == "fp32" and settings.StudentSettings().precision == "auto"
+    assert settings.EvalSettings().dtype == "fp32" and settings.StudentSettings().precision == "auto"
     assert settings.DistillSettings().max_tokens == 300_000 and settings.FinetuneSettings().max_tokens == 100_000
     assert settings.FinetuneSettings(model="m").validate().learning_rate == 5e-4
     assert settings.FinetuneSettings(model="m", method="full").validate().learning_rate == 5e-5

@@ -110,8 +110,18 @@ def command_line(argv: list[str]) -> str:
     return "slimlm " + " ".join(shlex.quote(a) for a in argv)
 
 
+# flags a command does not take, that a user may well type there: what to give instead
+MOVED_FLAGS = {
+    ("eval", "--precision"): "slimlm eval casts the weights themselves: give --dtype fp32|bf16|auto "
+    "(--precision is the training stages' autocast over fp32 weights)",
+}
+
+
 def run(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    for (command, flag), fix in MOVED_FLAGS.items():
+        if argv[:1] == [command] and any(a == flag or a.startswith(flag + "=") for a in argv):
+            raise SlimlmError(fix)
     typed = vars(build_parser().parse_args(argv))
     _, settings_types, target = COMMANDS[typed.pop("command")]
     typed.pop("debug")

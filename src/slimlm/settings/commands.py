@@ -234,8 +234,9 @@ class ExportSettings(Settings):
 class EvalSettings(Settings):
     """`slimlm eval`: the same metrics for every model on the same test split.
 
-    `precision` defaults to fp32 here, unlike the training stages: a measurement protocol that does not change
-    with the machine keeps numbers comparable across machines."""
+    `dtype` is what the weights are cast to before anything is measured (a deployment's dtype: it sets memory
+    and speed), not the training stages' `--precision` (autocast over fp32 weights). It defaults to fp32: a
+    measurement protocol that does not change with the machine keeps numbers comparable across machines."""
 
     models: list | None = option(None, "built-in names, model dirs, .gguf files or hub ids", positional=True, nargs="+")
     data: str = option("sotu", DATA_HELP, corpus=True)
@@ -247,10 +248,10 @@ class EvalSettings(Settings):
     stride: int | None = option(None, "tokens the window moves (default: the window, no overlap)")
     new_tokens: int = option(64, "tokens decoded per speed run", minimum=1)
     repeats: int = option(3, "decode-speed repeats", minimum=1)
-    precision: str = option(
+    dtype: str = option(
         "fp32",
-        "fp32 (the same protocol on every machine), bf16 (weights cast to bf16), or "
-        "auto (bf16 where the hardware runs it natively)",
+        "dtype the weights are cast to for every measurement: fp32 (the same protocol on every machine), bf16, "
+        "or auto (bf16 where the hardware runs it natively)",
         choices=PRECISIONS,
         hint=PRECISION_HINT,
         aliases={"--bf16": "bf16"},

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimlm.errors import SlimlmError
-from slimlm.losses import KL_KINDS
+from slimlm.losses import KL_KINDS, POLICY_DIVERGENCES
 from slimlm.losses.uld import CROSS_TOKENIZER_MODES
 from slimlm.precision import PRECISIONS  # precision.py decides what auto means on the machine
 from slimlm.settings.fields import Settings, finite, number, option
@@ -192,9 +192,37 @@ class DistillSettings(TrainingSettings):
         "tokenizers differ, the usual token-by-token loss when they are the same",
         choices=("auto", *CROSS_TOKENIZER_MODES),
     )
+    on_policy: float = option(
+        0.0,
+        "share of the steps (GKD's lambda) on which the student writes the last --continuation-tokens of each "
+        "block itself and learns the teacher's distribution there; 0 = every step on the data",
+        non_negative=True,
+    )
+    continuation_tokens: int = option(128, "on-policy: tokens the student samples after each block's prompt", minimum=1)
+    sample_temperature: float = option(1.0, "on-policy: temperature the student samples at (no top-k, no top-p)")
+    policy_divergence: str | None = option(
+        None,
+        "on-policy: divergence on the sampled tokens (default --kl); sampled-reverse = the per-token reverse-KL "
+        "estimate at the sampled token, without the teacher's softmax",
+        choices=POLICY_DIVERGENCES,
+    )
+    jsd_beta: float = option(
+        0.5,
+        "beta of the generalised JSD (--kl or --policy-divergence jsd): mixture beta*p_T + (1-beta)*p_S; "
+        "0 = forward KL, 1 = reverse KL",
+    )
+    teacher_generated: bool = option(
+        False,
+        "sequence-level KD: the teacher writes the last --continuation-tokens of every training block once (at "
+        "--sample-temperature, kept in the teacher cache) and the student trains on those blocks",
+    )
+    rollout_reuse: int = option(
+        1, "on-policy: steps each student rollout is trained on (1 = always fresh samples)", minimum=1
+    )
 
     def check(self) -> None:
         super().check()
+        self._check_on_policy()
         if self.kl != "forward" and self.teacher_cache:
             raise SlimlmError(
                 f"--kl {self.kl} needs the full teacher distribution; drop --teacher-cache "
@@ -202,6 +230,37 @@ class DistillSettings(TrainingSettings):
             )
         if sum(x is not None for x in (self.student, self.layers, self.keep_layers)) != 1:
             raise SlimlmError("give exactly one of --student DIR, --layers N or --keep-layers LIST")
+
+    def _check_continuations(self, flag: str) -> None:
+        if not (finite(self.sample_temperature) and self.sample_temperature > 0):
+            raise SlimlmError(f"--sample-temperature must be > 0 (got {self.sample_temperature}); 1 samples as is")
+        if self.continuation_tokens >= self.block_size:
+            raise SlimlmError(
+                f"{flag}: --continuation-tokens {self.continuation_tokens} leaves no prompt in blocks of "
+                f"{self.block_size} tokens; use fewer continuation tokens or a larger --block-size"
+            )
+
+    def _check_on_policy(self) -> None:
+        if not (finite(self.jsd_beta) and 0 <= self.jsd_beta <= 1):
+            raise SlimlmError(f"--jsd-beta must be in [0, 1] (got {self.jsd_beta}); 0.5 is the symmetric JSD")
+        if self.teacher_generated:
+            self._check_continuations("--teacher-generated")
+        if not self.on_policy:
+            if self.policy_divergence is not None:
+                raise SlimlmError("--policy-divergence applies to on-policy steps: give --on-policy too")
+            return
+        if self.on_policy > 1:
+            raise SlimlmError(f"--on-policy is a share of the steps, in [0, 1] (got {self.on_policy})")
+        self._check_continuations("--on-policy")
+        if self.alpha >= 1:
+            raise SlimlmError("--on-policy needs the KD term: --alpha 1 would train on the data's CE alone")
+        if self.teacher_cache:
+            raise SlimlmError(
+                "--on-policy needs the teacher online (it scores text the student writes during training); "
+                "drop --teacher-cache"
+            )
+        if self.fsdp or self.deepspeed:
+            raise SlimlmError("--on-policy samples with the whole student: run it without --fsdp/--deepspeed")
 
 
 @dataclass

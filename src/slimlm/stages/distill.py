@@ -1,14 +1,17 @@
 """Stage `distill`: train a student to match the teacher (paper section 2) and write it.
 
-Reads top to bottom: validate the settings against the models' shapes -> load the teacher, the data and the
-student -> build the loss terms and the teacher's signal (online or cached) -> measure the student -> train
-(training/fit.py) -> measure again -> publish the plain student with slimlm.json.
+Reads top to bottom: validate the settings against the models' shapes (distill_checks.py) -> load the
+teacher, the data and the student -> build the loss terms and the teacher's signal (online or cached) -> measure
+the student -> train (trainer_fit.py, training/fit.py) -> measure again -> publish the plain student with
+slimlm.json.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -17,29 +20,20 @@ from slimlm import precision as precisions
 from slimlm.data.corpus import calibration_sample, training_blocks
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
-from slimlm.methods.layers import parse_keep_layers
 from slimlm.methods.student import student_from_teacher
-from slimlm.methods.width import check_widths
 from slimlm.output import model_card, publish
-from slimlm.settings import DistillSettings, comma_list, parse_layer_map
-from slimlm.sources import check_same_tokenizer, layer_count, model_config
+from slimlm.settings import DistillSettings, parse_layer_map
+from slimlm.sources import check_same_tokenizer
+from slimlm.stages.distill_checks import check_shapes
+from slimlm.stages.distill_text import cached_teacher, student_sampling, teacher_written_blocks
+from slimlm.stages.trainer_fit import Plan, build_and_fit, plan
 from slimlm.training.cross_tokenizer import (
     collate_aligned,
     cross_tokenizer_mode,
     cross_tokenizer_setup,
     held_out_divergence,
 )
-from slimlm.training.fit import fit
-from slimlm.training.launch import (
-    check_sharding,
-    load_on_every_rank,
-    prepare_data_on_every_rank,
-    run_training_stage,
-    settings_from,
-    teacher_zero3,
-    training_args,
-    training_callbacks,
-)
+from slimlm.training.launch import load_on_every_rank, prepare_data_on_every_rank, run_training_stage, settings_from
 from slimlm.training.validation import validation_perplexity
 
 
@@ -59,60 +53,81 @@ def distill(
     to interrupt a run that `resume=True` then finishes.
     """
     settings = settings_from(DistillSettings, settings, recipe, overrides)
-    _check_shapes(settings)  # from the models' config.json: before the output is claimed or weights load
+    check_shapes(settings)  # from the models' config.json: before the output is claimed or weights load
     return run_training_stage(settings, _distill, out, force=force, resume=resume, stop_after=stop_after)
 
 
-def _check_shapes(settings: DistillSettings) -> None:
-    """Settings that depend on the models' shapes (layers to keep, layer maps, cached top-k) or on each other,
-    checked from config.json alone, so a wrong index is one line now rather than after the teacher has loaded."""
-    teacher = distributed.main_first(model_config, settings.teacher, trust_remote_code=settings.trust_remote_code)
-    n_t = layer_count(teacher)
-    if settings.student is not None:
-        student = distributed.main_first(model_config, settings.student, trust_remote_code=settings.trust_remote_code)
-        n_s = layer_count(student)
-    elif settings.layers is not None:
-        if not 1 <= settings.layers <= n_t:
-            raise SlimlmError(
-                f"--layers {settings.layers} is out of range; the teacher has {n_t} layers, keep 1..{n_t}"
-            )
-        n_s = settings.layers
-    else:
-        n_s = len(parse_keep_layers(settings.keep_layers, n_t))
-    if settings.student is None and settings.student_config:
-        check_widths(teacher, settings.student_config)
-    for flag, spec, top_t, top_s in (
-        ("--feature-layers", settings.feature_layers, n_t, n_s),
-        ("--attention-layers", settings.attention_layers, n_t - 1, n_s - 1),
-    ):
-        try:
-            parse_layer_map(spec, top_t, top_s)
-        except SlimlmError as exc:
-            raise SlimlmError(f"{flag}: {exc}") from None
-    _cache_layers(settings.cache_layers, n_t)
-    vocab = teacher.get_text_config().vocab_size
-    if settings.teacher_cache and settings.cache_mode == "topk" and settings.top_k > vocab:
-        raise SlimlmError(
-            f"--top-k {settings.top_k} is more than the teacher's vocabulary ({vocab} tokens); "
-            f"give at most {vocab} (the default is {DistillSettings.top_k})"
-        )
-    if settings.teacher_cache and settings.cache_mode == "sample" and (settings.cache_draws or 0) > vocab:
-        raise SlimlmError(
-            f"--cache-draws {settings.cache_draws} is more than the teacher's vocabulary ({vocab} tokens): more "
-            f"draws per position cost more than the whole distribution; give at most {vocab} (the default fits "
-            "64 bytes a position)"
-        )
-    if settings.teacher_cache and settings.attention_layers and settings.attention_weight > 0:
-        raise SlimlmError("attention distillation needs the online teacher; drop --teacher-cache")
+@dataclass
+class _Run:
+    """What a distillation run loaded and planned; the steps after loading read it."""
+
+    settings: DistillSettings
+    teacher: object
+    tokenizer: object  # the teacher's
+    teacher_dir: Path
+    student: object
+    student_info: dict  # what slimlm.json says about the student
+    student_tokenizer: object
+    cross: str | None  # the cross-tokenizer mode; None when both models share a tokenizer
+    splits: object
+    feature_map: list
+    attention_map: list
+    plan: Plan
+    blocks: torch.Tensor  # the training blocks, in training order
+    val: torch.Tensor  # the validation tokens measured before and after training
+
+
+class _Signal(NamedTuple):
+    """What the student learns from: the loss terms, the dataset, the cross-tokenizer record, the cache, and
+    the text the models write themselves (training/on_policy.py, training/teacher_generated.py)."""
+
+    terms: list
+    dataset: object
+    cross_info: dict | None
+    cached: object  # the teacher cache, or None for the online teacher
+    on_policy: object = None  # training/on_policy.OnPolicy, or None
+    teacher_generated: dict | None = None  # what slimlm.json says about the teacher's continuations
 
 
 def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, stop_after: int | None) -> Path:
-    from slimlm.training.trainer import BlockDataset, DistillTrainer
-
-    # ---- load
     start_time = time.time()
     torch.manual_seed(settings.seed)
     precision = precisions.resolve(settings.precision, announce=log)
+    run = _load(settings, precision)
+    signal = _loss_and_signal(run, precision)
+    held_out = _held_out(run, signal.terms[0], precision) if run.cross else None
+    before = _measure_before(run, held_out, precision)
+    _, trained = build_and_fit(
+        settings,
+        run.student,
+        stage,
+        run.plan,
+        terms=signal.terms,
+        teacher=None if signal.cached else run.teacher,
+        precision=precision,
+        dataset=signal.dataset,
+        resume=resume,
+        stop_after=stop_after,
+        data_collator=collate_aligned if run.cross else None,
+        on_policy=signal.on_policy,
+    )
+    if trained is None:
+        return stage
+    after = None if trained.sharded else validation_perplexity(trained.model, run.val, settings.eval_window, precision)
+
+    def finish():  # rank 0 only: the other ranks wait and raise its error if it fails
+        metrics = _measure_after(run, trained, after, before, held_out, precision)
+        record = _record(run, signal, trained, before, metrics, precision, start_time)
+        card = model_card(f"Student distilled from {settings.teacher}", record)
+        publish(stage, out, trained.model, run.student_tokenizer, record, card)
+
+    distributed.on_main(finish)
+    log(f"wrote {out}")
+    return out
+
+
+def _load(settings: DistillSettings, precision) -> _Run:
+    """The teacher, the data and the student, loaded on every rank; the layer maps and blocks follow from them."""
     teacher, tokenizer, teacher_dir = load_on_every_rank(settings.teacher, settings.trust_remote_code)
     given = None if settings.student is None else load_on_every_rank(settings.student, settings.trust_remote_code)
     student_tokenizer = tokenizer if given is None else given[1]
@@ -122,102 +137,131 @@ def _distill(settings: DistillSettings, out: Path, stage: Path, resume: bool, st
     log(splits.summary())
     student, student_info = _student(settings, teacher, tokenizer, splits, precision, given, cross)
     n_t, n_s = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    feature_map = parse_layer_map(settings.feature_layers, n_t, n_s)
-    attention_map = parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1)
-    world = distributed.world_size()
-    steps = settings.steps(world)
-    per_step = settings.batch_size * settings.grad_accum * world  # the global batch, over all ranks
-    blocks = training_blocks(splits.train, steps * per_step, settings.seed)
+    steps = plan(settings)
+    return _Run(
+        settings=settings,
+        teacher=teacher,
+        tokenizer=tokenizer,
+        teacher_dir=teacher_dir,
+        student=student,
+        student_info=student_info,
+        student_tokenizer=student_tokenizer,
+        cross=cross,
+        splits=splits,
+        feature_map=parse_layer_map(settings.feature_layers, n_t, n_s),
+        attention_map=parse_layer_map(settings.attention_layers, n_t - 1, n_s - 1),
+        plan=steps,
+        blocks=training_blocks(splits.train, steps.steps * steps.per_step, settings.seed),
+        val=splits.val[: settings.eval_tokens],
+    )
 
-    # ---- the loss terms and the teacher's signal
-    if cross:
-        terms, dataset, cross_info, cached = cross_tokenizer_setup(
-            settings, cross, teacher, teacher_dir, student, blocks, tokenizer, student_tokenizer, precision
+
+def _loss_and_signal(run: _Run, precision) -> _Signal:
+    """The loss terms and the teacher's signal: across tokenizers (training/cross_tokenizer.py), or the usual
+    token-by-token terms with the online or cached teacher."""
+    from slimlm.training.trainer import BlockDataset
+
+    settings = run.settings
+    if run.cross and (settings.on_policy or settings.teacher_generated):
+        raise SlimlmError(
+            "--on-policy and --teacher-generated need a student with the teacher's tokenizer (the teacher scores "
+            "or writes text in its own tokens); drop them for a cross-tokenizer student"
         )
-    else:
-        terms = _loss_terms(settings, teacher, student, splits, feature_map, attention_map, precision)
-        cached = _teacher_cache(settings, teacher, teacher_dir, blocks, feature_map, precision)
-        dataset, cross_info = BlockDataset(blocks, cached), None
-
-    # ---- measure, train, measure
-    val = splits.val[: settings.eval_tokens]
-    before = validation_perplexity(student, val, settings.eval_window, precision)
-    held_out = None
-    if cross:  # the loss's own divergence on validation text, before and after (per aligned position)
-
-        def held_out(model):  # the first 4,096 validation tokens: a 262k-vocabulary teacher makes it costly
-            return held_out_divergence(
-                model, teacher, terms[0], val[:4096], settings.block_size, (student_tokenizer, tokenizer), precision
+    if run.cross:
+        return _Signal(
+            *cross_tokenizer_setup(
+                settings,
+                run.cross,
+                run.teacher,
+                run.teacher_dir,
+                run.student,
+                run.blocks,
+                run.tokenizer,
+                run.student_tokenizer,
+                precision,
             )
+        )
+    terms = _loss_terms(settings, run.teacher, run.student, run.splits, run.feature_map, run.attention_map, precision)
+    generated = None
+    if settings.teacher_generated:
+        run.blocks, generated = teacher_written_blocks(settings, run.teacher, run.teacher_dir, run.blocks, precision)
+    cached = cached_teacher(settings, run.teacher, run.teacher_dir, run.blocks, run.feature_map, precision)
+    on_policy = student_sampling(settings)
+    return _Signal(terms, BlockDataset(run.blocks, cached), None, cached, on_policy, generated)
 
-        before["cross_tokenizer"] = held_out(student)
+
+def _held_out(run: _Run, term, precision):
+    """The loss's own divergence on validation text (per aligned position), as a function of the student:
+    on the first 4,096 validation tokens, as a 262k-vocabulary teacher makes it costly."""
+    tokenizers = (run.student_tokenizer, run.tokenizer)
+
+    def held_out(model):
+        return held_out_divergence(
+            model, run.teacher, term, run.val[:4096], run.settings.block_size, tokenizers, precision
+        )
+
+    return held_out
+
+
+def _measure_before(run: _Run, held_out, precision) -> dict:
+    """The student's validation perplexity (and cross-tokenizer divergence) before training, said with the plan."""
+    settings, steps = run.settings, run.plan
+    before = validation_perplexity(run.student, run.val, settings.eval_window, precision)
+    if held_out is not None:
+        before["cross_tokenizer"] = held_out(run.student)
         log(f"student before distillation: cross-tokenizer divergence on validation text {before['cross_tokenizer']}")
     log(
-        f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps} steps "
-        f"x {per_step * settings.block_size} tokens ({len(blocks)} blocks"
-        f"{f', {world} processes' if world > 1 else ''})"
+        f"student before distillation: validation perplexity {before['perplexity']:.1f}; training {steps.steps} "
+        f"steps x {steps.per_step * settings.block_size} tokens ({len(run.blocks)} blocks"
+        f"{f', {steps.world} processes' if steps.world > 1 else ''})"
     )
-    trainer = DistillTrainer(
-        student,
-        terms=terms,
-        teacher=None if cached else teacher,
-        precision=precision,
-        teacher_zero3=teacher_zero3(settings),
-        args=training_args(settings, stage, steps),
-        train_dataset=dataset,
-        data_collator=collate_aligned if cross else None,
-        callbacks=training_callbacks(settings, stop_after),
-    )
-    check_sharding(settings, trainer)
-    trained = fit(
-        trainer, stage, steps, resume=resume, stop_after=stop_after, tokens_per_step=per_step * settings.block_size
-    )
-    if trained is None:
-        return stage
-    after = None if trained.sharded else validation_perplexity(trained.model, val, settings.eval_window, precision)
+    return before
 
-    # ---- publish (rank 0 only: the other ranks wait and raise its error if it fails)
-    def finish():
-        metrics = after or validation_perplexity(trained.model, val, settings.eval_window, precision, shared=False)
-        if held_out is not None and not trained.sharded:
-            metrics["cross_tokenizer"] = held_out(trained.model)
-            log(f"student after distillation: cross-tokenizer divergence {metrics['cross_tokenizer']}")
-        log(
-            f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
-            f"(before {before['perplexity']:.1f})"
-        )
-        record = {
-            "stage": "distill",
-            "teacher": settings.teacher,
-            "teacher_dir": str(teacher_dir),
-            "settings": settings.to_dict(),
-            "precision": precision.to_dict(),
-            "cpu": precisions.cpu_kind(),
-            "data": splits.info,
-            "student": student_info,
-            "layer_map": {"features": feature_map, "attention": attention_map},
-            "cross_tokenizer": cross_info,
-            "training": {
-                "steps": trained.steps,
-                "tokens": trained.steps * per_step * settings.block_size,
-                "planned_steps": steps,
-                "planned_tokens": len(blocks) * settings.block_size,
-                "time_budget": trained.budget,
-                "train_runtime_s": trained.runtime_s,
-                "wall_time_s": time.time() - start_time,
-                "teacher_cache": bool(cached),
-                "teacher_cache_storage": cached.storage() if cached else None,
-                "processes": world,
-                "log": trained.log,
-            },
-            "metrics": {"validation_before": before, "validation_after": metrics},
-        }
-        card = model_card(f"Student distilled from {settings.teacher}", record)
-        publish(stage, out, trained.model, student_tokenizer, record, card)
 
-    distributed.on_main(finish)
-    log(f"wrote {out}")
-    return out
+def _measure_after(run: _Run, trained, after, before: dict, held_out, precision) -> dict:
+    """The trained student's validation metrics on rank 0 (`after`: already measured on every rank, or None)."""
+    metrics = after or validation_perplexity(trained.model, run.val, run.settings.eval_window, precision, shared=False)
+    if held_out is not None and not trained.sharded:
+        metrics["cross_tokenizer"] = held_out(trained.model)
+        log(f"student after distillation: cross-tokenizer divergence {metrics['cross_tokenizer']}")
+    log(
+        f"student after distillation: validation perplexity {metrics['perplexity']:.1f} "
+        f"(before {before['perplexity']:.1f})"
+    )
+    return metrics
+
+
+def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, precision, start_time: float) -> dict:
+    """slimlm.json: the settings, the models and data, what training did and the metrics before and after."""
+    settings, steps, cached = run.settings, run.plan, signal.cached
+    return {
+        "stage": "distill",
+        "teacher": settings.teacher,
+        "teacher_dir": str(run.teacher_dir),
+        "settings": settings.to_dict(),
+        "precision": precision.to_dict(),
+        "cpu": precisions.cpu_kind(),
+        "data": run.splits.info,
+        "student": run.student_info,
+        "layer_map": {"features": run.feature_map, "attention": run.attention_map},
+        "cross_tokenizer": signal.cross_info,
+        "training": {
+            "steps": trained.steps,
+            "tokens": trained.steps * steps.per_step * settings.block_size,
+            "planned_steps": steps.steps,
+            "planned_tokens": len(run.blocks) * settings.block_size,
+            "time_budget": trained.budget,
+            "train_runtime_s": trained.runtime_s,
+            "wall_time_s": time.time() - start_time,
+            "teacher_cache": bool(cached),
+            "teacher_cache_storage": cached.storage() if cached else None,
+            **({"on_policy": signal.on_policy.record()} if signal.on_policy else {}),
+            **({"teacher_generated": signal.teacher_generated} if signal.teacher_generated else {}),
+            "processes": steps.world,
+            "log": trained.log,
+        },
+        "metrics": {"validation_before": before, "validation_after": after},
+    }
 
 
 def _student(settings: DistillSettings, teacher, tokenizer, splits, precision, given, cross):
@@ -255,7 +299,16 @@ def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map
     """output (CE + KD), then feature and attention when their maps and weights are given (training/terms.py)."""
     from slimlm.training.terms import AttentionTerm, OutputTerm, feature_term
 
-    terms = [OutputTerm(settings.temperature, settings.alpha, settings.kl, settings.chunk_size)]
+    terms = [
+        OutputTerm(
+            settings.temperature,
+            settings.alpha,
+            settings.kl,
+            settings.chunk_size,
+            policy_divergence=settings.policy_divergence,
+            jsd_beta=settings.jsd_beta,
+        )
+    ]
     calibration = calibration_sample(splits.train, settings.calibration_blocks, settings.seed)
     feature = feature_term(teacher, student, feature_map, settings.feature_weight, calibration, precision)
     if feature is not None:
@@ -266,53 +319,3 @@ def _loss_terms(settings: DistillSettings, teacher, student, splits, feature_map
         if settings.attention_weight > 0:
             terms.append(AttentionTerm(attention_map, settings.attention_weight))
     return terms
-
-
-def _teacher_cache(settings: DistillSettings, teacher, teacher_dir, blocks, feature_map, precision):
-    """The cached teacher signal for these blocks (rank 0 computes it once, on its accelerator if any; the
-    others read it), or None for the online teacher."""
-    from slimlm.training.teacher_cache import CachedTeacher, teacher_cache
-
-    if not settings.teacher_cache:
-        return None
-    if settings.cache_mode == "topk" and settings.temperature >= 5:
-        log(
-            f"warning: --cache-mode topk keeps the teacher's top-{settings.top_k} logits only; at temperature "
-            f"{settings.temperature:g} matching that truncated distribution drove students' logits apart "
-            "(perplexity 1e4-1e8 in docs/experiments.md); the default --cache-mode sample has no such bias"
-        )
-    if settings.cache_mode == "sample" and settings.cache_draws is None and settings.temperature >= 5:
-        log(
-            f"warning: at temperature {settings.temperature:g} the default draws a position (31 for a vocabulary "
-            "up to 65,536) are noisy (variance about tau^2 / draws): at tau 10 they left students 12-14% behind "
-            "the online teacher, 127 draws 3-4% (docs/results/cache-quality); pass --cache-draws 127 (256 bytes "
-            "a position)"
-        )
-    # the teacher goes to the device only on a rank that has something to compute (teacher_cache moves it)
-    device = torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else None
-    layers = [t for t, _ in feature_map]
-    path = distributed.main_first(
-        teacher_cache,
-        teacher,
-        teacher_dir,
-        blocks,
-        mode=settings.cache_mode,
-        temperature=settings.temperature,
-        draws=settings.cache_draws,
-        top_k=settings.top_k,
-        hidden_layers=layers + _cache_layers(settings.cache_layers, teacher.config.num_hidden_layers),
-        precision=precision,
-        device=device,
-    )
-    teacher.to("cpu")  # the run reads the cache; the teacher is not needed on the device
-    return CachedTeacher(path, layers)
-
-
-def _cache_layers(text: str, n_teacher: int) -> list[int]:
-    """--cache-layers "2,8,15": teacher hidden-state indices (0 = embeddings .. n_teacher = last layer)."""
-    layers = []
-    for part in comma_list(text):
-        if not part.isdigit() or not 0 <= int(part) <= n_teacher:
-            raise SlimlmError(f"--cache-layers {text!r}: {part!r} is not a hidden-state index in 0..{n_teacher}")
-        layers.append(int(part))
-    return layers

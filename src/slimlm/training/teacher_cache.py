@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,6 +62,22 @@ def teacher_root() -> Path:
     return cache_root() / "teacher"
 
 
+@dataclass
+class _Entry:
+    """One cache entry, looked up or being built: where it is, the signal it stores and what it still lacks."""
+
+    path: Path
+    signal: dict  # the mode and its parameters, as meta.json records them
+    signal_file: Path
+    need_signal: bool  # the signal file is not there yet
+    missing: list[int]  # the hidden layers not stored yet
+    chunk_args: tuple  # (mode, temperature, draws, top_k): what chunk_signal computes
+    vocab: int
+    per_position: int  # bytes a position of the signal takes
+    positions: int
+    bytes_needed: int  # what computing what is missing will write
+
+
 def teacher_cache(
     teacher,
     teacher_dir: Path,
@@ -85,6 +102,23 @@ def teacher_cache(
     if mode not in CACHE_MODES:
         raise ValueError(f"cache mode must be one of {', '.join(CACHE_MODES)}, got {mode!r}")
     head = teacher.get_output_embeddings().weight
+    entry = _entry(head, teacher_dir, blocks, (mode, temperature, draws, top_k), hidden_layers, precision)
+    if not entry.need_signal and not entry.missing:
+        log(f"reusing cached teacher outputs {entry.path}")
+        _touch(entry.path)
+        return entry.path
+    check_room(entry.path, entry.bytes_needed)  # before the teacher runs, not when its outputs are written
+    if device is not None:
+        teacher.to(device)
+    outputs = run_teacher(teacher, blocks, entry, precision, batch_size=batch_size, chunk=chunk)
+    save_entry(entry, teacher_dir, *outputs)
+    return entry.path
+
+
+def _entry(head, teacher_dir: Path, blocks: torch.Tensor, signal_args: tuple, hidden_layers, precision) -> _Entry:
+    """The entry for this teacher, these blocks, this signal (`signal_args`: mode, temperature, draws or None,
+    top_k) and precision, and what of it is not stored yet."""
+    mode, temperature, draws, top_k = signal_args
     vocab = head.shape[0]
     draws = draws or default_draws(vocab)
     signal = (
@@ -100,64 +134,81 @@ def teacher_cache(
         signal,
         bool(precision and precision.bf16),
     )
-    entry = teacher_root() / key
-    signal_file = entry / ("samples.safetensors" if mode == "sample" else "logits.safetensors")
+    path = teacher_root() / key
+    signal_file = path / ("samples.safetensors" if mode == "sample" else "logits.safetensors")
     need_signal = not signal_file.exists()
-    missing = [layer for layer in sorted(set(hidden_layers)) if not (entry / f"hidden_{layer}.safetensors").exists()]
+    missing = [layer for layer in sorted(set(hidden_layers)) if not (path / f"hidden_{layer}.safetensors").exists()]
     per_position = bytes_per_position(mode, vocab, draws=draws, top_k=top_k)
-    if not need_signal and not missing:
-        log(f"reusing cached teacher outputs {entry}")
-        _touch(entry)
-        return entry
     positions = int(blocks.numel())
     needed = (per_position if need_signal else 0) * positions + len(missing) * positions * head.shape[1] * 2
-    check_room(entry, needed)  # before the teacher runs, not when its outputs are written
-    if device is not None:
-        teacher.to(device)
-        head = teacher.get_output_embeddings().weight
-    gen = torch.Generator(device=head.device).manual_seed(int(key[:12], 16))  # the same draws on every rebuild
+    chunk_args = (mode, temperature, draws, top_k)
+    return _Entry(path, signal, signal_file, need_signal, missing, chunk_args, vocab, per_position, positions, needed)
+
+
+def run_teacher(teacher, blocks: torch.Tensor, entry: _Entry, precision, *, batch_size: int, chunk: int) -> tuple:
+    """(signal part 1, signal part 2, {layer: hidden states}) on the CPU, a batch of blocks at a time: what
+    `entry` lacks. The draws come from a generator seeded by the entry's key, so a rebuild draws the same."""
+    head = teacher.get_output_embeddings().weight
+    gen = torch.Generator(device=head.device).manual_seed(int(entry.path.name[:12], 16))
     first, second = [], []
-    hidden = {layer: [] for layer in missing}
+    hidden = {layer: [] for layer in entry.missing}
     teacher.eval()
     with torch.inference_mode(), autocast(precision, head.device.type):
         for start in tqdm(range(0, len(blocks), batch_size), desc="caching teacher outputs", unit="batch"):
             ids = blocks[start : start + batch_size].to(head.device)
             out = teacher(input_ids=ids, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-            if need_signal:
+            if entry.need_signal:
                 final = out.hidden_states[-1].flatten(0, 1)
                 parts = [
-                    chunk_signal(final[c : c + chunk], head, mode, temperature, draws, top_k, gen)
+                    chunk_signal(final[c : c + chunk], head, *entry.chunk_args, gen)
                     for c in range(0, len(final), chunk)
                 ]  # never the whole batch's fp32 logits at once
                 first.append(torch.cat([a for a, _ in parts]).view(*ids.shape, -1).cpu())
                 second.append(torch.cat([b for _, b in parts]).view(*ids.shape, -1).cpu())
-            for layer in missing:
+            for layer in entry.missing:
                 hidden[layer].append(out.hidden_states[layer].to(torch.bfloat16).cpu())
-    created = not entry.exists()
+    return first, second, hidden
+
+
+def save_entry(entry: _Entry, teacher_dir, first: list, second: list, hidden: dict) -> None:
+    """Write what was computed into the entry, meta.json last; on a full disk no half-written entry is left
+    for a later run to judge."""
+    created = not entry.path.exists()
     try:
-        entry.mkdir(parents=True, exist_ok=True)
-        if need_signal:
-            if mode == "sample":
-                tensors = {
-                    "teacher_entropy": torch.cat(first).squeeze(-1).half(),
-                    "sample_ids": torch.cat(second).to(id_dtype(vocab)),
-                }
-            else:
-                tensors = {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
-            save_atomic(tensors, signal_file)
-            what = f"{draws} draws per position at temperature {temperature:g}" if mode == "sample" else f"top-{top_k}"
-            log(
-                f"teacher cache ({mode}, {what}): {per_position} bytes a position, "
-                f"{per_position * positions / 2**20:.1f} MiB for {positions:,} positions -> {entry}"
-            )
+        entry.path.mkdir(parents=True, exist_ok=True)
+        if entry.need_signal:
+            save_atomic(_signal_tensors(entry, first, second), entry.signal_file)
+            _log_signal(entry)
         for layer, h in hidden.items():
-            save_atomic({"hidden": torch.cat(h)}, entry / f"hidden_{layer}.safetensors")
-        write_meta(entry, teacher_dir, signal, per_position, positions=positions)
-    except WRITE_FAULTS as exc:  # a full disk: no half-written entry that a later run would have to judge
+            save_atomic({"hidden": torch.cat(h)}, entry.path / f"hidden_{layer}.safetensors")
+        write_meta(entry.path, teacher_dir, entry.signal, entry.per_position, positions=entry.positions)
+    except WRITE_FAULTS as exc:
         if created:
-            remove_under(teacher_root(), entry)
-        raise SlimlmError(write_problem(entry, exc, fix=CACHE_FIX)) from None
-    return entry
+            remove_under(teacher_root(), entry.path)
+        raise SlimlmError(write_problem(entry.path, exc, fix=CACHE_FIX)) from None
+
+
+def _signal_tensors(entry: _Entry, first: list, second: list) -> dict:
+    """The signal as stored: fp16 entropy and narrow-integer draws, or fp32 top-k values and int32 ids."""
+    if entry.signal["mode"] == "sample":
+        return {
+            "teacher_entropy": torch.cat(first).squeeze(-1).half(),
+            "sample_ids": torch.cat(second).to(id_dtype(entry.vocab)),
+        }
+    return {"topk_values": torch.cat(first), "topk_indices": torch.cat(second).int()}
+
+
+def _log_signal(entry: _Entry) -> None:
+    """What the signal just written costs, so a user sees the cache's size grow."""
+    signal, per_position = entry.signal, entry.per_position
+    if signal["mode"] == "sample":
+        what = f"{signal['draws']} draws per position at temperature {signal['temperature']:g}"
+    else:
+        what = f"top-{signal['top_k']}"
+    log(
+        f"teacher cache ({signal['mode']}, {what}): {per_position} bytes a position, "
+        f"{per_position * entry.positions / 2**20:.1f} MiB for {entry.positions:,} positions -> {entry.path}"
+    )
 
 
 def check_room(entry: Path, needed: int) -> None:

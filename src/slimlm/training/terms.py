@@ -2,6 +2,8 @@
 
     L = 1 * output + beta * feature + gamma * attention
     output    = alpha * CE + (1 - alpha) * tau^2 * D(p_T || p_S)     (eq. L_KD; CE alone without a teacher)
+                on the rows of tokens the student sampled itself (training/on_policy.py): (1 - alpha) * tau^2 * D'
+                alone, D' the on-policy divergence (GKD, Agarwal et al. 2024): no CE on the student's own text
     feature   = sum_l ||(h_l^T - P_l(h_m(l)^S)) / sigma_l||^2          (eq. L_feature, standardised)
     attention = sum_l KL(A_l^T || A_m(l)^S)                           (Fig. 1, optional)
 
@@ -26,6 +28,7 @@ from slimlm.losses.attention import attention_loss
 from slimlm.losses.feature import feature_loss, make_projection
 from slimlm.losses.kd import distill_loss
 from slimlm.losses.reduce import denominator
+from slimlm.losses.teachers import PolicyTeacher
 from slimlm.losses.uld import cross_tokenizer_kd
 from slimlm.training.signal import Signal
 
@@ -39,6 +42,8 @@ class Step:
     signal: Signal
     labels: torch.Tensor  # (N,) next-token labels, IGNORE_INDEX where nothing is scored
     num_items: object  # valid tokens of the whole optimizer step (all micro-batches and ranks)
+    policy_rows: torch.Tensor | None = None  # (N,) bool: rows whose label the student sampled (on-policy steps)
+    sample_logprobs: torch.Tensor | None = None  # (N,) the sampler's log-probability of those labels
 
 
 class OutputTerm(nn.Module):
@@ -47,24 +52,50 @@ class OutputTerm(nn.Module):
     needs_attentions = False
     teacher_layers = ()
 
-    def __init__(self, temperature: float, alpha: float, kl: str = "forward", chunk_size: int = 1024):
+    def __init__(
+        self,
+        temperature: float,
+        alpha: float,
+        kl: str = "forward",
+        chunk_size: int = 1024,
+        *,
+        policy_divergence: str | None = None,
+        jsd_beta: float = 0.5,
+    ):
         super().__init__()
         self.weight = 1.0  # alpha and 1 - alpha weigh CE and KD inside the kernel
         self.temperature, self.alpha, self.kl, self.chunk_size = temperature, alpha, kl, chunk_size
+        self.policy_divergence, self.jsd_beta = policy_divergence or kl, jsd_beta
 
     def forward(self, step: Step):
-        loss, parts = distill_loss(
+        if step.policy_rows is None:
+            loss, parts = self._loss(step, step.labels, self.alpha, self.kl, step.signal.teacher)
+            return loss, {k: v.detach() for k, v in parts.items()}
+        # an on-policy step: the prompt's rows as usual, the sampled rows with the divergence alone (one kernel, two
+        # disjoint row sets, both normalised by the step's tokens)
+        data = step.labels.masked_fill(step.policy_rows, IGNORE_INDEX)
+        sampled = step.labels.masked_fill(~step.policy_rows, IGNORE_INDEX)
+        loss, parts = self._loss(step, data, self.alpha, self.kl, step.signal.teacher)
+        teacher = step.signal.teacher
+        if self.policy_divergence == "sampled-reverse":
+            teacher = PolicyTeacher(teacher.hidden, teacher.head, sampled.clamp(min=0), step.sample_logprobs)
+        policy_loss, policy_parts = self._loss(step, sampled, 0.0, self.policy_divergence, teacher)
+        parts.update(kd_policy=policy_parts["kd"], nll_policy=policy_parts["ce"])
+        return loss + (1 - self.alpha) * policy_loss, {k: v.detach() for k, v in parts.items()}
+
+    def _loss(self, step: Step, labels, alpha: float, kl: str, teacher):
+        return distill_loss(
             step.out.hidden_states[-1].flatten(0, 1),
             step.student.get_output_embeddings().weight,
-            step.labels,
+            labels,
             temperature=self.temperature,
-            alpha=self.alpha,
-            kl=self.kl,
+            alpha=alpha,
+            kl=kl,
+            jsd_beta=self.jsd_beta,
             chunk_size=self.chunk_size,
             num_items=step.num_items,
-            teacher=step.signal.teacher,
+            teacher=teacher,
         )
-        return loss, {k: v.detach() for k, v in parts.items()}
 
 
 class CrossTokenizerTerm(nn.Module):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -70,10 +71,11 @@ class DistillTrainer(Trainer):
     model: the student; `terms` (training/terms.py) are trained with it when they have parameters.
     teacher: the online teacher (None: cached signal from the dataset, or none). precision: a
     precision.Precision under which every forward runs (None: fp32). teacher_zero3: the user's ZeRO-3
-    section when DeepSpeed should partition the teacher.
+    section when DeepSpeed should partition the teacher. on_policy: a training/on_policy.OnPolicy when a share of
+    the steps trains on the student's own continuations (None: every step on the data).
     """
 
-    def __init__(self, model, *, terms, teacher=None, precision=None, teacher_zero3=None, **kwargs):
+    def __init__(self, model, *, terms, teacher=None, precision=None, teacher_zero3=None, on_policy=None, **kwargs):
         self.terms = list(terms)
         super().__init__(model=trainable(model, self.terms), **kwargs)
         if self.is_fsdp_enabled:
@@ -84,11 +86,17 @@ class DistillTrainer(Trainer):
         self.want_attentions = any(term.needs_attentions for term in self.terms)
         self._parts = defaultdict(float)
         self._parts_count = 0
+        self.on_policy = on_policy
+        self._sampling_mark = (time.perf_counter(), 0.0)  # (wall clock, sampling seconds) at the last log
 
     def _autocast(self):
         return precisions.autocast(self.precision, self.args.device.type)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        policy = self.on_policy is not None and model.training and self.on_policy.due(self.state.global_step)
+        if policy:  # the block's end rewritten by the student; same length, so num_items_in_batch still holds
+            student = student_of(self.accelerator.unwrap_model(model))
+            inputs = self.on_policy.batch(student, inputs, self.state.global_step, self.precision)
         labels = inputs["shift_labels"]
         with self._autocast():
             # logits_to_keep=1: the model computes logits for one position only; the loss makes its own, in chunks.
@@ -105,7 +113,15 @@ class DistillTrainer(Trainer):
             signal = teacher_signal(
                 self.teacher, inputs, self.teacher_layers, self.want_attentions, self.precision, stack
             )
-            step = Step(student_of(self.accelerator.unwrap_model(model)), out, signal, labels.flatten(), n_items)
+            step = Step(
+                student_of(self.accelerator.unwrap_model(model)),
+                out,
+                signal,
+                labels.flatten(),
+                n_items,
+                inputs["policy_rows"].flatten() if policy else None,
+                inputs["sample_logprobs"].flatten() if policy else None,
+            )
             loss, parts = weighted_sum(self.terms, step)
         if not torch.isfinite(loss.detach()):
             raise NonFiniteLoss(
@@ -134,7 +150,16 @@ class DistillTrainer(Trainer):
                 logs[key] = round(value / steps, 4)
             self._parts.clear()
             self._parts_count = 0
+        if self.on_policy is not None and "loss" in logs:
+            logs["sampling_share"] = self._sampling_share()
         super().log(logs, *args, **kwargs)
+
+    def _sampling_share(self) -> float:
+        """The share of the wall time since the last log that the student spent sampling its continuations."""
+        now, sampled = time.perf_counter(), self.on_policy.seconds
+        wall, before = now - self._sampling_mark[0], self._sampling_mark[1]
+        self._sampling_mark = (now, sampled)
+        return round((sampled - before) / wall, 3) if wall > 0 else 0.0
 
     # ---- a student trained with its loss terms: the student saved as itself, the terms' parameters beside it
 

@@ -1,0 +1,207 @@
+"""On-policy distillation: which steps sample, what a sampled batch is, the loss on it, and the stage end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import slimlm
+from slimlm.errors import SlimlmError
+from slimlm.losses import IGNORE_INDEX
+from slimlm.losses.kd import distill_loss
+from slimlm.losses.teachers import OnlineTeacher, PolicyTeacher
+from slimlm.settings import DistillSettings
+from slimlm.sources import load_model
+from slimlm.training.on_policy import OnPolicy
+from slimlm.training.signal import Signal
+from slimlm.training.terms import OutputTerm, Step
+from test_errors import assert_one_line_error, run_cli
+
+FAST = dict(
+    block_size=32,
+    batch_size=2,
+    learning_rate=3e-3,
+    precision="fp32",
+    logging_steps=1,
+    calibration_blocks=2,
+    eval_tokens=256,
+    eval_window=32,
+)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0, 0.3])
+def test_due_marks_exactly_the_share_spread_evenly(share):
+    policy = OnPolicy(share, 4)
+    due = [policy.due(k) for k in range(100)]
+    assert sum(due) == round(100 * share)
+    if share == 0.5:
+        assert due[:4] == [False, True, False, True]
+    assert due == [OnPolicy(share, 4).due(k) for k in range(100)]  # no state, no draw: a resume agrees
+
+
+def _blocks(tokenizer_vocab: int, batch=2, length=16, seed=0):
+    ids = torch.randint(0, tokenizer_vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    labels = torch.cat([ids[:, 1:], torch.full((batch, 1), IGNORE_INDEX)], dim=1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "shift_labels": labels}
+
+
+def test_a_sampled_batch_keeps_the_prompt_and_labels_the_sampled_tokens(tiny_teacher):
+    model, _, _ = load_model(tiny_teacher)
+    inputs = _blocks(model.config.vocab_size)
+    policy = OnPolicy(1.0, 6, seed=3)
+    batch = policy.batch(model, inputs, step=0, precision=None)
+    ids, labels, rows = batch["input_ids"], batch["shift_labels"], batch["policy_rows"]
+    assert ids.shape == inputs["input_ids"].shape and torch.equal(ids[:, :10], inputs["input_ids"][:, :10])
+    # row t predicts token t + 1: the last 6 tokens are the student's, predicted by rows 9..14
+    assert rows.sum() == 2 * 6 and rows[:, 9:15].all() and not rows[:, :9].any() and not rows[:, 15].any()
+    assert torch.equal(labels[:, 9:15], ids[:, 10:16]) and torch.equal(labels[:, :9], inputs["shift_labels"][:, :9])
+    assert labels.ne(IGNORE_INDEX).sum() == inputs["shift_labels"].ne(IGNORE_INDEX).sum()  # the token count holds
+    # the recorded log-probabilities are the student's at the sampled tokens (temperature 1)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+    expected = logp[:, 9:15].gather(-1, ids[:, 10:16, None]).squeeze(-1)
+    torch.testing.assert_close(batch["sample_logprobs"][:, 9:15], expected, atol=1e-4, rtol=0)
+    again = OnPolicy(1.0, 6, seed=3).batch(model, inputs, step=0, precision=None)
+    other = OnPolicy(1.0, 6, seed=3).batch(model, inputs, step=1, precision=None)
+    assert torch.equal(again["input_ids"], ids) and not torch.equal(other["input_ids"], ids)
+    assert policy.rollouts == 1 and policy.tokens == 12 and policy.record()["tokens_sampled"] == 12
+
+
+def test_reuse_trains_a_rollout_again_before_sampling_anew(tiny_teacher):
+    model, _, _ = load_model(tiny_teacher)
+    policy = OnPolicy(1.0, 4, reuse=2)
+    first = policy.batch(model, _blocks(model.config.vocab_size, seed=0), step=0, precision=None)
+    second = policy.batch(model, _blocks(model.config.vocab_size, seed=1), step=1, precision=None)
+    third = policy.batch(model, _blocks(model.config.vocab_size, seed=2), step=2, precision=None)
+    assert second is first and policy.reused == 1 and policy.rollouts == 2
+    assert not torch.equal(third["input_ids"], first["input_ids"])
+
+
+@pytest.mark.parametrize("divergence", ["forward", "reverse", "jsd", "sampled-reverse"])
+def test_the_sampled_rows_get_the_divergence_alone(divergence):
+    """The output term on an on-policy step: alpha*CE + (1-alpha)*KD on the prompt's rows, (1-alpha)*KD' on the
+    sampled rows, both over the step's tokens; checked against the kernel called on each row set by hand."""
+    torch.manual_seed(0)
+    n, d, v = 12, 8, 20
+    hidden = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(v, d, dtype=torch.float64)
+    t_hidden, t_head = torch.randn(n, d, dtype=torch.float64), torch.randn(v, d, dtype=torch.float64)
+    labels = torch.randint(0, v, (n,))
+    policy = torch.zeros(n, dtype=torch.bool)
+    policy[6:11] = True
+    logq = torch.randn(n, dtype=torch.float64).clamp(max=-0.1)
+
+    student = torch.nn.Module()
+    student.get_output_embeddings = lambda: type("H", (), {"weight": head})()
+    out = type("O", (), {"hidden_states": [hidden.view(1, n, d)]})()
+    signal = Signal("online", OnlineTeacher(t_hidden, t_head))
+    term = OutputTerm(2.0, 0.3, "forward", 5, policy_divergence=divergence, jsd_beta=0.5)
+    loss, parts = term(Step(student, out, signal, labels, n, policy, logq))
+    data_labels = labels.masked_fill(policy, IGNORE_INDEX)
+    sampled = labels.masked_fill(~policy, IGNORE_INDEX)
+    ref_data, _ = distill_loss(
+        hidden, head, data_labels, teacher_hidden=t_hidden, teacher_head=t_head, temperature=2.0, alpha=0.3, num_items=n
+    )
+    teacher = OnlineTeacher(t_hidden, t_head)
+    if divergence == "sampled-reverse":
+        teacher = PolicyTeacher(t_hidden, t_head, sampled.clamp(min=0), logq)
+    ref_policy, _ = distill_loss(
+        hidden, head, sampled, teacher=teacher, temperature=2.0, alpha=0.0, kl=divergence, num_items=n
+    )
+    torch.testing.assert_close(loss, ref_data + 0.7 * ref_policy)
+    assert set(parts) >= {"ce", "kd", "kd_policy", "nll_policy"}
+    loss.backward()
+    assert hidden.grad is not None and hidden.grad[6:11].abs().sum() > 0
+
+
+def test_on_policy_zero_is_the_off_policy_run(tiny_teacher, text_dir):
+    base = dict(teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0,3", max_steps=2, **FAST)
+    slimlm.distill(**base, out="off")
+    slimlm.distill(**base, on_policy=0.0, out="zero")
+    from safetensors.torch import load_file
+
+    a, b = load_file("off/model.safetensors"), load_file("zero/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "on_policy" not in json.loads(open("zero/slimlm.json").read())["training"]
+
+
+def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
+    slimlm.distill(
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        keep_layers="0,3",
+        max_steps=4,
+        on_policy=0.5,
+        continuation_tokens=8,
+        policy_divergence="jsd",
+        jsd_beta=0.9,
+        out="s",
+        **FAST,
+    )
+    record = json.loads(open("s/slimlm.json").read())
+    facts = record["training"]["on_policy"]
+    assert facts["rollouts"] == 2 and facts["tokens_sampled"] == 2 * 2 * 8 and facts["sampling_s"] > 0
+    assert record["settings"]["on_policy"] == 0.5 and record["settings"]["jsd_beta"] == 0.9
+    logged = [entry for entry in record["training"]["log"] if "kd_policy" in entry]
+    assert len(logged) == 2 and all(0 < entry["sampling_share"] < 1 for entry in logged)
+
+
+@pytest.mark.parametrize(
+    "values,words",
+    [
+        ({"on_policy": 1.5}, ["--on-policy", "[0, 1]"]),
+        ({"on_policy": 0.5, "continuation_tokens": 32}, ["--continuation-tokens 32", "no prompt"]),
+        ({"on_policy": 0.5, "teacher_cache": True}, ["--on-policy", "drop --teacher-cache"]),
+        ({"on_policy": 0.5, "alpha": 1.0}, ["--alpha 1"]),
+        ({"on_policy": 0.5, "sample_temperature": 0.0}, ["--sample-temperature", "> 0"]),
+        ({"policy_divergence": "reverse"}, ["--policy-divergence", "--on-policy"]),
+        ({"jsd_beta": 1.5}, ["--jsd-beta", "[0, 1]"]),
+    ],
+)
+def test_bad_on_policy_settings(values, words):
+    with pytest.raises(SlimlmError) as err:
+        DistillSettings.from_dict({"keep_layers": "0", "block_size": 32, "continuation_tokens": 8, **values}).validate()
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_on_policy_flag_cli(capsys, tiny_teacher, text_dir):
+    code, err = run_cli(
+        capsys,
+        "distill",
+        "--teacher",
+        str(tiny_teacher),
+        "--data",
+        str(text_dir),
+        "--keep-layers",
+        "0",
+        "--on-policy",
+        "2",
+        "--out",
+        "x",
+    )
+    assert_one_line_error(code, err, "--on-policy")
+
+
+def test_teacher_generated_blocks_are_written_once_and_listed(tiny_teacher, text_dir, tmp_path, monkeypatch, capsys):
+    from slimlm.training.teacher_cache import list_entries, remove_entries
+
+    monkeypatch.setenv("SLIMLM_CACHE", str(tmp_path / "cache"))
+    base = dict(teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0,3", max_steps=2, **FAST)
+    slimlm.distill(**base, teacher_generated=True, continuation_tokens=8, out="a")
+    (entry,) = list_entries()
+    assert entry["mode"] == "generated" and entry["continuation_tokens"] == 8 and entry["positions"] == 4 * 8
+    capsys.readouterr()
+    slimlm.distill(**base, teacher_generated=True, continuation_tokens=8, out="b")
+    assert "reusing the teacher's continuations" in capsys.readouterr().err and len(list_entries()) == 1
+    facts = json.loads(open("b/slimlm.json").read())["training"]["teacher_generated"]
+    assert facts["tokens"] == 4 * 8 and facts["continuation_tokens"] == 8
+    # the student trained on other text than the plain run's: its weights differ
+    slimlm.distill(**base, out="plain")
+    from safetensors.torch import load_file
+
+    a, plain = load_file("a/model.safetensors"), load_file("plain/model.safetensors")
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    assert remove_entries([entry["key"]]) > 0 and list_entries() == []
