@@ -48,7 +48,7 @@ lint: setup
 
 test: setup lint
 	$(BIN)/slimlm fetch
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The paper's studies, the student-shape frontier, the data-mix study and the pipeline with their defaults (2-3 seeds
 # each; hours on a 2-core CPU).
