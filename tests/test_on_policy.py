@@ -205,3 +205,26 @@ def test_teacher_generated_blocks_are_written_once_and_listed(tiny_teacher, text
     a, plain = load_file("a/model.safetensors"), load_file("plain/model.safetensors")
     assert any(not torch.equal(a[k], plain[k]) for k in a)
     assert remove_entries([entry["key"]]) > 0 and list_entries() == []
+
+
+def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, tmp_path, capsys):
+    """--generation: every model continues the same test prompts and the first model scores them; the first
+    model against itself writes what it would write (ROUGE-L 1) and a cut student does not."""
+    student = tmp_path / "student"
+    slimlm.distill(
+        teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0", max_steps=1, out=str(student), **FAST
+    )
+    report = slimlm.evaluate(
+        [str(tiny_teacher), str(student)],
+        data=str(text_dir),
+        window=32,
+        new_tokens=2,
+        repeats=1,
+        generation=3,
+        generation_tokens=8,
+    )
+    own, other = (report["results"][str(m)]["generation"] for m in (tiny_teacher, student))
+    assert own["scored_by"] == str(tiny_teacher) and own["rougeL_vs_teacher"] == 1.0
+    assert own["generation_protocol"]["prompts"] == 3 and own["generation_protocol"]["new_tokens"] == 8
+    assert other["rougeL_vs_teacher"] < 1.0 and other["teacher_nll_greedy"] > own["teacher_nll_greedy"]
+    assert f"generation {student}:" in capsys.readouterr().out

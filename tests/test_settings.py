@@ -185,6 +185,8 @@ FLAGS = {
         (["--runtime", "llama.cpp"], "runtime", "llama.cpp"),
         (["--tasks", "cloze"], "tasks", "cloze"),
         (["--task-items", "6"], "task_items", 6),
+        (["--generation", "8"], "generation", 8),
+        (["--generation-tokens", "16"], "generation_tokens", 16),
         (["--lm-eval", "hellaswag"], "lm_eval", "hellaswag"),
         *COMMON,
     ],

@@ -264,6 +264,13 @@ class EvalSettings(Settings):
     )
     tasks: str | list = option("", "downstream checks, offline: cloze,summarization (docs/downstream.md)")
     task_items: int | None = option(None, "items per downstream task (default: each task's own)", minimum=1)
+    generation: int = option(
+        0,
+        "prompts (64 tokens each, spread over the test split) that every model continues; the first model (the "
+        "teacher, say) scores what each wrote: its NLL, distinct-n, repetition, ROUGE-L against its own; 0 = off",
+        minimum=0,
+    )
+    generation_tokens: int = option(64, "with --generation: tokens each model writes after a prompt", minimum=1)
     lm_eval: str = option(
         "", "also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)", metavar="TASKS"
     )

@@ -141,9 +141,32 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
         result.update(general_metrics(model, tokenizer, s.general_data, window=s.window, tokens=s.general_tokens))
     if tasks:
         result.update(run_tasks(model, tokenizer, tasks, data=s.data, n=s.task_items))
+    if s.generation:
+        first.setdefault("reference", (spec, model))
+        result["generation"] = _generation(s, model, first["reference"], splits.test)
     if harness:
         result["lm_eval"] = lm_eval_tasks(model_dir, harness)
     return result
+
+
+PROMPT_TOKENS = 64
+
+
+def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor) -> dict:
+    """What `model` writes after --generation prompts spread evenly over the test split, scored by the first
+    model (eval/generation.py); the reference scored against itself gives the floor of its NLL."""
+    from slimlm.eval.generation import generation_metrics
+
+    if len(test) < PROMPT_TOKENS * s.generation:
+        raise SlimlmError(
+            f"--generation {s.generation} needs {PROMPT_TOKENS * s.generation:,} test tokens of prompts; the test "
+            f"split has {len(test):,}: ask for fewer prompts"
+        )
+    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, s.generation).long()
+    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts.tolist()])
+    name, scorer = reference
+    log(f"generation: {s.generation} prompts, {s.generation_tokens} tokens each, scored by {name}")
+    return {"scored_by": str(name), **generation_metrics(model, scorer, prompts, new_tokens=s.generation_tokens)}
 
 
 def _report(s: EvalSettings, decision, tasks, harness: list[str], results: dict, data_info: dict | None) -> dict:
@@ -172,9 +195,15 @@ def _report(s: EvalSettings, decision, tasks, harness: list[str], results: dict,
 
 
 def _print_results(report: dict) -> None:
-    """The table, then lm-evaluation-harness metrics one line each (they vary by task)."""
+    """The table, then what each model wrote (with --generation) and lm-evaluation-harness metrics, one line each."""
     print(report["table"])
     for spec, result in report["results"].items():
+        if written := result.get("generation"):
+            print(
+                f"generation {spec}: {written['scored_by']}'s NLL of its samples {written['teacher_nll_sampled']:.3f} "
+                f"(greedy {written['teacher_nll_greedy']:.3f}), distinct-2 {written['distinct_2']:.3f}, rep-4 "
+                f"{written['rep_4']:.3f}, ROUGE-L vs {written['scored_by']} {written['rougeL_vs_teacher']:.3f}"
+            )
         for metric, value in (result.get("lm_eval") or {}).items():
             if isinstance(value, (int, float)):
                 print(f"lm-eval {spec}: {metric} = {value:.4f}")
