@@ -27,9 +27,9 @@ ARMS = {  # name -> distill settings on top of the demo's
     "off-policy": {},
     "lambda 0.5": {"on_policy": 0.5},
     "lambda 1": {"on_policy": 1.0},
-    "lambda 1, reuse 4": {"on_policy": 1.0, "rollout_reuse": 4},
-    "lambda 1, 64 tokens, reuse 2": {"on_policy": 1.0, "continuation_tokens": 64, "rollout_reuse": 2},
-    "lambda 1, sampled-reverse": {"on_policy": 1.0, "policy_divergence": "sampled-reverse"},
+    "lambda 1 reuse 4": {"on_policy": 1.0, "rollout_reuse": 4},
+    "lambda 1 C64 reuse 2": {"on_policy": 1.0, "continuation_tokens": 64, "rollout_reuse": 2},
+    "lambda 1 sampled-reverse": {"on_policy": 1.0, "policy_divergence": "sampled-reverse"},
 }
 
 
