@@ -88,3 +88,16 @@ def test_no_current_page_cites_a_superseded_result():
     cites = re.compile("|".join(re.escape(n) for n in names))
     found = [line for line in _lines_matching(cites) if not line.startswith("docs/results/superseded/")]
     assert not found, "current pages citing superseded results:\n" + "\n".join(found)
+
+
+def test_on_policy_step_cost_page_quotes_its_results():
+    folder = ROOT / "docs" / "results" / "on-policy"
+    result = json.loads((folder / "step-cost.json").read_text(encoding="utf-8"))
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    for arm, row in result["arms"].items():
+        line = f"| {arm} | {row['s_per_step']:.2f} | {row['ratio_to_off_policy']:.2f} | {row['sampling_share']:.2f} |"
+        assert line in text, line
+    flat = " ".join(text.split())
+    for arm in ("lambda 1", "lambda 1 reuse 4"):
+        assert f"{result['arms'][arm]['ratio_to_off_policy']:.2f}×" in flat
+    assert all(f"{r['lambda 1 sampled-reverse']['s_per_step']:.2f} s" in flat for r in result["rounds"])
