@@ -101,3 +101,13 @@ def test_on_policy_step_cost_page_quotes_its_results():
     for arm in ("lambda 1", "lambda 1 reuse 4"):
         assert f"{result['arms'][arm]['ratio_to_off_policy']:.2f}×" in flat
     assert all(f"{r['lambda 1 sampled-reverse']['s_per_step']:.2f} s" in flat for r in result["rounds"])
+
+
+def test_decode_bench_page_quotes_its_results():
+    folder = ROOT / "docs" / "results" / "on-policy"
+    paths = json.loads((folder / "decode.json").read_text(encoding="utf-8"))["paths"]
+    flat = " ".join((folder / "README.md").read_text(encoding="utf-8").split())
+    for row in paths.values():
+        assert f"| {row['rollout_tokens_per_s']:.1f} ({row['rollout_min']:.1f}–{row['rollout_max']:.1f}) |" in flat
+    assert f"{paths['static']['ratio_to_generate']:.2f}× as many tokens a second" in flat
+    assert f"at {paths['dynamic']['ratio_to_generate']:.2f}×" in flat

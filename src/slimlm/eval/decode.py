@@ -1,9 +1,10 @@
 """Fixed-length sampling from a causal LM, fast on CPU: the student's rollouts for on-policy distillation and
 the continuations that eval/generation.py scores.
 
-`model.generate` pays per step for a `torch.cat` of the ids, logits processors, stopping criteria and mask updates;
-for a 14-layer student on a 2-core Zen 4 its decode steps took 1.8-3.7x those of the loop below (bench/decode_bench.py
-measures it). This is the bare loop instead:
+`model.generate` pays per step for a `torch.cat` of the ids, logits processors, stopping criteria and mask
+updates. The loop below skips them: with the demo student's shape, 4 rows of 128 tokens on a 2-core Zen 4, it
+wrote 1.14x generate's tokens per second, and the same loop with a dynamic cache 0.93x (bench/decode_bench.py,
+docs/results/on-policy). The model's own forward passes are most of the cost either way. This is the bare loop instead:
 one prefill of the prompt, then one token per step against a StaticCache (preallocated, fixed shapes, so the step
 could be compiled), explicit position ids, one autocast region around the whole rollout (weights are cast once,
 not per step), and exact Gumbel-max sampling (no sort, no top-k/top-p: the samples come from the model's softmax
