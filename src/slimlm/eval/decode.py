@@ -4,8 +4,8 @@ the continuations that eval/generation.py scores.
 `model.generate` pays per step for a `torch.cat` of the ids, logits processors, stopping criteria and mask
 updates. The loop below skips them: with the demo student's shape, 4 rows of 128 tokens on a 2-core Zen 4, it
 wrote 1.14x generate's tokens per second, and the same loop with a dynamic cache 0.93x (bench/decode_bench.py,
-docs/results/on-policy). The model's own forward passes are most of the cost either way. This is the bare loop instead:
-one prefill of the prompt, then one token per step against a StaticCache (preallocated, fixed shapes, so the step
+docs/results/on-policy). The model's own forward passes are most of the cost either way. The loop: one prefill
+of the prompt, then one token per step against a StaticCache (preallocated, fixed shapes, so the step
 could be compiled), explicit position ids, one autocast region around the whole rollout (weights are cast once,
 not per step), and exact Gumbel-max sampling (no sort, no top-k/top-p: the samples come from the model's softmax
 at `temperature`). Continuations never stop at end-of-text: every row gets `new_tokens` tokens.
