@@ -1,0 +1,185 @@
+"""Does distilling on the student's own text pay, at equal wall time? Off-policy KD (today), on-policy at λ = 0.5
+and 1, and sequence-level KD, from the demo's student, scored on what each student writes.
+
+Every arm starts from the demo's student (`slimlm student --teacher smollm2-135m --layers 14`, built once in
+--out) and trains with the demo's settings (online teacher, sotu,wikipedia, lr 6e-4, precision auto) for the
+same quiet minutes (--minutes): its steps are minutes x 60 / its quiet seconds a step, read from the JSON
+`bench/on_policy_bench.py` writes (--step-cost), so an arm whose steps cost more trains fewer of them. The
+sequence-level arm gets the off-policy step count: the teacher's continuations are written once and cached,
+and their one-off time is recorded beside the arm, not charged to it.
+
+Each student is scored with `slimlm eval`'s protocol beside the teacher: test perplexity and accuracy (sotu),
+general-text perplexity, and `--generation`: the teacher's per-token NLL of what the student writes after 32
+test prompts (sampled and greedy), distinct-2, rep-4, ROUGE-L against the teacher's own continuation.
+Resumable: an arm whose result is in --out/results.json is skipped. Writes results.json after every arm and
+table.md with each arm's mean over seeds and its paired difference by seed against the off-policy arm.
+
+    python bench/on_policy_study.py --out runs/on-policy --step-cost docs/results/on-policy/step-cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DEMO = {"teacher": "smollm2-135m", "data": "sotu,wikipedia", "learning_rate": 6e-4, "precision": "auto"}
+EVAL = {"data": "sotu", "repeats": 1, "new_tokens": 8, "generation": 32, "generation_tokens": 64}
+# arm -> (distill settings on top of the demo's, the on_policy_bench arm whose step time it costs)
+ARMS = {
+    "off-policy": ({}, "off-policy"),
+    "on-policy 0.5": ({"on_policy": 0.5}, "lambda 0.5"),
+    "on-policy 1": ({"on_policy": 1.0}, "lambda 1"),
+    "sequence-level": ({"teacher_generated": True}, "off-policy"),
+}
+METRICS = (
+    "test_perplexity",
+    "test_accuracy",
+    "general_perplexity",
+    "teacher_nll_sampled",
+    "teacher_nll_greedy",
+    "distinct_2",
+    "rep_4",
+    "rougeL_vs_teacher",
+)
+
+
+def read_step_cost(path: str) -> dict:
+    """{bench arm: quiet seconds a step} from on_policy_bench.py's JSON, or exit naming the fix."""
+    try:
+        arms = json.loads(Path(path).read_text())["arms"]
+        return {name: float(row["s_per_step"]) for name, row in arms.items()}
+    except FileNotFoundError:
+        sys.exit(f"--step-cost {path} does not exist: run bench/on_policy_bench.py first")
+    except (ValueError, KeyError, TypeError):
+        sys.exit(f"--step-cost {path} is not the JSON bench/on_policy_bench.py writes")
+
+
+def steps_for(arm: str, minutes: float, cost: dict) -> int:
+    """The steps `arm` trains in `minutes` quiet minutes."""
+    bench_arm = ARMS[arm][1]
+    if bench_arm not in cost:
+        sys.exit(f"--step-cost has no '{bench_arm}' arm, needed for {arm}: rerun bench/on_policy_bench.py")
+    return max(1, int(minutes * 60 / cost[bench_arm]))
+
+
+def scores(report: dict, model: str) -> dict:
+    m = report["results"][model]
+    written = m["generation"]
+    return {
+        "test_perplexity": m["perplexity"],
+        "test_accuracy": m["accuracy"],
+        "general_perplexity": m.get("general_perplexity"),
+        **{k: written[k] for k in METRICS[3:]},
+    }
+
+
+def run(args, results: dict, results_file: Path) -> None:
+    import slimlm
+    from learning_curve import initial_student, save
+    from slimlm.precision import describe_cpu
+
+    out = Path(args.out)
+    cost = read_step_cost(args.step_cost)
+    student = initial_student(out, 0)
+    arms = results.setdefault("arms", {})
+    results.setdefault("protocol", {"minutes": args.minutes, "step_cost": cost, "demo": DEMO, "eval": EVAL})
+    for seed in args.seeds:
+        for arm in args.arms:
+            name = f"{arm}-seed{seed}"
+            if name in arms:
+                continue
+            steps = steps_for(arm, args.minutes, cost)
+            start = time.time()
+            model = slimlm.distill(
+                student=str(student),
+                max_steps=steps,
+                seed=seed,
+                out=str(out / "arms" / name),
+                force=True,
+                **DEMO,
+                **ARMS[arm][0],
+            )
+            record = json.loads((Path(model) / "slimlm.json").read_text())["training"]
+            report = slimlm.evaluate([DEMO["teacher"], str(model)], **EVAL)
+            results.setdefault("teacher", scores(report, DEMO["teacher"]))
+            arms[name] = {
+                "arm": arm,
+                "seed": seed,
+                "steps": record["steps"],
+                "tokens": record["tokens"],
+                **scores(report, str(model)),
+                "on_policy": record.get("on_policy"),
+                "teacher_generated": record.get("teacher_generated"),
+                "train_runtime_s": record["train_runtime_s"],
+                "wall_s": round(time.time() - start, 1),
+                "cpu": describe_cpu(),
+            }
+            save(results_file, results)
+            print(
+                f"{name}: {steps} steps, teacher NLL of its samples {arms[name]['teacher_nll_sampled']:.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def table(results: dict) -> str:
+    """Mean (± std over seeds) per arm, and each arm's paired difference by seed against the off-policy arm."""
+    arms = results.get("arms", {})
+    names = [a for a in ARMS if any(r["arm"] == a for r in arms.values())]
+    lines = ["| arm | seeds | steps | " + " | ".join(METRICS) + " |", "|---|---:|---:|" + "---:|" * len(METRICS)]
+    for arm in names:
+        rows = sorted((r for r in arms.values() if r["arm"] == arm), key=lambda r: r["seed"])
+        cells = []
+        for key in METRICS:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "–")
+        lines.append(f"| {arm} | {len(rows)} | {rows[0]['steps']} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired by seed against off-policy (arm − off-policy; every seed's value):", ""]
+    for arm in names[1:]:
+        for key in ("test_perplexity", "teacher_nll_sampled", "teacher_nll_greedy"):
+            diffs = [
+                arms[f"{arm}-seed{s}"][key] - arms[f"off-policy-seed{s}"][key]
+                for s in sorted({r["seed"] for r in arms.values()})
+                if f"{arm}-seed{s}" in arms and f"off-policy-seed{s}" in arms
+            ]
+            if diffs:
+                each = ", ".join(f"{d:+.3f}" for d in diffs)
+                lines.append(f"- {arm}, {key}: mean {statistics.mean(diffs):+.3f} ({each})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for the arms, results.json and table.md")
+    p.add_argument("--step-cost", required=True, help="the JSON bench/on_policy_bench.py writes")
+    p.add_argument("--minutes", type=float, default=14.0, help="quiet minutes of training per arm (default 14)")
+    p.add_argument("--seeds", default="0,1", help="comma list (default 0,1)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma list among: {', '.join(ARMS)}")
+    args = p.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        sys.exit(f"--seeds {args.seeds}: give whole numbers, e.g. 0,1")
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if unknown := [a for a in args.arms if a not in ARMS]:
+        sys.exit(f"unknown arm(s) {unknown}; choose among {', '.join(ARMS)}")
+    if "off-policy" not in args.arms:
+        args.arms.insert(0, "off-policy")  # the control every difference is paired against
+    if not args.minutes > 0:
+        sys.exit("--minutes must be > 0")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    run(args, results, results_file)
+    (out / "table.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
