@@ -158,6 +158,8 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
         ({"on_policy": 0.5, "sample_temperature": 0.0}, ["--sample-temperature", "> 0"]),
         ({"policy_divergence": "reverse"}, ["--policy-divergence", "--on-policy"]),
         ({"jsd_beta": 1.5}, ["--jsd-beta", "[0, 1]"]),
+        ({"rollout_reuse": 0}, ["--rollout-reuse", "positive integer"]),
+        ({"continuation_tokens": 0}, ["--continuation-tokens", "positive integer"]),
     ],
 )
 def test_bad_on_policy_settings(values, words):
@@ -228,3 +230,20 @@ def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, t
     assert own["generation_protocol"]["prompts"] == 3 and own["generation_protocol"]["new_tokens"] == 8
     assert other["rougeL_vs_teacher"] < 1.0 and other["teacher_nll_greedy"] > own["teacher_nll_greedy"]
     assert f"generation {student}:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "values,words",
+    [
+        ({"generation": -1}, ["--generation", ">= 0"]),
+        ({"generation_tokens": 0}, ["--generation-tokens", "positive integer"]),
+        ({"dtype": "fp16"}, ["--dtype", "auto, fp32, bf16"]),
+    ],
+)
+def test_bad_eval_generation_and_dtype_settings(values, words):
+    from slimlm.settings import EvalSettings
+
+    with pytest.raises(SlimlmError) as err:
+        EvalSettings.from_dict({"models": ["m"], **values}).validate()
+    for word in words:
+        assert word in str(err.value)
