@@ -10,7 +10,7 @@ DEMO_OUT ?= runs/demo
 # precision: auto = bf16 only where the CPU/GPU runs it natively (an AVX2-only CPU emulates bf16 ~7x slower)
 PRECISION ?= auto
 # the demo's training time budget: the plan is fitted to it as the steps are timed, so `make demo` stays within
-# 30 minutes on Intel Sapphire Rapids, AMD Zen 4 and AMD Zen 3 (measured: README)
+# 30 minutes on Intel Sapphire Rapids, AMD Zen 4 and AMD Zen 3 (measured: docs/demo.md)
 MAX_TIME ?= 14m
 # the demo's training text: speeches and Wikipedia in equal shares, chosen by `slimlm experiment data-mix`
 # (docs/data.md): at the same budget it keeps more of the teacher over both kinds of text than either alone

@@ -111,3 +111,41 @@ def test_decode_bench_page_quotes_its_results():
         assert f"| {row['rollout_tokens_per_s']:.1f} ({row['rollout_min']:.1f}–{row['rollout_max']:.1f}) |" in flat
     assert f"{paths['static']['ratio_to_generate']:.2f}× as many tokens a second" in flat
     assert f"at {paths['dynamic']['ratio_to_generate']:.2f}×" in flat
+
+
+def test_readme_is_a_landing_page():
+    """The README stays short: what slimlm is, the two commands, the demo's result, a quick start, a map of
+    commands and links. Reference material lives in docs/ (a sentence over ~40 words wants a list or table)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    first_block = text.split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    prose = "\n".join(line for line in prose.splitlines() if not line.startswith(("|", "#", "![")))
+    sentences = re.split(r"(?<=[.:;!?])\s+(?=[A-Z0-9*`(\[-])", " ".join(prose.split()))
+    long = [s for s in sentences if len(s.split()) > 42]
+    assert not long, "sentences over ~40 words:\n" + "\n".join(long)
+
+
+def _demo_results() -> dict:
+    return json.loads((ROOT / "docs" / "results" / "demo" / "results.json").read_text(encoding="utf-8"))
+
+
+def test_demo_numbers_are_its_results_file():
+    """The demo's table in the README and docs/demo.md, and each CPU kind's row, quote the demo's results file."""
+    demo = _demo_results()
+    models = demo["table"]["models"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "demo.md").read_text(encoding="utf-8")
+    for key in ("size_mb", "perplexity", "general_perplexity", "decode_tokens_per_s", "memory_mib"):
+        row = next(line for line in readme.splitlines() if line.startswith("|") and str(models["teacher"][key]) in line)
+        cells = [c.strip(" *") for c in row.split("|")[2:6]]
+        quoted = [c.split(" (")[0].strip("*") for c in cells]
+        expected = [f"{models[m][key]}" for m in ("teacher", "teacher 8-bit", "teacher 4-bit", "student")]
+        assert [float(q) for q in quoted] == [float(e) for e in expected], key
+        assert all(e in page for e in expected), key
+    for run in demo["cpus"]:
+        trained = f"{run['steps']} ({run['tokens']:,})"
+        line = next((li for li in page.splitlines() if li.startswith("|") and trained in li), "")
+        assert f"{run['perplexity']:.2f}" in line, run["cpu"]
+        assert run["training"] in line and f"{run['accuracy']:.3f}" in line, run["cpu"]
