@@ -149,3 +149,34 @@ def test_demo_numbers_are_its_results_file():
         line = next((li for li in page.splitlines() if li.startswith("|") and trained in li), "")
         assert f"{run['perplexity']:.2f}" in line, run["cpu"]
         assert run["training"] in line and f"{run['accuracy']:.3f}" in line, run["cpu"]
+
+
+def _spread(metric: dict, decimals: int, scale: float = 1.0) -> str:
+    return f"{metric['mean'] * scale:.{decimals}f} ± {metric['std'] * scale:.{decimals}f}"
+
+
+def _table_row(text: str, first_cell: str) -> list[str]:
+    row = next(line for line in text.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [cell.strip().strip("*").strip() for cell in row.split("|")[1:-1]]
+
+
+def test_study_tables_in_experiments_md_are_the_reports():
+    """The temperature and student-shape tables on the results page quote each arm's mean ± std from report.json."""
+    text = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
+    temperature = _report("temperature-sampled")
+    for arm in temperature["arms"]:
+        m = arm["metrics"]
+        cells = _table_row(text, arm["label"])
+        expected = [
+            _spread(m["perplexity"], 2),
+            _spread(m["accuracy"], 2, 100),
+            _spread(m["cloze_exact_match"], 3),
+            _spread(m["bits_per_byte"], 3),
+        ]
+        assert cells[2:6] == expected, arm["name"]
+    shape = _report("student-shape")
+    for arm in shape["arms"]:
+        m = arm["metrics"]
+        cells = _table_row(text, arm["name"])
+        expected = [_spread(m["perplexity"], 2), _spread(m["accuracy"], 2, 100), _spread(m["cloze_exact_match"], 3)]
+        assert cells[2:5] == expected, arm["name"]
