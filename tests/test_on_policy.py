@@ -229,7 +229,13 @@ def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, t
     assert own["scored_by"] == str(tiny_teacher) and own["rougeL_vs_teacher"] == 1.0
     assert own["generation_protocol"]["prompts"] == 3 and own["generation_protocol"]["new_tokens"] == 8
     assert other["rougeL_vs_teacher"] < 1.0 and other["teacher_nll_greedy"] > own["teacher_nll_greedy"]
-    assert f"generation {student}:" in capsys.readouterr().out
+    # the same prompts' count from the general text's test split, where the student writes something else
+    general = report["results"][str(student)]["general_generation"]
+    assert general["prompts_from"] == "wikipedia test split" and other["prompts_from"] == "test split"
+    assert general["generation_protocol"]["prompts"] == 3
+    assert general["teacher_nll_greedy"] != other["teacher_nll_greedy"]
+    out = capsys.readouterr().out
+    assert f"generation {student}:" in out and f"generation, general text {student}:" in out
 
 
 @pytest.mark.parametrize(

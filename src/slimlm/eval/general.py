@@ -46,16 +46,21 @@ def check_general(data: str) -> None:
         raise SlimlmError(f"general text {data!r} (--general-data): {exc}; or pass --general-data none") from None
 
 
-def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True) -> dict:
-    """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
-    non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
+def general_splits(data: str, tokenizer, window: int):
+    """The splits of general corpus `data` under `tokenizer`; a failure names --general-data and its way out."""
     from slimlm.data.corpus import prepare_data
     from slimlm.errors import SlimlmError
 
     try:
-        splits = prepare_data(data, tokenizer, window)
+        return prepare_data(data, tokenizer, window)
     except SlimlmError as exc:
         raise SlimlmError(f"general text {data!r} (--general-data): {exc}; or pass --general-data none") from None
+
+
+def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True) -> dict:
+    """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
+    non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
+    splits = general_splits(data, tokenizer, window)
     ids = spread_windows(splits.test, tokens, window)
     text_bytes = len(tokenizer.decode(ids.tolist()).encode("utf-8")) if tokenizer is not None else None
     result = perplexity(model, ids, window=window, stride=window, text_bytes=text_bytes, progress=progress)

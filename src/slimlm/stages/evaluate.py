@@ -12,7 +12,7 @@ from slimlm.data.corpus import prepare_data
 from slimlm.distributed import log
 from slimlm.errors import SlimlmError
 from slimlm.eval import llama_cpp
-from slimlm.eval.general import check_general, general_metrics
+from slimlm.eval.general import check_general, general_metrics, general_splits
 from slimlm.eval.metrics import evaluate_model
 from slimlm.eval.table import format_table
 from slimlm.output import write_json_atomic
@@ -143,7 +143,11 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
         result.update(run_tasks(model, tokenizer, tasks, data=s.data, n=s.task_items))
     if s.generation:
         first.setdefault("reference", (spec, model))
-        result["generation"] = _generation(s, model, first["reference"], splits.test)
+        result["generation"] = _generation(s, model, first["reference"], splits.test, "test split")
+        if general:
+            general_test = general_splits(s.general_data, tokenizer, s.window).test
+            where = f"{s.general_data} test split"
+            result["general_generation"] = _generation(s, model, first["reference"], general_test, where)
     if harness:
         result["lm_eval"] = lm_eval_tasks(model_dir, harness)
     return result
@@ -152,21 +156,23 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
 PROMPT_TOKENS = 64
 
 
-def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor) -> dict:
-    """What `model` writes after --generation prompts spread evenly over the test split, scored by the first
-    model (eval/generation.py); the reference scored against itself gives the floor of its NLL."""
+def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor, where: str) -> dict:
+    """What `model` writes after --generation prompts spread evenly over `test` (the in-domain test split, or the
+    general text's), scored by the first model (eval/generation.py); the reference scored against itself gives
+    the floor of its NLL."""
     from slimlm.eval.generation import generation_metrics
 
     if len(test) < PROMPT_TOKENS * s.generation:
         raise SlimlmError(
-            f"--generation {s.generation} needs {PROMPT_TOKENS * s.generation:,} test tokens of prompts; the test "
-            f"split has {len(test):,}: ask for fewer prompts"
+            f"--generation {s.generation} needs {PROMPT_TOKENS * s.generation:,} tokens of prompts; the {where} "
+            f"has {len(test):,}: ask for fewer prompts"
         )
     starts = torch.linspace(0, len(test) - PROMPT_TOKENS, s.generation).long()
     prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts.tolist()])
     name, scorer = reference
-    log(f"generation: {s.generation} prompts, {s.generation_tokens} tokens each, scored by {name}")
-    return {"scored_by": str(name), **generation_metrics(model, scorer, prompts, new_tokens=s.generation_tokens)}
+    log(f"generation on the {where}: {s.generation} prompts, {s.generation_tokens} tokens each, scored by {name}")
+    metrics = generation_metrics(model, scorer, prompts, new_tokens=s.generation_tokens)
+    return {"scored_by": str(name), "prompts_from": where, **metrics}
 
 
 def _report(s: EvalSettings, decision, tasks, harness: list[str], results: dict, data_info: dict | None) -> dict:
@@ -198,12 +204,14 @@ def _print_results(report: dict) -> None:
     """The table, then what each model wrote (with --generation) and lm-evaluation-harness metrics, one line each."""
     print(report["table"])
     for spec, result in report["results"].items():
-        if written := result.get("generation"):
-            print(
-                f"generation {spec}: {written['scored_by']}'s NLL of its samples {written['teacher_nll_sampled']:.3f} "
-                f"(greedy {written['teacher_nll_greedy']:.3f}), distinct-2 {written['distinct_2']:.3f}, rep-4 "
-                f"{written['rep_4']:.3f}, ROUGE-L vs {written['scored_by']} {written['rougeL_vs_teacher']:.3f}"
-            )
+        for key, label in (("generation", "generation"), ("general_generation", "generation, general text")):
+            if written := result.get(key):
+                print(
+                    f"{label} {spec}: {written['scored_by']}'s NLL of its samples "
+                    f"{written['teacher_nll_sampled']:.3f} (greedy {written['teacher_nll_greedy']:.3f}), distinct-2 "
+                    f"{written['distinct_2']:.3f}, rep-4 {written['rep_4']:.3f}, ROUGE-L vs {written['scored_by']} "
+                    f"{written['rougeL_vs_teacher']:.3f}"
+                )
         for metric, value in (result.get("lm_eval") or {}).items():
             if isinstance(value, (int, float)):
                 print(f"lm-eval {spec}: {metric} = {value:.4f}")
