@@ -10,9 +10,14 @@ and their one-off time is recorded beside the arm, not charged to it.
 
 Each student is scored with `slimlm eval`'s protocol beside the teacher: test perplexity and accuracy (sotu),
 general-text perplexity, and `--generation`: the teacher's per-token NLL of what the student writes after 32
-test prompts (sampled and greedy), distinct-2, rep-4, ROUGE-L against the teacher's own continuation.
-Resumable: an arm whose result is in --out/results.json is skipped. Writes results.json after every arm and
-table.md with each arm's mean over seeds and its paired difference by seed against the off-policy arm.
+test prompts (sampled and greedy), distinct-2, rep-4, ROUGE-L against the teacher's own continuation, and the
+same after 32 general-text prompts (Wikipedia's test split).
+The on-policy arms use one divergence on the sampled tokens, picked first (--divergence-grid): each candidate
+trains the λ = 1 arm at seed 0 for the same quiet minutes, and the one whose samples the teacher finds likeliest
+(its per-token NLL of the student's sampled continuations of 32 *validation* prompts) wins; its run is reused
+as seed 0 of "on-policy 1". Resumable: an arm whose result is in --out/results.json is skipped. Writes
+results.json after every arm and table.md with each arm's mean over seeds and its paired difference by seed
+against the off-policy arm.
 
     python bench/on_policy_study.py --out runs/on-policy --step-cost docs/results/on-policy/step-cost.json
 """
@@ -35,6 +40,8 @@ ARMS = {
     "on-policy 1": ({"on_policy": 1.0}, "lambda 1"),
     "sequence-level": ({"teacher_generated": True}, "off-policy"),
 }
+ON_POLICY_ARMS = ("on-policy 0.5", "on-policy 1")
+DIVERGENCES = ("forward", "reverse", "jsd", "sampled-reverse")  # --policy-divergence values the grid may try
 METRICS = (
     "test_perplexity",
     "test_accuracy",
@@ -44,6 +51,9 @@ METRICS = (
     "distinct_2",
     "rep_4",
     "rougeL_vs_teacher",
+    "general_teacher_nll_sampled",
+    "general_teacher_nll_greedy",
+    "general_rougeL_vs_teacher",
 )
 
 
@@ -58,9 +68,11 @@ def read_step_cost(path: str) -> dict:
         sys.exit(f"--step-cost {path} is not the JSON bench/on_policy_bench.py writes")
 
 
-def steps_for(arm: str, minutes: float, cost: dict) -> int:
-    """The steps `arm` trains in `minutes` quiet minutes."""
+def steps_for(arm: str, minutes: float, cost: dict, divergence: str | None = None) -> int:
+    """The steps `arm` (with on-policy `divergence`) trains in `minutes` quiet minutes."""
     bench_arm = ARMS[arm][1]
+    if divergence == "sampled-reverse" and arm in ON_POLICY_ARMS:
+        bench_arm += " sampled-reverse"  # the per-token estimate costs its own step time
     if bench_arm not in cost:
         sys.exit(f"--step-cost has no '{bench_arm}' arm, needed for {arm}: rerun bench/on_policy_bench.py")
     return max(1, int(minutes * 60 / cost[bench_arm]))
@@ -68,13 +80,74 @@ def steps_for(arm: str, minutes: float, cost: dict) -> int:
 
 def scores(report: dict, model: str) -> dict:
     m = report["results"][model]
-    written = m["generation"]
+    written, general = m["generation"], m.get("general_generation") or {}
     return {
         "test_perplexity": m["perplexity"],
         "test_accuracy": m["accuracy"],
         "general_perplexity": m.get("general_perplexity"),
-        **{k: written[k] for k in METRICS[3:]},
+        **{k: written[k] for k in METRICS[3:8]},
+        **{k: general.get(k.removeprefix("general_")) for k in METRICS[8:]},
     }
+
+
+def validation_nll(model_dir: Path, prompts_of) -> float:
+    """The teacher's per-token NLL of what the model in `model_dir` samples after the validation prompts."""
+    from slimlm.eval.generation import generation_metrics
+    from slimlm.sources import load_model
+
+    student, tokenizer, _ = load_model(str(model_dir))
+    teacher, prompts = prompts_of(tokenizer)
+    written = generation_metrics(student, teacher, prompts, new_tokens=EVAL["generation_tokens"])
+    return written["teacher_nll_sampled"]
+
+
+def validation_prompts(tokenizer, n: int = EVAL["generation"], length: int = 64):
+    """(teacher, n prompts of `length` tokens spread evenly over the sotu validation split), loaded once."""
+    import torch
+
+    from slimlm.data.corpus import prepare_data
+    from slimlm.sources import load_model
+
+    val = prepare_data("sotu", tokenizer, 256).val
+    starts = torch.linspace(0, len(val) - length, n).long().tolist()
+    return load_model(DEMO["teacher"])[0], torch.stack([val[s : s + length] for s in starts])
+
+
+def pick_divergence(args, results: dict, results_file: Path, cost: dict, student: Path) -> str:
+    """Train λ = 1 at seed 0 with each --divergence-grid candidate for the same quiet minutes; the lowest teacher
+    NLL of its samples on validation prompts wins (recorded in results['divergence_grid'])."""
+    from learning_curve import save
+
+    grid = results.setdefault("divergence_grid", {})
+    cached = {}
+
+    def prompts_of(tokenizer):
+        return cached.setdefault("prompts", validation_prompts(tokenizer))
+
+    for divergence in args.divergence_grid:
+        if divergence in grid:
+            continue
+        run_dir = train(args, student, "on-policy 1", 0, cost, divergence, f"grid-{divergence}")
+        grid[divergence] = {"run": run_dir.name, "validation_teacher_nll_sampled": validation_nll(run_dir, prompts_of)}
+        save(results_file, results)
+    best = min(args.divergence_grid, key=lambda d: grid[d]["validation_teacher_nll_sampled"])
+    results["divergence"] = best
+    save(results_file, results)
+    return best
+
+
+def train(args, student: Path, arm: str, seed: int, cost: dict, divergence: str | None, name: str) -> Path:
+    """One distillation of `arm` at `seed` for its share of --minutes, into --out/arms/NAME."""
+    import slimlm
+
+    extra = {"policy_divergence": divergence} if divergence and arm in ON_POLICY_ARMS else {}
+    steps = steps_for(arm, args.minutes, cost, divergence)
+    out = Path(args.out) / "arms" / name
+    return Path(
+        slimlm.distill(
+            student=str(student), max_steps=steps, seed=seed, out=str(out), force=True, **DEMO, **ARMS[arm][0], **extra
+        )
+    )
 
 
 def run(args, results: dict, results_file: Path) -> None:
@@ -87,22 +160,19 @@ def run(args, results: dict, results_file: Path) -> None:
     student = initial_student(out, 0)
     arms = results.setdefault("arms", {})
     results.setdefault("protocol", {"minutes": args.minutes, "step_cost": cost, "demo": DEMO, "eval": EVAL})
+    divergence = None
+    if any(a in ON_POLICY_ARMS for a in args.arms):
+        divergence = pick_divergence(args, results, results_file, cost, student)
     for seed in args.seeds:
         for arm in args.arms:
             name = f"{arm}-seed{seed}"
             if name in arms:
                 continue
-            steps = steps_for(arm, args.minutes, cost)
             start = time.time()
-            model = slimlm.distill(
-                student=str(student),
-                max_steps=steps,
-                seed=seed,
-                out=str(out / "arms" / name),
-                force=True,
-                **DEMO,
-                **ARMS[arm][0],
-            )
+            if arm == "on-policy 1" and seed == 0:  # the grid's winning run is this arm's seed 0
+                model = out / "arms" / results["divergence_grid"][divergence]["run"]
+            else:
+                model = train(args, student, arm, seed, cost, divergence, name)
             record = json.loads((Path(model) / "slimlm.json").read_text())["training"]
             report = slimlm.evaluate([DEMO["teacher"], str(model)], **EVAL)
             results.setdefault("teacher", scores(report, DEMO["teacher"]))
@@ -113,6 +183,7 @@ def run(args, results: dict, results_file: Path) -> None:
                 "tokens": record["tokens"],
                 **scores(report, str(model)),
                 "on_policy": record.get("on_policy"),
+                "policy_divergence": divergence if arm in ON_POLICY_ARMS else None,
                 "teacher_generated": record.get("teacher_generated"),
                 "train_runtime_s": record["train_runtime_s"],
                 "wall_s": round(time.time() - start, 1),
@@ -120,7 +191,7 @@ def run(args, results: dict, results_file: Path) -> None:
             }
             save(results_file, results)
             print(
-                f"{name}: {steps} steps, teacher NLL of its samples {arms[name]['teacher_nll_sampled']:.3f}",
+                f"{name}: {record['steps']} steps, teacher NLL of its samples {arms[name]['teacher_nll_sampled']:.3f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -160,6 +231,11 @@ def main(argv=None) -> None:
     p.add_argument("--minutes", type=float, default=14.0, help="quiet minutes of training per arm (default 14)")
     p.add_argument("--seeds", default="0,1", help="comma list (default 0,1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list among: {', '.join(ARMS)}")
+    p.add_argument(
+        "--divergence-grid",
+        default="forward,reverse,jsd",
+        help=f"on-policy divergences tried at λ = 1, seed 0 (comma list among: {', '.join(DIVERGENCES)})",
+    )
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -170,6 +246,9 @@ def main(argv=None) -> None:
         sys.exit(f"unknown arm(s) {unknown}; choose among {', '.join(ARMS)}")
     if "off-policy" not in args.arms:
         args.arms.insert(0, "off-policy")  # the control every difference is paired against
+    args.divergence_grid = [d.strip() for d in args.divergence_grid.split(",") if d.strip()]
+    if not args.divergence_grid or (unknown := [d for d in args.divergence_grid if d not in DIVERGENCES]):
+        sys.exit(f"--divergence-grid: give a comma list among {', '.join(DIVERGENCES)}")
     if not args.minutes > 0:
         sys.exit("--minutes must be > 0")
     out = Path(args.out)

@@ -60,3 +60,42 @@ def test_table_pairs_each_arm_with_the_off_policy_arm_of_its_seed():
     assert "- on-policy 1, test_perplexity: mean +1.500 (+1.000, +2.000)" in text
     assert "- on-policy 1, teacher_nll_sampled: mean -0.400 (-0.500, -0.300)" in text
     json.dumps(results)  # what results.json holds stays plain JSON
+
+
+def test_sampled_reverse_candidates_train_at_their_own_step_cost():
+    study = _module()
+    cost = {"off-policy": 4.0, "lambda 1": 8.0, "lambda 1 sampled-reverse": 10.0}
+    assert study.steps_for("on-policy 1", 10, cost, "forward") == 75
+    assert study.steps_for("on-policy 1", 10, cost, "sampled-reverse") == 60
+    assert study.steps_for("off-policy", 10, cost, "sampled-reverse") == 150  # off-policy steps never sample
+
+
+def test_divergence_pick_is_the_lowest_validation_nll_and_is_resumable(tmp_path, monkeypatch):
+    """Each candidate trains once; the teacher's lowest NLL of its validation samples wins; a rerun trains none."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # the study imports learning_curve.py beside it, as a script
+    study = _module()
+    trained = []
+
+    def train(args, student, arm, seed, cost, divergence, name):
+        trained.append((arm, seed, divergence))
+        return tmp_path / name
+
+    nll = {"grid-forward": 3.1, "grid-reverse": 2.9, "grid-jsd": 3.0}
+    monkeypatch.setattr(study, "train", train)
+    monkeypatch.setattr(study, "validation_nll", lambda run_dir, prompts_of: nll[run_dir.name])
+    args = type("Args", (), {"divergence_grid": ["forward", "reverse", "jsd"]})()
+    results, results_file = {}, tmp_path / "results.json"
+    assert study.pick_divergence(args, results, results_file, {}, tmp_path / "student") == "reverse"
+    assert trained == [("on-policy 1", 0, d) for d in ("forward", "reverse", "jsd")]
+    on_disk = json.loads(results_file.read_text())
+    assert on_disk["divergence"] == "reverse" and on_disk["divergence_grid"]["reverse"]["run"] == "grid-reverse"
+    trained.clear()
+    assert study.pick_divergence(args, on_disk, results_file, {}, tmp_path / "student") == "reverse"
+    assert trained == []
+
+
+def test_bad_divergence_grid_is_refused(tmp_path):
+    study = _module()
+    step_cost = str(ROOT / "docs" / "results" / "on-policy" / "step-cost.json")
+    with pytest.raises(SystemExit, match="--divergence-grid"):
+        study.main(["--out", str(tmp_path), "--step-cost", step_cost, "--divergence-grid", "forward,skew"])
