@@ -419,3 +419,20 @@ def TrainerStateAt(step: int):
     state = TrainerState()
     state.global_step = step
     return state
+
+
+@pytest.mark.parametrize(
+    "vendor,family,model,kind",
+    [
+        ("AuthenticAMD", 25, 1, "AMD Zen 3"),  # EPYC Milan: AVX2, no native bf16
+        ("AuthenticAMD", 25, 17, "AMD Zen 4"),  # EPYC Genoa: AVX-512 with bf16
+        ("GenuineIntel", 6, 143, "Intel Sapphire Rapids"),  # AMX
+        ("GenuineIntel", 6, 1, None),
+        ("HygonGenuine", 24, 1, None),
+    ],
+)
+def test_cpu_kind_is_named_from_family_and_model(vendor, family, model, kind):
+    """Reports name a CPU by its kind: "AMD EPYC" alone does not tell Zen 3 (AVX2) from Zen 4 (AVX-512 bf16)."""
+    info = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: X\n"
+    assert precision.microarchitecture(info) == kind
+    assert precision.microarchitecture("garbage") is None

@@ -57,10 +57,50 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# (vendor, family, first model, last model) -> microarchitecture: the CPU kinds a 2-core cloud machine is likely
+# to be, from the vendors' family/model numbers. A model name such as "AMD EPYC" alone does not say which.
+MICROARCHITECTURES = (
+    ("AuthenticAMD", 23, 0x00, 0x2F, "AMD Zen / Zen+"),
+    ("AuthenticAMD", 23, 0x30, 0xFF, "AMD Zen 2"),
+    ("AuthenticAMD", 25, 0x00, 0x0F, "AMD Zen 3"),
+    ("AuthenticAMD", 25, 0x10, 0x1F, "AMD Zen 4"),
+    ("AuthenticAMD", 25, 0x20, 0x5F, "AMD Zen 3"),
+    ("AuthenticAMD", 25, 0x60, 0xAF, "AMD Zen 4"),
+    ("AuthenticAMD", 26, 0x00, 0xFF, "AMD Zen 5"),
+    ("GenuineIntel", 6, 0x55, 0x55, "Intel Skylake-SP / Cascade Lake"),
+    ("GenuineIntel", 6, 0x6A, 0x6C, "Intel Ice Lake-SP"),
+    ("GenuineIntel", 6, 0x8F, 0x8F, "Intel Sapphire Rapids"),
+    ("GenuineIntel", 6, 0xCF, 0xCF, "Intel Emerald Rapids"),
+    ("GenuineIntel", 6, 0xAD, 0xAE, "Intel Granite Rapids"),
+)
+
+
+def microarchitecture(cpuinfo: str | None = None) -> str | None:
+    """The CPU's kind (e.g. "AMD Zen 4") from /proc/cpuinfo's vendor, family and model; None where unknown."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read(8192)
+        except OSError:
+            return None
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    try:
+        vendor, family, model = fields["vendor_id"], int(fields["cpu family"]), int(fields["model"])
+    except (KeyError, ValueError):
+        return None
+    return next(
+        (name for v, f, lo, hi, name in MICROARCHITECTURES if (v, f) == (vendor, family) and lo <= model <= hi), None
+    )
+
+
 def cpu_kind() -> dict:
-    """What a reader needs to compare two CPU numbers: model, vector ISA torch uses, native bf16 or not."""
+    """What a reader needs to compare two CPU numbers: model and kind, vector ISA torch uses, native bf16 or not."""
     return {
         "model": cpu_name(),
+        "kind": microarchitecture(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "native_bf16": _cpu_native_bf16(),
         "threads": torch.get_num_threads(),
@@ -69,7 +109,8 @@ def cpu_kind() -> dict:
 
 def describe_cpu() -> str:
     kind = cpu_kind()
-    return f"{kind['model']}, {kind['capability']}, {'native' if kind['native_bf16'] else 'no native'} bf16"
+    name = f"{kind['model']} ({kind['kind']})" if kind["kind"] else kind["model"]
+    return f"{name}, {kind['capability']}, {'native' if kind['native_bf16'] else 'no native'} bf16"
 
 
 def _cpu_native_bf16() -> bool:
