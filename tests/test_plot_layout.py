@@ -11,8 +11,6 @@ from matplotlib.figure import Figure
 
 from slimlm.experiments import plots
 
-ANY_ORDER = ("seeds",)
-
 
 def summary(values: list[float]) -> dict:
     std = statistics.stdev(values) if len(values) > 1 else None
