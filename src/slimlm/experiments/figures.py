@@ -1,56 +1,65 @@
 """What every report figure is built from (plots.py, frontier_plot.py): a figure without pyplot's global state,
-saving it, log axes only where values span a wide range, and reference models drawn as single points: the
-teacher and other references as stars, the teacher's quantized baselines (baselines.py) as markers of their own.
+a title that fits it, saving it with its point labels placed apart (labels.py), log axes only where values
+span a wide range, and reference models drawn as single points: the teacher and other references as stars,
+the teacher's quantized baselines (baselines.py) as markers of their own.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from slimlm.experiments import labels
 from slimlm.experiments.columns import column
 
 BASELINE_MARKERS = ("s", "D", "P", "X", "v")
 BASELINE_COLORS = ("0.25", "0.5", "0.35", "0.6", "0.15")  # greys: apart from the arms' and stars' colours
 
 
-def figure(panels: int, width=4.6, height=3.8):
-    """(figure, one axis per panel side by side)."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on savefig
+DPI = 110
 
-    fig = Figure(figsize=(width * panels, height), layout="constrained")
+
+def figure(panels: int, width=4.6, height=3.8):
+    """(figure, one axis per panel side by side), on an Agg canvas so `save` can measure its texts."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state
+
+    fig = Figure(figsize=(width * panels, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
 
+def suptitle(fig, text: str, fontsize=10) -> None:
+    """The figure's title, wrapped to the figure's width: matplotlib neither wraps nor shrinks a long one, so
+    its ends would fall off the canvas."""
+    import textwrap
+
+    chars = int(fig.get_figwidth() * 72 / (fontsize * 0.6))  # 0.6 em: a generous mean character width
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+
+
 def save(fig, folder: Path, name: str) -> str:
+    """Settle the layout at the saving resolution, place the point labels (labels.py), freeze the layout so
+    the file shows exactly what was measured, and write the PNG."""
+    fig.canvas.draw()
+    fig.canvas.draw()  # again: the first layout can change the ticks, and so the room their labels need
+    labels.place(fig)
+    fig.set_layout_engine("none")
     folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / name, dpi=110)
+    fig.savefig(folder / name, dpi=DPI)
     return f"plots/{name}"
 
 
 def log_if_wide(ax, xs, ys) -> None:
-    """Log axes only where values span more than 20×, with plain numbers as tick labels."""
-    from matplotlib.ticker import FuncFormatter
+    """Log axes only where values span more than 20×, ticked at 1, 2 and 5 times powers of ten with plain
+    numbers (a log axis ticked at powers of ten alone may show one tick or none)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for values, set_scale, axis in ((xs, ax.set_xscale, ax.xaxis), (ys, ax.set_yscale, ax.yaxis)):
         if values and min(values) > 0 and max(values) / min(values) > 20:
             set_scale("log")
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-
-
-def perplexity_axis(ax, values, axis: str = "y") -> None:
-    """Perplexity on a log axis, ticked at 1, 2 and 5 times powers of ten with plain numbers, where the values
-    span more than 2× (a teacher and its students span orders of magnitude); a linear axis where they do not,
-    which a log axis would leave without ticks."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    if not values or min(values) <= 0 or max(values) / min(values) <= 2:
-        return
-    getattr(ax, f"set_{axis}scale")("log")
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_formatter(NullFormatter())
+            axis.set_minor_formatter(NullFormatter())
 
 
 def draw_references(ax, references: dict, xkey: str, ykey: str, skip=(), colors=None) -> list[tuple[float, float]]:
@@ -80,7 +89,7 @@ def draw_references(ax, references: dict, xkey: str, ykey: str, skip=(), colors=
         else:
             stars += 1
             ax.scatter(x, y, marker="*", s=150, color=f"C{stars}", zorder=4, label=f"reference: {name}")
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -12), fontsize=8)
+            labels.add(ax, name, (x, y))
         drawn.append((x, y))
     return drawn
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slimlm.experiments import labels
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import arm_x, method_of, point_x, teacher_layers
 from slimlm.experiments.columns import TRAINING_COLUMNS, column
@@ -18,10 +19,12 @@ from slimlm.experiments.figures import draw_references
 from slimlm.experiments.figures import figure as _figure
 from slimlm.experiments.figures import log_if_wide as _log_if_wide
 from slimlm.experiments.figures import save as _save
+from slimlm.experiments.figures import suptitle as _suptitle
 from slimlm.experiments.frontier_plot import plot_student_shape
 from slimlm.experiments.stats import finite
 
 DOWNSTREAM = ("cloze_exact_match", "rouge1", "rouge2", "rougeL")
+SPEEDS = ("decode_tokens_per_s", "prefill_tokens_per_s")
 # Our metric -> the paper's key for it, where the paper has one.
 PAPER_KEY = {"accuracy": "accuracy_pct", "perplexity": "perplexity", "decode_tokens_per_s": "decode_tokens_per_s"}
 
@@ -32,6 +35,12 @@ def draw_plots(report: dict, spec: dict, folder: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- building blocks
+
+
+def single_pass(key: str) -> str:
+    """What a speed panel's title says of its timings: each model was timed once, when it was evaluated,
+    not round-robin against the others (bench/decode_speed.py), so a busy minute can move one point alone."""
+    return " (single pass per seed)" if key in SPEEDS else ""
 
 
 def _panels(arms) -> list[str]:
@@ -139,7 +148,7 @@ def _sweep_figure(arms, kind, x_of, paper_label, style_axis, vs):
             _draw_paper(ax, pxs, [p[pkey] for p in source["points"]], pkey, paper_label, ranges=ranges)
         else:
             ax.legend(fontsize=7)
-        ax.set_title(f"{column(key).label} vs {vs}")
+        ax.set_title(f"{column(key).label} vs {vs}{single_pass(key)}")
     return fig, dict(zip(keys, axes))
 
 
@@ -162,7 +171,8 @@ def plot_temperature(report, spec, folder) -> list[str]:
         ax.set_xlabel(spec["parameter"].get("label", "KD temperature τ") + " (log scale)")
 
     fig, _ = _sweep_figure(arms, "temperature", lambda a: float(a["value"]), "paper Table 1 (right axis)", style, "τ")
-    fig.suptitle(
+    _suptitle(
+        fig,
         "KD temperature sweep: slimlm (left axes) and the paper's Table 1 (right axes, levels not comparable)",
         fontsize=10,
     )
@@ -194,7 +204,8 @@ def plot_feature_layer(report, spec, folder) -> list[str]:
         fontsize=7,
         color="C3",
     )
-    fig.suptitle(
+    _suptitle(
+        fig,
         "Feature-distillation layer sweep: slimlm (left axes) and the paper's Figure 2 (right axes; approximate, "
         f"its layers 1, 6, 12 of {fig2['teacher_layers']} drawn at relative depth)",
         fontsize=10,
@@ -234,8 +245,9 @@ def _finetune_quality(arms, folder) -> str:
                         label="paper Figure 3 (right axis)" if i == 0 else None,
                     )
             _legend_below(ax, twin, -0.1)
-        ax.set_title(column(key).label)
-    fig.suptitle(
+        ax.set_title(column(key).label + single_pass(key))
+    _suptitle(
+        fig,
         "LoRA vs full fine-tuning: slimlm (solid, left axes) and the paper's Figure 3 (hatched, right axes)",
         fontsize=10,
     )
@@ -247,7 +259,7 @@ def _finetune_cost(arms, keys, folder) -> str:
     for ax, key in zip(axes, keys):
         _bars(ax, arms, key, block="training")
         ax.set_title(column(key).label)
-    fig.suptitle("Training cost, slimlm only (the paper gives no training-cost numbers)", fontsize=10)
+    _suptitle(fig, "Training cost, slimlm only (the paper gives no training-cost numbers)")
     return _save(fig, folder, "finetune_cost.png")
 
 
@@ -270,10 +282,10 @@ def _frontier_panel(ax, report, ykey):
             fmt="o-",
             color="C0",
             capsize=3,
-            label="pipeline stages, in order",
+            label="stages: " + " → ".join(f"{i + 1}. {a['label']}" for i, a in enumerate(arms)),
         )
     for i, (x, y, a) in enumerate(zip(xs, ys, arms)):
-        ax.annotate(f"{i + 1}. {a['label']}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        labels.add(ax, f"{i + 1}. {a['label']}", (x, y))
         size, other = _by_seed(a["metrics"]["size_on_disk_mb"]), _by_seed(a["metrics"][ykey])
         seeds = [s for s in size if s in other]
         ax.scatter([size[s] for s in seeds], [other[s] * scale for s in seeds], color="C0", alpha=0.25, s=12)
@@ -282,16 +294,17 @@ def _frontier_panel(ax, report, ykey):
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel(column(ykey).label)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
 
 
 def plot_pipeline(report, spec, folder) -> list[str]:
     fig, (left, right) = _figure(2, width=5.5, height=4.4)
     _frontier_panel(left, report, "perplexity")
-    left.set_title("size vs perplexity (lower-left is better)")
+    left.set_title("size vs perplexity (lower-left is better)", fontsize=10)
     _frontier_panel(right, report, "decode_tokens_per_s")
-    right.set_title("size vs decode speed (upper-left is better)")
-    fig.suptitle("Compression pipeline frontier (slimlm only; the paper reports no pipeline numbers)", fontsize=10)
+    right.set_title("size vs decode speed, single pass (upper-left is better)", fontsize=10)
+    handles, names = left.get_legend_handles_labels()  # the same models in both panels: one legend under them
+    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=7)
+    _suptitle(fig, "Compression pipeline frontier (slimlm only; the paper reports no pipeline numbers)")
     return [_save(fig, folder, "pipeline_frontier.png")]
 
 
@@ -307,7 +320,7 @@ def plot_generic(report, spec, folder) -> list[str]:
             ax.set_xlabel(spec["parameter"].get("label", spec["parameter"].get("name", "")))
         else:
             _bars(ax, arms, key)
-        ax.set_title(column(key).label)
+        ax.set_title(column(key).label + single_pass(key))
     return [_save(fig, folder, "arms.png")]
 
 
