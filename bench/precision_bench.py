@@ -1,4 +1,4 @@
-"""Benchmark: is bf16 autocast worth it on this machine? fp32 against bf16 matmuls, same run, beside the
+"""Benchmark: is bf16 autocast worth it on the CPU it runs on? fp32 against bf16 matmuls, same run, beside the
 decision `--precision auto` makes here.
 
 The matmul is the one the issue measured (a 1024x576 activation by the 576x1536 MLP weight of the built-in
