@@ -180,3 +180,15 @@ def test_study_tables_in_experiments_md_are_the_reports():
         cells = _table_row(text, arm["name"])
         expected = [_spread(m["perplexity"], 2), _spread(m["accuracy"], 2, 100), _spread(m["cloze_exact_match"], 3)]
         assert cells[2:5] == expected, arm["name"]
+
+
+def test_code_and_cli_output_speak_of_the_software_not_of_how_it_is_made():
+    """Comments, docstrings, help and messages (src/, bench/, the Makefile) follow the docs' rule too."""
+    files = [ROOT / "Makefile", *sorted((ROOT / "src").rglob("*.py")), *sorted((ROOT / "bench").rglob("*.py"))]
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if PROCESS_WORDS.search(line)
+    ]
+    assert not found, "words about how the project is run:\n" + "\n".join(found)
