@@ -20,7 +20,8 @@ CSS = (
     "table{border-collapse:collapse;font-size:0.9em}"
     "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}\n"
     "th{background:#f2f2f2;min-width:4.5em}"
-    "td:first-child,th:first-child{text-align:left}td:first-child{white-space:nowrap}\n"
+    "td:first-child,th:first-child{text-align:left}td:first-child{white-space:nowrap}"
+    "td.text{text-align:left;min-width:9em}\n"
     "img{max-width:100%;height:auto;border:1px solid #eee}.nw{white-space:nowrap}\n"
     "code,pre{background:#f6f6f6;padding:2px 4px}pre{padding:8px;overflow-x:auto}\n"
     "details{margin:1.5em 0;border-top:1px solid #ddd}"
@@ -54,4 +55,5 @@ def _html(lines: list[str]) -> str:
     body = body.replace("<table>", '<div class="scroll">\n<table>').replace("</table>", "</table>\n</div>")
     body = body.replace(" ± ", "\u00a0±\u00a0")  # a cell wraps between words, never inside "mean ± std"
     body = re.sub(r"\(([+−0]+, n=\d+)\)", r'<span class="nw">(\1)</span>', body)  # nor inside "(+−+, n=3)"
+    body = re.sub(r"<td>(?=[^<\d+\-–])", '<td class="text">', body)  # words, not numbers: left, not squeezed
     return re.sub(r'(<img alt="[^"]*" src="([^"]*)" />)', r'<a href="\2">\1</a>', body)
