@@ -89,32 +89,43 @@ def _with(arms: list[dict], key: str) -> list[dict]:
 def best_sentences(arms, spec, key, pkey, higher, words) -> list[str]:
     """Which arm is best here vs in the paper, whether both optima are interior, and whether our seeds
     separate the winner from the runner-up."""
+    text = paper_best(arms, spec, key, pkey, higher, words)
+    if text is None:
+        return []
+    ours = _best_first(arms, key, higher)
+    return [text + (_runner_up(ours[0], ours[1], spec, key) if len(ours) > 1 else "")]
+
+
+def _best_first(arms, key, higher) -> list[dict]:
+    return sorted(_with(arms, key), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+
+
+def paper_best(arms, spec, key, pkey, higher, words) -> str | None:
+    """Our best setting beside the paper's and whether they agree (same setting, both interior, or not):
+    the paper comparison's conclusion in one sentence; None where either side has no number."""
     kind, source = spec["kind"], paper_data.BY_KIND[spec["kind"]]
-    ours = sorted(_with(arms, key), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+    ours = _best_first(arms, key, higher)
     points = [p for p in source["points"] if p[pkey] is not None]
     if not ours or not points:
-        return []
+        return None
     best, pbest = ours[0], (max if higher else min)(points, key=lambda p: p[pkey])
     xs = sorted(arm_x(a, spec) for a in ours)
     pxs = sorted(point_x(p, kind) for p in source["points"])
     interior = len(xs) >= 3 and xs[0] < arm_x(best, spec) < xs[-1]
     pinterior = pxs[0] < point_x(pbest, kind) < pxs[-1]
-    same = same_x(arm_x(best, spec), point_x(pbest, kind), kind)
     text = (
         f"Best by {words} here: {describe(best, spec)} ({said(best['metrics'][key], key)}); "
         f"the paper's best by {'accuracy' if pkey == 'accuracy_pct' else words}: {describe_point(pbest, kind)} "
         f"({paper_value(pbest[pkey], pkey)}). "
     )
-    if same:
-        text += "Same setting: agree."
-    elif interior and pinterior:
-        text += (
+    if same_x(arm_x(best, spec), point_x(pbest, kind), kind):
+        return text + "Same setting: agree."
+    if interior and pinterior:
+        return text + (
             "Different settings, but both optima are interior (neither end of the swept range): same kind of optimum."
         )
-    else:
-        where = "interior" if interior else "at an end of our range"
-        text += f"Differ: ours is {where}, the paper's is {'interior' if pinterior else 'at an end'}."
-    return [text + (_runner_up(best, ours[1], spec, key) if len(ours) > 1 else "")]
+    where = "interior" if interior else "at an end of our range"
+    return text + f"Differ: ours is {where}, the paper's is {'interior' if pinterior else 'at an end'}."
 
 
 def _runner_up(best, second, spec, key) -> str:
@@ -208,7 +219,7 @@ def finetune_sentences(arms, spec) -> list[str]:
         return [f"Cannot compare LoRA with full fine-tuning: no results for {', '.join(missing)}."]
     lora, full = by_method["lora"], by_method["full"]
     compared = COMPARED + [("decode_tokens_per_s", "decode_tokens_per_s", True, "decode speed")]
-    out = [s for c in compared if (s := _method_sentence(lora, full, *c))]
+    out = [s for c in compared if (s := method_sentence(lora, full, *c))]
     params = [x["metrics"].get("parameters") for x in (lora, full)]
     if all(params) and math.isclose(params[0]["mean"], params[1]["mean"], rel_tol=1e-6):
         out.append(
@@ -218,8 +229,8 @@ def finetune_sentences(arms, spec) -> list[str]:
     return out + _training_cost_sentence(lora, full)
 
 
-def _method_sentence(lora, full, key, pkey, higher, words) -> str | None:
-    """One metric, LoRA vs full, here and in the paper's Figure 3."""
+def method_sentence(lora, full, key, pkey, higher, words) -> str | None:
+    """One metric, LoRA vs full, here and in the paper's Figure 3, with the verdict against the paper."""
     if key not in lora["metrics"] or key not in full["metrics"]:
         return None
     paper = {p["method"]: p for p in paper_data.FIGURE3["points"]}
@@ -259,9 +270,17 @@ def _training_cost_sentence(lora, full) -> list[str]:
 def pipeline_sentences(arms, references) -> list[str]:
     """No paper numbers exist: say what each stage bought against the teacher, and which stages are on the
     size/perplexity frontier."""
-    frontier_keys = {"size_on_disk_mb", "perplexity"}
-    measured = [a for a in arms if frontier_keys <= a["metrics"].keys()]
-    out = [_stage_sentence(arm, references.get("teacher", {}).get("metrics", {})) for arm in measured]
+    measured = [a for a in arms if FRONTIER_KEYS <= a["metrics"].keys()]
+    teacher = references.get("teacher", {}).get("metrics", {})
+    out = [f"Stage {arm['label']}: {stage_numbers(arm, teacher)}." for arm in measured]
+    return out + pipeline_frontier(measured, references)
+
+
+FRONTIER_KEYS = {"size_on_disk_mb", "perplexity"}
+
+
+def pipeline_frontier(measured, references) -> list[str]:
+    """The stages and references that no other model beats on both size and perplexity."""
     points = {
         a["label"]: (a["metrics"]["size_on_disk_mb"]["mean"], a["metrics"]["perplexity"]["mean"]) for a in measured
     }
@@ -269,26 +288,23 @@ def pipeline_sentences(arms, references) -> list[str]:
         {
             n: (r["metrics"]["size_on_disk_mb"], r["metrics"]["perplexity"])
             for n, r in references.items()
-            if frontier_keys <= r["metrics"].keys()
+            if FRONTIER_KEYS <= r["metrics"].keys()
         }
     )
-    if len(points) > 1:
-        front = [n for n, p in points.items() if not dominated(p, [q for m, q in points.items() if m != n])]
-        out.append(
-            "On the size/perplexity frontier (no other model is both smaller and lower in perplexity): "
-            + ", ".join(front)
-            + "."
-        )
-    return out
+    if len(points) < 2:
+        return []
+    front = [n for n, p in points.items() if not dominated(p, [q for m, q in points.items() if m != n])]
+    return [
+        "On the size/perplexity frontier (no other model is both smaller and lower in perplexity): "
+        + ", ".join(front)
+        + "."
+    ]
 
 
-def _stage_sentence(arm, teacher) -> str:
+def stage_numbers(arm, teacher) -> str:
     """One stage's size, perplexity and speed, and what it bought against the teacher."""
     m = arm["metrics"]
-    text = (
-        f"Stage {arm['label']}: {said(m['size_on_disk_mb'], 'size_on_disk_mb')}, "
-        f"perplexity {cell(m['perplexity'], 'perplexity')}"
-    )
+    text = f"{said(m['size_on_disk_mb'], 'size_on_disk_mb')}, perplexity {cell(m['perplexity'], 'perplexity')}"
     if "decode_tokens_per_s" in m:
         text += f", {said(m['decode_tokens_per_s'], 'decode_tokens_per_s')}"
     if teacher.get("size_on_disk_mb") and teacher.get("perplexity"):
@@ -300,7 +316,7 @@ def _stage_sentence(arm, teacher) -> str:
         )
         if teacher.get("decode_tokens_per_s") and "decode_tokens_per_s" in m:
             text += f", {m['decode_tokens_per_s']['mean'] / teacher['decode_tokens_per_s']:.2f}× its decode speed"
-    return text + "."
+    return text
 
 
 def paper_comparison(arms, spec, references) -> dict:

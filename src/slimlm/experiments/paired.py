@@ -69,11 +69,11 @@ def paired_lines(block: dict | None) -> list[str]:
         "",
     ]
     keys = [(k, w) for k, w in PAIRED_KEYS if any(k in row for row in block["arms"].values())]
-    rows = [[name] + [_paired_cell(row.get(k)) for k, _ in keys] for name, row in block["arms"].items()]
+    rows = [[name] + [paired_cell(row.get(k)) for k, _ in keys] for name, row in block["arms"].items()]
     return lines + markdown_table(["arm"] + [w for _, w in keys], rows)
 
 
-def _paired_cell(d: dict | None) -> str:
+def paired_cell(d: dict | None) -> str:
     if not d:
         return "–"
     spread = f" ± {100 * d['std']:.1f}" if d["std"] is not None else ""

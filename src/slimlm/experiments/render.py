@@ -1,11 +1,11 @@
-"""The report as markdown and HTML: the sections a reader goes through (protocol, results, references, wall
-time, plots, paper vs slimlm), rendered from the dict that report.py builds and report.json holds, so
-every number shown is one that report.json has.
+"""The report as markdown, answer first: the title, the verdict (verdict.py), the main plot, the results
+tables, references, the paper comparison, the other plots and wall time, and the protocol last (the HTML page
+folds it away: webpage.py). Rendered from the dict that report.py builds and report.json holds, so every
+number shown is one that report.json has.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 from slimlm.experiments.columns import RESULT_COLUMNS, TRAINING_COLUMNS, cell, display, markdown_table, paper_value
@@ -14,6 +14,7 @@ from slimlm.experiments.frontier import baseline_lines, frontier_section
 from slimlm.experiments.paired import paired_lines
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE
 from slimlm.experiments.validation_grid import grid_lines
+from slimlm.experiments.verdict import verdict
 from slimlm.settings import general_off
 
 _table = markdown_table
@@ -57,11 +58,14 @@ def _settings(d: dict) -> str:
 
 def protocol_section(report) -> list[str]:
     """What was measured and how: perplexity and speed numbers mean nothing without it."""
+    return ["## Protocol", ""] + protocol_body(report)
+
+
+def protocol_body(report) -> list[str]:
+    """The protocol without its heading (the HTML page puts it under a fold of its own)."""
     p = report["protocol"]
     cache = p.get("teacher_cache")
-    lines = [
-        "## Protocol",
-        "",
+    lines = run_lines(report) + [
         f"- teacher: `{p.get('teacher', '?')}` ({p.get('teacher_layers', '?')} layers)",
         f"- data: `{p.get('data', '?')}`",
     ]
@@ -97,6 +101,21 @@ def protocol_section(report) -> list[str]:
         [[a["name"], a["label"], _settings(a["settings"])] for a in report["arms"]],
     )
     return lines
+
+
+def run_lines(report) -> list[str]:
+    """Where the run lives, when and with what it was made, and the command that made it."""
+    return [
+        f"Run folder `{report['run_dir']}`, created {report.get('created') or '?'} with slimlm "
+        f"{report.get('slimlm_version') or '?'}; report generated {report['generated']}.",
+        "",
+        "### Command",
+        "",
+        "```",
+        report.get("command") or "(not recorded)",
+        "```",
+        "",
+    ]
 
 
 def _evaluation_line(ev: dict) -> str:
@@ -141,8 +160,11 @@ def results_section(report) -> list[str]:
 def decode_note_lines(report) -> list[str]:
     """Speeds to read with care, said once: decode rates that include the prefill (too noisy a machine to
     separate them), and GGUF models measured with llama.cpp's weight repacking off (it crashed with it)."""
-    rough = [f"{a['name']} (seed {', '.join(map(str, a['decode_rough_seeds']))})" for a in report["arms"]]
-    rough = [r for r, a in zip(rough, report["arms"]) if a.get("decode_rough_seeds")]
+    rough = [
+        f"{a['name']} (seed {', '.join(map(str, a['decode_rough_seeds']))})"
+        for a in report["arms"]
+        if a.get("decode_rough_seeds")  # absent from an older report.json
+    ]
     rough += [f"reference {n}" for n, r in report["references"].items() if r.get("decode_rough")]
     unpacked = [n for n, r in report["references"].items() if r.get("unrepacked")]
     notes = [
@@ -236,9 +258,28 @@ def timing_section(report) -> list[str]:
     ] + _table(["arm", "seeds", "total", "mean per seed"], rows)
 
 
+PLOT_NOTE = "Error bars: ±1 std over seeds; faint dots: individual seeds."
+
+
+def verdict_lines(report) -> list[str]:
+    """The answer in a sentence or two; an older report.json without one gets it computed from its numbers."""
+    return ["**Verdict.** " + " ".join(report.get("verdict") or verdict(report)), ""]
+
+
+def main_plot_lines(report) -> list[str]:
+    """The study's principal figure, right under the verdict: draw_plots lists it first."""
+    if not report["plots"]:
+        return []
+    path = report["plots"][0]
+    return [f"![{Path(path).stem}]({path})", "", f"*{PLOT_NOTE}*", ""]
+
+
 def plots_section(report) -> list[str]:
-    lines = ["## Plots", "", "Error bars: ±1 std over seeds; faint dots: individual seeds.", ""]
-    for path in report["plots"]:
+    """The figures after the principal one, if any."""
+    if len(report["plots"]) < 2:
+        return []
+    lines = ["## More plots", "", PLOT_NOTE, ""]
+    for path in report["plots"][1:]:
         lines += [f"![{Path(path).stem}]({path})", ""]
     return lines
 
@@ -297,47 +338,23 @@ def _paper_row(r: dict, kind: str, has_cloze: bool) -> list[str]:
     ]
 
 
-def render_markdown(report) -> str:
-    head = [
-        f"# slimlm report: {report['title']}",
-        "",
-        f"Run folder `{report['run_dir']}`, created {report.get('created') or '?'} with slimlm "
-        f"{report.get('slimlm_version') or '?'}; report generated {report['generated']}.",
-        "",
-        "## Command",
-        "",
-        "```",
-        report.get("command") or "(not recorded)",
-        "```",
-        "",
-    ]
-    body = (
-        protocol_section(report)
+def title_lines(report) -> list[str]:
+    return [f"# slimlm report: {report['title']}", ""]
+
+
+def body_lines(report) -> list[str]:
+    """Between the verdict and the protocol: the main plot, then the tables, the paper comparison, the rest."""
+    return (
+        main_plot_lines(report)
         + results_section(report)
         + (frontier_section(report) if report.get("frontier") else [])
         + references_section(report)
-        + timing_section(report)
-        + plots_section(report)
         + paper_section(report)
+        + plots_section(report)
+        + timing_section(report)
     )
-    return "\n".join(head + body) + "\n"
 
 
-CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-    "line-height:1.45;color:#222}\n"
-    "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
-    "th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}\n"
-    "th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}\n"
-    "code,pre{background:#f6f6f6;padding:2px 4px}pre{padding:8px;overflow-x:auto}"
-)
-
-
-def render_html(md_text: str, title: str) -> str:
-    import markdown
-
-    body = markdown.markdown(md_text, extensions=["tables", "fenced_code"])
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
-    )
+def render_markdown(report) -> str:
+    lines = title_lines(report) + verdict_lines(report) + body_lines(report) + protocol_section(report)
+    return "\n".join(lines) + "\n"

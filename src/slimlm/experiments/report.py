@@ -1,6 +1,6 @@
 """`slimlm report RUN_DIR`: turn an experiment folder (see layout.py) into report.md, report.html,
 report.json and plots/*.png, with the paper's numbers beside ours (compare.py; the figures: plots.py; the
-markdown and HTML: render.py).
+opening verdict: verdict.py; the markdown: render.py; the HTML page: webpage.py).
 
 Honesty rules: every number shown is in report.json; std is the sample std over seeds (ddof=1, null
 for one seed; stats.py); missing arms and seeds are listed, never hidden; the paper's levels are not
@@ -25,9 +25,11 @@ from slimlm.experiments.frontier import frontier_rows
 from slimlm.experiments.layout import load_run
 from slimlm.experiments.paired import paired_differences
 from slimlm.experiments.plots import draw_plots
-from slimlm.experiments.render import render_html, render_markdown
+from slimlm.experiments.render import render_markdown
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
 from slimlm.experiments.validation_grid import read_grids
+from slimlm.experiments.verdict import verdict
+from slimlm.experiments.webpage import render_html
 
 REPORT_FILES = ("report.md", "report.html", "report.json")
 KIND_TITLES = {
@@ -142,7 +144,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
     seeds = list(spec.get("seeds", []))
     arms = [arm_summary(a, run["results"].get(a["name"], []), seeds) for a in spec["arms"]]
     references = {n: reference_summary(r) for n, r in run["references"].items()}
-    return {
+    report = {
         "run_dir": str(run_dir),
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": spec["kind"],
@@ -171,6 +173,8 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "paper": paper_comparison(arms, spec, references),
         "plots": [],
     }
+    report["verdict"] = verdict(report)  # from the numbers above, as report.json holds them
+    return report
 
 
 # ---------------------------------------------------------------- writing
@@ -213,7 +217,7 @@ def _write_files(report: dict, folder: Path) -> None:
         json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     (folder / "report.md").write_text(md_text, encoding="utf-8")
-    (folder / "report.html").write_text(render_html(md_text, f"slimlm report: {report['title']}"), encoding="utf-8")
+    (folder / "report.html").write_text(render_html(report), encoding="utf-8")
 
 
 def _install(tmp: Path, run_dir: Path) -> None:

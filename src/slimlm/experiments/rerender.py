@@ -1,0 +1,57 @@
+"""Render a report again from its report.json alone, for a report whose run folder is gone (a committed one):
+`python -m slimlm.experiments.rerender FOLDER`. The numbers stay as report.json has them; what the report derives
+from them (the paired differences, the kept-of-the-teacher ratios, the verdict) is computed again, so an older
+report.json gets the current layout. Plots are left as they are. With the run folder, `slimlm report RUN_DIR
+--force` is the one to use: it reads the results themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from slimlm.errors import SlimlmError
+from slimlm.experiments.paired import paired_differences
+from slimlm.experiments.report import _write_files, teacher_ratios
+from slimlm.experiments.verdict import verdict
+
+
+def rerender(folder) -> dict:
+    """Rewrite report.md, report.html and report.json in `folder` from its report.json; return the report."""
+    folder = Path(folder)
+    path = folder / "report.json"
+    if not path.is_file():
+        raise SlimlmError(f"{path} not found: rerender needs a folder holding a report.json")
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["paired"] = paired_differences(report["arms"], report)
+    report["teacher_ratios"] = teacher_ratios(report["arms"], report["references"])
+    report["verdict"] = verdict(report)
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
+    try:
+        _write_files(report, tmp)
+        for name in ("report.json", "report.html", "report.md"):
+            (tmp / name).replace(folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 1:
+        print("usage: python -m slimlm.experiments.rerender FOLDER [FOLDER ...]", file=sys.stderr)
+        return 2
+    for folder in argv:
+        try:
+            rerender(folder)
+        except SlimlmError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"rewrote {Path(folder) / 'report.md'} and report.html")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
