@@ -351,7 +351,7 @@ def test_full_disk_while_writing_the_report_is_one_line(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rep, "_write_files", full)
+    monkeypatch.setattr(rep, "write_files", full)
     with pytest.raises(SlimlmError) as info:
         rep.write_report(run)
     assert "disk full while writing" in str(info.value) and "\n" not in str(info.value)

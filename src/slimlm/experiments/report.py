@@ -202,7 +202,7 @@ def write_report(run_dir, *, force: bool = False) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=run_dir))
     try:
         report["plots"] = draw_plots(report, run["spec"], tmp / "plots")
-        _write_files(report, tmp)
+        write_files(report, tmp)
         _install(tmp, run_dir)
     except WRITE_FAULTS as exc:  # a full disk: one line, and the temporary folder goes below
         raise SlimlmError(write_problem(run_dir, exc, fix="rerun the report once there is room")) from None
@@ -211,7 +211,7 @@ def write_report(run_dir, *, force: bool = False) -> dict:
     return report
 
 
-def _write_files(report: dict, folder: Path) -> None:
+def write_files(report: dict, folder: Path) -> None:
     md_text = render_markdown(report)
     (folder / "report.json").write_text(
         json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8"

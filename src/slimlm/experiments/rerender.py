@@ -15,7 +15,7 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.paired import paired_differences
-from slimlm.experiments.report import _write_files, teacher_ratios
+from slimlm.experiments.report import write_files, teacher_ratios
 from slimlm.experiments.verdict import verdict
 
 
@@ -31,7 +31,7 @@ def rerender(folder) -> dict:
     report["verdict"] = verdict(report)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:
-        _write_files(report, tmp)
+        write_files(report, tmp)
         for name in ("report.json", "report.html", "report.md"):
             (tmp / name).replace(folder / name)
     finally:
