@@ -192,3 +192,19 @@ def test_code_and_cli_output_speak_of_the_software_not_of_how_it_is_made():
         if PROCESS_WORDS.search(line)
     ]
     assert not found, "words about how the project is run:\n" + "\n".join(found)
+
+
+def _percent(difference: dict) -> str:
+    """A paired difference as the docs write it: −2.2 ± 1.1% (a real minus sign)."""
+    sign = "−" if difference["mean"] < 0 else "+"
+    return f"{sign}{abs(100 * difference['mean']):.1f} ± {100 * difference['std']:.1f}%"
+
+
+def test_paired_differences_quoted_for_table_1_are_the_reports():
+    """The results page quotes the temperature study's paired differences by seed as report.json has them."""
+    paired = _report("temperature-sampled")["paired"]["arms"]
+    flat = " ".join((ROOT / "docs" / "experiments.md").read_text(encoding="utf-8").split())
+    for arm, label in (("t1", "τ = 1's perplexity is"), ("t0.5", "τ = 0.5"), ("t5", "τ = 5"), ("t10", "τ = 10")):
+        assert f"{label} {_percent(paired[arm]['perplexity'])}" in flat, arm
+    assert f"accuracy {_percent(paired['t1']['accuracy'])}" in flat
+    assert f"τ = 2 is {_percent(paired['t2-online']['perplexity'])}" in flat
