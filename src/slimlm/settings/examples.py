@@ -138,7 +138,7 @@ EXAMPLES = {
     ),
     "cache": (
         ("the teacher cache's entries and their size", "slimlm cache"),
-        ("remove one entry, or all", "slimlm cache remove --all"),
+        ("remove every entry", "slimlm cache remove --all"),
     ),
 }
 

@@ -60,7 +60,8 @@ def add_settings(parser: argparse.ArgumentParser, *settings_types, kind: str | N
     each in its help section (settings/groups.py), the sections in the order a user reads them."""
     chosen = [f for settings_type in settings_types for f in cli_fields(settings_type, kind)]
     sections, exclusive = {}, {}
-    for f in sorted(chosen, key=lambda f: ORDER.index(section_of(f))):  # stable: a section keeps field order
+    # stable: within a section the positionals (typed first) lead, then the fields in their declared order
+    for f in sorted(chosen, key=lambda f: (ORDER.index(section_of(f)), not f.metadata.get("positional"))):
         name = section_of(f)
         if name not in sections:
             sections[name] = parser.add_argument_group(name)
@@ -81,7 +82,8 @@ def _add_field(section, f, kind: str | None, exclusive: dict) -> None:
     if meta.get("positional"):
         # not typed: None ("?") or absent ("*"), so the field's default applies
         extra = {"?": {"default": None}, "*": {"default": argparse.SUPPRESS}}.get(meta.get("nargs"), {})
-        section.add_argument(f.name, nargs=meta.get("nargs"), help=help_text, choices=meta.get("choices"), **extra)
+        choices, metavar = meta.get("choices"), None if meta.get("choices") else f.name.upper()
+        section.add_argument(f.name, nargs=meta.get("nargs"), help=help_text, choices=choices, metavar=metavar, **extra)
         return
     target = section
     if meta.get("one_of"):  # one of these flags is required, and only one
@@ -128,6 +130,8 @@ def _argument(f, help_text: str, default, flag: str) -> dict:
         "choices": choices,
         "required": meta.get("required", False),
     }
+    if parse in (integer, float):  # `--block-size N`, not `--block-size BLOCK_SIZE`: the help fits beside it
+        kwargs["metavar"] = "N" if parse is integer else "X"
     kwargs.update({k: meta[k] for k in ("nargs", "const", "metavar") if meta.get(k) is not None})
     return kwargs
 
