@@ -15,7 +15,7 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.paired import paired_differences
-from slimlm.experiments.report import write_files, teacher_ratios
+from slimlm.experiments.report import teacher_ratios, write_files
 from slimlm.experiments.verdict import verdict
 
 

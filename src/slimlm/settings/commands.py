@@ -279,7 +279,8 @@ class EvalSettings(Settings):
     )
     generation: int = option(
         0,
-        "prompts every model continues, scored by the first model (NLL, distinct-n, ROUGE-L); 0 = off",
+        "prompts (test split and general text) every model continues, scored by the first model "
+        "(NLL, distinct-n, ROUGE-L); 0 = off",
         minimum=0,
         group=EVALUATION,
     )
