@@ -13,6 +13,7 @@ from slimlm.experiments import focus, labels
 from slimlm.experiments.columns import column
 from slimlm.experiments.figures import draw_references, figure, log_if_wide, save, suptitle
 from slimlm.experiments.frontier import starting_student
+from slimlm.experiments.round_robin import with_round_robin_speeds
 
 ARM_COLORS = ("C0", "C2", "C3", "C4", "C5", "C6")  # C1 is the teacher's star (figures.draw_references)
 PANELS = (
@@ -28,10 +29,19 @@ Y = "perplexity"
 STARTS = "starting students (before distillation)"
 
 
+ROUND_ROBIN_PANEL = (
+    "decode_tokens_per_s",
+    "decode tok/s (batch 1, round-robin, median over rounds)",
+    "decode speed, round-robin, vs perplexity (lower-right is better)",
+)
+
+
 def plot_student_shape(report: dict, spec: dict, folder: Path) -> list[str]:
     fig, axes = figure(len(PANELS), width=5.0, height=4.8)
-    for ax, (xkey, xlabel, title) in zip(axes, PANELS):
-        _panel(ax, report, xkey)
+    round_robin = bool(report.get("round_robin"))  # bench/decode_speed.py's speeds replace the single passes
+    panels = PANELS[:-1] + (ROUND_ROBIN_PANEL,) if round_robin else PANELS
+    for ax, (xkey, xlabel, title) in zip(axes, panels):
+        _panel(ax, with_round_robin_speeds(report) if round_robin and xkey == panels[-1][0] else report, xkey)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(column(Y).label + (" (log scale)" if ax.get_yscale() == "log" else ""))
         ax.set_title(title, fontsize=9)

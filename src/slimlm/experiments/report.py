@@ -26,6 +26,7 @@ from slimlm.experiments.layout import load_run
 from slimlm.experiments.paired import paired_differences
 from slimlm.experiments.plots import draw_plots
 from slimlm.experiments.render import render_markdown
+from slimlm.experiments.round_robin import read_round_robin
 from slimlm.experiments.stats import SPREAD_NOTE, STD_NOTE, finite, summarize, summarize_block
 from slimlm.experiments.validation_grid import read_grids
 from slimlm.experiments.verdict import verdict
@@ -169,6 +170,7 @@ def build_report(run: dict, run_dir: Path) -> dict:
         "teacher_ratios": teacher_ratios(arms, references),
         "paired": paired_differences(arms, spec),
         "validation_grids": read_grids(run_dir),
+        **({"round_robin": speeds} if (speeds := read_round_robin(run_dir)) else {}),
         **({"frontier": frontier_rows(arms, references, spec)} if spec["kind"] in FRONTIER_KINDS else {}),
         "paper": paper_comparison(arms, spec, references),
         "plots": [],

@@ -16,6 +16,7 @@ from pathlib import Path
 from slimlm.errors import SlimlmError
 from slimlm.experiments.paired import paired_differences
 from slimlm.experiments.report import teacher_ratios, write_files
+from slimlm.experiments.round_robin import read_round_robin
 from slimlm.experiments.verdict import verdict
 
 
@@ -28,6 +29,8 @@ def rerender(folder) -> dict:
     report = json.loads(path.read_text(encoding="utf-8"))
     report["paired"] = paired_differences(report["arms"], report)
     report["teacher_ratios"] = teacher_ratios(report["arms"], report["references"])
+    if speeds := read_round_robin(folder):
+        report["round_robin"] = speeds
     report["verdict"] = verdict(report)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:

@@ -8,7 +8,7 @@ written in advance, so a report.json alone can be rendered again with it (rerend
 
 from __future__ import annotations
 
-from slimlm.experiments import compare
+from slimlm.experiments import compare, pipeline_text
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import method_of
 from slimlm.experiments.columns import said
@@ -116,11 +116,11 @@ def paper_line(arms: list[dict], report: dict, main: tuple) -> list[str]:
 
 def pipeline_verdict(arms: list[dict], references: dict) -> list[str]:
     """A pipeline has no best arm: what its last stage's model bought against the teacher, and the frontier."""
-    staged = [a for a in arms if compare.FRONTIER_KEYS <= a["metrics"].keys()]
+    staged = [a for a in arms if pipeline_text.FRONTIER_KEYS <= a["metrics"].keys()]
     if not staged:
         return ["No stage measured both size and perplexity: no verdict."]
     teacher = (references.get("teacher") or {}).get("metrics") or {}
     last = staged[-1]
-    return [f"The compressed model (last stage, {last['label']}): {compare.stage_numbers(last, teacher)}."] + (
-        compare.pipeline_frontier(staged, references)
+    return [f"The compressed model (last stage, {last['label']}): {pipeline_text.stage_numbers(last, teacher)}."] + (
+        pipeline_text.pipeline_frontier(staged, references)
     )

@@ -8,7 +8,8 @@ from __future__ import annotations
 import html
 import re
 
-from slimlm.experiments.render import body_lines, protocol_body, title_lines, verdict_lines
+from slimlm.experiments.protocol_text import protocol_body
+from slimlm.experiments.render import body_lines, title_lines, verdict_lines
 
 CSS = (
     "*{box-sizing:border-box}\n"
