@@ -208,3 +208,19 @@ def test_paired_differences_quoted_for_table_1_are_the_reports():
         assert f"{label} {_percent(paired[arm]['perplexity'])}" in flat, arm
     assert f"accuracy {_percent(paired['t1']['accuracy'])}" in flat
     assert f"τ = 2 is {_percent(paired['t2-online']['perplexity'])}" in flat
+
+
+def test_online_table_1_page_quotes_its_report():
+    """Table 1's online high end: each arm's perplexity, accuracy and general-text perplexity, and its paired
+    difference against τ = 2, as report.json has them."""
+    report = _report("temperature-online")
+    text = (ROOT / "docs" / "results" / "temperature-online" / "README.md").read_text(encoding="utf-8")
+    paired = report["paired"]["arms"]
+    for arm in report["arms"]:
+        m = arm["metrics"]
+        cells = _table_row(text, f"τ = {arm['value']:g}")
+        assert cells[1] == _spread(m["perplexity"], 2) and cells[3] == _spread(m["accuracy"], 2, 100), arm["name"]
+        assert cells[4] == _spread(m["general_perplexity"], 2), arm["name"]
+        if arm["name"] in paired:
+            d = paired[arm["name"]]["perplexity"]
+            assert cells[2] == f"{_percent(d)} ({d['signs']})", arm["name"]
