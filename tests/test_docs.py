@@ -224,3 +224,26 @@ def test_online_table_1_page_quotes_its_report():
         if arm["name"] in paired:
             d = paired[arm["name"]]["perplexity"]
             assert cells[2] == f"{_percent(d)} ({d['signs']})", arm["name"]
+
+
+def test_verdict_table_quotes_the_reports():
+    """The verdicts at the top of the results page quote Table 1's reports: means ± std and paired differences."""
+    text = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8")
+    rows = [line for line in text.split("## The studies")[0].splitlines() if line.startswith("| Table 1")]
+    low, high = rows
+    sampled, online = _report("temperature-sampled"), _report("temperature-online")
+    arms = {a["name"]: a["metrics"]["perplexity"] for a in sampled["arms"]}
+    paired = sampled["paired"]["arms"]
+    for phrase in (
+        f"τ = 1 {_spread(arms['t1'], 2)}",
+        f"τ = 2 {_spread(arms['t2'], 2)}",
+        f"τ = 1 against τ = 2 {_percent(paired['t1']['perplexity'])} ({paired['t1']['perplexity']['signs']})",
+        f"τ = 0.5 {_percent(paired['t0.5']['perplexity'])} ({paired['t0.5']['perplexity']['signs']})",
+        f"({_percent(paired['t2-online']['perplexity'])}, online against cached)",
+    ):
+        assert phrase in low, phrase
+    control = next(a for a in online["arms"] if a["name"] == "t2")["metrics"]["perplexity"]
+    assert f"τ = 2 {_spread(control, 2)}" in high
+    for arm, label in (("t5", "τ = 5"), ("t10", "τ = 10")):
+        d = online["paired"]["arms"][arm]["perplexity"]
+        assert f"{label} {_percent(d)} ({d['signs']})" in high, arm
