@@ -247,3 +247,11 @@ def test_verdict_table_quotes_the_reports():
     for arm, label in (("t5", "τ = 5"), ("t10", "τ = 10")):
         d = online["paired"]["arms"][arm]["perplexity"]
         assert f"{label} {_percent(d)} ({d['signs']})" in high, arm
+
+
+def test_readme_summary_quotes_table_1_online():
+    online = _report("temperature-online")["paired"]["arms"]
+    row = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if "Table 1" in line)
+    costs = [f"{100 * online[arm]['perplexity']['mean']:+.1f}%" for arm in ("t5", "t10")]
+    assert f"costs {costs[0]} and {costs[1]} against τ = 2" in row
+    assert all(online[arm]["perplexity"]["signs"] == "+++" for arm in ("t5", "t10")) and "every seed" in row
