@@ -60,7 +60,7 @@ experiments: setup
 		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/temperature-online
 	$(BIN)/slimlm pipeline recipes/pipeline.yaml --out $(EXP_OUT)/pipeline
 	$(BIN)/slimlm experiment finetune --with-teacher --lr-grid 0.2,1,5 --max-tokens 102400 --baselines none \
-		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/finetune
+		--model $(EXP_OUT)/temperature-online/arms/t2-seed0 --out $(EXP_OUT)/finetune
 	$(BIN)/slimlm experiment feature-layer --weight-grid 0.1,1,10 --max-tokens 102400 --baselines none \
 		--student $(EXP_OUT)/temperature/student-init --out $(EXP_OUT)/feature-layer
 	$(BIN)/slimlm experiment student-shape --out $(EXP_OUT)/student-shape
