@@ -160,8 +160,8 @@ def run(args, results: dict, results_file: Path) -> None:
     student = initial_student(out, 0)
     arms = results.setdefault("arms", {})
     results.setdefault("protocol", {"minutes": args.minutes, "step_cost": cost, "demo": DEMO, "eval": EVAL})
-    divergence = None
-    if any(a in ON_POLICY_ARMS for a in args.arms):
+    divergence = results.get("divergence")  # a resumed study keeps the divergence its finished arms used
+    if divergence is None and any(a in ON_POLICY_ARMS for a in args.arms):
         divergence = pick_divergence(args, results, results_file, cost, student)
     for seed in args.seeds:
         for arm in args.arms:
@@ -210,6 +210,10 @@ def table(results: dict) -> str:
             spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "–")
         lines.append(f"| {arm} | {len(rows)} | {rows[0]['steps']} | " + " | ".join(cells) + " |")
+    if results.get("divergence"):
+        picked = results["divergence_grid"]
+        nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
+        lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
     lines += ["", "Paired by seed against off-policy (arm − off-policy; every seed's value):", ""]
     for arm in names[1:]:
         for key in ("test_perplexity", "teacher_nll_sampled", "teacher_nll_greedy"):
@@ -247,10 +251,16 @@ def main(argv=None) -> None:
     if "off-policy" not in args.arms:
         args.arms.insert(0, "off-policy")  # the control every difference is paired against
     args.divergence_grid = [d.strip() for d in args.divergence_grid.split(",") if d.strip()]
-    if not args.divergence_grid or (unknown := [d for d in args.divergence_grid if d not in DIVERGENCES]):
-        sys.exit(f"--divergence-grid: give a comma list among {', '.join(DIVERGENCES)}")
+    unknown = [d for d in args.divergence_grid if d not in DIVERGENCES]
+    if not args.divergence_grid or unknown:
+        given = ",".join(unknown) or "(empty)"
+        sys.exit(f"--divergence-grid {given}: give a comma list among {', '.join(DIVERGENCES)}")
     if not args.minutes > 0:
         sys.exit("--minutes must be > 0")
+    cost = read_step_cost(args.step_cost)  # every step cost a run could need, checked before anything trains
+    for arm in args.arms:
+        for divergence in args.divergence_grid if arm in ON_POLICY_ARMS else [None]:
+            steps_for(arm, args.minutes, cost, divergence)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"

@@ -68,9 +68,16 @@ def test_steps_quoted_in_study_readmes_are_the_reports():
         (value,) = steps
         text = (ROOT / "docs" / "results" / name / "README.md").read_text(encoding="utf-8")
         assert f"({value:.0f} steps of 4×256)" in text, name
+    online = _report("temperature-online")
+    (steps,) = {a["training"]["steps"]["mean"] for a in online["arms"]}
+    (tokens,) = {a["training"]["tokens"]["mean"] for a in online["arms"]}
+    text = " ".join(
+        (ROOT / "docs" / "results" / "temperature-online" / "README.md").read_text(encoding="utf-8").split()
+    )
+    assert f"{steps:.0f} steps of 4 × 256 tokens ({tokens:,.0f} tokens)" in text
 
 
-PROCESS_WORDS = re.compile(r"\bissues? #?\d+|\(issue\b|\b(?:this|last|next) session\b|\bthis machine\b", re.I)
+PROCESS_WORDS = re.compile(r"\bissues? #?\d+|\(issue\b|\bsessions?(?:'s)?\b|\bthis machine\b|\bthe brief\b", re.I)
 
 
 def test_docs_speak_of_the_software_not_of_how_it_is_made():

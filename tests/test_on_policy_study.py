@@ -99,3 +99,20 @@ def test_bad_divergence_grid_is_refused(tmp_path):
     step_cost = str(ROOT / "docs" / "results" / "on-policy" / "step-cost.json")
     with pytest.raises(SystemExit, match="--divergence-grid"):
         study.main(["--out", str(tmp_path), "--step-cost", step_cost, "--divergence-grid", "forward,skew"])
+
+
+def test_a_step_cost_a_grid_candidate_would_need_is_checked_before_training(tmp_path):
+    """sampled-reverse at λ = 0.5 has no measured step cost: refused up front, not after hours of the grid."""
+    study = _module()
+    step_cost = str(ROOT / "docs" / "results" / "on-policy" / "step-cost.json")
+    argv = ["--out", str(tmp_path / "out"), "--step-cost", step_cost, "--divergence-grid", "forward,sampled-reverse"]
+    with pytest.raises(SystemExit, match="no 'lambda 0.5 sampled-reverse' arm"):
+        study.main(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_table_names_the_picked_divergence():
+    study = _module()
+    grid = {"reverse": {"run": "grid-reverse", "validation_teacher_nll_sampled": 2.9}}
+    text = study.table({"arms": {}, "divergence": "reverse", "divergence_grid": grid})
+    assert "On-policy divergence: reverse (teacher NLL of validation samples: reverse 2.900)." in text

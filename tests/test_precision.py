@@ -426,6 +426,10 @@ def TrainerStateAt(step: int):
     [
         ("AuthenticAMD", 25, 1, "AMD Zen 3"),  # EPYC Milan: AVX2, no native bf16
         ("AuthenticAMD", 25, 17, "AMD Zen 4"),  # EPYC Genoa: AVX-512 with bf16
+        ("AuthenticAMD", 25, 0x21, "AMD Zen 3"),  # Ryzen Vermeer
+        ("AuthenticAMD", 25, 0x61, "AMD Zen 4"),  # Ryzen Raphael
+        ("AuthenticAMD", 25, 0xA0, "AMD Zen 4"),  # EPYC Bergamo (Zen 4c)
+        ("AuthenticAMD", 23, 0x31, "AMD Zen 2"),  # EPYC Rome
         ("GenuineIntel", 6, 143, "Intel Sapphire Rapids"),  # AMX
         ("GenuineIntel", 6, 1, None),
         ("HygonGenuine", 24, 1, None),
@@ -435,4 +439,9 @@ def test_cpu_kind_is_named_from_family_and_model(vendor, family, model, kind):
     """Reports name a CPU by its kind: "AMD EPYC" alone does not tell Zen 3 (AVX2) from Zen 4 (AVX-512 bf16)."""
     info = f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: X\n"
     assert precision.microarchitecture(info) == kind
+
+
+def test_cpu_kind_without_family_and_model_is_unknown_and_describe_names_a_known_one(monkeypatch):
     assert precision.microarchitecture("garbage") is None
+    monkeypatch.setattr(precision, "microarchitecture", lambda: "AMD Zen 4")
+    assert "(AMD Zen 4)" in precision.describe_cpu() and precision.cpu_kind()["kind"] == "AMD Zen 4"

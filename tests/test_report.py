@@ -379,3 +379,19 @@ def test_finetune_arms_are_compared_by_seed_with_full_fine_tuning(tmp_path):
     assert block["arms"]["lora"]["perplexity"]["values"] == pytest.approx(expected)
     text = "\n".join(render.results_section(report))
     assert "### Paired differences against full" in text and "| lora |" in text
+
+
+def test_a_sweep_that_starts_at_the_papers_optimum_does_not_claim_it():
+    """Table 1's online sweep (τ = 2, 5, 10) is best at τ = 2, its own low end: the same setting as the paper's
+    optimum, but a sweep cannot show an optimum at its end; the full sweep (τ = 0.5 … 10) can."""
+    from slimlm.experiments.compare import paper_best
+    from slimlm.experiments.control import swept
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    for name, expected in (
+        ("temperature-online", "Same setting, but at an end of our swept range"),
+        ("temperature-sampled", "both optima are interior"),
+    ):
+        report = json.loads((results / name / "report.json").read_text())
+        sentence = paper_best(swept(report["arms"]), report, "perplexity", "perplexity", False, "perplexity")
+        assert expected in sentence, name

@@ -120,6 +120,8 @@ def paper_best(arms, spec, key, pkey, higher, words) -> str | None:
         f"({paper_value(pbest[pkey], pkey)}). "
     )
     if same_x(arm_x(best, spec), point_x(pbest, kind), kind):
+        if len(xs) >= 3 and not interior and pinterior:  # a sweep that starts at the paper's optimum cannot find it
+            return text + "Same setting, but at an end of our swept range: it does not show an optimum there."
         return text + "Same setting: agree."
     if interior and pinterior:
         return text + (

@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
         except SlimlmError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except (ValueError, KeyError, TypeError, OSError) as exc:  # a damaged report.json, an unwritable folder
+            print(f"error: {Path(folder) / 'report.json'}: cannot render it again ({exc!r})", file=sys.stderr)
+            return 1
         print(f"rewrote {Path(folder) / 'report.md'} and report.html")
     return 0
 

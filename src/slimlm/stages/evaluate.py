@@ -166,6 +166,7 @@ def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor, wh
         raise SlimlmError(
             f"--generation {s.generation} needs {PROMPT_TOKENS * s.generation:,} tokens of prompts; the {where} "
             f"has {len(test):,}: ask for fewer prompts"
+            + ("" if where == "test split" else " or pass --general-data none")
         )
     starts = torch.linspace(0, len(test) - PROMPT_TOKENS, s.generation).long()
     prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts.tolist()])
