@@ -262,3 +262,21 @@ def test_readme_summary_quotes_table_1_online():
     costs = [f"{100 * online[arm]['perplexity']['mean']:+.1f}%" for arm in ("t5", "t10")]
     assert f"costs {costs[0]} and {costs[1]} against τ = 2" in row
     assert all(online[arm]["perplexity"]["signs"] == "+++" for arm in ("t5", "t10")) and "every seed" in row
+
+
+def test_figure_3_page_and_verdict_quote_the_report():
+    """The fine-tuning study's page, its verdict row and the README quote report.json and decode-speed.json."""
+    report = _report("finetune")
+    arms = {a["name"]: a["metrics"] for a in report["arms"]}
+    lora = report["paired"]["arms"]["lora"]["perplexity"]
+    rr = report["round_robin"]["models"]
+    page = (ROOT / "docs" / "results" / "finetune" / "README.md").read_text(encoding="utf-8")
+    verdicts = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8").split("## The studies")[0]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("lora", "full"):
+        cells = _table_row(page, "LoRA" if name == "lora" else "full")
+        assert cells[2] == _spread(arms[name]["perplexity"], 2) and cells[-1] == f"{rr[name]['decode_ratio']:.2f}"
+        assert f"{_spread(arms[name]['perplexity'], 2)}" in verdicts, name
+    assert f"{_percent(lora)} ({lora['signs']})" in page and f"{_percent(lora)} ({lora['signs']})" in verdicts
+    assert f"LoRA {_percent(lora).split(' ')[0]}%" in readme
+    assert f"{rr['lora']['decode_ratio']:.2f}× against {rr['full']['decode_ratio']:.2f}×" in readme
