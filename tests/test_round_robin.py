@@ -69,3 +69,13 @@ def test_report_tables_the_round_robin_speeds(tmp_path):
     depth = report["round_robin"]["models"]["depth"]
     assert "### Decode speed, round-robin" in text
     assert f"| depth | {depth['decode_tokens_per_s']:.1f} |" in text and f"| {depth['decode_ratio']:.2f} |" in text
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"arms": []}'])
+def test_rerender_of_a_damaged_report_is_one_line(tmp_path, capsys, text):
+    from slimlm.experiments.rerender import main
+
+    (tmp_path / "report.json").write_text(text)
+    assert main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "report.json" in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -57,10 +57,12 @@ def general_splits(data: str, tokenizer, window: int):
         raise SlimlmError(f"general text {data!r} (--general-data): {exc}; or pass --general-data none") from None
 
 
-def general_metrics(model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True) -> dict:
+def general_metrics(
+    model, tokenizer, data: str, *, window: int, tokens: int | None, progress: bool = True, splits=None
+) -> dict:
     """`general_perplexity`, `general_accuracy`, ... of `model` on the test split of corpus `data`, scored in
     non-overlapping windows (spread_windows); `general_data` names the text and `general_protocol` how."""
-    splits = general_splits(data, tokenizer, window)
+    splits = splits or general_splits(data, tokenizer, window)  # callers that also prompt from it pass theirs
     ids = spread_windows(splits.test, tokens, window)
     text_bytes = len(tokenizer.decode(ids.tolist()).encode("utf-8")) if tokenizer is not None else None
     result = perplexity(model, ids, window=window, stride=window, text_bytes=text_bytes, progress=progress)

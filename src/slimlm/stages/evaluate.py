@@ -136,18 +136,21 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
         new_tokens=s.new_tokens,
         repeats=s.repeats,
     )
+    general_split = general_splits(s.general_data, tokenizer, s.window) if general else None  # tokenized once
     if general:
         log(f"scoring {spec} on general text ({s.general_data})")
-        result.update(general_metrics(model, tokenizer, s.general_data, window=s.window, tokens=s.general_tokens))
+        metrics = general_metrics(
+            model, tokenizer, s.general_data, window=s.window, tokens=s.general_tokens, splits=general_split
+        )
+        result.update(metrics)
     if tasks:
         result.update(run_tasks(model, tokenizer, tasks, data=s.data, n=s.task_items))
     if s.generation:
         first.setdefault("reference", (spec, model))
         result["generation"] = _generation(s, model, first["reference"], splits.test, "test split")
         if general:
-            general_test = general_splits(s.general_data, tokenizer, s.window).test
             where = f"{s.general_data} test split"
-            result["general_generation"] = _generation(s, model, first["reference"], general_test, where)
+            result["general_generation"] = _generation(s, model, first["reference"], general_split.test, where)
     if harness:
         result["lm_eval"] = lm_eval_tasks(model_dir, harness)
     return result
