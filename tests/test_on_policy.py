@@ -148,6 +148,22 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
     assert len(logged) == 2 and all(0 < entry["sampling_share"] < 1 for entry in logged)
 
 
+def test_policy_parts_are_averaged_over_the_due_steps_only(tiny_teacher, text_dir):
+    """A log covering two steps, one of them on-policy, shows that step's policy parts, not half of them."""
+    base = dict(teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0,3", max_steps=4, on_policy=0.5)
+    fast = {k: v for k, v in FAST.items() if k != "logging_steps"}
+    slimlm.distill(**base, continuation_tokens=8, logging_steps=1, out="each", **fast)
+    slimlm.distill(**base, continuation_tokens=8, logging_steps=2, out="pairs", **fast)
+
+    def policy_logs(folder):
+        log = json.loads(open(f"{folder}/slimlm.json").read())["training"]["log"]
+        return {entry["step"]: entry["nll_policy"] for entry in log if "nll_policy" in entry}
+
+    each, pairs = policy_logs("each"), policy_logs("pairs")
+    assert sorted(each) == [2, 4] == sorted(pairs) and all(nll > 1 for nll in each.values())
+    assert pairs == pytest.approx(each, abs=2e-4)
+
+
 @pytest.mark.parametrize(
     "values,words",
     [

@@ -85,7 +85,7 @@ class DistillTrainer(Trainer):
         self.teacher_layers = sorted({t for term in self.terms for t in term.teacher_layers})
         self.want_attentions = any(term.needs_attentions for term in self.terms)
         self._parts = defaultdict(float)
-        self._parts_count = 0
+        self._parts_count = defaultdict(int)  # micro-batches each part was added over (on-policy parts: due steps)
         self.on_policy = on_policy
         self._sampling_mark = (time.perf_counter(), 0.0)  # (wall clock, sampling seconds) at the last log
 
@@ -130,7 +130,7 @@ class DistillTrainer(Trainer):
             )
         for key, value in parts.items():
             self._parts[key] += float(value)
-        self._parts_count += 1
+            self._parts_count[key] += 1
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over ranks
         return (loss, out) if return_outputs else loss
@@ -138,8 +138,9 @@ class DistillTrainer(Trainer):
     def log(self, logs, *args, **kwargs):
         if self._parts_count and "loss" in logs:
             # each part was normalised by the whole step's tokens (all ranks), so summing micro-batches and
-            # ranks gives the step mean; every rank logs at the same step, so the sum over ranks cannot hang
-            steps = max(1, self._parts_count // max(1, self.args.gradient_accumulation_steps))
+            # ranks gives the step mean; a part present on some steps only (kd_policy, nll_policy on the due
+            # steps) is the mean over those steps. Every rank logs at the same step, so the sum cannot hang.
+            accumulation = max(1, self.args.gradient_accumulation_steps)
             keys = sorted(self._parts)
             totals = (
                 distributed.all_sum([self._parts[k] for k in keys])
@@ -147,9 +148,9 @@ class DistillTrainer(Trainer):
                 else [self._parts[k] for k in keys]
             )
             for key, value in zip(keys, totals):
-                logs[key] = round(value / steps, 4)
+                logs[key] = round(value / max(1, self._parts_count[key] // accumulation), 4)
             self._parts.clear()
-            self._parts_count = 0
+            self._parts_count.clear()
         if self.on_policy is not None and "loss" in logs:
             logs["sampling_share"] = self._sampling_share()
         super().log(logs, *args, **kwargs)
