@@ -116,3 +116,56 @@ def test_table_names_the_picked_divergence():
     grid = {"reverse": {"run": "grid-reverse", "validation_teacher_nll_sampled": 2.9}}
     text = study.table({"arms": {}, "divergence": "reverse", "divergence_grid": grid})
     assert "On-policy divergence: reverse (teacher NLL of validation samples: reverse 2.900)." in text
+
+
+def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
+    """The study's bookkeeping around the (costly) training and scoring: the divergence grid's winning run is
+    "on-policy 1" at seed 0, every other (arm, seed) trains once, and a resumed study trains nothing."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import learning_curve
+    import slimlm
+
+    study = _module()
+    trained = []
+
+    def train(args, student, arm, seed, cost, divergence, name):
+        trained.append(name)
+        run_dir = tmp_path / "out" / "arms" / name
+        run_dir.mkdir(parents=True)
+        record = {"steps": 3, "tokens": 3072, "train_runtime_s": 1.0}
+        (run_dir / "slimlm.json").write_text(json.dumps({"training": record}))
+        return run_dir
+
+    def evaluate(models, **settings):
+        row = {"perplexity": 70.0, "accuracy": 0.25, "generation": {k: 1.0 for k in study.METRICS[3:8]}}
+        return {"results": {m: {**row, "perplexity": 70.0 + len(m)} for m in models}}
+
+    nll = {"grid-forward": 3.1, "grid-reverse": 2.9}
+    monkeypatch.setattr(study, "train", train)
+    monkeypatch.setattr(study, "validation_nll", lambda run_dir, prompts_of: nll[run_dir.name])
+    monkeypatch.setattr(learning_curve, "initial_student", lambda out, heal: tmp_path / "student")
+    monkeypatch.setattr(slimlm, "evaluate", evaluate)
+    args = type(
+        "Args",
+        (),
+        {
+            "out": str(tmp_path / "out"),
+            "step_cost": str(ROOT / "docs" / "results" / "on-policy" / "step-cost.json"),
+            "minutes": 1.0,
+            "seeds": [0, 1],
+            "arms": ["off-policy", "on-policy 1"],
+            "divergence_grid": ["forward", "reverse"],
+        },
+    )()
+    results_file = tmp_path / "out" / "results.json"
+    results = {}
+    study.run(args, results, results_file)
+    assert trained == ["grid-forward", "grid-reverse", "off-policy-seed0", "off-policy-seed1", "on-policy 1-seed1"]
+    arms = json.loads(results_file.read_text())["arms"]
+    assert sorted(arms) == ["off-policy-seed0", "off-policy-seed1", "on-policy 1-seed0", "on-policy 1-seed1"]
+    assert arms["on-policy 1-seed0"]["policy_divergence"] == "reverse" == arms["on-policy 1-seed1"]["policy_divergence"]
+    assert arms["off-policy-seed0"]["policy_divergence"] is None
+    assert arms["on-policy 1-seed0"]["test_perplexity"] == 70.0 + len(str(tmp_path / "out" / "arms" / "grid-reverse"))
+    trained.clear()
+    study.run(args, json.loads(results_file.read_text()), results_file)
+    assert trained == []
