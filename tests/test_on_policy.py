@@ -76,6 +76,7 @@ def test_reuse_trains_a_rollout_again_before_sampling_anew(tiny_teacher):
     second = policy.batch(model, _blocks(model.config.vocab_size, seed=1), step=1, precision=None)
     third = policy.batch(model, _blocks(model.config.vocab_size, seed=2), step=2, precision=None)
     assert second is first and policy.reused == 1 and policy.rollouts == 2
+    assert policy.reused_tokens == 2 * 16 and policy.record()["reused_tokens"] == 32
     assert not torch.equal(third["input_ids"], first["input_ids"])
 
 
@@ -146,6 +147,25 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
     assert record["settings"]["on_policy"] == 0.5 and record["settings"]["jsd_beta"] == 0.9
     logged = [entry for entry in record["training"]["log"] if "kd_policy" in entry]
     assert len(logged) == 2 and all(0 < entry["sampling_share"] < 1 for entry in logged)
+    assert "data_tokens" not in record["training"]  # fresh samples on every due step: every data block trained
+
+
+def test_reused_rollouts_are_counted_apart_from_the_data_trained(tiny_teacher, text_dir):
+    slimlm.distill(
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        keep_layers="0,3",
+        max_steps=4,
+        on_policy=1.0,
+        rollout_reuse=2,
+        continuation_tokens=8,
+        out="s",
+        **FAST,
+    )
+    training = json.loads(open("s/slimlm.json").read())["training"]
+    block = FAST["batch_size"] * FAST["block_size"]
+    assert training["on_policy"]["rollouts"] == 2 and training["on_policy"]["reused_tokens"] == 2 * block
+    assert training["tokens"] == 4 * block and training["data_tokens"] == 2 * block
 
 
 def test_policy_parts_are_averaged_over_the_due_steps_only(tiny_teacher, text_dir):

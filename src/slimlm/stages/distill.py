@@ -256,12 +256,21 @@ def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, prec
             "teacher_cache": bool(cached),
             "teacher_cache_storage": cached.storage() if cached else None,
             **({"on_policy": signal.on_policy.record()} if signal.on_policy else {}),
+            **_data_tokens(trained.steps * steps.per_step * settings.block_size, signal.on_policy, steps.world),
             **({"teacher_generated": signal.teacher_generated} if signal.teacher_generated else {}),
             "processes": steps.world,
             "log": trained.log,
         },
         "metrics": {"validation_before": before, "validation_after": after},
     }
+
+
+def _data_tokens(tokens: int, on_policy, world: int) -> dict:
+    """With --rollout-reuse, the tokens of data blocks trained on: a reused rollout stands in for its step's
+    blocks (on every rank alike), so they are fewer than the tokens trained."""
+    if on_policy is None or not on_policy.reused_tokens:
+        return {}
+    return {"data_tokens": tokens - on_policy.reused_tokens * world}
 
 
 def _student(settings: DistillSettings, teacher, tokenizer, splits, precision, given, cross):

@@ -12,7 +12,8 @@ what an on-policy step adds is the sampling, timed here and reported as its shar
 Which steps are on-policy is decided from the step number alone (exactly λ of them, the same on every rank,
 the same after a resume), and the samples come from a generator seeded by (seed, step, micro-batch), so a run
 is repeatable and λ = 0 draws nothing. `reuse` r > 1 trains each rollout r times (DistiLLM's replay idea,
-Ko et al. 2024): one due step in r samples, the next r - 1 train on its stored batch again.
+Ko et al. 2024): one due step in r samples, the next r - 1 train on its stored batch again, in place of their
+data blocks (slimlm.json counts those tokens apart: `reused_tokens`, and the run's `data_tokens`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class OnPolicy:
     reuse: int = 1  # times each rollout is trained on
     seconds: float = 0.0  # spent sampling
     rollouts: int = 0
-    reused: int = 0
+    reused: int = 0  # micro-batches trained again from the stored rollout
+    reused_tokens: int = 0  # their tokens: the data blocks they stood in for were not trained on
     tokens: int = 0  # tokens sampled
     _stored: list = field(default_factory=list)  # the last rollout's batches, one per micro-batch
     _due_seen: int = 0
@@ -56,6 +58,7 @@ class OnPolicy:
             self._due_seen += 1
         if self.reuse > 1 and (self._due_seen - 1) % self.reuse and micro < len(self._stored):
             self.reused += 1
+            self.reused_tokens += self._stored[micro]["input_ids"].numel()
             return self._stored[micro]
         if micro == 0:
             self._stored = []
@@ -101,6 +104,7 @@ class OnPolicy:
             "rollout_reuse": self.reuse,
             "rollouts": self.rollouts,
             "reused_batches": self.reused,
+            "reused_tokens": self.reused_tokens,
             "tokens_sampled": self.tokens,
             "sampling_s": round(self.seconds, 2),
             "sampled_tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None,
