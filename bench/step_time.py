@@ -21,20 +21,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-DEMO = {"teacher": "smollm2-135m", "data": "sotu,wikipedia", "learning_rate": 6e-4, "precision": "auto"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+from demo_settings import DEMO, timed_distill  # noqa: E402
 
 
 def distill_step(student: str, steps: int) -> float:
-    import slimlm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model = slimlm.distill(student=student, max_steps=steps, out=f"{tmp}/d", eval_tokens=256, **DEMO)
-        record = json.loads((Path(model) / "slimlm.json").read_text())
-    return record["training"]["train_runtime_s"] / record["training"]["steps"]
+    training = timed_distill(student, steps)
+    return training["train_runtime_s"] / training["steps"]
 
 
 def heal_step(student: str, steps: int) -> float:
