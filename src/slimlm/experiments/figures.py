@@ -18,14 +18,17 @@ BASELINE_COLORS = ("0.25", "0.5", "0.35", "0.6", "0.15")  # greys: apart from th
 DPI = 110
 
 
-def figure(panels: int, width=4.6, height=3.8):
-    """(figure, one axis per panel side by side), on an Agg canvas so `save` can measure its texts."""
+def figure(panels: int, width=4.6, height=3.8, columns=3):
+    """(figure, one axis per panel), at most `columns` panels a row so a six-panel sweep stays readable on a
+    page, on an Agg canvas so `save` can measure its texts."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state
 
-    fig = Figure(figsize=(width * panels, height), dpi=DPI, layout="constrained")
+    cols = min(panels, columns)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(width * cols, height * rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
 
 
 def suptitle(fig, text: str, fontsize=10) -> None:

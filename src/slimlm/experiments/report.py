@@ -205,7 +205,7 @@ def write_report(run_dir, *, force: bool = False) -> dict:
     try:
         report["plots"] = draw_plots(report, run["spec"], tmp / "plots")
         write_files(report, tmp)
-        _install(tmp, run_dir)
+        install(tmp, run_dir)
     except WRITE_FAULTS as exc:  # a full disk: one line, and the temporary folder goes below
         raise SlimlmError(write_problem(run_dir, exc, fix="rerun the report once there is room")) from None
     finally:
@@ -222,7 +222,7 @@ def write_files(report: dict, folder: Path) -> None:
     (folder / "report.html").write_text(render_html(report), encoding="utf-8")
 
 
-def _install(tmp: Path, run_dir: Path) -> None:
+def install(tmp: Path, run_dir: Path) -> None:
     """Move the finished files into place: plots first, report.md last, since report.md's existence is
     what marks a report as written."""
     old = run_dir / "plots"

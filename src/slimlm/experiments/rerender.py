@@ -1,8 +1,8 @@
 """Render a report again from its report.json alone, for a report whose run folder is gone (a committed one):
 `python -m slimlm.experiments.rerender FOLDER`. The numbers stay as report.json has them; what the report derives
 from them (the paired differences, the kept-of-the-teacher ratios, the verdict) is computed again, so an older
-report.json gets the current layout. Plots are left as they are. With the run folder, `slimlm report RUN_DIR
---force` is the one to use: it reads the results themselves.
+report.json gets the current layout, and the plots are drawn again from report.json's per-arm means and seeds.
+With the run folder, `slimlm report RUN_DIR --force` is the one to use: it reads the results themselves.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 from slimlm.errors import SlimlmError
 from slimlm.experiments.paired import paired_differences
-from slimlm.experiments.report import teacher_ratios, write_files
+from slimlm.experiments.plots import draw_plots
+from slimlm.experiments.report import install, teacher_ratios, write_files
 from slimlm.experiments.round_robin import read_round_robin
 from slimlm.experiments.verdict import verdict
 
 
 def rerender(folder) -> dict:
-    """Rewrite report.md, report.html and report.json in `folder` from its report.json; return the report."""
+    """Rewrite report.md, report.html, report.json and plots/ in `folder` from its report.json; return the report."""
     folder = Path(folder)
     path = folder / "report.json"
     if not path.is_file():
@@ -34,9 +35,11 @@ def rerender(folder) -> dict:
     report["verdict"] = verdict(report)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:
+        # what the plotters read of the experiment's spec, report.json keeps
+        spec = {key: report[key] for key in ("kind", "parameter", "protocol") if key in report}
+        report["plots"] = draw_plots(report, spec, tmp / "plots")
         write_files(report, tmp)
-        for name in ("report.json", "report.html", "report.md"):
-            (tmp / name).replace(folder / name)
+        install(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
