@@ -131,3 +131,25 @@ def test_a_report_json_alone_renders_again_with_the_verdict(tmp_path):
     assert not [p for p in run.iterdir() if p.name.startswith(".report-")]
     assert re.search(r"!\[temperature\]\(plots/temperature\.png\)", md)
     assert (run / "plots" / "temperature.png").stat().st_size > 10_000 and again["plots"] == written["plots"]
+
+
+def test_a_sweep_on_the_cache_weighs_its_lead_against_the_cache_s_own_effect():
+    """With an online-teacher control, the verdict sets the best arm's paired lead beside what the cache alone
+    does at the control's τ: the committed sampled-cache Table 1, whose τ = 1 leads by less than that."""
+    from pathlib import Path
+
+    from slimlm.experiments.verdict import verdict
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "temperature-sampled" / "report.json"
+    report = json.loads(path.read_text())
+    lead, cache = (report["paired"]["arms"][n]["perplexity"] for n in ("t1", "t2-online"))
+    assert abs(lead["mean"]) < abs(cache["mean"])
+    said = verdict(report)[1]
+    assert said.startswith("The teacher cache's own effect at τ=2: the online control t2-online against the cached t2")
+    assert f"{100 * cache['mean']:+.1f} ± {100 * cache['std']:.1f}% (−−−, n=3)" in said and said.endswith(
+        "so it may be the cache's noise: inconclusive."
+    )
+    cache["mean"] = lead["mean"] / 2  # a cache that costs half the lead
+    assert "the lead is larger than the cache's own effect." in verdict(report)[1]
+    del report["paired"]["arms"]["t2-online"]
+    assert not verdict(report)[1].startswith("The teacher cache")

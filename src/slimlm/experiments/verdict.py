@@ -12,7 +12,7 @@ from slimlm.experiments import compare, pipeline_text
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import method_of
 from slimlm.experiments.columns import said
-from slimlm.experiments.control import controls, swept
+from slimlm.experiments.control import ONLINE, controls, swept
 from slimlm.experiments.paired import paired_cell, paired_differences
 from slimlm.experiments.stats import within_spread
 
@@ -35,7 +35,7 @@ def verdict(report: dict) -> list[str]:
     main = next((m for m in MAIN if any(m[0] in a["metrics"] for a in arms)), None)
     if main is None:
         return ["No arm measured perplexity or accuracy: no verdict."]
-    out = [best_sentence(arms, report, main)]
+    out = [best_sentence(arms, report, main), *cache_sentence(arms, report, main)]
     second = SECOND.get(report["kind"])
     if second and any(second[0] in a["metrics"] for a in arms):
         out.append(best_sentence(arms, report, second))
@@ -52,6 +52,30 @@ def best_sentence(arms: list[dict], report: dict, metric: tuple) -> str:
     scope = "Best point of the sweep" if controls(report["arms"]) else "Best"  # control arms are not points
     text = f"{scope} on {words}: {named}, {said(best['metrics'][key], key)}"
     return text + _versus(best, ranked[1:], report, key) + "."
+
+
+def cache_sentence(arms: list[dict], report: dict, metric: tuple) -> list[str]:
+    """With an online-teacher control (a sweep on the teacher cache), the cache's own effect at the control's τ
+    is the yardstick: a best arm that beats the cached control by no more than that may owe its lead to the
+    cache's noise, which changes with τ, rather than to the swept setting."""
+    key, _, higher, _ = metric
+    block = report["paired"] if "paired" in report else paired_differences(report["arms"], report)
+    online = next((a for a in controls(report["arms"]) if a.get("control") == ONLINE), None)
+    ranked = sorted((a for a in arms if key in a["metrics"]), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+    if not (block and online and ranked) or ranked[0]["name"] == block["against"]:
+        return []
+    cache = (block["arms"].get(online["name"]) or {}).get(key)
+    lead = (block["arms"].get(ranked[0]["name"]) or {}).get(key)
+    if not (cache and lead):
+        return []
+    if abs(lead["mean"]) > abs(cache["mean"]):
+        reading = "the lead is larger than the cache's own effect"
+    else:
+        reading = "the lead is no larger than the cache's own effect, so it may be the cache's noise: inconclusive"
+    return [
+        f"The teacher cache's own effect at {block['label']}: the online control {online['name']} against the "
+        f"cached {block['against']}, paired by seed: {paired_cell(cache)}; {reading}."
+    ]
 
 
 def _versus(best: dict, rest: list[dict], report: dict, key: str) -> str:
