@@ -8,10 +8,10 @@ same quiet minutes (--minutes): its steps are minutes x 60 / its quiet seconds a
 sequence-level arm gets the off-policy step count: the teacher's continuations are written once and cached,
 and their one-off time is recorded beside the arm, not charged to it.
 
-Each student is scored with `slimlm eval`'s protocol beside the teacher: test perplexity and accuracy (sotu),
+Each student is scored with `slimlm eval`'s protocol, as the teacher is (once): test perplexity and accuracy (sotu),
 general-text perplexity, and `--generation`: the teacher's per-token NLL of what the student writes after 32
 test prompts (sampled and greedy), distinct-2, rep-4, ROUGE-L against the teacher's own continuation, and the
-same after 32 general-text prompts (Wikipedia's test split).
+same after 32 general-text prompts (Wikipedia's test split), the teacher loaded to score (`--generation-scorer`).
 The on-policy arms use one divergence on the sampled tokens, picked first (--divergence-grid): each candidate
 trains the λ = 1 arm at seed 0 for the same quiet minutes, and the one whose samples the teacher finds likeliest
 (its per-token NLL of the student's sampled continuations of 32 *validation* prompts) wins; its run is reused
@@ -162,6 +162,9 @@ def run(args, results: dict, results_file: Path) -> None:
     student = initial_student(out, 0)
     arms = results.setdefault("arms", {})
     results.setdefault("protocol", {"minutes": args.minutes, "step_cost": cost, "demo": DEMO, "eval": EVAL})
+    if "teacher" not in results:  # measured once: each arm's eval below only loads it, to score the writing
+        results["teacher"] = scores(slimlm.evaluate([DEMO["teacher"]], **EVAL), DEMO["teacher"])
+        save(results_file, results)
     divergence = results.get("divergence")  # a resumed study keeps the divergence its finished arms used
     if divergence is None and any(a in ON_POLICY_ARMS for a in args.arms):
         divergence = pick_divergence(args, results, results_file, cost, student)
@@ -176,8 +179,7 @@ def run(args, results: dict, results_file: Path) -> None:
             else:
                 model = train(args, student, arm, seed, cost, divergence, name)
             record = json.loads((Path(model) / "slimlm.json").read_text())["training"]
-            report = slimlm.evaluate([DEMO["teacher"], str(model)], **EVAL)
-            results.setdefault("teacher", scores(report, DEMO["teacher"]))
+            report = slimlm.evaluate([str(model)], generation_scorer=DEMO["teacher"], **EVAL)
             arms[name] = {
                 "arm": arm,
                 "seed": seed,

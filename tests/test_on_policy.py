@@ -272,6 +272,22 @@ def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, t
     assert general["teacher_nll_greedy"] != other["teacher_nll_greedy"]
     out = capsys.readouterr().out
     assert f"generation {student}:" in out and f"generation, general text {student}:" in out
+    # the teacher as --generation-scorer alone: the student's writing scored the same, the teacher not measured
+    alone = slimlm.evaluate(
+        [str(student)],
+        data=str(text_dir),
+        window=32,
+        new_tokens=2,
+        repeats=1,
+        generation=3,
+        generation_tokens=8,
+        generation_scorer=str(tiny_teacher),
+    )
+    assert list(alone["results"]) == [str(student)]
+    scored = alone["results"][str(student)]["generation"]
+    assert scored["scored_by"] == str(tiny_teacher)
+    for key in ("teacher_nll_greedy", "rougeL_vs_teacher", "distinct_2"):
+        assert scored[key] == pytest.approx(other[key], abs=1e-6), key
 
 
 @pytest.mark.parametrize(
@@ -280,6 +296,8 @@ def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, t
         ({"generation": -1}, ["--generation", ">= 0"]),
         ({"generation_tokens": 0}, ["--generation-tokens", "positive integer"]),
         ({"dtype": "fp16"}, ["--dtype", "auto, fp32, bf16"]),
+        ({"generation_scorer": "smollm2-135m"}, ["--generation-scorer", "add --generation N"]),
+        ({"generation": 4, "runtime": "llama.cpp"}, ["--generation", "transformers", "--runtime llama.cpp"]),
     ],
 )
 def test_bad_eval_generation_and_dtype_settings(values, words):

@@ -136,7 +136,10 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
         (run_dir / "slimlm.json").write_text(json.dumps({"training": record}))
         return run_dir
 
+    evaluated = []
+
     def evaluate(models, **settings):
+        evaluated.append((models, settings.get("generation_scorer")))
         row = {"perplexity": 70.0, "accuracy": 0.25, "generation": {k: 1.0 for k in study.METRICS[3:8]}}
         return {"results": {m: {**row, "perplexity": 70.0 + len(m)} for m in models}}
 
@@ -158,6 +161,7 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
         },
     )()
     results_file = tmp_path / "out" / "results.json"
+    results_file.parent.mkdir()  # main() makes it
     results = {}
     study.run(args, results, results_file)
     assert trained == ["grid-forward", "grid-reverse", "off-policy-seed0", "off-policy-seed1", "on-policy 1-seed1"]
@@ -166,6 +170,10 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
     assert arms["on-policy 1-seed0"]["policy_divergence"] == "reverse" == arms["on-policy 1-seed1"]["policy_divergence"]
     assert arms["off-policy-seed0"]["policy_divergence"] is None
     assert arms["on-policy 1-seed0"]["test_perplexity"] == 70.0 + len(str(tmp_path / "out" / "arms" / "grid-reverse"))
+    # the teacher measured once, first; every arm scored by it without measuring it again
+    assert evaluated[0] == (["smollm2-135m"], None) and len(evaluated) == 5
+    assert all(len(models) == 1 and scorer == "smollm2-135m" for models, scorer in evaluated[1:])
     trained.clear()
+    evaluated.clear()
     study.run(args, json.loads(results_file.read_text()), results_file)
-    assert trained == []
+    assert trained == [] and evaluated == []

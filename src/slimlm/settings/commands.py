@@ -287,6 +287,13 @@ class EvalSettings(Settings):
     generation_tokens: int = option(
         64, "with --generation: tokens each model writes after a prompt", minimum=1, group=EVALUATION
     )
+    generation_scorer: str | None = option(
+        None,
+        "with --generation: the model that scores what each model writes, loaded for that alone (not measured); "
+        "default: the first model",
+        metavar="MODEL",
+        group=EVALUATION,
+    )
     lm_eval: str = option(
         "",
         "also run lm-evaluation-harness tasks (needs `pip install lm-eval` and a network)",
@@ -305,6 +312,10 @@ class EvalSettings(Settings):
                 "--tasks and --lm-eval run under transformers; drop them, or measure the .gguf without "
                 "--runtime llama.cpp"
             )
+        if self.generation_scorer and not self.generation:
+            raise SlimlmError("--generation-scorer scores what the models write: add --generation N (e.g. 32)")
+        if self.generation and self.runtime == "llama.cpp":
+            raise SlimlmError("--generation runs under transformers: drop it, or drop --runtime llama.cpp")
         if self.stride is not None and not 1 <= self.stride <= self.window:
             raise SlimlmError(
                 f"--window must be >= 2 and --stride in [1, window] (got window {self.window}, stride {self.stride})"

@@ -146,7 +146,8 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
     if tasks:
         result.update(run_tasks(model, tokenizer, tasks, data=s.data, n=s.task_items))
     if s.generation:
-        first.setdefault("reference", (spec, model))
+        if "reference" not in first:
+            first["reference"] = _scorer(s, first, decision) if s.generation_scorer else (spec, model)
         result["generation"] = _generation(s, model, first["reference"], splits.test, "test split")
         if general:
             where = f"{s.general_data} test split"
@@ -159,10 +160,18 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
 PROMPT_TOKENS = 64
 
 
+def _scorer(s: EvalSettings, first: dict, decision) -> tuple:
+    """(name, model) of --generation-scorer: loaded once, in the measured models' dtype, on their tokenizer."""
+    model, tokenizer, _ = load_model(s.generation_scorer, trust_remote_code=s.trust_remote_code)
+    check_same_tokenizer(first["tokenizer"], tokenizer)
+    log(f"generation scored by {s.generation_scorer} (loaded for that, not measured)")
+    return s.generation_scorer, model.to(torch.bfloat16) if decision.bf16 else model
+
+
 def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor, where: str) -> dict:
     """What `model` writes after --generation prompts spread evenly over `test` (the in-domain test split, or the
-    general text's), scored by the first model (eval/generation.py); the reference scored against itself gives
-    the floor of its NLL."""
+    general text's), scored by --generation-scorer or else the first model (eval/generation.py); the reference
+    scored against itself gives the floor of its NLL."""
     from slimlm.eval.generation import generation_metrics
 
     if len(test) < PROMPT_TOKENS * s.generation:
