@@ -150,6 +150,34 @@ def test_distill_on_policy_end_to_end(tiny_teacher, text_dir, capsys):
     assert "data_tokens" not in record["training"]  # fresh samples on every due step: every data block trained
 
 
+def test_an_interrupted_on_policy_run_resumes_to_the_same_weights_and_counts(tiny_teacher, text_dir):
+    """The checkpoint keeps the sampler's counters and the stored rollout a reuse step trains on again."""
+    common = dict(
+        teacher=str(tiny_teacher),
+        data=str(text_dir),
+        keep_layers="0,3",
+        max_steps=6,
+        save_steps=3,
+        on_policy=1.0,
+        rollout_reuse=2,
+        continuation_tokens=8,
+        **FAST,
+    )
+    straight = slimlm.distill(out="straight", **common)
+    stage = slimlm.distill(out="interrupted", stop_after=3, **common)
+    assert (stage / "checkpoints" / "checkpoint-3" / "on-policy-rollout-0.safetensors").is_file()
+    resumed = slimlm.distill(out="interrupted", resume=True, **common)
+    from safetensors.torch import load_file
+
+    a, b = load_file(f"{straight}/model.safetensors"), load_file(f"{resumed}/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    facts = [json.loads(open(f"{run}/slimlm.json").read())["training"]["on_policy"] for run in (straight, resumed)]
+    for key in ("rollouts", "reused_batches", "reused_tokens", "tokens_sampled"):
+        assert facts[0][key] == facts[1][key], key
+    assert facts[1]["rollouts"] == 3 and facts[1]["reused_batches"] == 3
+
+
 def test_reused_rollouts_are_counted_apart_from_the_data_trained(tiny_teacher, text_dir):
     slimlm.distill(
         teacher=str(tiny_teacher),
@@ -168,10 +196,15 @@ def test_reused_rollouts_are_counted_apart_from_the_data_trained(tiny_teacher, t
     assert training["tokens"] == 4 * block and training["data_tokens"] == 2 * block
 
 
-def test_policy_parts_are_averaged_over_the_due_steps_only(tiny_teacher, text_dir):
-    """A log covering two steps, one of them on-policy, shows that step's policy parts, not half of them."""
+@pytest.mark.parametrize("batch_size,grad_accum", [(2, 1), (1, 2)])
+def test_policy_parts_are_averaged_over_the_due_steps_only(tiny_teacher, text_dir, batch_size, grad_accum):
+    """A log covering two steps, one of them on-policy, shows that step's policy parts, not half of them (with
+    gradient accumulation too: each of the step's micro-batches carries them)."""
     base = dict(teacher=str(tiny_teacher), data=str(text_dir), keep_layers="0,3", max_steps=4, on_policy=0.5)
-    fast = {k: v for k, v in FAST.items() if k != "logging_steps"}
+    fast = {k: v for k, v in FAST.items() if k != "logging_steps"} | {
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+    }
     slimlm.distill(**base, continuation_tokens=8, logging_steps=1, out="each", **fast)
     slimlm.distill(**base, continuation_tokens=8, logging_steps=2, out="pairs", **fast)
 
@@ -288,6 +321,30 @@ def test_eval_generation_scores_what_each_model_writes(tiny_teacher, text_dir, t
     assert scored["scored_by"] == str(tiny_teacher)
     for key in ("teacher_nll_greedy", "rougeL_vs_teacher", "distinct_2"):
         assert scored[key] == pytest.approx(other[key], abs=1e-6), key
+    # the scorer listed as a measured model too: loaded once, its own writing scored as before
+    both = slimlm.evaluate(
+        [str(tiny_teacher), str(student)],
+        data=str(text_dir),
+        window=32,
+        new_tokens=2,
+        repeats=1,
+        generation=3,
+        generation_tokens=8,
+        generation_scorer=str(tiny_teacher),
+    )
+    assert both["results"][str(tiny_teacher)]["generation"]["rougeL_vs_teacher"] == 1.0
+
+
+def test_a_generation_scorer_with_another_tokenizer_is_refused_before_measuring(
+    tiny_teacher, metaspace_tokenizer, text_dir, tmp_path, capsys
+):
+    from conftest import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other", metaspace_tokenizer)
+    flags = ["--data", text_dir, "--generation", 3, "--generation-scorer", other]
+    code, err = run_cli(capsys, "eval", tiny_teacher, *flags)
+    assert_one_line_error(code, err, "uses another tokenizer than --generation-scorer", "separate `slimlm eval`")
+    assert not any("perplexity" in line for line in err[:-1])  # refused before the model was measured
 
 
 @pytest.mark.parametrize(

@@ -83,6 +83,8 @@ def _check_before_measuring(s: EvalSettings, harness: list[str], general: bool) 
 def _measure_models(s: EvalSettings, decision, tasks, harness: list[str], general: bool) -> tuple[dict, dict | None]:
     """(each model's metrics by its name, the test split's record), every model on the first one's split."""
     results, first = {}, {}
+    if s.generation and s.generation_scorer and s.runtime == "transformers":
+        first["reference"] = _scorer(s, first, decision)  # loaded first: a bad name fails before hours of measuring
     for spec in s.models:
         if s.runtime == "llama.cpp":
             results[str(spec)] = _measure_gguf(s, spec, first)
@@ -91,19 +93,32 @@ def _measure_models(s: EvalSettings, decision, tasks, harness: list[str], genera
     return results, first["splits"].info if first else None
 
 
-def _test_split(s: EvalSettings, tokenizer, first: dict):
+def _test_split(s: EvalSettings, tokenizer, first: dict, spec):
     """The data split with the first model's tokenizer (kept in `first`); every later model must share it."""
-    if not first:
+    if "reference" in first and s.generation_scorer:
+        _same_tokenizer(first["scorer_tokenizer"], tokenizer, f"--generation-scorer {s.generation_scorer}", spec)
+    if "splits" not in first:
         first["tokenizer"], first["splits"] = tokenizer, prepare_data(s.data, tokenizer, s.window)
         log(first["splits"].summary())
     else:
-        check_same_tokenizer(first["tokenizer"], tokenizer)
+        _same_tokenizer(first["tokenizer"], tokenizer, f"the first model {s.models[0]}", spec)
     return first["splits"]
+
+
+def _same_tokenizer(reference, tokenizer, whose: str, spec) -> None:
+    """Every model is scored on the same token ids, so all must share one tokenizer: said for eval."""
+    try:
+        check_same_tokenizer(reference, tokenizer)
+    except SlimlmError:
+        raise SlimlmError(
+            f"{spec} uses another tokenizer than {whose}: eval scores every model on the same token ids; "
+            "evaluate it in a separate `slimlm eval` run"
+        ) from None
 
 
 def _measure_gguf(s: EvalSettings, spec, first: dict) -> dict:
     """A .gguf file's metrics under llama.cpp."""
-    splits = _test_split(s, gguf_tokenizer(spec), first)
+    splits = _test_split(s, gguf_tokenizer(spec), first, spec)
     log(f"evaluating {spec} under llama.cpp")
     return llama_cpp.measure_gguf(
         spec,
@@ -120,8 +135,11 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
     """A model's metrics under transformers, with general text, the offline tasks and lm-eval when asked."""
     from slimlm.eval.tasks import lm_eval_tasks, run_tasks  # transformers: not at `import slimlm`
 
-    model, tokenizer, model_dir = load_model(spec, trust_remote_code=s.trust_remote_code)
-    splits = _test_split(s, tokenizer, first)
+    if s.generation_scorer == str(spec) and "reference" in first:  # the scorer is measured too: loaded once
+        model, tokenizer, model_dir = first["reference"][1], first["scorer_tokenizer"], first["scorer_dir"]
+    else:
+        model, tokenizer, model_dir = load_model(spec, trust_remote_code=s.trust_remote_code)
+    splits = _test_split(s, tokenizer, first, spec)
     if decision.bf16:
         model = model.to(torch.bfloat16)
     log(f"evaluating {spec}")
@@ -146,8 +164,7 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
     if tasks:
         result.update(run_tasks(model, tokenizer, tasks, data=s.data, n=s.task_items))
     if s.generation:
-        if "reference" not in first:
-            first["reference"] = _scorer(s, first, decision) if s.generation_scorer else (spec, model)
+        first.setdefault("reference", (spec, model))
         result["generation"] = _generation(s, model, first["reference"], splits.test, "test split")
         if general:
             where = f"{s.general_data} test split"
@@ -161,10 +178,11 @@ PROMPT_TOKENS = 64
 
 
 def _scorer(s: EvalSettings, first: dict, decision) -> tuple:
-    """(name, model) of --generation-scorer: loaded once, in the measured models' dtype, on their tokenizer."""
-    model, tokenizer, _ = load_model(s.generation_scorer, trust_remote_code=s.trust_remote_code)
-    check_same_tokenizer(first["tokenizer"], tokenizer)
-    log(f"generation scored by {s.generation_scorer} (loaded for that, not measured)")
+    """(name, model) of --generation-scorer, in the measured models' dtype; its tokenizer kept in `first` so every
+    measured model is checked against it before it is measured."""
+    model, tokenizer, model_dir = load_model(s.generation_scorer, trust_remote_code=s.trust_remote_code)
+    first["scorer_tokenizer"], first["scorer_dir"] = tokenizer, model_dir
+    log(f"generation scored by {s.generation_scorer} (loaded for that; measured only if listed)")
     return s.generation_scorer, model.to(torch.bfloat16) if decision.bf16 else model
 
 

@@ -18,14 +18,20 @@ data blocks (slimlm.json counts those tokens apart: `reused_tokens`, and the run
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from slimlm.eval.decode import sample_continuations
 from slimlm.losses import IGNORE_INDEX
+
+COUNTERS_FILE = "on-policy.json"  # in a checkpoint: OnPolicy's counters
+ROLLOUT_FILE = "on-policy-rollout-{rank}.safetensors"  # in a checkpoint: a rank's stored rollout (--rollout-reuse)
 
 
 @dataclass
@@ -94,6 +100,31 @@ class OnPolicy:
         if "labels" in inputs:
             out["labels"] = new_ids.clone()
         return out
+
+    COUNTERS = ("seconds", "rollouts", "reused", "reused_tokens", "tokens", "_due_seen")
+
+    def save(self, folder: Path, rank: int) -> None:
+        """Into a checkpoint: the counters (rank 0) and this rank's stored rollout, so a resumed run trains on
+        what an uninterrupted one would and its record counts the whole run."""
+        if rank == 0:
+            (folder / COUNTERS_FILE).write_text(json.dumps({name: getattr(self, name) for name in self.COUNTERS}))
+        if self._stored:
+            tensors = {f"{i}.{k}": v.contiguous() for i, b in enumerate(self._stored) for k, v in b.items()}
+            save_file(tensors, folder / ROLLOUT_FILE.format(rank=rank))
+
+    def load(self, folder: Path, rank: int) -> None:
+        """What `save` kept, from a checkpoint (one written before on-policy counters were kept: nothing)."""
+        if (folder / COUNTERS_FILE).is_file():
+            state = json.loads((folder / COUNTERS_FILE).read_text())
+            for name in self.COUNTERS:
+                setattr(self, name, type(getattr(self, name))(state.get(name, getattr(self, name))))
+        rollout = folder / ROLLOUT_FILE.format(rank=rank)
+        if rollout.is_file():
+            stored: dict[int, dict] = {}
+            for key, value in load_file(str(rollout)).items():
+                i, name = key.split(".", 1)
+                stored.setdefault(int(i), {})[name] = value
+            self._stored = [stored[i] for i in sorted(stored)]
 
     def record(self) -> dict:
         """What slimlm.json records of the on-policy part of a run."""

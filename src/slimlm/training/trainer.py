@@ -139,7 +139,8 @@ class DistillTrainer(Trainer):
         if self._parts_count and "loss" in logs:
             # each part was normalised by the whole step's tokens (all ranks), so summing micro-batches and
             # ranks gives the step mean; a part present on some steps only (kd_policy, nll_policy on the due
-            # steps) is the mean over those steps. Every rank logs at the same step, so the sum cannot hang.
+            # steps) is the mean over those steps (still over the step's tokens: the sampled rows are C of each
+            # block's). Every rank logs at the same step, so the sum cannot hang.
             accumulation = max(1, self.args.gradient_accumulation_steps)
             keys = sorted(self._parts)
             totals = (
@@ -190,6 +191,12 @@ class DistillTrainer(Trainer):
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)  # FSDP: its own whole-module checkpoint
 
+    def _load_rng_state(self, checkpoint):  # called once on resume, before the first step: the sampler's state too
+        super()._load_rng_state(checkpoint)
+        if self.on_policy is not None and checkpoint:
+            self.on_policy.load(Path(checkpoint), self.args.process_index)
+            self._sampling_mark = (time.perf_counter(), self.on_policy.seconds)
+
     # ---- atomic checkpoints: save into checkpoints/.saving/, then commit (record + rename) on rank 0
     _saving_checkpoint = False
 
@@ -208,6 +215,8 @@ class DistillTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._saving_checkpoint = False
+        if self.on_policy is not None:  # before the barrier below: rank 0 commits every rank's files
+            self.on_policy.save(run_dir / SAVING_DIR / name, self.args.process_index)
         self.accelerator.wait_for_everyone()  # every rank has written its part (at least its RNG state)
         if self.args.should_save:
             commit_checkpoint(run_dir / SAVING_DIR / name, run_dir / name, self.state.global_step)
