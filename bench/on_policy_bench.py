@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+if str(Path(__file__).resolve().parent) not in sys.path:  # the bench folder's shared modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_settings import timed_distill  # noqa: E402
 
 ARMS = {  # name -> distill settings on top of the demo's

@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+if str(Path(__file__).resolve().parent) not in sys.path:  # the bench folder's shared modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_settings import DEMO  # noqa: E402
 
 EVAL = {"data": "sotu", "repeats": 1, "new_tokens": 8, "generation": 32, "generation_tokens": 64}

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench folder's shared modules
+if str(Path(__file__).resolve().parent) not in sys.path:  # the bench folder's shared modules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_settings import DEMO, timed_distill  # noqa: E402
 
 

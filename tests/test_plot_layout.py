@@ -222,3 +222,15 @@ def test_the_frontier_fits_its_perplexity_axis_to_the_distilled_students(tmp_pat
         assert low > 20 and high < 100  # the teacher (28.7) in view, the starting students (448-1050) not
         depth, width = (ax.transData.transform((1, y))[1] for y in (63.9, 69.8))
         assert width - depth > 20  # pixels
+
+
+def test_panels_wrap_at_three_a_row():
+    """A six-panel sweep is two rows of three (one row of six is unreadable on a page); fewer stay in one row."""
+    from slimlm.experiments.figures import figure
+
+    fig, axes = figure(6)
+    rows = sorted({round(ax.get_subplotspec().rowspan.start) for ax in axes})
+    cols = sorted({round(ax.get_subplotspec().colspan.start) for ax in axes})
+    assert (rows, cols) == ([0, 1], [0, 1, 2]) and fig.get_figwidth() == pytest.approx(3 * 4.6)
+    fig, axes = figure(2)
+    assert {ax.get_subplotspec().rowspan.start for ax in axes} == {0} and fig.get_figheight() == pytest.approx(3.8)

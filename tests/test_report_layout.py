@@ -153,3 +153,23 @@ def test_a_sweep_on_the_cache_weighs_its_lead_against_the_cache_s_own_effect():
     assert "the lead is larger than the cache's own effect." in verdict(report)[1]
     del report["paired"]["arms"]["t2-online"]
     assert not verdict(report)[1].startswith("The teacher cache")
+    report = json.loads(path.read_text())
+    for arm in report["arms"]:  # the cached control itself best: no lead to weigh
+        if arm["name"] not in ("t2", "t2-online"):
+            arm["metrics"]["perplexity"]["mean"] = 1e3
+    assert verdict(report)[0].startswith("Best point of the sweep on test perplexity: **t2**")
+    assert not any(line.startswith("The teacher cache") for line in verdict(report))
+
+
+def test_a_report_json_too_old_to_draw_from_keeps_its_plots(tmp_path, capsys):
+    run = with_control_at(make_run(tmp_path / "run", "temperature"), 1.0)
+    rep.write_report(run)
+    old = json.loads((run / "report.json").read_text())
+    for arm in old["arms"]:
+        for metric in arm["metrics"].values():
+            del metric["values"]  # each seed's dot on the plots; the pages print means and spreads
+    (run / "report.json").write_text(json.dumps(old))
+    before = (run / "plots" / "temperature.png").read_bytes()
+    rerender(run)
+    assert (run / "plots" / "temperature.png").read_bytes() == before and (run / "report.md").is_file()
+    assert "plots kept as they were" in capsys.readouterr().err

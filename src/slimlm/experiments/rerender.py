@@ -35,14 +35,28 @@ def rerender(folder) -> dict:
     report["verdict"] = verdict(report)
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=folder))
     try:
-        # what the plotters read of the experiment's spec, report.json keeps
-        spec = {key: report[key] for key in ("kind", "parameter", "protocol") if key in report}
-        report["plots"] = draw_plots(report, spec, tmp / "plots")
+        _redraw(report, folder, tmp)
         write_files(report, tmp)
         install(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
+
+
+def _redraw(report: dict, folder: Path, tmp: Path) -> None:
+    """The plots drawn again into tmp/plots; a report.json too old to draw from keeps the plots it has."""
+    spec = {key: report[key] for key in ("kind", "parameter", "protocol") if key in report}  # what plotters read
+    try:
+        report["plots"] = draw_plots(report, spec, tmp / "plots")
+    except (KeyError, ValueError, TypeError) as exc:
+        shutil.rmtree(tmp / "plots", ignore_errors=True)
+        if (folder / "plots").is_dir():
+            shutil.copytree(folder / "plots", tmp / "plots")
+        print(
+            f"{folder}: plots kept as they were (report.json lacks what they need: {exc!r}); "
+            "`slimlm report RUN_DIR --force` draws them from the run folder",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +72,7 @@ def main(argv: list[str]) -> int:
         except (ValueError, KeyError, TypeError, OSError) as exc:  # a damaged report.json, an unwritable folder
             print(f"error: {Path(folder) / 'report.json'}: cannot render it again ({exc!r})", file=sys.stderr)
             return 1
-        print(f"rewrote {Path(folder) / 'report.md'} and report.html")
+        print(f"rewrote {Path(folder) / 'report.md'}, report.html, report.json and plots/")
     return 0
 
 
