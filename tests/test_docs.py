@@ -280,3 +280,45 @@ def test_figure_3_page_and_verdict_quote_the_report():
     assert f"{_percent(lora)} ({lora['signs']})" in page and f"{_percent(lora)} ({lora['signs']})" in verdicts
     assert f"LoRA {_percent(lora).split(' ')[0]}%" in readme
     assert f"{rr['lora']['decode_ratio']:.2f}× against {rr['full']['decode_ratio']:.2f}×" in readme
+
+
+def _quoted(metric: dict, decimals: int, scale: float = 1.0) -> str:
+    """mean ± std, or the mean alone where one seed has finished (no spread yet)."""
+    if metric.get("std") is None:
+        return f"{metric['mean'] * scale:.{decimals}f}"
+    return _spread(metric, decimals, scale)
+
+
+def _paired(d: dict) -> str:
+    sign = "−" if d["mean"] < 0 else "+"
+    spread = f" ± {100 * d['std']:.1f}" if d.get("std") is not None else ""
+    return f"{sign}{abs(100 * d['mean']):.1f}{spread}% ({d['signs']})"
+
+
+def test_figure_2_page_quotes_the_report():
+    """The feature-layer study's page: each finished arm's seeds, perplexity, paired difference against the
+    logit-only control, accuracy and general-text perplexity, and the picked β, as report.json has them."""
+    report = _report("feature-layer")
+    page = (ROOT / "docs" / "results" / "feature-layer" / "README.md").read_text(encoding="utf-8")
+    paired = report["paired"]["arms"]
+    finished = [arm for arm in report["arms"] if arm["metrics"]]
+    assert len(finished) >= 7
+    for arm in finished:
+        m, cells = arm["metrics"], _table_row(page, arm["label"])
+        assert cells[2] == str(m["perplexity"]["n"]) and cells[3] == _quoted(m["perplexity"], 2), arm["name"]
+        assert cells[5] == _quoted(m["accuracy"], 2, 100) and cells[6] == _quoted(m["general_perplexity"], 2)
+        if arm["name"] in paired:
+            assert cells[4] == _paired(paired[arm["name"]]["perplexity"]), arm["name"]
+    grid = report["validation_grids"]["weight-grid"]
+    scores = ", ".join(f"β = {b} {p:.2f}" for b, p in grid["scores"]["layer15"].items())
+    assert scores in " ".join(page.split()) and f"picked β = {grid['picked']['layer15']:g}" in page
+    verdicts = (ROOT / "docs" / "experiments.md").read_text(encoding="utf-8").split("## The studies")[0]
+    row = next(line for line in verdicts.splitlines() if line.startswith("| Figure 2"))
+    seeds = min(arm["metrics"]["perplexity"]["n"] for arm in finished)
+    middle = paired["layer15"]["perplexity"]
+    assert f"{seeds} of 3" in row and f"({_paired(middle).split(' (')[0]})" in row
+    worst = max(abs(paired[a]["perplexity"]["mean"]) for a in ("layer2", "layer8", "layer15", "layer22", "layer30"))
+    assert (
+        f"within ±{100 * worst:.1f}% of logit-only" in row
+        and f"β picked on validation is {grid['picked']['layer15']:g}" in row
+    )
