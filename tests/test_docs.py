@@ -316,7 +316,7 @@ def test_figure_2_page_quotes_the_report():
     row = next(line for line in verdicts.splitlines() if line.startswith("| Figure 2"))
     seeds = min(arm["metrics"]["perplexity"]["n"] for arm in finished)
     middle = paired["layer15"]["perplexity"]
-    assert f"{seeds} of 3" in row and f"({_paired(middle).split(' (')[0]})" in row
+    assert f"{seeds} of 3" in row and f"({_paired(middle).split(' (')[0]}" in row
     worst = max(abs(paired[a]["perplexity"]["mean"]) for a in ("layer2", "layer8", "layer15", "layer22", "layer30"))
     assert (
         f"within ±{100 * worst:.1f}% of logit-only" in row
