@@ -149,7 +149,9 @@ class DistillTrainer(Trainer):
                 else [self._parts[k] for k in keys]
             )
             for key, value in zip(keys, totals):
-                logs[key] = round(value / max(1, self._parts_count[key] // accumulation), 4)
+                # six significant digits, not a fixed number of decimals: a sampled-cache KD estimate near
+                # zero must not be logged as exactly 0
+                logs[key] = float(f"{value / max(1, self._parts_count[key] // accumulation):.6g}")
             self._parts.clear()
             self._parts_count.clear()
         if self.on_policy is not None and "loss" in logs:
