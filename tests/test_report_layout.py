@@ -93,6 +93,25 @@ def test_verdict_follows_the_data(tmp_path, monkeypatch):
     assert "**t2**" in first and "(−+−, n=3)" in first and "the seeds disagree in sign: within the seed spread" in first
 
 
+def test_a_partial_run_is_ranked_on_the_seeds_every_arm_has(tmp_path):
+    """Mid-run, arms have different seeds: t2 leads by its mean over three seeds only because its seeds 1 and 2
+    are low, while on seed 0, the one every arm has, it is the worst; the verdict must rank on seed 0."""
+    others = [n for n, *_ in ARMS["temperature"] if n != "t2"]
+    run = make_run(tmp_path / "run", "temperature", skip={(n, s) for n in others for s in (1, 2)})
+    for seed, ppl in ((0, 100.0), (1, 1.0), (2, 1.0)):
+        record = json.loads(result_file(run, "t2", seed).read_text())
+        record["metrics"]["perplexity"] = ppl
+        result_file(run, "t2", seed).write_text(json.dumps(record))
+    report = build(run)
+    t2 = next(a for a in report["arms"] if a["name"] == "t2")["metrics"]["perplexity"]
+    assert t2["mean"] == 34.0  # the best mean of all, on seeds no other arm has
+    first = report["verdict"][0]
+    assert first.startswith("Best on test perplexity (ranked on seed 0, the one every arm has): **t1** (τ=1), ")
+    assert "Best by perplexity here: τ=1" in report["verdict"][1]
+    finished = build(make_run(tmp_path / "all", "temperature"))["verdict"][0]
+    assert "ranked on" not in finished  # every arm has every seed: nothing to say
+
+
 def test_verdict_when_the_control_wins_when_there_is_none_and_for_a_pipeline(tmp_path):
     ft = build(make_run(tmp_path / "ft", "finetune"))["verdict"]
     assert ft[0].startswith("Best on test perplexity: **full**, ") and "it is the study's control" in ft[0]

@@ -19,7 +19,7 @@ from slimlm.experiments.control import control_sentences, is_control, swept
 from slimlm.experiments.datamix import data_sentences
 from slimlm.experiments.frontier import no_counterpart
 from slimlm.experiments.pipeline_text import pipeline_sentences
-from slimlm.experiments.stats import shape, spearman, within_spread
+from slimlm.experiments.stats import ranked, shape, spearman, within_spread
 
 # Our metric, the paper's matching key, higher is better, words.
 COMPARED = [
@@ -98,7 +98,7 @@ def best_sentences(arms, spec, key, pkey, higher, words) -> list[str]:
 
 
 def _best_first(arms, key, higher) -> list[dict]:
-    return sorted(_with(arms, key), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+    return ranked(arms, key, higher)
 
 
 def paper_best(arms, spec, key, pkey, higher, words) -> str | None:

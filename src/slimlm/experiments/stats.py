@@ -54,6 +54,44 @@ def summarize_block(results: list[dict], block: str) -> dict:
     return {k: s for k in keys if (s := summarize([(r.get("seed"), b.get(k)) for r, b in zip(results, blocks)]))}
 
 
+def common_seeds(arms: list[dict], key: str) -> list[int]:
+    """The seeds every arm measured `key` on: a partial run's arms have different seed sets."""
+    summaries = [a["metrics"][key] for a in arms if key in a["metrics"]]
+    if not summaries or not all("seeds" in m and "values" in m for m in summaries):
+        return []  # an older report.json keeps means only
+    return sorted(set.intersection(*(set(m["seeds"]) for m in summaries)))
+
+
+def ranked(arms: list[dict], key: str, higher: bool) -> list[dict]:
+    """The arms that measured `key`, best first. Means over different seed sets are not comparable (one seed
+    can move a mean more than the arms differ), so arms are ranked on their mean over the seeds they all have;
+    with no seed in common, on their own means."""
+    measured = [a for a in arms if key in a["metrics"]]
+    common = common_seeds(measured, key)
+
+    def score(arm: dict) -> float:
+        m = arm["metrics"][key]
+        if not common or m["seeds"] == common:
+            return m["mean"]
+        values = [v for s, v in zip(m["seeds"], m["values"]) if s in common]
+        return sum(values) / len(values)
+
+    return sorted(measured, key=score, reverse=higher)
+
+
+def ranked_on(arms: list[dict], key: str) -> str:
+    """'' when every arm has the same seeds; otherwise the words saying which seeds the ranking used."""
+    common = common_seeds(arms, key)
+    if not common or all(a["metrics"][key]["seeds"] == common for a in arms if key in a["metrics"]):
+        return ""
+    seeds = ", ".join(map(str, common))
+    return (
+        f" (ranked on seeds {seeds}, the ones every arm has)"
+        if len(common) > 1
+        else f" (ranked on seed {seeds}, the one every arm has)"
+    )
+
+
 def within_spread(a: dict, b: dict) -> bool | None:
     """Whether mean ± 1 std of two summaries overlap; None when either has one seed (spread unknown)."""
     if a["std"] is None or b["std"] is None:

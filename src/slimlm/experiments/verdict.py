@@ -8,13 +8,12 @@ written in advance, so a report.json alone can be rendered again with it (rerend
 
 from __future__ import annotations
 
-from slimlm.experiments import compare, pipeline_text
+from slimlm.experiments import compare, pipeline_text, stats
 from slimlm.experiments import paper as paper_data
 from slimlm.experiments.axis import method_of
 from slimlm.experiments.columns import said
 from slimlm.experiments.control import ONLINE, controls, swept
 from slimlm.experiments.paired import paired_cell, paired_differences
-from slimlm.experiments.stats import within_spread
 
 # (our key, the paper's key, higher is better, words): the main metric first, the fallback where it is missing.
 MAIN = (
@@ -45,12 +44,12 @@ def verdict(report: dict) -> list[str]:
 def best_sentence(arms: list[dict], report: dict, metric: tuple) -> str:
     """The best arm on one metric, then how far it is from the control (or, with none, the runner-up)."""
     key, _, higher, words = metric
-    ranked = sorted((a for a in arms if key in a["metrics"]), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+    ranked = stats.ranked(arms, key, higher)
     best = ranked[0]
     label = best["label"]
     named = f"**{best['name']}**" + (f" ({label})" if label != best["name"] else "")
     scope = "Best point of the sweep" if controls(report["arms"]) else "Best"  # control arms are not points
-    text = f"{scope} on {words}: {named}, {said(best['metrics'][key], key)}"
+    text = f"{scope} on {words}{stats.ranked_on(arms, key)}: {named}, {said(best['metrics'][key], key)}"
     return text + _versus(best, ranked[1:], report, key) + "."
 
 
@@ -61,7 +60,7 @@ def cache_sentence(arms: list[dict], report: dict, metric: tuple) -> list[str]:
     key, _, higher, _ = metric
     block = report["paired"] if "paired" in report else paired_differences(report["arms"], report)
     online = next((a for a in controls(report["arms"]) if a.get("control") == ONLINE), None)
-    ranked = sorted((a for a in arms if key in a["metrics"]), key=lambda a: a["metrics"][key]["mean"], reverse=higher)
+    ranked = stats.ranked(arms, key, higher)
     if not (block and online and ranked) or ranked[0]["name"] == block["against"]:
         return []
     cache = (block["arms"].get(online["name"]) or {}).get(key)
@@ -95,7 +94,7 @@ def _versus(best: dict, rest: list[dict], report: dict, key: str) -> str:
         None: "one seed per arm, so the seed spread is unknown",
         True: "within the seed spread",
         False: "beyond the seed spread",
-    }[within_spread(best["metrics"][key], second["metrics"][key])]
+    }[stats.within_spread(best["metrics"][key], second["metrics"][key])]
     return f"; the runner-up {second['name']} has {said(second['metrics'][key], key)}: {state}"
 
 
