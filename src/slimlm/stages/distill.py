@@ -234,6 +234,7 @@ def _measure_after(run: _Run, trained, after, before: dict, held_out, precision)
 def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, precision, start_time: float) -> dict:
     """slimlm.json: the settings, the models and data, what training did and the metrics before and after."""
     settings, steps, cached = run.settings, run.plan, signal.cached
+    tokens = trained.steps * steps.per_step * settings.block_size
     return {
         "stage": "distill",
         "teacher": settings.teacher,
@@ -247,7 +248,7 @@ def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, prec
         "cross_tokenizer": signal.cross_info,
         "training": {
             "steps": trained.steps,
-            "tokens": trained.steps * steps.per_step * settings.block_size,
+            "tokens": tokens,
             "planned_steps": steps.steps,
             "planned_tokens": len(run.blocks) * settings.block_size,
             "time_budget": trained.budget,
@@ -256,7 +257,7 @@ def _record(run: _Run, signal: _Signal, trained, before: dict, after: dict, prec
             "teacher_cache": bool(cached),
             "teacher_cache_storage": cached.storage() if cached else None,
             **({"on_policy": signal.on_policy.record()} if signal.on_policy else {}),
-            **_data_tokens(trained.steps * steps.per_step * settings.block_size, signal.on_policy, steps.world),
+            **_data_tokens(tokens, signal.on_policy, steps.world),
             **({"teacher_generated": signal.teacher_generated} if signal.teacher_generated else {}),
             "processes": steps.world,
             "log": trained.log,
