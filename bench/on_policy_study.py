@@ -17,7 +17,7 @@ trains the λ = 1 arm at seed 0 for the same quiet minutes, and the one whose sa
 (its per-token NLL of the student's sampled continuations of 32 *validation* prompts) wins; its run is reused
 as seed 0 of "on-policy 1". Resumable: an arm whose result is in --out/results.json is skipped. Writes
 results.json after every arm and table.md with each arm's mean over seeds and its paired difference by seed
-against the off-policy arm.
+against the off-policy arm, and paired.png, those differences drawn a dot a seed.
 
     python bench/on_policy_study.py --out runs/on-policy --step-cost docs/results/on-policy/step-cost.json
 """
@@ -219,18 +219,76 @@ def table(results: dict) -> str:
         picked = results["divergence_grid"]
         nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
         lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
-    lines += ["", "Paired by seed against off-policy (arm − off-policy; every seed's value):", ""]
-    for arm in names[1:]:
-        for key in ("test_perplexity", "teacher_nll_sampled", "teacher_nll_greedy"):
-            diffs = [
-                arms[f"{arm}-seed{s}"][key] - arms[f"off-policy-seed{s}"][key]
-                for s in sorted({r["seed"] for r in arms.values()})
-                if f"{arm}-seed{s}" in arms and f"off-policy-seed{s}" in arms
-            ]
-            if diffs:
+    lines += [
+        "",
+        "Paired by seed against off-policy (arm − off-policy, perplexity relative; every seed's value):",
+        "",
+    ]
+    for arm in [a for a in names if a != "off-policy"]:
+        for key, _, _ in PAIRED:
+            diffs = [d for _, d in paired_by_seed(results, arm, key)]
+            if diffs and key == "test_perplexity":
+                each = ", ".join(f"{100 * d:+.1f}%" for d in diffs)
+                lines.append(f"- {arm}, {key}: mean {100 * statistics.mean(diffs):+.1f}% ({each})")
+            elif diffs:
                 each = ", ".join(f"{d:+.3f}" for d in diffs)
                 lines.append(f"- {arm}, {key}: mean {statistics.mean(diffs):+.3f} ({each})")
     return "\n".join(lines) + "\n"
+
+
+# the paired differences the table lists and the plot draws: (key, words, lower is better)
+PAIRED = (
+    ("test_perplexity", "test perplexity (sotu)", True),
+    ("teacher_nll_sampled", "teacher NLL of its samples (sotu)", True),
+    ("teacher_nll_greedy", "teacher NLL of its greedy text (sotu)", True),
+    ("general_teacher_nll_sampled", "teacher NLL of its samples (general text)", True),
+    ("rougeL_vs_teacher", "ROUGE-L against the teacher's text (sotu)", False),
+    ("rep_4", "rep-4: repeated 4-grams (sotu)", True),
+)
+
+
+def paired_by_seed(results: dict, arm: str, key: str) -> list[tuple[int, float]]:
+    """(seed, arm − off-policy) for every seed both arms have; perplexity as a relative difference."""
+    arms = results.get("arms", {})
+    out = []
+    for seed in sorted({r["seed"] for r in arms.values()}):
+        a, off = arms.get(f"{arm}-seed{seed}"), arms.get(f"off-policy-seed{seed}")
+        if a and off and a.get(key) is not None and off.get(key) is not None:
+            diff = a[key] / off[key] - 1 if key == "test_perplexity" else a[key] - off[key]
+            out.append((seed, diff))
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    """One panel a metric: each arm's difference from the off-policy arm of the same seed (a dot a seed, a bar at
+    their mean), so a reader sees at once whether every seed agrees; the better side is named on each panel."""
+    from matplotlib.figure import Figure
+
+    names = [a for a in ARMS if a != "off-policy" and any(r["arm"] == a for r in results.get("arms", {}).values())]
+    fig = Figure(figsize=(13, 7), layout="constrained")
+    for ax, (key, words, lower) in zip(fig.subplots(2, 3).flat, PAIRED):
+        for i, arm in enumerate(names):
+            pairs = paired_by_seed(results, arm, key)
+            scale = 100 if key == "test_perplexity" else 1
+            values = [d * scale for _, d in pairs]
+            if values:
+                ax.bar(i, statistics.mean(values), color=f"C{i}", alpha=0.4)
+                ax.scatter([i] * len(values), values, color=f"C{i}", zorder=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(names)), labels=names, fontsize=8)
+        unit = "%" if key == "test_perplexity" else ""
+        ax.set_ylabel(
+            f"arm − off-policy{' (' + unit + ')' if unit else ''}; {'lower' if lower else 'higher'} is better"
+        )
+        ax.set_title(words, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    minutes = (results.get("protocol") or {}).get("minutes")
+    fig.suptitle(
+        "Paired by seed against off-policy KD"
+        + (f", {minutes:g} quiet minutes of training each" if minutes else "")
+        + " (dots: seeds; bars: their mean)"
+    )
+    fig.savefig(path, dpi=110)
 
 
 def main(argv=None) -> None:
@@ -272,7 +330,9 @@ def main(argv=None) -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     run(args, results, results_file)
     (out / "table.md").write_text(table(results))
+    plot(results, out / "paired.png")
     print(table(results))
+    print(f"plot: {out / 'paired.png'}")
 
 
 if __name__ == "__main__":

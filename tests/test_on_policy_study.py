@@ -57,9 +57,22 @@ def test_table_pairs_each_arm_with_the_off_policy_arm_of_its_seed():
     }
     text = study.table(results)
     assert "| off-policy | 2 | 10 | 71.000 ± 1.414 |" in text
-    assert "- on-policy 1, test_perplexity: mean +1.500 (+1.000, +2.000)" in text
+    assert "- on-policy 1, test_perplexity: mean +2.1% (+1.4%, +2.8%)" in text
     assert "- on-policy 1, teacher_nll_sampled: mean -0.400 (-0.500, -0.300)" in text
     json.dumps(results)  # what results.json holds stays plain JSON
+
+
+def test_plot_draws_every_seed_s_paired_difference(tmp_path):
+    study = _module()
+    rows = {k: 1.0 for k in study.METRICS}
+    results = {"protocol": {"minutes": 10}, "arms": {}}
+    for seed in (0, 1):
+        for arm, nll in (("off-policy", 4.0), ("on-policy 1", 3.5), ("sequence-level", 4.1)):
+            results["arms"][f"{arm}-seed{seed}"] = {**rows, "arm": arm, "seed": seed, "teacher_nll_sampled": nll + seed}
+    assert study.paired_by_seed(results, "on-policy 1", "teacher_nll_sampled") == [(0, -0.5), (1, -0.5)]
+    assert study.paired_by_seed(results, "on-policy 0.5", "teacher_nll_sampled") == []
+    study.plot(results, tmp_path / "paired.png")
+    assert (tmp_path / "paired.png").stat().st_size > 20_000
 
 
 def test_sampled_reverse_candidates_train_at_their_own_step_cost():
