@@ -140,15 +140,29 @@ def pick_divergence(args, results: dict, results_file: Path, cost: dict, student
 
 
 def train(args, student: Path, arm: str, seed: int, cost: dict, divergence: str | None, name: str) -> Path:
-    """One distillation of `arm` at `seed` for its share of --minutes, into --out/arms/NAME."""
+    """One distillation of `arm` at `seed` for its share of --minutes, into --out/arms/NAME. A study stopped
+    mid-arm loses nothing finished: a run trained but not yet scored is scored as it is, and a killed run resumes
+    from its last checkpoint."""
     import slimlm
 
     extra = {"policy_divergence": divergence} if divergence and arm in ON_POLICY_ARMS else {}
     steps = steps_for(arm, args.minutes, cost, divergence)
     out = Path(args.out) / "arms" / name
+    done = out / "slimlm.json"
+    if done.exists() and json.loads(done.read_text())["training"]["steps"] == steps:
+        return out
+    resume = out.with_name(out.name + ".partial").exists()
     return Path(
         slimlm.distill(
-            student=str(student), max_steps=steps, seed=seed, out=str(out), force=True, **DEMO, **ARMS[arm][0], **extra
+            student=str(student),
+            max_steps=steps,
+            seed=seed,
+            out=str(out),
+            force=True,
+            resume=resume,
+            **DEMO,
+            **ARMS[arm][0],
+            **extra,
         )
     )
 

@@ -190,3 +190,31 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
     evaluated.clear()
     study.run(args, json.loads(results_file.read_text()), results_file)
     assert trained == [] and evaluated == []
+
+
+def test_a_stopped_study_scores_a_trained_arm_as_it_is_and_resumes_a_killed_one(tmp_path, monkeypatch):
+    import slimlm
+
+    study = _module()
+    calls = []
+
+    def distill(**settings):
+        calls.append(settings)
+        out = Path(settings["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "slimlm.json").write_text(json.dumps({"training": {"steps": settings["max_steps"]}}))
+        return out
+
+    monkeypatch.setattr(slimlm, "distill", distill)
+    args = type("Args", (), {"out": str(tmp_path), "minutes": 1.0})()
+    cost = {"off-policy": 6.0}
+    first = study.train(args, tmp_path / "student", "off-policy", 0, cost, None, "off-policy-seed0")
+    assert calls[-1]["max_steps"] == 10 and calls[-1]["resume"] is False and calls[-1]["force"] is True
+    assert study.train(args, tmp_path / "student", "off-policy", 0, cost, None, "off-policy-seed0") == first
+    assert len(calls) == 1  # trained before the stop, not scored yet: not trained again
+    args.minutes = 2.0  # a finished run of another length is not this arm's: trained again
+    study.train(args, tmp_path / "student", "off-policy", 0, cost, None, "off-policy-seed0")
+    assert len(calls) == 2 and calls[-1]["max_steps"] == 20
+    (tmp_path / "arms" / "off-policy-seed1.partial").mkdir()  # killed mid-run: resume from its checkpoint
+    study.train(args, tmp_path / "student", "off-policy", 1, cost, None, "off-policy-seed1")
+    assert calls[-1]["resume"] is True and calls[-1]["seed"] == 1
