@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,3 +323,38 @@ def test_figure_2_page_quotes_the_report():
         f"within ±{100 * worst:.1f}% of logit-only" in row
         and f"β picked on validation is {grid['picked']['layer15']:g}" in row
     )
+
+    # the middle layer against every other arm, paired by seed from each arm's per-seed values
+    def per_seed(arm):
+        return dict(zip(arm["metrics"]["perplexity"]["seeds"], arm["metrics"]["perplexity"]["values"]))
+
+    mid = per_seed(_arm(report, "layer15"))
+    middle_table = page[page.index("| layer 15 against |") :]
+    against = {}
+    for arm in finished:
+        if arm["name"] != "layer15":
+            other = per_seed(arm)
+            diffs = [mid[s] / other[s] - 1 for s in sorted(mid.keys() & other.keys())]
+            against[arm["name"]] = diffs
+            mean = statistics.mean(diffs)
+            spread = f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+            signs = "".join("+" if d > 0 else "−" for d in diffs)
+            quoted = f"{'−' if mean < 0 else '+'}{abs(100 * mean):.1f}{spread}% ({signs})"
+            assert _table_row(middle_table, arm["label"])[1:] == [str(len(diffs)), quoted], arm["name"]
+    # the verdict word follows the page's own rule
+    layers = ("layer2", "layer8", "layer22", "layer30")
+    if all(d < 0 for n in layers for d in against[n]):
+        word = "reproduced"
+    elif all(d > 0 for n in ("logits", "layer2", "layer30") for d in against[n]):
+        word = "not reproduced"
+    else:
+        word = "inconclusive"
+    assert f"**{word}**" in row and page.startswith(f"# Figure 2 rerun: which teacher layer to distil ({seeds} seeds)")
+    assert page.split("\n\n")[1].startswith(f"**{word[0].upper()}{word[1:]}")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    study_row = next(line for line in readme.splitlines() if line.startswith("| Feature layer (Figure 2)"))
+    assert f"{word}:" in study_row and f"({_paired(middle).split(' ±')[0]}% against logit-only KD)" in study_row
+    guide = " ".join((ROOT / "docs" / "distillation.md").read_text(encoding="utf-8").split())
+    attention = paired["attention14"]["perplexity"]["mean"]
+    assert f"at most {100 * worst:.1f}% against logit-only KD" in guide
+    assert f"+{100 * attention:.1f}% behind logit-only KD" in guide
