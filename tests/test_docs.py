@@ -8,6 +8,8 @@ import re
 import statistics
 from pathlib import Path
 
+from slimlm.experiments import stats
+
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|root|tmp|home)/")
 
@@ -324,23 +326,15 @@ def test_figure_2_page_quotes_the_report():
         and f"β picked on validation is {grid['picked']['layer15']:g}" in row
     )
 
-    # the middle layer against every other arm, paired by seed from each arm's per-seed values
-    def per_seed(arm):
-        return dict(zip(arm["metrics"]["perplexity"]["seeds"], arm["metrics"]["perplexity"]["values"]))
-
-    mid = per_seed(_arm(report, "layer15"))
+    # the middle layer against every other arm, paired by seed (the report's own pairing, stats.paired)
+    mid = _arm(report, "layer15")["metrics"]["perplexity"]
     middle_table = page[page.index("| layer 15 against |") :]
     against = {}
     for arm in finished:
         if arm["name"] != "layer15":
-            other = per_seed(arm)
-            diffs = [mid[s] / other[s] - 1 for s in sorted(mid.keys() & other.keys())]
-            against[arm["name"]] = diffs
-            mean = statistics.mean(diffs)
-            spread = f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
-            signs = "".join("+" if d > 0 else "−" for d in diffs)
-            quoted = f"{'−' if mean < 0 else '+'}{abs(100 * mean):.1f}{spread}% ({signs})"
-            assert _table_row(middle_table, arm["label"])[1:] == [str(len(diffs)), quoted], arm["name"]
+            d = stats.paired(mid, arm["metrics"]["perplexity"])
+            against[arm["name"]] = d["values"]
+            assert _table_row(middle_table, arm["label"])[1:] == [str(d["n"]), _paired(d)], arm["name"]
     # the verdict word follows the page's own rule
     layers = ("layer2", "layer8", "layer22", "layer30")
     if all(d < 0 for n in layers for d in against[n]):
@@ -358,3 +352,10 @@ def test_figure_2_page_quotes_the_report():
     attention = paired["attention14"]["perplexity"]["mean"]
     assert f"at most {100 * worst:.1f}% against logit-only KD" in guide
     assert f"+{100 * attention:.1f}% behind logit-only KD" in guide
+    # the page's prose: the worst feature layer, the two ends, the attention arm against logit-only and the middle
+    prose = " ".join(page.split())
+    ends = {n: _paired(paired[n]["perplexity"]).replace("% (", "%, ").rstrip(")") for n in ("layer30", "layer2")}
+    assert prose.count(f"±{100 * worst:.1f}% of logit-only KD") == 2
+    assert f"every seed ({ends['layer30']})" in prose and f"two of three ({ends['layer2']})" in prose
+    assert f"Its {_paired(paired['attention14']['perplexity'])} against logit-only KD" in prose
+    assert f"the worst arm, {-100 * statistics.mean(against['attention14']):.1f}% behind even the middle" in prose
