@@ -93,19 +93,15 @@ def best_sentences(arms, spec, key, pkey, higher, words) -> list[str]:
     text = paper_best(arms, spec, key, pkey, higher, words)
     if text is None:
         return []
-    ours = _best_first(arms, key, higher)
+    ours = ranked(arms, key, higher)
     return [text + (_runner_up(ours[0], ours[1], spec, key) if len(ours) > 1 else "")]
-
-
-def _best_first(arms, key, higher) -> list[dict]:
-    return ranked(arms, key, higher)
 
 
 def paper_best(arms, spec, key, pkey, higher, words) -> str | None:
     """Our best setting beside the paper's and whether they agree (same setting, both interior, or not):
     the paper comparison's conclusion in one sentence; None where either side has no number."""
     kind, source = spec["kind"], paper_data.BY_KIND[spec["kind"]]
-    ours = _best_first(arms, key, higher)
+    ours = ranked(arms, key, higher)
     points = [p for p in source["points"] if p[pkey] is not None]
     if not ours or not points:
         return None
