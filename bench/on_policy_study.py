@@ -190,7 +190,9 @@ def run(args, results: dict, results_file: Path) -> None:
                 continue
             start = time.time()
             if arm == "on-policy 1" and seed == 0:  # the grid's winning run is this arm's seed 0
-                model = out / "arms" / results["divergence_grid"][divergence]["run"]
+                # trained again only where results.json came without its weights (a new machine): train() returns
+                # a finished run as it is
+                model = train(args, student, arm, 0, cost, divergence, results["divergence_grid"][divergence]["run"])
             else:
                 model = train(args, student, arm, seed, cost, divergence, name)
             record = json.loads((Path(model) / "slimlm.json").read_text())["training"]

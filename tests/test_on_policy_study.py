@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,10 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
     trained = []
 
     def train(args, student, arm, seed, cost, divergence, name):
-        trained.append(name)
         run_dir = tmp_path / "out" / "arms" / name
+        if (run_dir / "slimlm.json").exists():  # as the real train(): a finished run is returned as it is
+            return run_dir
+        trained.append(name)
         run_dir.mkdir(parents=True)
         record = {"steps": 3, "tokens": 3072, "train_runtime_s": 1.0}
         (run_dir / "slimlm.json").write_text(json.dumps({"training": record}))
@@ -190,6 +193,12 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
     evaluated.clear()
     study.run(args, json.loads(results_file.read_text()), results_file)
     assert trained == [] and evaluated == []
+    # a new machine: results.json copied without the weights, the grid's winner not scored yet as seed 0
+    shutil.rmtree(tmp_path / "out" / "arms")
+    results = json.loads(results_file.read_text())
+    del results["arms"]["on-policy 1-seed0"]
+    study.run(args, results, results_file)
+    assert trained == ["grid-reverse"] and len(evaluated) == 1  # the winner trained again, then scored
 
 
 def test_a_stopped_study_scores_a_trained_arm_as_it_is_and_resumes_a_killed_one(tmp_path, monkeypatch):
