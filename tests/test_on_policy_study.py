@@ -26,6 +26,9 @@ def test_equal_minutes_give_costlier_steps_fewer_of_them():
     off, half, full = (study.steps_for(a, 14, cost) for a in ("off-policy", "on-policy 0.5", "on-policy 1"))
     assert off == int(14 * 60 / cost["off-policy"]) and off > half > full >= 1
     assert study.steps_for("sequence-level", 14, cost) == off
+    # reusing each rollout on 4 steps makes a step cheaper, so the same minutes buy more of them
+    reuse = study.steps_for("on-policy 1 reuse 4", 14, cost)
+    assert reuse == int(14 * 60 / cost["lambda 1 reuse 4"]) and off > reuse > full
 
 
 def test_step_cost_file_is_checked(tmp_path):
@@ -227,3 +230,23 @@ def test_a_stopped_study_scores_a_trained_arm_as_it_is_and_resumes_a_killed_one(
     (tmp_path / "arms" / "off-policy-seed1.partial").mkdir()  # killed mid-run: resume from its checkpoint
     study.train(args, tmp_path / "student", "off-policy", 1, cost, None, "off-policy-seed1")
     assert calls[-1]["resume"] is True and calls[-1]["seed"] == 1
+    assert "on_policy" not in calls[-1] and "rollout_reuse" not in calls[-1]
+
+
+def test_the_reuse_arm_trains_on_policy_with_each_rollout_on_four_steps(tmp_path, monkeypatch):
+    import slimlm
+
+    study = _module()
+    calls = []
+
+    def distill(**settings):
+        calls.append(settings)
+        Path(settings["out"]).mkdir(parents=True, exist_ok=True)
+        return settings["out"]
+
+    monkeypatch.setattr(slimlm, "distill", distill)
+    args = type("Args", (), {"out": str(tmp_path), "minutes": 1.0})()
+    cost = {"lambda 1 reuse 4": 6.0}
+    study.train(args, tmp_path / "student", "on-policy 1 reuse 4", 0, cost, "jsd", "reuse-seed0")
+    assert calls[-1]["on_policy"] == 1.0 and calls[-1]["rollout_reuse"] == 4 and calls[-1]["max_steps"] == 10
+    assert calls[-1]["policy_divergence"] == "jsd"  # the divergence picked for every on-policy arm
