@@ -221,39 +221,18 @@ def run(args, results: dict, results_file: Path) -> None:
             )
 
 
-def table(results: dict) -> str:
-    """Mean (± std over seeds) per arm, and each arm's paired difference by seed against the off-policy arm."""
-    arms = results.get("arms", {})
-    names = [a for a in ARMS if any(r["arm"] == a for r in arms.values())]
-    lines = ["| arm | seeds | steps | " + " | ".join(METRICS) + " |", "|---|---:|---:|" + "---:|" * len(METRICS)]
-    for arm in names:
-        rows = sorted((r for r in arms.values() if r["arm"] == arm), key=lambda r: r["seed"])
-        cells = []
-        for key in METRICS:
-            values = [r[key] for r in rows if r.get(key) is not None]
-            spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.3f}{spread}" if values else "–")
-        lines.append(f"| {arm} | {len(rows)} | {rows[0]['steps']} | " + " | ".join(cells) + " |")
-    if results.get("divergence"):
-        picked = results["divergence_grid"]
-        nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
-        lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
-    lines += [
-        "",
-        "Paired by seed against off-policy (arm − off-policy, perplexity relative; every seed's value):",
-        "",
-    ]
-    for arm in [a for a in names if a != "off-policy"]:
-        for key, _, _ in PAIRED:
-            diffs = [d for _, d in paired_by_seed(results, arm, key)]
-            if diffs and key == "test_perplexity":
-                each = ", ".join(f"{100 * d:+.1f}%" for d in diffs)
-                lines.append(f"- {arm}, {key}: mean {100 * statistics.mean(diffs):+.1f}% ({each})")
-            elif diffs:
-                each = ", ".join(f"{d:+.3f}" for d in diffs)
-                lines.append(f"- {arm}, {key}: mean {statistics.mean(diffs):+.3f} ({each})")
-    return "\n".join(lines) + "\n"
-
+# the per-arm table's columns: (key, header, decimals, scale)
+COLUMNS = (
+    ("test_perplexity", "test perplexity", 2, 1),
+    ("test_accuracy", "accuracy %", 1, 100),
+    ("general_perplexity", "general-text perplexity", 2, 1),
+    ("teacher_nll_sampled", "teacher NLL of its samples", 3, 1),
+    ("teacher_nll_greedy", "of its greedy text", 3, 1),
+    ("general_teacher_nll_sampled", "of its samples, general text", 3, 1),
+    ("distinct_2", "distinct-2", 3, 1),
+    ("rep_4", "rep-4", 3, 1),
+    ("rougeL_vs_teacher", "ROUGE-L against the teacher", 3, 1),
+)
 
 # the paired differences the table lists and the plot draws: (key, words, lower is better)
 PAIRED = (
@@ -266,14 +245,75 @@ PAIRED = (
 )
 
 
+def _mean_std(values: list[float], decimals: int, scale: float = 1.0) -> str:
+    """mean ± std over seeds, or the value alone where one seed has finished."""
+    mean = f"{scale * statistics.mean(values):.{decimals}f}"
+    return mean + (f" ± {scale * statistics.stdev(values):.{decimals}f}" if len(values) > 1 else "")
+
+
+def paired_cell(diffs: list[float], relative: bool) -> str:
+    """A paired difference as the docs quote it: mean ± std over seeds and each seed's sign, e.g. +14.6 ± 2.0% (++)
+    for a relative one, +0.219 ± 0.030 (++) for an absolute one."""
+    scale, decimals, unit = (100, 1, "%") if relative else (1, 3, "")
+    mean = scale * statistics.mean(diffs)
+    spread = f" ± {scale * statistics.stdev(diffs):.{decimals}f}" if len(diffs) > 1 else ""
+    signs = "".join("+" if d > 0 else "−" if d < 0 else "0" for d in diffs)  # as stats.paired writes them
+    return f"{'−' if mean < 0 else '+'}{abs(mean):.{decimals}f}{spread}{unit} ({signs})"
+
+
+def table(results: dict) -> str:
+    """Each arm's mean ± std over seeds (the teacher's own scores first), the divergence the on-policy arms used,
+    and each arm's paired difference by seed against the off-policy arm: what the results page quotes."""
+    arms = results.get("arms", {})
+    names = [a for a in ARMS if any(r["arm"] == a for r in arms.values())]
+    head = "| arm | seeds | steps | " + " | ".join(words for _, words, _, _ in COLUMNS) + " |"
+    lines = [head, "|---|---:|---:|" + "---:|" * len(COLUMNS)]
+    if teacher := results.get("teacher"):
+        # its ROUGE-L is against its own text: 1 by construction, so left out
+        cells = [
+            f"{scale * teacher[k]:.{d}f}" if teacher.get(k) is not None and k != "rougeL_vs_teacher" else "–"
+            for k, _, d, scale in COLUMNS
+        ]
+        lines.append("| teacher | – | – | " + " | ".join(cells) + " |")
+    for arm in names:
+        rows = sorted((r for r in arms.values() if r["arm"] == arm), key=lambda r: r["seed"])
+        cells = []
+        for key, _, decimals, scale in COLUMNS:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            cells.append(_mean_std(values, decimals, scale) if values else "–")
+        lines.append(f"| {arm} | {len(rows)} | {rows[0]['steps']} | " + " | ".join(cells) + " |")
+    if results.get("divergence"):
+        picked = results["divergence_grid"]
+        nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
+        lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
+    others = [a for a in names if a != "off-policy"]
+    if others:
+        lines += [
+            "",
+            "Paired by seed against off-policy (arm − off-policy; perplexity relative; mean ± std over seeds, and each"
+            " seed's sign):",
+            "",
+            "| arm | seeds | " + " | ".join(words for _, words, _ in PAIRED) + " |",
+            "|---|---:|" + "---:|" * len(PAIRED),
+        ]
+        for arm in others:
+            seeds = len(paired_by_seed(results, arm, "test_perplexity"))
+            cells = []
+            for key, _, _ in PAIRED:
+                diffs = [d for _, d in paired_by_seed(results, arm, key)]
+                cells.append(paired_cell(diffs, key.endswith("perplexity")) if diffs else "–")
+            lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def paired_by_seed(results: dict, arm: str, key: str) -> list[tuple[int, float]]:
-    """(seed, arm − off-policy) for every seed both arms have; perplexity as a relative difference."""
+    """(seed, arm − off-policy) for every seed both arms have; a perplexity as a relative difference."""
     arms = results.get("arms", {})
     out = []
     for seed in sorted({r["seed"] for r in arms.values()}):
         a, off = arms.get(f"{arm}-seed{seed}"), arms.get(f"off-policy-seed{seed}")
         if a and off and a.get(key) is not None and off.get(key) is not None:
-            diff = a[key] / off[key] - 1 if key == "test_perplexity" else a[key] - off[key]
+            diff = a[key] / off[key] - 1 if key.endswith("perplexity") else a[key] - off[key]
             out.append((seed, diff))
     return out
 

@@ -59,10 +59,17 @@ def test_table_pairs_each_arm_with_the_off_policy_arm_of_its_seed():
             "on-policy 1-seed1": arm("on-policy 1", 1, 74.0, 3.9),
         }
     }
+    results["arms"]["on-policy 1-seed1"]["general_perplexity"] = 0.9  # general-text perplexity: also relative
+    results["teacher"] = {k: 2.0 for k in study.METRICS}
     text = study.table(results)
-    assert "| off-policy | 2 | 10 | 71.000 ± 1.414 |" in text
-    assert "- on-policy 1, test_perplexity: mean +2.1% (+1.4%, +2.8%)" in text
-    assert "- on-policy 1, teacher_nll_sampled: mean -0.400 (-0.500, -0.300)" in text
+    assert "| teacher | – | – | 2.00 | 200.0 | 2.00 | 2.000 |" in text and text.count("| teacher |") == 1
+    assert "| off-policy | 2 | 10 | 71.00 ± 1.41 | 100.0 ± 0.0 | 1.00 ± 0.00 | 4.100 ± 0.141 |" in text
+    row = next(line for line in text.split("Paired by seed")[1].splitlines() if line.startswith("| on-policy 1 |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    # ppl +1.4% and +2.8%: mean +2.1, std 1.0; teacher NLL −0.5 and −0.3
+    assert cells[:4] == ["on-policy 1", "2", "+2.1 ± 1.0% (++)", "−0.400 ± 0.141 (−−)"]
+    assert cells[-1] == "+0.000 ± 0.000 (00)"  # rep-4 the same on both seeds: neither sign
+    assert study.paired_by_seed(results, "on-policy 1", "general_perplexity") == [(0, 0.0), (1, pytest.approx(-0.1))]
     json.dumps(results)  # what results.json holds stays plain JSON
 
 
