@@ -186,6 +186,7 @@ FLAGS = {
         (["--tasks", "cloze"], "tasks", "cloze"),
         (["--task-items", "6"], "task_items", 6),
         (["--generation", "8"], "generation", 8),
+        (["--generation-prompts", "8"], "generation", 8),
         (["--generation-tokens", "16"], "generation_tokens", 16),
         (["--generation-scorer", "smollm2-135m"], "generation_scorer", "smollm2-135m"),
         (["--lm-eval", "hellaswag"], "lm_eval", "hellaswag"),

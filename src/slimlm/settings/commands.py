@@ -282,6 +282,7 @@ class EvalSettings(Settings):
         "prompts (test split and general text) every model continues, scored by the first model "
         "(NLL, distinct-n, ROUGE-L); 0 = off",
         minimum=0,
+        also=("--generation-prompts",),
         group=EVALUATION,
     )
     generation_tokens: int = option(

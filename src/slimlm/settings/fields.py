@@ -34,6 +34,7 @@ def option(default=None, help: str = "", **meta):
     hint="; ..." (appended to the field's range error), corpus=True (a --data value: data/mix.py checks
     its weights), layer_list=True (a YAML list becomes "0,1,2"),
     nargs/const/metavar (argparse), aliases={"--no-bf16": "fp32"} (flags that store a constant),
+    also=("--other-name",) (more spellings of the same flag, taking the same value),
     one_of="group" (flags of which exactly one is required), kinds=(...) (experiment kinds that take the
     flag), per_kind={kind: (flag, help, default)} (a flag spelled, explained and defaulted per experiment kind).
     """

@@ -90,7 +90,7 @@ def _add_field(section, f, kind: str | None, exclusive: dict) -> None:
         if meta["one_of"] not in exclusive:
             exclusive[meta["one_of"]] = section.add_mutually_exclusive_group(required=True)
         target = exclusive[meta["one_of"]]
-    target.add_argument(flag, dest=f.name, **_argument(f, help_text, default, flag))
+    target.add_argument(flag, *meta.get("also", ()), dest=f.name, **_argument(f, help_text, default, flag))
     for alias, const in meta.get("aliases", {}).items():
         target.add_argument(
             alias,
