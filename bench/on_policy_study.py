@@ -333,32 +333,37 @@ def table(results: dict) -> str:
         picked = results["divergence_grid"]
         nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
         lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
-    others = [a for a in names if a != "off-policy"]
-    if others:
+    others = [a for a in names if a not in ("off-policy", "off-policy equal steps")]
+    controls = [("off-policy", others + [a for a in names if a == "off-policy equal steps"])]
+    if "off-policy equal steps" in names and "on-policy 1" in names:  # per step: the same steps, not the same minutes
+        controls.append(("off-policy equal steps", ["on-policy 1"]))
+    for control, arms_paired in controls:
+        if not arms_paired:
+            continue
         lines += [
             "",
-            "Paired by seed against off-policy (arm − off-policy; perplexity relative; mean ± std over seeds, and each"
-            " seed's sign):",
+            f"Paired by seed against {control} (arm − {control}; perplexity relative; mean ± std over seeds, and"
+            " each seed's sign):",
             "",
             "| arm | seeds | " + " | ".join(words for _, words, _ in PAIRED) + " |",
             "|---|---:|" + "---:|" * len(PAIRED),
         ]
-        for arm in others:
-            seeds = len(paired_by_seed(results, arm, "test_perplexity"))
+        for arm in arms_paired:
+            seeds = len(paired_by_seed(results, arm, "test_perplexity", control))
             cells = []
             for key, _, _ in PAIRED:
-                diffs = [d for _, d in paired_by_seed(results, arm, key)]
+                diffs = [d for _, d in paired_by_seed(results, arm, key, control)]
                 cells.append(paired_cell(diffs, key.endswith("perplexity")) if diffs else "–")
             lines.append(f"| {arm} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def paired_by_seed(results: dict, arm: str, key: str) -> list[tuple[int, float]]:
-    """(seed, arm − off-policy) for every seed both arms have; a perplexity as a relative difference."""
+def paired_by_seed(results: dict, arm: str, key: str, control: str = "off-policy") -> list[tuple[int, float]]:
+    """(seed, arm − control) for every seed both arms have; a perplexity as a relative difference."""
     arms = results.get("arms", {})
     out = []
     for seed in sorted({r["seed"] for r in arms.values()}):
-        a, off = arms.get(f"{arm}-seed{seed}"), arms.get(f"off-policy-seed{seed}")
+        a, off = arms.get(f"{arm}-seed{seed}"), arms.get(f"{control}-seed{seed}")
         if a and off and a.get(key) is not None and off.get(key) is not None:
             diff = a[key] / off[key] - 1 if key.endswith("perplexity") else a[key] - off[key]
             out.append((seed, diff))

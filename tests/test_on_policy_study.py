@@ -71,6 +71,16 @@ def test_table_pairs_each_arm_with_the_off_policy_arm_of_its_seed():
     assert cells[:4] == ["on-policy 1", "2", "+2.1 ± 1.0% (++)", "−0.400 ± 0.141 (−−)"]
     assert cells[-1] == "+0.000 ± 0.000 (00)"  # rep-4 the same on both seeds: neither sign
     assert study.paired_by_seed(results, "on-policy 1", "general_perplexity") == [(0, 0.0), (1, pytest.approx(-0.1))]
+    assert "against off-policy equal steps" not in text  # no per-step table without its control
+    # the equal-steps control: paired with off-policy like every arm, and the per-step table pairs λ = 1 with it
+    results["arms"]["off-policy equal steps-seed0"] = arm("off-policy equal steps", 0, 75.0, 4.5)
+    results["arms"]["off-policy equal steps-seed1"] = arm("off-policy equal steps", 1, 77.0, 4.6)
+    off, per_step = study.table(results).split("Paired by seed")[1:]
+    assert (
+        "| off-policy equal steps | 2 |" in off
+        and "| on-policy 1 | 2 | −4.6 ± 1.0% (−−) | −0.850 ± 0.212 (−−) |" in per_step
+    )
+    assert per_step.startswith(" against off-policy equal steps (arm − off-policy equal steps;")
     json.dumps(results)  # what results.json holds stays plain JSON
 
 
