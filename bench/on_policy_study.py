@@ -30,6 +30,7 @@ import argparse
 import json
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -386,7 +387,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.bar(i, statistics.mean(values), color=f"C{i}", alpha=0.4)
                 ax.scatter([i] * len(values), values, color=f"C{i}", zorder=3)
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xticks(range(len(names)), labels=names, fontsize=8)
+        ax.set_xticks(range(len(names)), labels=[textwrap.fill(n, 12) for n in names], fontsize=8)
         unit = "%" if key == "test_perplexity" else ""
         ax.set_ylabel(
             f"arm − off-policy{' (' + unit + ')' if unit else ''}; {'lower' if lower else 'higher'} is better"
@@ -397,7 +398,8 @@ def plot(results: dict, path: Path) -> None:
     fig.suptitle(
         "Paired by seed against off-policy KD"
         + (f", {minutes:g} quiet minutes of training each" if minutes else "")
-        + " (dots: seeds; bars: their mean)"
+        + (" (off-policy equal steps: λ = 1's steps)" if "off-policy equal steps" in names else "")
+        + "; dots: seeds, bars: their mean"
     )
     fig.savefig(path, dpi=110)
 
