@@ -314,3 +314,76 @@ def test_arms_scored_before_the_student_nll_was_recorded_get_it_from_their_weigh
         "student_nll_sampled" not in arms["off-policy-seed1"] and "student_nll_sampled" not in arms["off-policy-seed2"]
     )
     assert results["teacher"]["student_nll_sampled"] == 3.1  # the teacher's own text, by itself
+
+
+def test_the_results_page_quotes_the_study():
+    """docs/results/on-policy: the table is the script's own, rendered from run/results.json, and every number the
+    prose quotes (verdicts, paired differences, the per-step control, flatness, greedy text) is recomputed here."""
+    study = _module()
+    run = ROOT / "docs" / "results" / "on-policy" / "run"
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    arms = results["arms"]
+    table = study.table(results)
+    assert (run / "table.md").read_text(encoding="utf-8") == table
+    page = (run.parent / "README.md").read_text(encoding="utf-8")
+    assert f"<!-- table.md -->\n{table}<!-- /table.md -->" in page
+    text = " ".join(page.split())
+
+    def paired(arm, key, control="off-policy"):
+        diffs = [d for _, d in study.paired_by_seed(results, arm, key, control)]
+        return diffs, study.paired_cell(diffs, key.endswith("perplexity"))
+
+    def mean(name, key):
+        values = [r[key] for r in arms.values() if r["arm"] == name]
+        return sum(values) / len(values)
+
+    labels = {
+        "on-policy 0.5": "on-policy λ = 0.5",
+        "on-policy 1": "on-policy λ = 1",
+        "on-policy 1 reuse 4": "on-policy λ = 1, each rollout on 4 steps",
+        "sequence-level": "sequence-level",
+    }
+    for arm, label in labels.items():
+        nll, nll_cell = paired(arm, "teacher_nll_sampled")
+        ppl, ppl_cell = paired(arm, "test_perplexity")
+        word = "better" if all(d < 0 for d in nll) else "worse" if all(d > 0 for d in nll) else "inconclusive"
+        steps = arms[f"{arm}-seed0"]["steps"]
+        assert (
+            f"- {label} ({steps} steps): **{word}**, teacher NLL of its samples {nll_cell}; test perplexity {ppl_cell}."
+            in text
+        ), arm
+        assert word == "worse" and all(d > 0 for d in ppl)  # the opening sentence: every arm, every seed
+    # per step: λ = 1 against off-policy for the same steps
+    control = arms["off-policy equal steps-seed0"]["steps"]
+    assert control == arms["on-policy 1-seed0"]["steps"] and f"for the same {control} steps" in text
+    per_step = [
+        paired("on-policy 1", k, "off-policy equal steps")[1] for k in ("test_perplexity", "teacher_nll_sampled")
+    ]
+    assert f"λ = 1 against that control is {per_step[0]} in test perplexity and {per_step[1]} in" in text
+    # flatness: the student's own NLL of its samples rises with λ
+    own = [mean(a, "student_nll_sampled") for a in ("off-policy", "on-policy 0.5", "on-policy 1")]
+    assert own == sorted(own)
+    assert f"rises from {own[0]:.3f} (off-policy) to {own[1]:.3f} (λ = 0.5) and {own[2]:.3f} (λ = 1)" in text
+    assert all(mean(a, "student_nll_sampled") > own[0] for a in labels)  # "every arm ... flatter"
+    sequence_level = mean("sequence-level", "student_nll_sampled")
+    assert sequence_level > own[0] and f"grows flatter too ({sequence_level:.3f})" in text
+    # greedy text: better than off-policy's for these arms, and for the short-trained control too
+    greedy = {a: study.statistics.mean(paired(a, "teacher_nll_greedy")[0]) for a in (*labels, "off-policy equal steps")}
+    quoted = ", ".join(
+        f"{greedy[a]:+.3f}".replace("-", "−") for a in ("on-policy 0.5", "on-policy 1", "sequence-level")
+    )
+    assert (
+        f"({quoted} nats a token)" in text
+        and f"for only {control} steps ({greedy['off-policy equal steps']:+.3f})".replace("-", "−") in text
+    )
+    assert f"worse than off-policy's ({greedy['on-policy 1 reuse 4']:+.3f})" in text
+    assert min(greedy, key=greedy.get) == "sequence-level" and max(greedy, key=greedy.get) == "on-policy 1 reuse 4"
+    # sequence-level's perplexity cost and the teacher's one-off writing; the student's distance from the teacher
+    assert (
+        f"Sequence-level costs the least perplexity** ({paired('sequence-level', 'test_perplexity')[1].split(' (')[0]})"
+        in text
+    )
+    written = arms["sequence-level-seed0"]["teacher_generated"]
+    assert f"its {written['blocks']} continuations of {written['continuation_tokens']} tokens" in text
+    ratio = mean("off-policy", "test_perplexity") / results["teacher"]["test_perplexity"]
+    assert f"whose perplexity is {ratio:.1f}× the teacher's" in text
