@@ -387,3 +387,19 @@ def test_the_results_page_quotes_the_study():
     assert f"its {written['blocks']} continuations of {written['continuation_tokens']} tokens" in text
     ratio = mean("off-policy", "test_perplexity") / results["teacher"]["test_perplexity"]
     assert f"whose perplexity is {ratio:.1f}× the teacher's" in text
+
+
+def test_the_readme_row_quotes_the_study():
+    study = _module()
+    results = json.loads((ROOT / "docs" / "results" / "on-policy" / "run" / "results.json").read_text(encoding="utf-8"))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| [On-policy and sequence-level distillation]"))
+    words = {"on-policy 0.5": "λ = 0.5", "on-policy 1": "λ = 1", "sequence-level": "sequence-level"}
+    pairs = {a: [d for _, d in study.paired_by_seed(results, a, "teacher_nll_sampled")] for a in words}
+    seeds = min(len(d) for d in pairs.values())
+    assert f"{seeds} seed{'s' if seeds > 1 else ''}, AMD Zen 4" in row
+    assert all(d > 0 for diffs in pairs.values() for d in diffs)  # "neither beats off-policy KD"
+    nll = {a: study.statistics.mean(d) for a, d in pairs.items()}
+    quoted = ", ".join(f"+{nll[a]:.2f} ({w})" for a, w in words.items())
+    quoted = " and ".join(quoted.rsplit(", ", 1))
+    assert quoted in row
