@@ -311,7 +311,8 @@ def paired_cell(diffs: list[float], relative: bool) -> str:
 
 def table(results: dict) -> str:
     """Each arm's mean ± std over seeds (the teacher's own scores first), the divergence the on-policy arms used,
-    and each arm's paired difference by seed against the off-policy arm: what the results page quotes."""
+    each arm's paired difference by seed against the off-policy arm, and λ = 1's against off-policy for its steps
+    (per step): what the results page quotes."""
     arms = results.get("arms", {})
     names = [a for a in ARMS if any(r["arm"] == a for r in arms.values())]
     head = "| arm | seeds | steps | " + " | ".join(words for _, words, _, _ in COLUMNS) + " |"
@@ -334,8 +335,7 @@ def table(results: dict) -> str:
         picked = results["divergence_grid"]
         nll = ", ".join(f"{d} {g['validation_teacher_nll_sampled']:.3f}" for d, g in picked.items())
         lines += ["", f"On-policy divergence: {results['divergence']} (teacher NLL of validation samples: {nll})."]
-    others = [a for a in names if a not in ("off-policy", "off-policy equal steps")]
-    controls = [("off-policy", others + [a for a in names if a == "off-policy equal steps"])]
+    controls = [("off-policy", [a for a in names if a != "off-policy"])]
     if "off-policy equal steps" in names and "on-policy 1" in names:  # per step: the same steps, not the same minutes
         controls.append(("off-policy equal steps", ["on-policy 1"]))
     for control, arms_paired in controls:
