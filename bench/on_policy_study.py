@@ -303,7 +303,7 @@ def paired_cell(diffs: list[float], relative: bool) -> str:
     """A paired difference as the docs quote it: mean ± std over seeds and each seed's sign, e.g. +14.6 ± 2.0% (++)
     for a relative one, +0.219 ± 0.030 (++) for an absolute one."""
     scale, decimals, unit = (100, 1, "%") if relative else (1, 3, "")
-    mean = scale * statistics.mean(diffs)
+    mean = round(scale * statistics.mean(diffs), decimals)  # rounded first: a mean that shows as 0 is +0, not −0
     spread = f" ± {scale * statistics.stdev(diffs):.{decimals}f}" if len(diffs) > 1 else ""
     signs = "".join("+" if d > 0 else "−" if d < 0 else "0" for d in diffs)  # as stats.paired writes them
     return f"{'−' if mean < 0 else '+'}{abs(mean):.{decimals}f}{spread}{unit} ({signs})"
