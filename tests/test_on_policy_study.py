@@ -380,8 +380,9 @@ def test_the_results_page_quotes_the_study():
         f"Sequence-level costs the least perplexity** ({paired('sequence-level', 'test_perplexity')[1].split(' (')[0]})"
         in text
     )
-    written = arms["sequence-level-seed0"]["teacher_generated"]
+    written = arms["sequence-level-seed1"]["teacher_generated"]
     assert f"its {written['blocks']} continuations of {written['continuation_tokens']} tokens" in text
+    assert f"in {written['seconds']:.0f} s for seed 1" in text
     ratio = mean("off-policy", "test_perplexity") / results["teacher"]["test_perplexity"]
     assert f"whose perplexity is {ratio:.1f}× the teacher's" in text
 
