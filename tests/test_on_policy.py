@@ -364,3 +364,17 @@ def test_bad_eval_generation_and_dtype_settings(values, words):
         EvalSettings.from_dict({"models": ["m"], **values}).validate()
     for word in words:
         assert word in str(err.value)
+
+
+@pytest.mark.parametrize("value,words", [("-1", ["--generation", ">= 0"]), ("x", ["'x' is not an integer"])])
+def test_bad_generation_prompts_values_are_one_line_errors(value, words):
+    """--generation-prompts is another spelling of --generation: its bad values get the same one-line errors."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "slimlm", "eval", "m", "--generation-prompts", value], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr

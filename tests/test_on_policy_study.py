@@ -275,13 +275,12 @@ def test_arms_scored_before_the_student_nll_was_recorded_get_it_from_their_weigh
     """The fill-in regenerates each arm's samples with the eval's prompts and seed and keeps the student's own NLL
     of them only where the teacher's NLL of them matches the one recorded (the same samples); an arm whose
     weights are gone, or whose samples differ, is left without it."""
-    import torch
 
     from conftest import save_tiny_model
     from slimlm.data.corpus import prepare_data
     from slimlm.eval.generation import generation_metrics
     from slimlm.sources import load_model
-    from slimlm.stages.evaluate import PROMPT_TOKENS
+    from slimlm.stages.evaluate import generation_prompts
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     study = _module()
@@ -290,8 +289,7 @@ def test_arms_scored_before_the_student_nll_was_recorded_get_it_from_their_weigh
     for name, seed in (("off-policy-seed0", 0), ("off-policy-seed1", 1)):
         save_tiny_model(tmp_path / "arms" / name, tokenizer, layers=1, seed=seed)
     test = prepare_data("sotu", tokenizer, 256).test
-    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, study.EVAL["generation"]).long().tolist()
-    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts])
+    prompts = generation_prompts(test, study.EVAL["generation"])
     student = load_model(str(tmp_path / "arms" / "off-policy-seed0"))[0]
     truth = generation_metrics(student, teacher, prompts, new_tokens=study.EVAL["generation_tokens"])
 

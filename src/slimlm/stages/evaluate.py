@@ -177,6 +177,12 @@ def _measure_transformers(s: EvalSettings, spec, first: dict, decision, tasks, h
 PROMPT_TOKENS = 64
 
 
+def generation_prompts(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, PROMPT_TOKENS) prompts spread evenly over `tokens`: the ones --generation continues."""
+    starts = torch.linspace(0, len(tokens) - PROMPT_TOKENS, n).long().tolist()
+    return torch.stack([tokens[i : i + PROMPT_TOKENS] for i in starts])
+
+
 def _scorer(s: EvalSettings, first: dict, decision) -> tuple:
     """(name, model) of --generation-scorer, in the measured models' dtype; its tokenizer kept in `first` so every
     measured model is checked against it before it is measured."""
@@ -198,8 +204,7 @@ def _generation(s: EvalSettings, model, reference: tuple, test: torch.Tensor, wh
             f"has {len(test):,}: ask for fewer prompts"
             + ("" if where == "test split" else " or pass --general-data none")
         )
-    starts = torch.linspace(0, len(test) - PROMPT_TOKENS, s.generation).long()
-    prompts = torch.stack([test[i : i + PROMPT_TOKENS] for i in starts.tolist()])
+    prompts = generation_prompts(test, s.generation)
     name, scorer = reference
     log(f"generation on the {where}: {s.generation} prompts, {s.generation_tokens} tokens each, scored by {name}")
     metrics = generation_metrics(model, scorer, prompts, new_tokens=s.generation_tokens)
